@@ -1,0 +1,2 @@
+//! The broker daemon binary.
+fn main() {}

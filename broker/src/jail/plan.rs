@@ -1,0 +1,165 @@
+//! The Plan: everything the jail stage needs to build one run, decided by the broker
+//! and sent to the stage on a pipe. Declarative data only; the code that applies it is
+//! in the sibling modules (STYLE.md: config types apart from the code that applies them).
+//!
+//! # The stage's file descriptors (set up by the broker, see `run::spawn`)
+//!
+//! | fd | direction | what |
+//! |----|-----------|------|
+//! | 0  | broker -> program | the program's stdin (a pipe) |
+//! | 1  | program -> broker | the program's stdout (a pipe) |
+//! | 2  | program -> broker | the program's stderr (a pipe) |
+//! | 3  | broker -> stage | control: one [`Plan`] frame, later one [`GO_BYTE`] once the id maps are written; EOF at any time means "kill the run now" |
+//! | 4  | stage -> broker | reports: a sequence of [`StageReport`] frames |
+//!
+//! Frames on fds 3 and 4 are a 4-byte big-endian length and a postcard body.
+
+use std::io::{self, Read, Write};
+
+use codejail_protocol::FileEntry;
+use serde::{Deserialize, Serialize};
+
+/// The control pipe fd in the stage.
+pub const CONTROL_FD: i32 = 3;
+/// The report pipe fd in the stage.
+pub const REPORT_FD: i32 = 4;
+/// The byte the broker writes on the control pipe once the id maps are in place.
+pub const GO_BYTE: u8 = b'G';
+/// Largest plan frame the stage accepts (files travel inside the plan).
+pub const MAX_PLAN_FRAME: usize = 256 * 1024 * 1024;
+/// Largest report frame (reports are small; anything bigger is a bug or an attack).
+pub const MAX_REPORT_FRAME: usize = 64 * 1024;
+
+/// The uid and gid the program has inside its user namespace (never 0).
+pub const INNER_RUN_ID: u32 = 1000;
+
+/// Resource limits as the stage applies them (`None` = not limited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunLimits {
+    /// RLIMIT_CPU seconds (soft n, hard n+1).
+    pub cpu_secs: Option<u64>,
+    /// RLIMIT_AS bytes.
+    pub vmem_bytes: Option<u64>,
+    /// RLIMIT_FSIZE bytes (0 = no file may be written).
+    pub fsize_bytes: u64,
+    /// RLIMIT_NPROC: processes+threads of the program (the stage adds one for init,
+    /// which shares the run's uid).
+    pub nproc: Option<u64>,
+    /// tmpfs `size=` of the workspace, bytes.
+    pub tmp_bytes: Option<u64>,
+    /// tmpfs `nr_inodes=` of the workspace.
+    pub tmp_inodes: Option<u64>,
+}
+
+/// One run's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Absolute path of the program to exec (the configured interpreter).
+    pub program: String,
+    /// `argv[0..]` as the program sees it, e.g. `["python", "-E", "-B", "jailed_code", ...]`.
+    pub argv: Vec<String>,
+    /// The whole environment of the program besides `TMPDIR` (set by the stage).
+    pub env: Vec<(String, String)>,
+    /// The code, written to `jailed_code` when present.
+    pub code: Option<Vec<u8>>,
+    /// Files, directories, symlinks (already validated by the broker; the stage
+    /// validates again and never follows a link).
+    pub files: Vec<FileEntry>,
+    /// Extra files at the top level.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    /// An existing host directory over which the run's tmpfs is mounted, in the run's
+    /// own mount namespace (hides what the host has there), e.g. `/tmp`.
+    pub tmpfs_mount: String,
+    /// The workspace directory's name inside the tmpfs (the program's cwd), e.g.
+    /// `codejail-17`.
+    pub workdir_name: String,
+    /// Limits to apply.
+    pub limits: RunLimits,
+    /// Whether the broker wrote `allow` to `setgroups`, so the stage must clear the
+    /// supplementary groups (`setgroups([])`); `false` in unprivileged dev mode, where
+    /// the kernel forbids it (user_namespaces(7)).
+    pub clear_groups: bool,
+    /// The host name inside the run's UTS namespace.
+    pub hostname: String,
+}
+
+/// What the stage (and the init inside the jail) tells the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageReport {
+    /// The stage is in its new user namespace: the broker must write its id maps now,
+    /// then send [`GO_BYTE`].
+    NeedMaps,
+    /// A step failed before the program was exec'd; nothing of the user's ran.
+    Failed {
+        /// The step that failed, e.g. `"mount workspace tmpfs"`.
+        step: String,
+        /// The error, e.g. the `io::Error` text with the path.
+        message: String,
+    },
+    /// The program ended (sent by the init, PID 1 of the run).
+    Exited {
+        /// Exit code when it exited.
+        exit_code: Option<i32>,
+        /// Signal number when killed by a signal.
+        signal: Option<i32>,
+        /// User CPU, microseconds (wait4 rusage of the program and what it reaped).
+        cpu_user_us: u64,
+        /// System CPU, microseconds.
+        cpu_sys_us: u64,
+        /// Peak RSS, KiB.
+        max_rss_kib: u64,
+    },
+}
+
+/// Write one frame (length + postcard body) to a blocking writer.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    let body = postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    // One write: report frames are below PIPE_BUF, so concurrent writers (stage and
+    // init) never interleave (pipe(7)).
+    w.write_all(&buf)
+}
+
+/// Read one frame from a blocking reader. `Ok(None)` on a clean EOF before the frame.
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R, max: usize) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over the cap of {max}")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_cap_holds() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &StageReport::NeedMaps).expect("write");
+        let rep = StageReport::Failed {
+            step: "x".into(),
+            message: "y".into(),
+        };
+        write_frame(&mut buf, &rep).expect("write");
+        let mut r = &buf[..];
+        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("read"), Some(StageReport::NeedMaps));
+        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("read"), Some(rep));
+        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("eof"), None);
+        let big = [0xff, 0xff, 0xff, 0xff];
+        assert!(read_frame::<_, StageReport>(&mut &big[..], 100).is_err());
+    }
+}

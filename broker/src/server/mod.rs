@@ -1,0 +1,1 @@
+//! Listener, peer authentication and per-connection handling.

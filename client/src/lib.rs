@@ -1,0 +1,1 @@
+//! codejail-client: talk to the codejail broker.
