@@ -1,1 +1,528 @@
-//! Broker configuration.
+//! Broker configuration: the TOML file (`--config`) or the `--dev` flags, parsed once
+//! into [`Settings`] and validated at start-up (STYLE.md §8). A bad config fails start-up
+//! with the key and the reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use codejail_protocol::{LimitName, Limits, Mode, DEFAULT_MAX_FRAME};
+use serde::Deserialize;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has an unknown key.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// toml's message, which names the key.
+        message: String,
+    },
+    /// A key has a value that cannot be used.
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The config file, as written by operators (`/etc/codejail/broker.toml`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The listening socket.
+    #[serde(default)]
+    pub socket: SocketConfig,
+    /// Peer uids allowed to submit runs.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    /// Parallel runs.
+    pub max_running: Option<u32>,
+    /// Requests that may wait for a slot.
+    pub max_queue: Option<u32>,
+    /// Largest frame accepted, bytes.
+    pub max_frame: Option<usize>,
+    /// Seconds running runs get on SIGTERM before they are killed.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Path of the jail stage binary (default: `codejail-jail` next to the broker).
+    pub jail_stage: Option<PathBuf>,
+    /// Outside uid/gid the runs get (the broker writes it into each run's id map).
+    pub run_uid: Option<u32>,
+    /// Outside gid the runs get.
+    pub run_gid: Option<u32>,
+    /// Host directory over which each run mounts its private workspace tmpfs.
+    pub tmpfs_mount: Option<PathBuf>,
+    /// Commands by name (`python` first), as upstream's `configure(command, bin_path)`.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandConfig>,
+    /// Limit defaults, ceilings and named contexts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[socket]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Socket path (default `/run/codejail/broker.sock`).
+    pub path: Option<PathBuf>,
+    /// Octal mode string, e.g. `"0660"`.
+    pub mode: Option<String>,
+    /// Numeric gid to own the socket (the callers' group).
+    pub gid: Option<u32>,
+}
+
+/// `[commands.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Absolute path of the interpreter, e.g. `<SANDENV>/bin/python`.
+    pub bin: PathBuf,
+    /// Arguments before the program (python default: `["-E", "-B"]`).
+    pub args: Option<Vec<String>>,
+    /// Extra environment for the program (python default: thread caps).
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Defaults by limit name.
+    #[serde(default)]
+    pub defaults: BTreeMap<String, u64>,
+    /// Ceilings a request may not exceed.
+    #[serde(default)]
+    pub ceilings: BTreeMap<String, u64>,
+    /// Named override contexts (`[limits.contexts."course-v1:..."]`).
+    #[serde(default)]
+    pub contexts: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// A resolved command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// Absolute interpreter path.
+    pub bin: PathBuf,
+    /// Arguments before the program.
+    pub args: Vec<String>,
+    /// Environment besides TMPDIR.
+    pub env: Vec<(String, String)>,
+}
+
+impl CommandSpec {
+    /// Upstream's python command: `-E -B`, and numeric libraries held to one thread so
+    /// they do not exhaust NPROC (COMPAT.md: real deployments set OPENBLAS_NUM_THREADS=1).
+    pub fn python(bin: PathBuf) -> Self {
+        CommandSpec {
+            bin,
+            args: vec!["-E".into(), "-B".into()],
+            env: python_env(),
+        }
+    }
+}
+
+fn python_env() -> Vec<(String, String)> {
+    [
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("OMP_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "1"),
+        ("LC_ALL", "C.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Why a request's limits were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Unknown name.
+    #[error(transparent)]
+    Unknown(#[from] codejail_protocol::limits::UnknownLimit),
+    /// Above the ceiling.
+    #[error("limit {name}={value} is above its ceiling of {ceiling}{zero}", zero = if *.value == 0 { " (0 would mean unlimited)" } else { "" })]
+    AboveCeiling {
+        /// The limit.
+        name: LimitName,
+        /// The value asked for.
+        value: u64,
+        /// The configured ceiling.
+        ceiling: u64,
+    },
+}
+
+/// Defaults, ceilings and contexts, validated (ARCHITECTURE §7).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitPolicy {
+    /// Config defaults over upstream's.
+    pub defaults: Limits,
+    /// Ceilings by limit.
+    pub ceilings: BTreeMap<LimitName, u64>,
+    /// Named contexts: overrides by limit.
+    pub contexts: BTreeMap<String, BTreeMap<LimitName, u64>>,
+}
+
+impl LimitPolicy {
+    /// Build and validate: names known, defaults and contexts within the ceilings.
+    pub fn new(cfg: &LimitsConfig) -> Result<Self, ConfigError> {
+        let mut policy = LimitPolicy::default();
+        for (k, v) in &cfg.ceilings {
+            let name: LimitName = k
+                .parse()
+                .map_err(|e| invalid(format!("limits.ceilings.{k}"), format!("{e}")))?;
+            policy.ceilings.insert(name, *v);
+        }
+        for (k, v) in &cfg.defaults {
+            let name: LimitName = k
+                .parse()
+                .map_err(|e| invalid(format!("limits.defaults.{k}"), format!("{e}")))?;
+            policy.defaults.set(name, *v);
+        }
+        for (name, value) in policy.defaults.iter() {
+            policy
+                .check_ceiling(name, value)
+                .map_err(|e| invalid(format!("limits.defaults.{name}"), e.to_string()))?;
+        }
+        for (ctx, values) in &cfg.contexts {
+            let mut overrides = BTreeMap::new();
+            for (k, v) in values {
+                let key = format!("limits.contexts.{ctx:?}.{k}");
+                let name: LimitName = k.parse().map_err(|e| invalid(&key, format!("{e}")))?;
+                policy
+                    .check_ceiling(name, *v)
+                    .map_err(|e| invalid(&key, e.to_string()))?;
+                overrides.insert(name, *v);
+            }
+            policy.contexts.insert(ctx.clone(), overrides);
+        }
+        Ok(policy)
+    }
+
+    fn check_ceiling(&self, name: LimitName, value: u64) -> Result<(), LimitError> {
+        let Some(&ceiling) = self.ceilings.get(&name) else {
+            return Ok(());
+        };
+        let unlimited = value == 0 && name.zero_disables();
+        if unlimited || value > ceiling {
+            return Err(LimitError::AboveCeiling {
+                name,
+                value,
+                ceiling,
+            });
+        }
+        Ok(())
+    }
+
+    /// Effective limits: defaults, then the named context (unknown = no overrides, as
+    /// upstream: the LMS passes every course id), then the request's values.
+    pub fn resolve(
+        &self,
+        context: Option<&str>,
+        request: &BTreeMap<String, u64>,
+    ) -> Result<Limits, LimitError> {
+        let mut limits = self.defaults;
+        if let Some(overrides) = context.and_then(|c| self.contexts.get(c)) {
+            for (name, value) in overrides {
+                limits.set(*name, *value);
+            }
+        }
+        for (k, v) in request {
+            let name: LimitName = k.parse()?;
+            self.check_ceiling(name, *v)?;
+            limits.set(name, *v);
+        }
+        Ok(limits)
+    }
+}
+
+/// Who the runs are, outside their user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunIdentity {
+    /// Outside uid mapped to the run's inner uid.
+    pub outer_uid: u32,
+    /// Outside gid mapped to the run's inner gid.
+    pub outer_gid: u32,
+    /// Whether the broker may allow `setgroups` (it holds CAP_SETGID), so the stage
+    /// clears the supplementary groups.
+    pub clear_groups: bool,
+}
+
+/// Everything the broker runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Confined (config file) or dev.
+    pub mode: Mode,
+    /// Socket path.
+    pub socket_path: PathBuf,
+    /// Socket file mode.
+    pub socket_mode: u32,
+    /// Socket group.
+    pub socket_gid: Option<u32>,
+    /// Peer uids allowed.
+    pub allowed_uids: HashSet<u32>,
+    /// Parallel runs.
+    pub max_running: u32,
+    /// Queue length.
+    pub max_queue: u32,
+    /// Frame cap.
+    pub max_frame: usize,
+    /// Grace on SIGTERM.
+    pub shutdown_grace: Duration,
+    /// The jail stage binary.
+    pub jail_stage: PathBuf,
+    /// Run identity.
+    pub identity: RunIdentity,
+    /// Where each run's tmpfs is mounted.
+    pub tmpfs_mount: PathBuf,
+    /// Commands by name.
+    pub commands: BTreeMap<String, CommandSpec>,
+    /// Limits.
+    pub limits: LimitPolicy,
+}
+
+/// The uid that dev brokers started by root give their runs: never root.
+pub const DEV_ROOT_RUN_ID: u32 = 65534;
+
+fn default_jail_stage() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("codejail-jail")))
+        .unwrap_or_else(|| PathBuf::from("codejail-jail"))
+}
+
+/// The identity runs get when the broker runs as `uid`/`gid`: its own ids when it is
+/// unprivileged (the kernel lets it map only itself), `nobody` when it is root.
+pub fn identity_for(uid: u32, gid: u32, run_uid: Option<u32>, run_gid: Option<u32>) -> RunIdentity {
+    let root = uid == 0;
+    let outer_uid = run_uid.unwrap_or(if root { DEV_ROOT_RUN_ID } else { uid });
+    let outer_gid = run_gid.unwrap_or(if root { DEV_ROOT_RUN_ID } else { gid });
+    RunIdentity {
+        outer_uid,
+        outer_gid,
+        // Writing a map other than our own ids, and allowing setgroups, needs
+        // CAP_SETUID/CAP_SETGID (user_namespaces(7)); root has them.
+        clear_groups: root || outer_uid != uid || outer_gid != gid,
+    }
+}
+
+fn parse_mode(key: &str, s: &str) -> Result<u32, ConfigError> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{s:?} is not an octal file mode like \"0660\""),
+            )
+        })
+}
+
+impl Settings {
+    /// Settings from a config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Settings::from_config(&cfg, Mode::Confined)
+    }
+
+    /// Settings from a parsed config.
+    pub fn from_config(cfg: &FileConfig, mode: Mode) -> Result<Settings, ConfigError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let mut commands = BTreeMap::new();
+        for (name, c) in &cfg.commands {
+            let key = format!("commands.{name}");
+            if !c.bin.is_absolute() {
+                return Err(invalid(format!("{key}.bin"), "must be an absolute path"));
+            }
+            let mut spec = if name == "python" {
+                CommandSpec::python(c.bin.clone())
+            } else {
+                CommandSpec {
+                    bin: c.bin.clone(),
+                    args: vec![],
+                    env: vec![],
+                }
+            };
+            if let Some(args) = &c.args {
+                spec.args = args.clone();
+            }
+            if let Some(env) = &c.env {
+                if env
+                    .keys()
+                    .any(|k| k == "TMPDIR" || k.contains('=') || k.is_empty())
+                {
+                    return Err(invalid(
+                        format!("{key}.env"),
+                        "names must be non-empty, without '=', and not TMPDIR",
+                    ));
+                }
+                spec.env = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            }
+            commands.insert(name.clone(), spec);
+        }
+        if commands.is_empty() {
+            return Err(invalid(
+                "commands",
+                "at least one command (e.g. [commands.python]) is needed",
+            ));
+        }
+        let max_running = cfg.max_running.unwrap_or(4);
+        if max_running == 0 {
+            return Err(invalid("max_running", "must be at least 1"));
+        }
+        let max_frame = cfg.max_frame.unwrap_or(DEFAULT_MAX_FRAME);
+        if !(4096..=1 << 30).contains(&max_frame) {
+            return Err(invalid("max_frame", "must be between 4096 and 1073741824"));
+        }
+        let identity = identity_for(uid, gid, cfg.run_uid, cfg.run_gid);
+        if identity.outer_uid == 0 || identity.outer_gid == 0 {
+            return Err(invalid("run_uid", "runs must never be root (0)"));
+        }
+        let socket_mode = match &cfg.socket.mode {
+            Some(m) => parse_mode("socket.mode", m)?,
+            None => 0o660,
+        };
+        Ok(Settings {
+            mode,
+            socket_path: cfg
+                .socket
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/run/codejail/broker.sock")),
+            socket_mode,
+            socket_gid: cfg.socket.gid,
+            allowed_uids: cfg.allowed_uids.iter().copied().collect(),
+            max_running,
+            max_queue: cfg.max_queue.unwrap_or(16),
+            max_frame,
+            shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs.unwrap_or(5)),
+            jail_stage: cfg.jail_stage.clone().unwrap_or_else(default_jail_stage),
+            identity,
+            tmpfs_mount: cfg
+                .tmpfs_mount
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/tmp")),
+            commands,
+            limits: LimitPolicy::new(&cfg.limits)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Settings, ConfigError> {
+        let cfg: FileConfig = toml::from_str(s).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        Settings::from_config(&cfg, Mode::Confined)
+    }
+
+    const PY: &str = "[commands.python]\nbin = \"/usr/bin/python3\"\n";
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{PY}bogus_key = 1\n")).expect_err("unknown key");
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+        let err = parse(&format!("{PY}[limits.defaults]\nCPUS = 1\n")).expect_err("unknown limit");
+        assert!(err.to_string().contains("limits.defaults.CPUS"), "{err}");
+    }
+
+    #[test]
+    fn defaults_above_ceiling_fail_start_up() {
+        let err = parse(&format!(
+            "{PY}[limits.ceilings]\nCPU = 3\n[limits.defaults]\nCPU = 5\n"
+        ))
+        .expect_err("above");
+        assert!(err.to_string().contains("limits.defaults.CPU"), "{err}");
+        // VMEM default 0 = unlimited, which a VMEM ceiling forbids.
+        let err = parse(&format!("{PY}[limits.ceilings]\nVMEM = 1000\n")).expect_err("unlimited");
+        assert!(err.to_string().contains("VMEM"), "{err}");
+        let err = parse(&format!(
+            "{PY}[limits.ceilings]\nNPROC = 20\n[limits.contexts.c1]\nNPROC = 30\n"
+        ))
+        .expect_err("context above");
+        assert!(err.to_string().contains("NPROC"), "{err}");
+    }
+
+    #[test]
+    fn resolve_layers_defaults_context_request() {
+        let s = parse(&format!(
+            "{PY}[limits.defaults]\nCPU = 2\n[limits.ceilings]\nCPU = 10\n[limits.contexts.\"course-v1:X\"]\nCPU = 5\nREALTIME = 7\n"
+        ))
+        .expect("valid");
+        let none = BTreeMap::new();
+        let l = s.limits.resolve(None, &none).expect("ok");
+        assert_eq!(l.get(LimitName::Cpu), 2);
+        let l = s.limits.resolve(Some("course-v1:X"), &none).expect("ok");
+        assert_eq!((l.get(LimitName::Cpu), l.get(LimitName::Realtime)), (5, 7));
+        let l = s.limits.resolve(Some("unknown course"), &none).expect("ok");
+        assert_eq!(l.get(LimitName::Cpu), 2, "unknown context = no overrides");
+        let req = [("CPU".to_string(), 3u64)].into_iter().collect();
+        let l = s.limits.resolve(Some("course-v1:X"), &req).expect("ok");
+        assert_eq!(l.get(LimitName::Cpu), 3, "request wins");
+        let req = [("CPU".to_string(), 11u64)].into_iter().collect();
+        let err = s.limits.resolve(None, &req).expect_err("above ceiling");
+        assert!(err.to_string().contains("CPU=11"), "{err}");
+        let req = [("CPU".to_string(), 0u64)].into_iter().collect();
+        assert!(
+            s.limits.resolve(None, &req).is_err(),
+            "0 = unlimited is above a ceiling"
+        );
+        let req = [("NOPE".to_string(), 1u64)].into_iter().collect();
+        assert!(s.limits.resolve(None, &req).is_err());
+    }
+
+    #[test]
+    fn root_never_runs_programs_as_root() {
+        let id = identity_for(0, 0, None, None);
+        assert_eq!(
+            (id.outer_uid, id.outer_gid),
+            (DEV_ROOT_RUN_ID, DEV_ROOT_RUN_ID)
+        );
+        assert!(id.clear_groups);
+        let id = identity_for(4242, 4242, None, None);
+        assert_eq!((id.outer_uid, id.clear_groups), (4242, false));
+        assert!(parse(&format!("{PY}run_uid = 0\n")).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = parse(&format!("{PY}[socket]\nmode = \"999\"\n")).expect_err("mode");
+        assert!(err.to_string().contains("socket.mode"), "{err}");
+        let err = parse("[commands.python]\nbin = \"python3\"\n").expect_err("relative");
+        assert!(err.to_string().contains("commands.python.bin"), "{err}");
+        let err = parse(&format!("{PY}max_running = 0\n")).expect_err("zero");
+        assert!(err.to_string().contains("max_running"), "{err}");
+    }
+}

@@ -27,7 +27,9 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     match postcard::take_from_bytes(body) {
         Ok((value, [])) => Ok(value),
-        Ok(_) => Err(CodecError::Malformed(postcard::Error::DeserializeBadEncoding)),
+        Ok(_) => Err(CodecError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        )),
         Err(e) => Err(CodecError::Malformed(e)),
     }
 }
@@ -49,7 +51,10 @@ pub fn length_codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 /// Wrap a stream in the length-delimited framing with the given cap.
-pub fn framed<S: AsyncRead + AsyncWrite>(stream: S, max_frame: usize) -> Framed<S, LengthDelimitedCodec> {
+pub fn framed<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    max_frame: usize,
+) -> Framed<S, LengthDelimitedCodec> {
     Framed::new(stream, length_codec(max_frame))
 }
 
@@ -72,7 +77,10 @@ mod tests {
         let mut codec = length_codec(1024);
         let mut buf = BytesMut::from(&[0x00, 0x00, 0x00, 0x05, 1, 2][..]);
         assert!(codec.decode(&mut buf).expect("no error").is_none());
-        assert!(codec.decode_eof(&mut buf).is_err(), "eof mid-frame must be an error");
+        assert!(
+            codec.decode_eof(&mut buf).is_err(),
+            "eof mid-frame must be an error"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod codec;
 pub mod limits;
 pub mod validate;
 
-pub use codec::{decode, encode, framed, CodecError, DEFAULT_MAX_FRAME};
+pub use codec::{decode, decode_head, encode, framed, CodecError, DEFAULT_MAX_FRAME};
 pub use limits::{LimitName, Limits};
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
@@ -443,7 +443,12 @@ mod tests {
 
     #[test]
     fn garbage_does_not_decode_as_request() {
-        for bad in [&b""[..], &b"\xff\xff\xff\xff\xff"[..], &b"\x09"[..], &b"\x00"[..]] {
+        for bad in [
+            &b""[..],
+            &b"\xff\xff\xff\xff\xff"[..],
+            &b"\x09"[..],
+            &b"\x00"[..],
+        ] {
             assert!(decode::<Request>(bad).is_err(), "{bad:?} decoded");
         }
     }

@@ -177,7 +177,11 @@ mod tests {
         assert_eq!(l.get(LimitName::Fsize), 0);
         assert_eq!(l.get(LimitName::Nproc), 15);
         assert_eq!(l.effective(LimitName::Vmem), None, "VMEM 0 disables");
-        assert_eq!(l.effective(LimitName::Fsize), Some(0), "FSIZE 0 means no writes");
+        assert_eq!(
+            l.effective(LimitName::Fsize),
+            Some(0),
+            "FSIZE 0 means no writes"
+        );
     }
 
     #[test]
@@ -185,7 +189,9 @@ mod tests {
         for n in LimitName::ALL {
             assert_eq!(n.as_str().parse::<LimitName>(), Ok(n));
         }
-        let err = "cpu".parse::<LimitName>().expect_err("lowercase is unknown");
+        let err = "cpu"
+            .parse::<LimitName>()
+            .expect_err("lowercase is unknown");
         assert!(err.to_string().contains("\"cpu\""), "{err}");
     }
 

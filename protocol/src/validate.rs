@@ -160,7 +160,14 @@ mod tests {
             assert!(check_relative_path(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_relative_path(&"x".repeat(300)).is_err());
-        for good in ["hello.txt", "pylib/module.py", "tmpfile", "a b", "é.py", ".hidden"] {
+        for good in [
+            "hello.txt",
+            "pylib/module.py",
+            "tmpfile",
+            "a b",
+            "é.py",
+            ".hidden",
+        ] {
             check_relative_path(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
         }
     }
@@ -195,7 +202,10 @@ mod tests {
         );
         check_exec_names(&exec).expect("parent listed");
         exec.extra_files.push(("d".into(), vec![]));
-        assert_eq!(check_exec_names(&exec), Err(NameError::Duplicate("d".into())));
+        assert_eq!(
+            check_exec_names(&exec),
+            Err(NameError::Duplicate("d".into()))
+        );
         exec.extra_files = vec![("sub/x".into(), vec![])];
         assert_eq!(
             check_exec_names(&exec),

@@ -1,2 +1,279 @@
-//! The broker daemon binary.
-fn main() {}
+//! The broker daemon binary: parses arguments (CONTRACTS.md), builds [`Settings`], runs
+//! the start-up self-test, and serves until SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use codejail_broker::config::{CommandConfig, FileConfig, Settings, SocketConfig};
+use codejail_broker::server::{self, admission::Admission, report, selftest, Shared};
+use codejail_protocol::Mode;
+use tokio_util::sync::CancellationToken;
+
+/// The codejail broker: runs untrusted code in per-run jails for callers on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Production: the config file (default /etc/codejail/broker.toml).
+    #[arg(long, conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Development: no set-up, confine with what an unprivileged user has.
+    #[arg(long)]
+    dev: bool,
+    /// Dev: socket path (default $XDG_RUNTIME_DIR/codejail.sock, else ./codejail.sock).
+    #[arg(long, requires = "dev")]
+    socket: Option<PathBuf>,
+    /// Dev: the python interpreter (default /usr/bin/python3, else python3 on PATH).
+    #[arg(long, requires = "dev")]
+    python: Option<PathBuf>,
+    /// Dev: also allow this peer uid (repeatable); the broker's own uid always is.
+    #[arg(long = "allow-uid", requires = "dev")]
+    allow_uid: Vec<u32>,
+    /// Dev: parallel runs.
+    #[arg(long, requires = "dev")]
+    max_running: Option<u32>,
+    /// Dev: requests that may wait for a slot.
+    #[arg(long, requires = "dev")]
+    max_queue: Option<u32>,
+    /// Dev: largest frame accepted, bytes.
+    #[arg(long, requires = "dev")]
+    max_frame: Option<usize>,
+    /// Dev: a default limit value, NAME=VALUE (repeatable).
+    #[arg(long = "default", value_name = "NAME=VALUE", requires = "dev")]
+    defaults: Vec<String>,
+    /// Dev: a limit ceiling, NAME=VALUE (repeatable).
+    #[arg(long = "ceiling", value_name = "NAME=VALUE", requires = "dev")]
+    ceilings: Vec<String>,
+    /// Dev: a named context's override, CONTEXT:NAME=VALUE (repeatable).
+    #[arg(long = "context", value_name = "CONTEXT:NAME=VALUE", requires = "dev")]
+    contexts: Vec<String>,
+    /// Dev: seconds running runs get on SIGTERM.
+    #[arg(long, requires = "dev")]
+    shutdown_grace_secs: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config and print the confinement it would achieve here, without
+    /// serving. Exit 0 valid and achievable, 1 a required layer is not, 2 invalid.
+    CheckConfig {
+        /// The config file (default /etc/codejail/broker.toml).
+        file: Option<PathBuf>,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/codejail/broker.toml";
+
+fn parse_kv(s: &str) -> anyhow::Result<(String, u64)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not NAME=VALUE"))?;
+    let v: u64 = v
+        .parse()
+        .with_context(|| format!("{s:?}: the value must be an unsigned integer"))?;
+    Ok((k.to_string(), v))
+}
+
+fn find_python(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return std::path::absolute(&p).with_context(|| format!("python path {}", p.display()));
+    }
+    let usr = Path::new("/usr/bin/python3");
+    if usr.exists() {
+        return Ok(usr.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("python3"))
+        .find(|p| p.is_file())
+        .context("no /usr/bin/python3 and no python3 on PATH: pass --python")
+}
+
+fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
+    let socket = match &cli.socket {
+        Some(s) => s.clone(),
+        None => match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d).join("codejail.sock"),
+            _ => PathBuf::from("./codejail.sock"),
+        },
+    };
+    let mut allowed = vec![nix::unistd::geteuid().as_raw()];
+    allowed.extend(&cli.allow_uid);
+    let mut cfg = FileConfig {
+        socket: SocketConfig {
+            path: Some(std::path::absolute(&socket)?),
+            // Peers are authenticated by SO_PEERCRED, not by the file mode: an open
+            // mode lets a refused peer hear why it is refused.
+            mode: Some("0666".into()),
+            gid: None,
+        },
+        allowed_uids: allowed,
+        max_running: cli.max_running,
+        max_queue: cli.max_queue,
+        max_frame: cli.max_frame,
+        shutdown_grace_secs: cli.shutdown_grace_secs,
+        ..FileConfig::default()
+    };
+    cfg.commands.insert(
+        "python".into(),
+        CommandConfig {
+            bin: find_python(cli.python.clone())?,
+            args: None,
+            env: None,
+        },
+    );
+    for d in &cli.defaults {
+        let (k, v) = parse_kv(d).context("--default")?;
+        cfg.limits.defaults.insert(k, v);
+    }
+    for c in &cli.ceilings {
+        let (k, v) = parse_kv(c).context("--ceiling")?;
+        cfg.limits.ceilings.insert(k, v);
+    }
+    for c in &cli.contexts {
+        let (ctx, kv) = c
+            .rsplit_once(':')
+            .with_context(|| format!("--context {c:?} is not CONTEXT:NAME=VALUE"))?;
+        let (k, v) = parse_kv(kv).context("--context")?;
+        cfg.limits
+            .contexts
+            .entry(ctx.to_string())
+            .or_default()
+            .insert(k, v);
+    }
+    Ok(cfg)
+}
+
+fn shared_for(settings: Settings) -> Shared {
+    Shared {
+        admission: Admission::new(settings.max_running, settings.max_queue),
+        next_run_id: AtomicU64::new(1),
+        report: report::build(&settings, Ok(())),
+        kill_runs: CancellationToken::new(),
+        settings,
+    }
+}
+
+async fn self_test(shared: &mut Shared) -> Result<(), String> {
+    let verdict = selftest::probe(shared).await;
+    shared.report = report::build(&shared.settings, verdict.clone());
+    verdict
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will kill without grace");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mut shared = shared_for(settings);
+    if let Err(e) = self_test(&mut shared).await {
+        eprint!("{}", report::render(&shared.report));
+        bail!("start-up self-test failed, refusing to serve: {e}");
+    }
+    let banner = report::render(&shared.report);
+    if shared.settings.mode == Mode::Dev {
+        eprint!("{banner}");
+    } else {
+        for line in banner.lines() {
+            tracing::info!("{line}");
+        }
+    }
+    let listener = server::bind(&shared.settings)?;
+    tracing::info!(socket = %shared.settings.socket_path.display(), "serving");
+    let shared = Arc::new(shared);
+    server::run(listener, shared.clone(), wait_for_signal()).await;
+    server::remove_socket(&shared.settings.socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    let settings = match Settings::from_file(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("codejail-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("codejail-broker: cannot start a runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut shared = shared_for(settings);
+    let verdict = rt.block_on(self_test(&mut shared));
+    print!("{}", report::render(&shared.report));
+    match verdict {
+        Ok(()) if shared.report.required_layers_hold() => {
+            println!(
+                "config {} is valid and every required layer holds here",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(()) => ExitCode::from(1),
+        Err(e) => {
+            println!("a required layer does not hold here: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CODEJAIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return check_config(file.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)));
+    }
+    let settings = if cli.dev {
+        dev_config(&cli).and_then(|cfg| Settings::from_config(&cfg, Mode::Dev).map_err(Into::into))
+    } else {
+        let path = cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        Settings::from_file(&path).map_err(Into::into)
+    };
+    let result = settings.and_then(|settings| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(serve(settings))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("codejail-broker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,393 @@
-//! One run, from the broker's side.
+//! One run, from the broker's side (ARCHITECTURE §4 steps 6–8): spawn the jail stage
+//! with its five fds, hand it the Plan, write its id maps, feed stdin, stream
+//! stdout/stderr with the output cap, enforce REALTIME and cancellation by ending the
+//! run, and collect status and usage. The jail itself is built by the stage.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use codejail_protocol::{Finished, LimitName, Limits, Usage};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use crate::config::RunIdentity;
+use crate::jail::plan::{self, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
+
+mod sys;
+
+/// How long the stage gets to end the run after its control pipe closes, before the
+/// broker kills the stage itself (its init then dies by PDEATHSIG).
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long output pipes may stay open after the stage has exited (they close as soon
+/// as the run's pid namespace is gone; this only bounds a kernel surprise).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Read size for output pipes.
+const CHUNK: usize = 64 * 1024;
+
+/// A chunk of program output, in the order read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// stdout bytes.
+    Stdout(Vec<u8>),
+    /// stderr bytes.
+    Stderr(Vec<u8>),
+}
+
+/// What the broker decided for one run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The run's id (logs, workspace name).
+    pub run_id: u64,
+    /// The jail stage binary.
+    pub stage: PathBuf,
+    /// The plan for the stage.
+    pub plan: Plan,
+    /// The program's stdin.
+    pub stdin: Vec<u8>,
+    /// Effective limits (REALTIME, OUTPUT and CPU are read here).
+    pub limits: Limits,
+    /// Outside identity for the id maps.
+    pub identity: RunIdentity,
+}
+
+/// A run that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The stage could not be spawned.
+    #[error("cannot start the jail stage {path}: {source}")]
+    Spawn {
+        /// The stage path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Pipe plumbing failed.
+    #[error("cannot set up the run's pipes: {0}")]
+    Pipes(#[source] std::io::Error),
+    /// The stage reported a failed step; nothing of the user's ran.
+    #[error("jail step failed: {step}: {message}")]
+    Stage {
+        /// The step.
+        step: String,
+        /// Its error.
+        message: String,
+    },
+    /// The id maps could not be written.
+    #[error("cannot write the run's id maps: {0}")]
+    IdMaps(#[source] std::io::Error),
+    /// The stage broke the report protocol or died early.
+    #[error("jail stage failed: {0}")]
+    Protocol(String),
+}
+
+/// Why the broker ended a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Realtime,
+    Cancelled,
+}
+
+/// Collected output and how much was dropped.
+struct OutputCap {
+    remaining: Option<u64>,
+    truncated: bool,
+}
+
+impl OutputCap {
+    /// Keep what fits under the cap, count the rest as truncated.
+    fn admit(&mut self, mut chunk: Vec<u8>) -> Option<Vec<u8>> {
+        if let Some(rem) = self.remaining.as_mut() {
+            let keep = (*rem).min(chunk.len() as u64) as usize;
+            if keep < chunk.len() {
+                self.truncated = true;
+                chunk.truncate(keep);
+            }
+            *rem -= keep as u64;
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    }
+}
+
+/// Run one program in a fresh jail. Output chunks go to `out` as they are read;
+/// `cancel` resolving (e.g. the client went away) ends the run at once.
+pub async fn execute(
+    spec: RunSpec,
+    out: mpsc::Sender<Output>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Finished, RunError> {
+    let started = Instant::now();
+    let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+    let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+
+    let mut cmd = tokio::process::Command::new(&spec.stage);
+    cmd.env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
+    // SAFETY: the closure only calls dup2 (async-signal-safe, no allocation) on fds that
+    // stay open in the parent until spawn returns; both are >= 10 (pipe_high), so the
+    // stdio set-up std does before this closure cannot have clobbered them.
+    unsafe {
+        cmd.pre_exec(move || sys::install_stage_fds(cr, rw));
+    }
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        path: spec.stage.clone(),
+        source,
+    })?;
+    drop(control_r);
+    drop(report_w);
+    let pid = child
+        .id()
+        .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
+    let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
+    let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    // Handshake with the stage: plan, then maps when it asks, then go.
+    let setup = async {
+        let mut frame = Vec::new();
+        plan::write_frame(&mut frame, &spec.plan).map_err(RunError::Pipes)?;
+        control
+            .write_all(&frame)
+            .await
+            .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
+        match read_report(&mut reports).await? {
+            Some(StageReport::NeedMaps) => {}
+            Some(StageReport::Failed { step, message }) => {
+                return Err(RunError::Stage { step, message })
+            }
+            other => {
+                return Err(RunError::Protocol(format!(
+                    "expected NeedMaps, got {other:?}"
+                )))
+            }
+        }
+        let id = spec.identity;
+        crate::jail::idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
+            .map_err(RunError::IdMaps)?;
+        control
+            .write_all(&[GO_BYTE])
+            .await
+            .map_err(|e| RunError::Protocol(format!("sending go: {e}")))?;
+        Ok::<(), RunError>(())
+    };
+    if let Err(e) = setup.await {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(e);
+    }
+
+    // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
+    let feed = async {
+        if let Some(mut w) = stdin.take() {
+            // A program that does not read its stdin closes the pipe: not an error.
+            let _ = w.write_all(&spec.stdin).await;
+        }
+    };
+    let cap = std::sync::Mutex::new(OutputCap {
+        remaining: spec.limits.effective(LimitName::Output),
+        truncated: false,
+    });
+    let pump_out = pump(stdout, &cap, &out, Output::Stdout);
+    let pump_err = pump(stderr, &cap, &out, Output::Stderr);
+    let collect_reports = async {
+        let mut last = None;
+        loop {
+            match read_report(&mut reports).await {
+                Ok(Some(r)) => last = Some(r),
+                Ok(None) => return Ok(last),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let realtime = spec
+        .limits
+        .effective(LimitName::Realtime)
+        .map(Duration::from_secs);
+    let deadline = async {
+        match realtime {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports, child.wait()) };
+    tokio::pin!(io);
+    let mut ended = None;
+    tokio::select! {
+        r = &mut io => return finish(r.3, r.4.ok(), ended, started, &spec, &cap),
+        () = deadline => ended = Some(Ended::Realtime),
+        () = cancel => ended = Some(Ended::Cancelled),
+    }
+    // End the run: closing the control pipe makes the stage SIGKILL the run's init,
+    // which takes the whole pid namespace with it; if the stage does not exit in time,
+    // kill it (init then dies by PDEATHSIG).
+    drop(control);
+    let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(RunError::Protocol(
+                        "the run did not end after SIGKILL".into(),
+                    ))
+                }
+            }
+        }
+    };
+    finish(r.3, r.4.ok(), ended, started, &spec, &cap)
+}
+
+/// Turn what the run left into its `Finished`.
+fn finish(
+    report: Result<Option<StageReport>, RunError>,
+    exit: Option<std::process::ExitStatus>,
+    ended: Option<Ended>,
+    started: Instant,
+    spec: &RunSpec,
+    cap: &std::sync::Mutex<OutputCap>,
+) -> Result<Finished, RunError> {
+    let truncated = cap.lock().map(|c| c.truncated).unwrap_or(true);
+    let mut usage = Usage {
+        wall_ms: started.elapsed().as_millis() as u64,
+        ..Usage::default()
+    };
+    let report = report?;
+    if let (None, Some(StageReport::Failed { step, message })) = (ended, &report) {
+        return Err(RunError::Stage {
+            step: step.clone(),
+            message: message.clone(),
+        });
+    }
+    let (status, signal) = match (ended, report) {
+        (Some(_), _) => (-libc::SIGKILL, Some(libc::SIGKILL)),
+        (
+            None,
+            Some(StageReport::Exited {
+                exit_code,
+                signal,
+                cpu_user_us,
+                cpu_sys_us,
+                max_rss_kib,
+            }),
+        ) => {
+            usage.cpu_user_ms = cpu_user_us / 1000;
+            usage.cpu_sys_ms = cpu_sys_us / 1000;
+            usage.max_rss_kib = max_rss_kib;
+            (
+                codejail_protocol::upstream_status(exit_code, signal),
+                signal,
+            )
+        }
+        (None, other) => {
+            return Err(RunError::Protocol(format!(
+                "the stage ended ({}) without the program's status (last report: {other:?})",
+                exit.map(|e| e.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            )))
+        }
+    };
+    let cpu_limit_ms = spec.limits.effective(LimitName::Cpu).map(|s| s * 1000);
+    let limit_hit = match (ended, signal) {
+        (Some(Ended::Realtime), _) => Some(LimitName::Realtime),
+        (Some(Ended::Cancelled), _) => None,
+        (None, Some(libc::SIGXCPU)) => Some(LimitName::Cpu),
+        // The hard limit (n+1) kills with SIGKILL when SIGXCPU was caught or ignored.
+        (None, Some(libc::SIGKILL))
+            if cpu_limit_ms.is_some_and(|l| usage.cpu_user_ms + usage.cpu_sys_ms >= l) =>
+        {
+            Some(LimitName::Cpu)
+        }
+        (None, Some(libc::SIGXFSZ)) => Some(LimitName::Fsize),
+        _ if truncated => Some(LimitName::Output),
+        _ => None,
+    };
+    Ok(Finished {
+        status,
+        usage,
+        limit_hit: limit_hit.map(|l| l.as_str().to_string()),
+        truncated,
+    })
+}
+
+/// Read one pipe to EOF, passing what fits under the cap to `out` and draining the rest.
+async fn pump<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    cap: &std::sync::Mutex<OutputCap>,
+    out: &mpsc::Sender<Output>,
+    wrap: fn(Vec<u8>) -> Output,
+) {
+    let Some(mut reader) = reader else { return };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let kept = match cap.lock() {
+            Ok(mut c) => c.admit(buf[..n].to_vec()),
+            Err(_) => None,
+        };
+        if let Some(chunk) = kept {
+            // A gone receiver means the client left; keep draining so the program is
+            // not blocked on a full pipe while the run is being ended.
+            let _ = out.send(wrap(chunk)).await;
+        }
+    }
+}
+
+async fn read_report(r: &mut pipe::Receiver) -> Result<Option<StageReport>, RunError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(RunError::Protocol(format!("reading a report: {e}"))),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_REPORT_FRAME {
+        return Err(RunError::Protocol(format!("report frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|e| RunError::Protocol(format!("reading a report: {e}")))?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| RunError::Protocol(format!("malformed report: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_cap_keeps_prefix_and_marks_truncation() {
+        let mut cap = OutputCap {
+            remaining: Some(5),
+            truncated: false,
+        };
+        assert_eq!(cap.admit(b"abc".to_vec()), Some(b"abc".to_vec()));
+        assert_eq!(cap.admit(b"defg".to_vec()), Some(b"de".to_vec()));
+        assert!(cap.truncated);
+        assert_eq!(cap.admit(b"h".to_vec()), None);
+        let mut unlimited = OutputCap {
+            remaining: None,
+            truncated: false,
+        };
+        assert_eq!(unlimited.admit(vec![1; 10]), Some(vec![1; 10]));
+        assert!(!unlimited.truncated);
+    }
+}

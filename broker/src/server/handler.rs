@@ -1,0 +1,373 @@
+//! One connection: authenticate the peer, handshake, then serve requests one at a time.
+//! Bad input gets a typed error and the connection (and the broker) lives on, except
+//! where the framing itself is broken, which closes this connection only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use codejail_protocol::validate::{self, NameError};
+use codejail_protocol::{
+    decode, decode_head, encode, framed, EntryKind, ErrorKind, Exec, Hello, LimitName, Limits,
+    Request, Response, Welcome, HELLO_MAGIC, PROTOCOL_VERSION,
+};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Ticket;
+use super::Shared;
+use crate::config::{LimitError, Settings};
+use crate::jail::plan::{Plan, RunLimits};
+use crate::run::{self, Output, RunSpec};
+
+/// How long a peer has to send its `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Output chunks buffered between a run and a slow client.
+const OUTPUT_BUFFER: usize = 16;
+
+type Tx = SplitSink<Framed<UnixStream, LengthDelimitedCodec>, Bytes>;
+type Rx = SplitStream<Framed<UnixStream, LengthDelimitedCodec>>;
+
+/// An error to send to the peer.
+pub(crate) struct Refuse(pub(crate) ErrorKind, pub(crate) String);
+
+async fn send(tx: &mut Tx, resp: &Response) -> bool {
+    match encode(resp) {
+        Ok(body) => tx.send(Bytes::from(body)).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn send_error(tx: &mut Tx, kind: ErrorKind, message: String) -> bool {
+    send(tx, &Response::Error { kind, message }).await
+}
+
+/// Serve one connection to its end.
+pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationToken) {
+    let peer_uid = match stream.peer_cred() {
+        Ok(c) => c.uid(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let (mut tx, mut rx) = framed(stream, shared.settings.max_frame).split();
+
+    // Handshake: a Hello, then a Welcome (which may be a refusal).
+    let refusal = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next()).await {
+        Err(_) => Some("no Hello within 10 s".to_string()),
+        Ok(None) => return,
+        Ok(Some(Err(e))) => Some(format!("malformed Hello frame: {e}")),
+        Ok(Some(Ok(body))) => check_hello(&body, peer_uid, &shared.settings),
+    };
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+        refused: refusal.clone(),
+        status: shared.status(),
+    };
+    let sent = match encode(&welcome) {
+        Ok(body) => tx.send(Bytes::from(body)).await.is_ok(),
+        Err(_) => false,
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(peer_uid, %reason, "connection refused");
+        return;
+    }
+    if !sent {
+        return;
+    }
+
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => {
+                let _ = send_error(&mut tx, ErrorKind::ShuttingDown, "the broker is shutting down".into()).await;
+                return;
+            }
+            f = rx.next() => f,
+        };
+        let body = match frame {
+            None => return,
+            Some(Ok(body)) => body,
+            Some(Err(e)) => {
+                // The framing is broken (e.g. a frame over the cap): this connection
+                // cannot be resynchronised, so answer and close it.
+                tracing::warn!(peer_uid, error = %e, "bad frame; closing connection");
+                let _ = send_error(
+                    &mut tx,
+                    ErrorKind::InvalidRequest,
+                    format!("bad frame: {e} (cap {} bytes)", shared.settings.max_frame),
+                )
+                .await;
+                return;
+            }
+        };
+        let request = match decode::<Request>(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer_uid, error = %e, "malformed request");
+                if !send_error(
+                    &mut tx,
+                    ErrorKind::InvalidRequest,
+                    format!("malformed request: {e}"),
+                )
+                .await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        let alive = match request {
+            Request::Status => send(&mut tx, &Response::Status(shared.status())).await,
+            Request::Exec(exec) => handle_exec(&mut tx, &mut rx, &shared, *exec, peer_uid).await,
+            _ => {
+                send_error(
+                    &mut tx,
+                    ErrorKind::InvalidRequest,
+                    "unsupported request".into(),
+                )
+                .await
+            }
+        };
+        if !alive {
+            return;
+        }
+    }
+}
+
+/// Why a Hello is refused, if it is.
+fn check_hello(body: &[u8], peer_uid: u32, settings: &Settings) -> Option<String> {
+    let hello: Hello = match decode_head(body) {
+        Ok(h) => h,
+        Err(e) => return Some(format!("malformed Hello: {e}")),
+    };
+    if hello.magic != HELLO_MAGIC {
+        return Some("not a codejail client (bad magic in Hello)".into());
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Some(format!(
+            "unsupported protocol version {} (this broker speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        ));
+    }
+    if !settings.allowed_uids.contains(&peer_uid) {
+        return Some(format!(
+            "peer uid {peer_uid} is not allowed to use this broker"
+        ));
+    }
+    None
+}
+
+/// Validate an Exec into a run spec, or say what is wrong.
+pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), Refuse> {
+    let settings = &shared.settings;
+    validate::check_exec_names(&exec).map_err(|e| match e {
+        NameError::BadCommand(_) => Refuse(ErrorKind::UnknownCommand, e.to_string()),
+        _ => Refuse(ErrorKind::BadFileName, e.to_string()),
+    })?;
+    let command = settings.commands.get(&exec.command).ok_or_else(|| {
+        let known: Vec<_> = settings.commands.keys().map(String::as_str).collect();
+        Refuse(
+            ErrorKind::UnknownCommand,
+            format!(
+                "command {:?} is not configured (configured: {})",
+                exec.command,
+                known.join(", ")
+            ),
+        )
+    })?;
+    let limits = settings
+        .limits
+        .resolve(exec.limits_context.as_deref(), &exec.limits)
+        .map_err(|e| match e {
+            LimitError::Unknown(_) => Refuse(ErrorKind::UnknownLimit, e.to_string()),
+            LimitError::AboveCeiling { .. } => Refuse(ErrorKind::LimitAboveCeiling, e.to_string()),
+        })?;
+    if exec.code.is_none() && exec.argv.is_empty() {
+        return Err(Refuse(
+            ErrorKind::InvalidRequest,
+            "no code and no argv: nothing to run".into(),
+        ));
+    }
+    let run_id = shared.next_run_id.fetch_add(1, Ordering::SeqCst);
+    let mut argv = vec![command.bin.to_string_lossy().into_owned()];
+    argv.extend(command.args.iter().cloned());
+    if exec.code.is_some() {
+        argv.push("jailed_code".into());
+    }
+    argv.extend(exec.argv.iter().cloned());
+    let file_bytes: u64 = exec
+        .files
+        .iter()
+        .map(|f| match &f.kind {
+            EntryKind::File { contents, .. } => page_round(contents.len()),
+            _ => 4096,
+        })
+        .chain(exec.extra_files.iter().map(|(_, c)| page_round(c.len())))
+        .chain(exec.code.iter().map(|c| page_round(c.len())))
+        .sum();
+    let entries = (exec.files.len() + exec.extra_files.len() + 4) as u64;
+    let tmp = limits.effective(LimitName::Tmp);
+    let plan = Plan {
+        program: command.bin.to_string_lossy().into_owned(),
+        argv,
+        env: command.env.clone(),
+        code: exec.code,
+        files: exec.files,
+        extra_files: exec.extra_files,
+        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        workdir_name: format!("codejail-{run_id}"),
+        limits: RunLimits {
+            cpu_secs: limits.effective(LimitName::Cpu),
+            vmem_bytes: limits.effective(LimitName::Vmem),
+            fsize_bytes: limits.get(LimitName::Fsize),
+            nproc: limits.effective(LimitName::Nproc),
+            // The tmpfs holds the copied files too: the TMP limit is what the program
+            // may add on top of them.
+            tmp_bytes: tmp.map(|t| t + file_bytes),
+            tmp_inodes: tmp.map(|t| (t / 4096).max(1024) + entries),
+        },
+        clear_groups: settings.identity.clear_groups,
+        hostname: "codejail".into(),
+    };
+    let spec = RunSpec {
+        run_id,
+        stage: settings.jail_stage.clone(),
+        plan,
+        stdin: exec.stdin,
+        limits,
+        identity: settings.identity,
+    };
+    Ok((spec, limits))
+}
+
+fn page_round(n: usize) -> u64 {
+    (n as u64).div_ceil(4096).max(1) * 4096
+}
+
+/// Serve one Exec. Returns whether the connection is still usable.
+async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer_uid: u32) -> bool {
+    let slug = exec.slug.clone().unwrap_or_default();
+    let (spec, limits) = match prepare(shared, exec) {
+        Ok(s) => s,
+        Err(Refuse(kind, message)) => {
+            tracing::warn!(peer_uid, slug, %kind, %message, "request refused");
+            return send_error(tx, kind, message).await;
+        }
+    };
+    let run_id = spec.run_id;
+
+    // Admission: a slot now, a place in the queue, or Busy.
+    let _slot = match shared.admission.try_admit() {
+        Ticket::Now(slot) => slot,
+        Ticket::Busy => {
+            tracing::warn!(
+                run_id,
+                peer_uid,
+                slug,
+                "busy: every slot and the queue are full"
+            );
+            let load = shared.admission.load();
+            return send_error(
+                tx,
+                ErrorKind::Busy,
+                format!(
+                    "busy: {} runs running and {} queued (the maximum); try again later",
+                    load.running, load.queued
+                ),
+            )
+            .await;
+        }
+        Ticket::Queued(position) => {
+            if !send(tx, &Response::Queued { position }).await {
+                return false;
+            }
+            tokio::select! {
+                slot = shared.admission.wait() => match slot {
+                    Some(s) => s,
+                    None => return send_error(tx, ErrorKind::ShuttingDown, "the broker is shutting down".into()).await,
+                },
+                // Anything from the client while queued: it left (or broke the
+                // one-request-at-a-time rule). Either way, drop its place.
+                _ = rx.next() => {
+                    tracing::info!(run_id, peer_uid, slug, "client left while queued");
+                    return false;
+                }
+            }
+        }
+    };
+
+    if !send(tx, &Response::Started { run_id }).await {
+        return false;
+    }
+    let cancel = shared.kill_runs.child_token();
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
+    let run = run::execute(spec, out_tx, cancel.clone().cancelled_owned());
+    tokio::pin!(run);
+    let mut client_alive = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            Some(chunk) = out_rx.recv() => {
+                if client_alive && !send(tx, &to_response(chunk)).await {
+                    client_alive = false;
+                    cancel.cancel();
+                }
+            }
+            frame = rx.next(), if client_alive => {
+                // The client closed (None/Err) or sent a frame mid-run, which the
+                // protocol forbids: cancel the run either way.
+                tracing::info!(run_id, peer_uid, slug, closed = frame.is_none(), "client left mid-run; cancelling");
+                client_alive = false;
+                cancel.cancel();
+            }
+        }
+    };
+    while let Ok(chunk) = out_rx.try_recv() {
+        if client_alive && !send(tx, &to_response(chunk)).await {
+            client_alive = false;
+        }
+    }
+    match result {
+        Ok(fin) => {
+            let outcome = if cancel.is_cancelled() && fin.limit_hit.is_none() {
+                "cancelled"
+            } else {
+                "finished"
+            };
+            tracing::info!(
+                run_id,
+                slug,
+                peer_uid,
+                limits = %limits,
+                outcome,
+                status = fin.status,
+                limit_hit = fin.limit_hit.as_deref().unwrap_or("-"),
+                truncated = fin.truncated,
+                wall_ms = fin.usage.wall_ms,
+                cpu_user_ms = fin.usage.cpu_user_ms,
+                cpu_sys_ms = fin.usage.cpu_sys_ms,
+                max_rss_kib = fin.usage.max_rss_kib,
+                "run ended"
+            );
+            client_alive && send(tx, &Response::Finished(fin)).await
+        }
+        Err(e) => {
+            tracing::error!(run_id, slug, peer_uid, limits = %limits, outcome = "jail failed", error = %e, "run failed");
+            client_alive && send_error(tx, ErrorKind::JailFailed, e.to_string()).await
+        }
+    }
+}
+
+fn to_response(chunk: Output) -> Response {
+    match chunk {
+        Output::Stdout(b) => Response::Stdout(b),
+        Output::Stderr(b) => Response::Stderr(b),
+    }
+}

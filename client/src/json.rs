@@ -1,0 +1,178 @@
+//! The JSON shapes of `codejail-client exec --json` and `status --json` (CONTRACTS.md).
+//! Kept in the library so that the exact keys are unit-tested in one place.
+
+use serde_json::{json, Map, Value};
+
+use codejail_protocol::StatusReport;
+
+use crate::JailResult;
+
+/// `exec --json`: `{"status", "stdout", "stderr", "limit_hit", "truncated", "usage"}`,
+/// output decoded as UTF-8 with invalid bytes replaced.
+pub fn jail_result(r: &JailResult) -> Value {
+    json!({
+        "status": r.status,
+        "stdout": String::from_utf8_lossy(&r.stdout),
+        "stderr": String::from_utf8_lossy(&r.stderr),
+        "limit_hit": r.limit_hit,
+        "truncated": r.truncated,
+        "usage": {
+            "cpu_user_ms": r.usage.cpu_user_ms,
+            "cpu_sys_ms": r.usage.cpu_sys_ms,
+            "wall_ms": r.usage.wall_ms,
+            "max_rss_kib": r.usage.max_rss_kib,
+            "peak_memory_bytes": r.usage.peak_memory_bytes,
+        },
+    })
+}
+
+/// `status --json`: `{"broker_version", "protocol_version", "mode", "layers", "load"}`.
+pub fn status_report(s: &StatusReport) -> Value {
+    let layers: Map<String, Value> = s
+        .layers
+        .iter()
+        .map(|(name, l)| {
+            let layer = json!({
+                "state": l.state.as_str(),
+                "required": l.required,
+                "detail": l.detail,
+            });
+            (name.clone(), layer)
+        })
+        .collect();
+    json!({
+        "broker_version": s.broker_version,
+        "protocol_version": s.protocol_version,
+        "mode": s.mode.as_str(),
+        "layers": layers,
+        "load": {
+            "running": s.load.running,
+            "queued": s.load.queued,
+            "max_running": s.load.max_running,
+            "max_queue": s.load.max_queue,
+        },
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // Tests fail loudly by design.
+mod tests {
+    use super::*;
+    use codejail_protocol::{Layer, LayerState, Load, Mode, Usage};
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn exec_json_has_exactly_the_contract_keys() {
+        let r = JailResult {
+            stdout: b"ok\n".to_vec(),
+            stderr: b"bad \xff byte".to_vec(),
+            status: -9,
+            usage: Usage {
+                cpu_user_ms: 1,
+                cpu_sys_ms: 2,
+                wall_ms: 3,
+                max_rss_kib: 4,
+                peak_memory_bytes: None,
+            },
+            limit_hit: Some("REALTIME".into()),
+            truncated: false,
+            run_id: 7,
+        };
+        let v = jail_result(&r);
+        assert_eq!(
+            keys(&v),
+            [
+                "limit_hit",
+                "status",
+                "stderr",
+                "stdout",
+                "truncated",
+                "usage"
+            ]
+        );
+        assert_eq!(
+            keys(&v["usage"]),
+            [
+                "cpu_sys_ms",
+                "cpu_user_ms",
+                "max_rss_kib",
+                "peak_memory_bytes",
+                "wall_ms"
+            ]
+        );
+        assert_eq!(v["status"], json!(-9));
+        assert_eq!(v["stdout"], json!("ok\n"));
+        assert_eq!(v["stderr"], json!("bad \u{fffd} byte"));
+        assert_eq!(v["limit_hit"], json!("REALTIME"));
+        assert_eq!(v["truncated"], json!(false));
+        assert_eq!(v["usage"]["wall_ms"], json!(3));
+        assert_eq!(v["usage"]["peak_memory_bytes"], Value::Null);
+
+        let none = jail_result(&JailResult {
+            limit_hit: None,
+            usage: Usage {
+                peak_memory_bytes: Some(5),
+                ..Usage::default()
+            },
+            ..r
+        });
+        assert_eq!(none["limit_hit"], Value::Null);
+        assert_eq!(none["usage"]["peak_memory_bytes"], json!(5));
+    }
+
+    #[test]
+    fn status_json_has_exactly_the_contract_keys() {
+        let s = StatusReport {
+            broker_version: "0.1.0".into(),
+            protocol_version: 1,
+            mode: Mode::Dev,
+            layers: [(
+                "landlock".to_string(),
+                Layer {
+                    state: LayerState::Partial,
+                    required: true,
+                    detail: "ABI 3".into(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            load: Load {
+                running: 1,
+                queued: 2,
+                max_running: 3,
+                max_queue: 4,
+            },
+        };
+        let v = status_report(&s);
+        assert_eq!(
+            keys(&v),
+            [
+                "broker_version",
+                "layers",
+                "load",
+                "mode",
+                "protocol_version"
+            ]
+        );
+        assert_eq!(v["mode"], json!("dev"));
+        assert_eq!(v["protocol_version"], json!(1));
+        assert_eq!(
+            v["layers"],
+            json!({"landlock": {"state": "partial", "required": true, "detail": "ABI 3"}})
+        );
+        assert_eq!(
+            v["load"],
+            json!({"running": 1, "queued": 2, "max_running": 3, "max_queue": 4})
+        );
+    }
+}
