@@ -1,5 +1,6 @@
-//! The jail stage binary: spawned by the broker once per run (see `jail::plan`).
+//! The jail stage binary: spawned by the broker once per run (see `jail::plan` for
+//! its fds). Single-threaded; all the work is in `codejail_broker::jail`.
 
 fn main() {
-    std::process::exit(2);
+    std::process::exit(codejail_broker::jail::run_stage());
 }

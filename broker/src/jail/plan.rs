@@ -42,8 +42,9 @@ pub struct RunLimits {
     pub vmem_bytes: Option<u64>,
     /// RLIMIT_FSIZE bytes (0 = no file may be written).
     pub fsize_bytes: u64,
-    /// RLIMIT_NPROC: processes+threads of the program (the stage adds one for init,
-    /// which shares the run's uid).
+    /// RLIMIT_NPROC: processes+threads of the program. The stage adds two, for the
+    /// stage itself and the init, which share the run's uid and are counted (since
+    /// Linux 5.14 the count is per user namespace and uid, so it is per run).
     pub nproc: Option<u64>,
     /// tmpfs `size=` of the workspace, bytes.
     pub tmp_bytes: Option<u64>,

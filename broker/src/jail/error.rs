@@ -1,0 +1,308 @@
+//! The jail stage's one error type: every variant is named after the step that failed
+//! and carries what that step was working on (a path, a name) and the `io::Error`.
+//! [`JailError::step`] and [`JailError::message`] turn it into a
+//! [`StageReport::Failed`](super::plan::StageReport::Failed) for the broker.
+
+use std::error::Error as _;
+use std::fs::File;
+use std::io;
+
+use codejail_protocol::validate::NameError;
+
+use super::plan::{write_frame, StageReport, CONTROL_FD, REPORT_FD};
+
+/// A step of the jail stage (or of the init or program inside it) that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The stage is not running single-threaded (fork and unshare need that).
+    #[error("the jail stage must be single-threaded")]
+    CheckSingleThreaded(#[source] io::Error),
+    /// Closing the fds inherited beyond the fd contract failed.
+    #[error("cannot close inherited fds above {REPORT_FD}")]
+    CloseInheritedFds(#[source] io::Error),
+    /// Reading the plan frame from the control pipe failed.
+    #[error("cannot read the plan from fd {CONTROL_FD}")]
+    ReadPlan(#[source] io::Error),
+    /// The control pipe closed before a plan arrived.
+    #[error("the control pipe closed before a plan arrived")]
+    NoPlan,
+    /// A name in the plan is refused (the broker validated it too; this is the check
+    /// that counts).
+    #[error("refused name in the plan")]
+    ValidateName(#[source] NameError),
+    /// Another field of the plan is unusable.
+    #[error("invalid plan: {0}")]
+    ValidatePlan(String),
+    /// Writing a report frame to the broker failed.
+    #[error("cannot write a report on fd {REPORT_FD}")]
+    Report(#[source] io::Error),
+    /// `unshare(CLONE_NEWUSER)` failed.
+    #[error("unshare(CLONE_NEWUSER)")]
+    UnshareUser(#[source] io::Error),
+    /// Reading the go-ahead byte after the id maps failed.
+    #[error("cannot read the go-ahead byte from fd {CONTROL_FD}")]
+    WaitIdMaps(#[source] io::Error),
+    /// `setgroups([])` failed.
+    #[error("setgroups([])")]
+    ClearGroups(#[source] io::Error),
+    /// `setresgid` to the run's gid failed.
+    #[error("setresgid({gid})")]
+    SetGid {
+        /// The inner gid.
+        gid: u32,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `setresuid` to the run's uid failed.
+    #[error("setresuid({uid})")]
+    SetUid {
+        /// The inner uid.
+        uid: u32,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `unshare` of the mount, pid, net, ipc and uts namespaces failed.
+    #[error("unshare(CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWNET|CLONE_NEWIPC|CLONE_NEWUTS)")]
+    UnshareNamespaces(#[source] io::Error),
+    /// `sethostname` failed.
+    #[error("sethostname({hostname:?})")]
+    SetHostname {
+        /// The host name from the plan.
+        hostname: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating the lifeline pipe between the stage and the init failed.
+    #[error("create the lifeline pipe")]
+    CreateLifeline(#[source] io::Error),
+    /// A `fork` failed (`what` is "init" or "program").
+    #[error("fork {what}")]
+    Fork {
+        /// Which process was being forked.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Watching the init (pidfd, poll, wait) failed.
+    #[error("watching the init")]
+    WatchInit(#[source] io::Error),
+    /// Arming `PR_SET_PDEATHSIG` in the init failed, or the stage already died.
+    #[error("tie the init's life to the stage")]
+    TieToStage(#[source] io::Error),
+    /// Making every mount private failed.
+    #[error("make / and its submounts private")]
+    MakeMountsPrivate(#[source] io::Error),
+    /// Mounting the workspace tmpfs failed.
+    #[error("mount workspace tmpfs at {path} ({options})")]
+    MountWorkspace {
+        /// The mount point.
+        path: String,
+        /// The tmpfs options.
+        options: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening a directory of the workspace (never through a symlink) failed.
+    #[error("open directory {path}")]
+    OpenDir {
+        /// The directory, relative to the workspace (or absolute for its root).
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating a directory of the workspace failed.
+    #[error("create directory {path}")]
+    CreateDir {
+        /// The directory, relative to the tmpfs.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating or writing a file of the workspace failed.
+    #[error("write file {path}")]
+    WriteFile {
+        /// The file, relative to the workspace.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating a symlink of the workspace failed.
+    #[error("create symlink {path} -> {target}")]
+    CreateSymlink {
+        /// The link, relative to the workspace.
+        path: String,
+        /// Its target, verbatim.
+        target: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Mounting a fresh `/proc` for the run's pid namespace failed.
+    #[error("mount proc at /proc")]
+    MountProc(#[source] io::Error),
+    /// Reaping children in the init failed.
+    #[error("reap the run's processes")]
+    Reap(#[source] io::Error),
+    /// Entering the workspace directory failed.
+    #[error("chdir {path}")]
+    EnterWorkdir {
+        /// The workspace directory.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Resetting signal dispositions and the signal mask failed.
+    #[error("reset signal dispositions and mask")]
+    ResetSignals(#[source] io::Error),
+    /// Setting a resource limit failed.
+    #[error("setrlimit({resource}, soft {soft}, hard {hard})")]
+    SetRlimit {
+        /// The resource name, e.g. `RLIMIT_CPU`.
+        resource: &'static str,
+        /// Soft limit.
+        soft: u64,
+        /// Hard limit.
+        hard: u64,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Marking the fds above stderr close-on-exec failed.
+    #[error("mark fds above 2 close-on-exec")]
+    CloseOnExec(#[source] io::Error),
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
+    #[error("prctl(PR_SET_NO_NEW_PRIVS)")]
+    NoNewPrivs(#[source] io::Error),
+    /// `execve` of the program failed.
+    #[error("execve {program}")]
+    Exec {
+        /// The program's path.
+        program: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Longest `message` put in a report: a frame stays below `PIPE_BUF` so the stage,
+/// the init and the program never interleave their frames (pipe(7)).
+const MAX_REPORT_MESSAGE: usize = 2048;
+
+impl JailError {
+    /// The step's name as the broker logs it, e.g. `"mount workspace tmpfs"`.
+    pub fn step(&self) -> String {
+        let step = match self {
+            JailError::CheckSingleThreaded(_) => "check single-threaded",
+            JailError::CloseInheritedFds(_) => "close inherited fds",
+            JailError::ReadPlan(_) | JailError::NoPlan => "read plan",
+            JailError::ValidateName(_) | JailError::ValidatePlan(_) => "validate plan",
+            JailError::Report(_) => "write report",
+            JailError::UnshareUser(_) => "unshare user namespace",
+            JailError::WaitIdMaps(_) => "wait for id maps",
+            JailError::ClearGroups(_) => "clear supplementary groups",
+            JailError::SetGid { .. } => "set gid",
+            JailError::SetUid { .. } => "set uid",
+            JailError::UnshareNamespaces(_) => "unshare namespaces",
+            JailError::SetHostname { .. } => "set hostname",
+            JailError::CreateLifeline(_) => "create lifeline",
+            JailError::Fork { what, .. } => return format!("fork {what}"),
+            JailError::WatchInit(_) => "watch init",
+            JailError::TieToStage(_) => "tie init to stage",
+            JailError::MakeMountsPrivate(_) => "make mounts private",
+            JailError::MountWorkspace { .. } => "mount workspace tmpfs",
+            JailError::OpenDir { .. } => "open workspace directory",
+            JailError::CreateDir { .. } => "create directory",
+            JailError::WriteFile { .. } => "write file",
+            JailError::CreateSymlink { .. } => "create symlink",
+            JailError::MountProc(_) => "mount proc",
+            JailError::Reap(_) => "reap",
+            JailError::EnterWorkdir { .. } => "enter workdir",
+            JailError::ResetSignals(_) => "reset signals",
+            JailError::SetRlimit { .. } => "set rlimit",
+            JailError::CloseOnExec(_) => "close fds on exec",
+            JailError::NoNewPrivs(_) => "set no_new_privs",
+            JailError::Exec { program, .. } => return format!("exec {program}"),
+        };
+        step.to_string()
+    }
+
+    /// The error with its whole source chain, e.g.
+    /// `"mount workspace tmpfs at /tmp (mode=0755): Operation not permitted (os error 1)"`.
+    pub fn message(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    }
+
+    /// The report frame for this failure (message capped so the frame stays atomic).
+    pub fn to_report(&self) -> StageReport {
+        let mut message = self.message();
+        if message.len() > MAX_REPORT_MESSAGE {
+            let mut end = MAX_REPORT_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
+        }
+        StageReport::Failed {
+            step: self.step(),
+            message,
+        }
+    }
+}
+
+/// Tell the broker which step failed. Best effort: if the report pipe is gone the
+/// broker is gone too, and nothing is left to tell.
+pub(crate) fn report_failure(report: &mut File, error: &JailError) {
+    let _ = write_frame(report, &error.to_report());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_carries_the_path_and_the_os_error() {
+        let e = JailError::WriteFile {
+            path: "pkg/mod.py".into(),
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        };
+        assert_eq!(e.step(), "write file");
+        let m = e.message();
+        assert!(m.starts_with("write file pkg/mod.py: "), "{m}");
+        assert!(m.contains("exists"), "{m}");
+    }
+
+    #[test]
+    fn report_message_is_capped_on_a_char_boundary() {
+        let e = JailError::ValidatePlan("é".repeat(4000));
+        match e.to_report() {
+            StageReport::Failed { step, message } => {
+                assert_eq!(step, "validate plan");
+                assert!(message.len() <= MAX_REPORT_MESSAGE + 3);
+                assert!(message.ends_with("..."));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = JailError::Exec {
+            program: "/usr/bin/python3".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(e.step(), "exec /usr/bin/python3");
+    }
+}

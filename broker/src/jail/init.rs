@@ -1,0 +1,175 @@
+//! The init: PID 1 of the run's pid namespace, forked by the stage. It builds the
+//! run's filesystem view (it must: procfs shows the pid namespace of the process that
+//! mounts it), forks the program as PID 2, reaps everything that dies in the
+//! namespace, and relays the program's wait status and usage to the broker.
+//!
+//! The program is never PID 1: PID 1 of a namespace gets only the signals it has
+//! handlers for (pid_namespaces(7)), so it would ignore SIGXCPU and CPU limits would
+//! not end it. When the init exits the kernel SIGKILLs every other process of the
+//! namespace, daemonized or not, and the stage's `waitpid` on the init returns only
+//! once they are all reaped: that is how the run's cleanup is verified, not assumed.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+
+use super::error::{report_failure, JailError};
+use super::mounts::{make_mounts_private, mount_proc};
+use super::plan::{write_frame, Plan, StageReport};
+use super::program::{exec_program, ExecSpec};
+use super::sys::{self, Forked, Reaped};
+use super::workspace::{mount_workspace_tmpfs, populate_workspace};
+
+/// What the init needs from the stage, besides the plan.
+pub(crate) struct InitContext<'a> {
+    /// The plan.
+    pub(crate) plan: &'a Plan,
+    /// The program's exec arguments, prepared by the stage.
+    pub(crate) spec: &'a ExecSpec,
+    /// The control pipe, which only the stage watches: the init closes it.
+    pub(crate) control: File,
+    /// The read end of the lifeline: a pipe that hangs up when the stage is gone.
+    pub(crate) lifeline_read: OwnedFd,
+    /// The init's copy of the lifeline's write end, closed first thing so that only
+    /// the stage holds one.
+    pub(crate) lifeline_write: OwnedFd,
+}
+
+/// The init's checklist, run in the forked PID 1; never returns. Exits 0 after
+/// reporting the program's end, 1 after reporting a failed step.
+pub(crate) fn run_init(ctx: InitContext<'_>, report: &mut File) -> ! {
+    match init_steps(ctx, report) {
+        Ok(exited) => {
+            // If the broker is gone there is no one to tell; exiting still ends the run.
+            let _ = write_frame(report, &exited);
+            sys::exit_now(0)
+        }
+        Err(error) => {
+            report_failure(report, &error);
+            sys::exit_now(1)
+        }
+    }
+}
+
+fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, JailError> {
+    let InitContext {
+        plan,
+        spec,
+        control,
+        lifeline_read,
+        lifeline_write,
+    } = ctx;
+    // Die with the stage, first: if the broker kills the stage, the whole run must go
+    // (the stage is single-threaded, so "parent thread exits" means "stage exits").
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| JailError::TieToStage(e.into()))?;
+    // The stage may have died between fork and prctl; the lifeline pipe tells, once
+    // our own copy of its write end is closed.
+    drop(lifeline_write);
+    check_stage_alive(&lifeline_read)?;
+    drop(lifeline_read);
+    // The control pipe is the stage's business (and the broker's kill switch); the
+    // program must not hold it.
+    drop(control);
+    // Nothing mounted from here on may propagate to the host (mount_namespaces(7)).
+    make_mounts_private()?;
+    // Later: the minimal read-only root and pivot_root go here.
+    // The workspace: a fresh tmpfs, capped, dying with the mount namespace.
+    mount_workspace_tmpfs(plan)?;
+    // Files are written by the init, before any code of the user's runs.
+    populate_workspace(plan)?;
+    // A /proc of the run's own pid namespace (the init is its PID 1).
+    mount_proc()?;
+    // Later: compile the seccomp filter here, before rlimits can starve the stage.
+    // The program is PID 2, never PID 1 (see the module doc).
+    let program = match sys::fork().map_err(|source| JailError::Fork {
+        what: "program",
+        source,
+    })? {
+        Forked::Child => exec_program(plan, spec, report),
+        Forked::Parent(pid) => pid,
+    };
+    // Reap everything (orphans are re-parented to us) until the program itself ends.
+    loop {
+        let reaped = sys::wait4_any().map_err(JailError::Reap)?;
+        if reaped.pid == program {
+            return Ok(exit_report(&reaped));
+        }
+    }
+}
+
+/// `Err` when the stage is already gone (its end of the lifeline hung up).
+fn check_stage_alive(lifeline: &OwnedFd) -> Result<(), JailError> {
+    let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::ZERO).map_err(|e| JailError::TieToStage(e.into()))?;
+    if ready > 0 {
+        return Err(JailError::TieToStage(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the stage died before the init armed PR_SET_PDEATHSIG",
+        )));
+    }
+    Ok(())
+}
+
+/// The `Exited` report for the program's wait status and rusage (which covers the
+/// program and the descendants it waited for: getrusage(2)).
+fn exit_report(reaped: &Reaped) -> StageReport {
+    let status = reaped.status;
+    let micros = |tv: libc::timeval| {
+        u64::try_from(tv.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(tv.tv_usec).unwrap_or(0))
+    };
+    StageReport::Exited {
+        exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        cpu_user_us: micros(reaped.rusage.ru_utime),
+        cpu_sys_us: micros(reaped.rusage.ru_stime),
+        max_rss_kib: u64::try_from(reaped.rusage.ru_maxrss).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reaped(status: i32) -> Reaped {
+        let mut rusage = sys::zeroed_rusage();
+        rusage.ru_utime.tv_sec = 1;
+        rusage.ru_utime.tv_usec = 5;
+        rusage.ru_maxrss = 1234;
+        Reaped {
+            pid: 2,
+            status,
+            rusage,
+        }
+    }
+
+    #[test]
+    fn wait_status_is_decoded() {
+        // exit(3): status 3 << 8; killed by SIGXCPU: status 24.
+        match exit_report(&reaped(3 << 8)) {
+            StageReport::Exited {
+                exit_code,
+                signal,
+                cpu_user_us,
+                max_rss_kib,
+                ..
+            } => {
+                assert_eq!((exit_code, signal), (Some(3), None));
+                assert_eq!(cpu_user_us, 1_000_005);
+                assert_eq!(max_rss_kib, 1234);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match exit_report(&reaped(libc::SIGXCPU)) {
+            StageReport::Exited {
+                exit_code, signal, ..
+            } => assert_eq!((exit_code, signal), (None, Some(24))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The program: PID 2 of the run, forked by the init. It applies the last, per-process
+//! layers to itself and execs the configured interpreter. Nothing of the user's runs
+//! before the `execve` at the end of [`exec_program`].
+
+use std::ffi::CString;
+use std::fs::File;
+
+use nix::sys::prctl;
+use nix::unistd::{chdir, execve};
+
+use super::error::{report_failure, JailError};
+use super::plan::Plan;
+use super::rlimits::apply_rlimits;
+use super::sys;
+use super::workspace::{workdir_path, TMP_DIR};
+
+/// Exit status of the program process when a step before `execve` failed (as a
+/// shell's "command not found"); a `Failed` report precedes it.
+pub const EXIT_EXEC_FAILED: i32 = 127;
+
+/// Everything `execve` needs, converted to C strings by the stage before it forks
+/// anything, so a bad plan fails early and the program allocates nothing new.
+#[derive(Debug)]
+pub(crate) struct ExecSpec {
+    /// The program's path, for error messages.
+    pub(crate) program_shown: String,
+    /// The program's path.
+    pub(crate) program: CString,
+    /// `argv`.
+    pub(crate) argv: Vec<CString>,
+    /// The whole environment: `TMPDIR` then the plan's variables.
+    pub(crate) env: Vec<CString>,
+    /// The workdir (the program's cwd).
+    pub(crate) workdir: CString,
+    /// The workdir as text, for error messages.
+    pub(crate) workdir_shown: String,
+}
+
+impl ExecSpec {
+    /// Build the spec from the plan, refusing anything `execve` could not take or
+    /// that would make the environment ambiguous.
+    pub(crate) fn from_plan(plan: &Plan) -> Result<Self, JailError> {
+        let invalid = |what: String| JailError::ValidatePlan(what);
+        let c = |what: &str, s: &str| {
+            CString::new(s).map_err(|_| invalid(format!("{what} {s:?} contains a NUL")))
+        };
+        if !plan.program.starts_with('/') {
+            return Err(invalid(format!(
+                "program {:?} is not an absolute path",
+                plan.program
+            )));
+        }
+        if plan.argv.is_empty() {
+            return Err(invalid("argv is empty".to_string()));
+        }
+        let workdir_shown = workdir_path(plan);
+        let tmpdir = format!("{workdir_shown}/{TMP_DIR}");
+        let mut env = vec![c("environment variable", &format!("TMPDIR={tmpdir}"))?];
+        for (key, value) in &plan.env {
+            if key.is_empty() || key.contains('=') || key == "TMPDIR" {
+                return Err(invalid(format!(
+                    "environment variable name {key:?} is empty, has a '=' or is TMPDIR"
+                )));
+            }
+            env.push(c("environment variable", &format!("{key}={value}"))?);
+        }
+        Ok(ExecSpec {
+            program_shown: plan.program.clone(),
+            program: c("program", &plan.program)?,
+            argv: plan
+                .argv
+                .iter()
+                .map(|a| c("argument", a))
+                .collect::<Result<_, _>>()?,
+            env,
+            workdir: c("workdir", &workdir_shown)?,
+            workdir_shown,
+        })
+    }
+}
+
+/// The program's checklist, run in the forked PID 2; never returns. On failure it
+/// reports the step and exits with [`EXIT_EXEC_FAILED`].
+pub(crate) fn exec_program(plan: &Plan, spec: &ExecSpec, report: &mut File) -> ! {
+    let error = match program_steps(plan, spec) {
+        Ok(never) => match never {},
+        Err(error) => error,
+    };
+    report_failure(report, &error);
+    sys::exit_now(EXIT_EXEC_FAILED)
+}
+
+fn program_steps(plan: &Plan, spec: &ExecSpec) -> Result<std::convert::Infallible, JailError> {
+    // Start in the workspace, as upstream does (`jailed_code` is run by relative name).
+    chdir(spec.workdir.as_c_str()).map_err(|e| JailError::EnterWorkdir {
+        path: spec.workdir_shown.clone(),
+        source: e.into(),
+    })?;
+    // Signal dispositions set to "ignore" and the signal mask survive execve; the
+    // program must start clean (the stage's Rust runtime ignores SIGPIPE).
+    sys::reset_signals().map_err(JailError::ResetSignals)?;
+    // Resource limits now, after the last fork of trusted code (the init counts under
+    // NPROC) and before anything of the user's runs.
+    apply_rlimits(&plan.limits)?;
+    // Later: drop every capability (bounding set too) here; the exec below already
+    // leaves a non-root uid with none (capabilities(7)).
+    // The report fd stays open until exec succeeds, so an exec failure can still be
+    // reported; every fd above stderr closes at exec (CVE-2024-21626 is what a leaked
+    // fd does).
+    sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
+    // no_new_privs before exec: no setuid bit or file capability (honoured inside a
+    // user namespace for files owned by host root) can raise privileges again.
+    prctl::set_no_new_privs().map_err(|e| JailError::NoNewPrivs(e.into()))?;
+    // Later: Landlock here, then seccomp last (it may forbid the calls above).
+    // Exec the interpreter with exactly the planned environment.
+    execve(spec.program.as_c_str(), &spec.argv, &spec.env).map_err(|e| JailError::Exec {
+        program: spec.program_shown.clone(),
+        source: e.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jail::plan::RunLimits;
+
+    fn plan() -> Plan {
+        Plan {
+            program: "/usr/bin/python3".into(),
+            argv: vec![
+                "python".into(),
+                "-E".into(),
+                "-B".into(),
+                "jailed_code".into(),
+            ],
+            env: vec![("OPENBLAS_NUM_THREADS".into(), "1".into())],
+            code: None,
+            files: vec![],
+            extra_files: vec![],
+            tmpfs_mount: "/tmp".into(),
+            workdir_name: "codejail-7".into(),
+            limits: RunLimits::default(),
+            clear_groups: false,
+            hostname: "codejail".into(),
+        }
+    }
+
+    #[test]
+    fn environment_is_tmpdir_then_the_plan() {
+        let spec = ExecSpec::from_plan(&plan()).expect("spec");
+        let env: Vec<&str> = spec
+            .env
+            .iter()
+            .map(|e| e.to_str().expect("utf-8"))
+            .collect();
+        assert_eq!(
+            env,
+            ["TMPDIR=/tmp/codejail-7/tmp", "OPENBLAS_NUM_THREADS=1"]
+        );
+        assert_eq!(spec.workdir.to_str(), Ok("/tmp/codejail-7"));
+        assert_eq!(spec.argv.len(), 4);
+    }
+
+    #[test]
+    fn unusable_exec_parts_are_refused() {
+        let mut p = plan();
+        p.env.push(("TMPDIR".into(), "/".into()));
+        assert!(ExecSpec::from_plan(&p).is_err());
+        let mut p = plan();
+        p.env.push(("A=B".into(), "x".into()));
+        assert!(ExecSpec::from_plan(&p).is_err());
+        let mut p = plan();
+        p.argv.push("nul\0".into());
+        assert!(ExecSpec::from_plan(&p).is_err());
+        let mut p = plan();
+        p.argv.clear();
+        assert!(ExecSpec::from_plan(&p).is_err());
+        let mut p = plan();
+        p.program = "python3".into();
+        assert!(ExecSpec::from_plan(&p).is_err());
+    }
+}

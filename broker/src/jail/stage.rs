@@ -1,0 +1,199 @@
+//! The jail stage: what `codejail-jail` does, from the fds the broker hands it to the
+//! end of the run. [`run_stage`] reads the plan and builds the jail in one ordered
+//! checklist ([`build_jail`]); the init ([`super::init`]) and the program
+//! ([`super::program`]) continue the sequence inside the run's namespaces.
+//!
+//! The stage is single-threaded and never touches tokio: `unshare(CLONE_NEWUSER)`
+//! refuses multi-threaded callers, `fork` is only sound there, and
+//! `PR_SET_PDEATHSIG` (which ties the init to the stage) tracks a parent *thread*.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::waitpid;
+use nix::unistd::{pipe2, Pid};
+
+use super::error::{report_failure, JailError};
+use super::init::{run_init, InitContext};
+use super::namespaces::{set_hostname, unshare_run_namespaces};
+use super::plan::{read_frame, write_frame, Plan, StageReport, MAX_PLAN_FRAME, REPORT_FD};
+use super::program::ExecSpec;
+use super::sys::{self, Forked};
+use super::userns::{enter_user_namespace, switch_to_run_identity, wait_for_id_maps, IdMapsSignal};
+use super::workspace::check_names;
+
+/// Exit status of the stage when the run was built and has ended (however the
+/// program ended: the reports say how).
+pub const EXIT_RUN_ENDED: i32 = 0;
+/// Exit status of the stage when it failed (after a `Failed` report when it could
+/// send one) or the broker abandoned the run before it started.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status of the stage when fds 3 and 4 are not usable (nothing can be reported).
+pub const EXIT_NO_FDS: i32 = 2;
+
+/// How the checklist ended when no step failed.
+enum Outcome {
+    /// The init ran and has ended, with every process of the run.
+    RunEnded,
+    /// The broker closed the control pipe (or sent garbage) instead of the go-ahead.
+    Abandoned,
+}
+
+/// Run the jail stage: take fds 3 and 4, build the jail, supervise it, and return the
+/// process exit status ([`EXIT_RUN_ENDED`], [`EXIT_FAILED`] or [`EXIT_NO_FDS`]). A
+/// failed step is reported on fd 4 as `StageReport::Failed`; nothing is ever written
+/// to fds 0-2, which belong to the program.
+pub fn run_stage() -> i32 {
+    let Ok((control, mut report)) = sys::take_stage_fds() else {
+        return EXIT_NO_FDS;
+    };
+    match build_jail(control, &mut report) {
+        Ok(Outcome::RunEnded) => EXIT_RUN_ENDED,
+        Ok(Outcome::Abandoned) => EXIT_FAILED,
+        Err(error) => {
+            report_failure(&mut report, &error);
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The stage's checklist, in order. Each step is one call; the comment says why it
+/// sits where it does.
+fn build_jail(mut control: File, report: &mut File) -> Result<Outcome, JailError> {
+    // Sanitize first: nothing of the broker's beyond the fd contract may reach the
+    // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
+    // passed on: the program gets exactly the plan's.
+    sys::close_fds_from(REPORT_FD + 1).map_err(JailError::CloseInheritedFds)?;
+    // fork and unshare(CLONE_NEWUSER) are only sound/allowed single-threaded.
+    check_single_threaded()?;
+    // A known umask, so the workspace gets exactly the modes the plan asks for.
+    umask(Mode::from_bits_truncate(0o022));
+    // The plan: one frame, its length capped before anything is allocated.
+    let plan = read_plan(&mut control)?;
+    // Names again: the broker checked them, but this is the check that counts.
+    check_names(&plan)?;
+    // C strings for execve now, so a bad plan fails before any namespace exists.
+    let spec = ExecSpec::from_plan(&plan)?;
+    // Later: cgroup placement (the broker writes our pid) before anything is charged.
+    // The user namespace first: it grants the capabilities every later step needs.
+    enter_user_namespace()?;
+    // Only the broker, outside, can write our id maps: ask, then wait for them.
+    write_frame(report, &StageReport::NeedMaps).map_err(JailError::Report)?;
+    if wait_for_id_maps(&mut control)? == IdMapsSignal::Abandoned {
+        return Ok(Outcome::Abandoned);
+    }
+    // The run's identity now, while the stage is alone: the init and the program
+    // inherit it, and the capabilities survive (see `userns`). The stage then shares
+    // the run's uid in every mode, which the NPROC limit accounts for (`rlimits`).
+    switch_to_run_identity(plan.clear_groups)?;
+    // The other namespaces, owned by the run's user namespace; our next child is the
+    // run's PID 1.
+    unshare_run_namespaces()?;
+    // The host name lives in the new UTS namespace.
+    set_hostname(&plan.hostname)?;
+    // A pipe that hangs up when the stage dies, for the init to check that
+    // PR_SET_PDEATHSIG was armed in time.
+    let (lifeline_read, lifeline_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::CreateLifeline(e.into()))?;
+    // Fork the init; it builds the rest inside the namespaces and never returns.
+    let init = match sys::fork().map_err(|source| JailError::Fork {
+        what: "init",
+        source,
+    })? {
+        Forked::Child => run_init(
+            InitContext {
+                plan: &plan,
+                spec: &spec,
+                control,
+                lifeline_read,
+                lifeline_write,
+            },
+            report,
+        ),
+        Forked::Parent(pid) => Pid::from_raw(pid),
+    };
+    drop(lifeline_read);
+    // Supervise: the broker closing the control pipe (or dying) kills the run; the
+    // init's end (after every process of the run is gone) ends the stage.
+    let supervised = supervise_init(&mut control, init);
+    drop(lifeline_write);
+    supervised.map(|()| Outcome::RunEnded)
+}
+
+fn check_single_threaded() -> Result<(), JailError> {
+    match sys::thread_count() {
+        Ok(1) => Ok(()),
+        Ok(n) => Err(JailError::CheckSingleThreaded(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{n} threads"),
+        ))),
+        Err(e) => Err(JailError::CheckSingleThreaded(e)),
+    }
+}
+
+fn read_plan(control: &mut File) -> Result<Plan, JailError> {
+    read_frame(control, MAX_PLAN_FRAME)
+        .map_err(JailError::ReadPlan)?
+        .ok_or(JailError::NoPlan)
+}
+
+/// Wait for the init to end, killing it when the control pipe reaches EOF; then reap
+/// it. When `waitpid` returns, the kernel has killed and reaped every process of the
+/// run's pid namespace (pid_namespaces(7)).
+fn supervise_init(control: &mut File, init: Pid) -> Result<(), JailError> {
+    let watched = watch_init(control, init);
+    if watched.is_err() {
+        // Whatever went wrong, the run must not outlive the stage's attention.
+        let _ = kill(init, Signal::SIGKILL);
+    }
+    loop {
+        match waitpid(init, None) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(JailError::WatchInit(e.into())),
+        }
+    }
+    watched
+}
+
+/// Poll the control pipe and a pidfd of the init until the init ends (`Ok`) or the
+/// control pipe hangs up (kill the init, `Ok`).
+fn watch_init(control: &mut File, init: Pid) -> Result<(), JailError> {
+    let pidfd = sys::pidfd_open(init.as_raw()).map_err(JailError::WatchInit)?;
+    let mut scratch = [0u8; 64];
+    loop {
+        let mut fds = [
+            PollFd::new(control.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(JailError::WatchInit(e.into())),
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let (control_ready, init_ended) = (ready(&fds[0]), ready(&fds[1]));
+        if init_ended {
+            return Ok(());
+        }
+        if control_ready {
+            match control.read(&mut scratch) {
+                // EOF: the broker says kill (REALTIME, cancel) or the broker died.
+                Ok(0) => {
+                    kill(init, Signal::SIGKILL).map_err(|e| JailError::WatchInit(e.into()))?;
+                    return Ok(());
+                }
+                // Nothing else is expected after the go-ahead; ignore stray bytes.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(JailError::WatchInit(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Every raw system call of the jail stage that needs `unsafe`, each behind a safe
+//! wrapper whose `// SAFETY:` comment states the invariant it relies on. The rest of
+//! `jail` calls these wrappers (or `nix`'s safe ones) and holds no `unsafe` itself.
+//!
+//! These are `pub(crate)` and meant for the single-threaded `codejail-jail` process
+//! only; the broker (a tokio process) must never call them.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::plan::{CONTROL_FD, REPORT_FD};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Set once [`take_stage_fds`] has handed out fds 3 and 4.
+static STAGE_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Take ownership of the control pipe (fd 3, must be readable) and the report pipe
+/// (fd 4, must be writable) that the broker set up (see `plan.rs`). Succeeds at most
+/// once per process.
+pub(crate) fn take_stage_fds() -> io::Result<(File, File)> {
+    if STAGE_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "fds 3 and 4 were already taken",
+        ));
+    }
+    for (fd, wanted) in [(CONTROL_FD, libc::O_RDONLY), (REPORT_FD, libc::O_WRONLY)] {
+        // SAFETY: F_GETFL only reads the status flags of an fd number; an unused
+        // number yields EBADF, nothing else.
+        let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+            .map_err(|e| io::Error::new(e.kind(), format!("fd {fd}: {e}")))?;
+        let mode = flags & libc::O_ACCMODE;
+        if mode != wanted && mode != libc::O_RDWR {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {fd} has the wrong access mode"),
+            ));
+        }
+    }
+    // SAFETY: both fds are open (checked above) and were given to this process by
+    // the broker for exactly this use; nothing else in the process owns them, and
+    // STAGE_FDS_TAKEN makes sure they are wrapped only once.
+    let control = unsafe { File::from_raw_fd(CONTROL_FD) };
+    // SAFETY: as above, for the report fd.
+    let report = unsafe { File::from_raw_fd(REPORT_FD) };
+    Ok((control, report))
+}
+
+/// Close every fd from `first` up. Call only before this process opened any fd of
+/// its own at or above `first` (it would close fds that Rust objects still own).
+pub(crate) fn close_fds_from(first: RawFd) -> io::Result<()> {
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: close_range(2) takes plain integers; the caller guarantees that no
+    // object of this process owns an fd in the range (the stage calls this first
+    // thing, before it opens anything).
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    })?;
+    Ok(())
+}
+
+/// Mark every fd from `first` up close-on-exec (close_range(2) `CLOSE_RANGE_CLOEXEC`):
+/// they stay usable until `execve` succeeds.
+pub(crate) fn set_cloexec_from(first: RawFd) -> io::Result<()> {
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds, it closes
+    // none, so no owner is affected.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })?;
+    Ok(())
+}
+
+/// The number of threads of this process (from `/proc/self/status`), to check the
+/// stage's single-threadedness before it forks and unshares.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no Threads: line in /proc/self/status",
+            )
+        })
+}
+
+/// Which side of a [`fork`] we are on.
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The calling process; the child's pid.
+    Parent(libc::pid_t),
+}
+
+/// `fork(2)`. Only for the single-threaded jail stage and the init it forks:
+/// `run_stage` checks [`thread_count`] is 1 before the first fork, and neither the
+/// stage nor the init ever starts a thread.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: the calling process is single-threaded (see the doc comment), so no
+    // other thread can hold a lock (the allocator's, stdio's) that the child would
+    // inherit locked; the child may therefore keep running ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// `pidfd_open(2)`: an fd that becomes readable when the process `pid` ends.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and touches no memory of ours.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) })?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: on success the kernel returned a new fd (O_CLOEXEC by default for
+    // pidfds) that nothing else in the process owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One child reaped by [`wait4_any`].
+pub(crate) struct Reaped {
+    /// Its pid.
+    pub(crate) pid: libc::pid_t,
+    /// Its raw wait status (decode with `libc::WIFEXITED` and friends).
+    pub(crate) status: libc::c_int,
+    /// Its resource usage and that of the descendants it waited for.
+    pub(crate) rusage: libc::rusage,
+}
+
+/// An all-zero `rusage`.
+pub(crate) fn zeroed_rusage() -> libc::rusage {
+    // SAFETY: `rusage` is a plain C struct of integers; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// `wait4(-1, ..., 0, ...)`: reap any child, blocking; retries on `EINTR`.
+pub(crate) fn wait4_any() -> io::Result<Reaped> {
+    let mut status: libc::c_int = 0;
+    let mut rusage = zeroed_rusage();
+    loop {
+        // SAFETY: `status` and `rusage` are valid, writable and correctly typed for
+        // the duration of the call.
+        let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut rusage) };
+        if pid == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(Reaped {
+            pid,
+            status,
+            rusage,
+        });
+    }
+}
+
+/// `_exit(2)`: end the process now, without running destructors, atexit handlers or
+/// stdio flushes (which belong to the process we were forked from).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours; skipping
+    // destructors is sound (leaking is always safe).
+    unsafe { libc::_exit(code) }
+}
+
+/// `openat(2)` relative to `dir`, always with `O_CLOEXEC` added.
+pub(crate) fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is an open fd
+    // for the duration of the borrow.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mkdirat(2)` relative to `dir`.
+pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is open.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// `symlinkat(2)`: create the link `name` in `dir` pointing at `target` (never
+/// resolved).
+pub(crate) fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated and outlive the call; `dir` is open.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// Reset every catchable signal to its default action and unblock all signals, so
+/// the program starts as if from a clean `execve`: dispositions set to "ignore"
+/// survive `execve` (signal(7)) and Rust's runtime ignores `SIGPIPE` in the stage.
+pub(crate) fn reset_signals() -> io::Result<()> {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL registers no code of ours as a handler. The
+        // numbers glibc reserves for itself (32, 33) fail with EINVAL, which is
+        // fine: they cannot have been set to ignore by us either.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    // SAFETY: `set` is a plain bitmask; sigemptyset initialises it before use and
+    // sigprocmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        cvt(libc::sigemptyset(&mut set))?;
+        cvt(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+    }
+    Ok(())
+}

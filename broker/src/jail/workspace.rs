@@ -1,0 +1,447 @@
+//! The run's workspace: a tmpfs mounted in the run's own mount namespace (it hides
+//! what the host has at that path and disappears with the namespace), holding the
+//! workdir with `jailed_code`, the caller's files, directories and symlinks, the extra
+//! files, and a private `tmp/`.
+//!
+//! Names come from the peer, so they are validated again here ([`check_names`]) and
+//! every object is created relative to a directory fd: parents are walked one
+//! component at a time with `O_DIRECTORY|O_NOFOLLOW`, leaves are created with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW`, `mkdirat` or `symlinkat`, so no symlink (including one
+//! the caller sent) is ever followed and nothing is written outside the workdir.
+//!
+//! Everything is created by the init as [`INNER_RUN_ID`](super::plan::INNER_RUN_ID),
+//! a uid mapped in the run's user namespace: a tmpfs refuses to create inodes owned
+//! by an unmapped id (`EOVERFLOW`).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use codejail_protocol::validate::check_relative_path;
+use codejail_protocol::EntryKind;
+use nix::mount::{mount, MsFlags};
+
+use super::error::JailError;
+use super::plan::{Plan, RunLimits};
+
+/// The file the code is written to, as upstream.
+pub(crate) const CODE_FILE: &str = "jailed_code";
+/// The run's private temporary directory inside the workdir (`TMPDIR`).
+pub(crate) const TMP_DIR: &str = "tmp";
+
+const DIR_MODE: libc::mode_t = 0o755;
+const FILE_MODE: libc::mode_t = 0o644;
+const EXEC_MODE: libc::mode_t = 0o755;
+const TMP_MODE: libc::mode_t = 0o700;
+/// Longest symlink target accepted (PATH_MAX).
+const MAX_LINK_TARGET: usize = 4096;
+
+/// Validate every peer-supplied name of the plan again (the broker did too; this is
+/// the check that counts): entries and extra files with
+/// [`check_relative_path`], extra files at the top level only, the workdir as one
+/// plain component, link targets without NUL, and the tmpfs mount point absolute.
+pub(crate) fn check_names(plan: &Plan) -> Result<(), JailError> {
+    if !plan.tmpfs_mount.starts_with('/') || plan.tmpfs_mount.contains('\0') {
+        return Err(JailError::ValidatePlan(format!(
+            "tmpfs mount point {:?} is not an absolute path",
+            plan.tmpfs_mount
+        )));
+    }
+    check_relative_path(&plan.workdir_name).map_err(JailError::ValidateName)?;
+    if plan.workdir_name.contains('/') {
+        return Err(JailError::ValidatePlan(format!(
+            "workdir name {:?} must be a single component",
+            plan.workdir_name
+        )));
+    }
+    for entry in &plan.files {
+        check_relative_path(&entry.path).map_err(JailError::ValidateName)?;
+        if let EntryKind::Symlink { target } = &entry.kind {
+            if target.is_empty() || target.contains('\0') || target.len() > MAX_LINK_TARGET {
+                return Err(JailError::ValidatePlan(format!(
+                    "symlink {:?} has an empty, too long or NUL-containing target",
+                    entry.path
+                )));
+            }
+        }
+    }
+    for (name, _) in &plan.extra_files {
+        check_relative_path(name).map_err(JailError::ValidateName)?;
+        if name.contains('/') {
+            return Err(JailError::ValidatePlan(format!(
+                "extra file {name:?} must be at the top level"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The tmpfs mount options: `mode=0755`, plus `size=` and `nr_inodes=` when limited.
+pub(crate) fn tmpfs_options(limits: &RunLimits) -> String {
+    let mut options = String::from("mode=0755");
+    if let Some(bytes) = limits.tmp_bytes {
+        options.push_str(&format!(",size={bytes}"));
+    }
+    if let Some(inodes) = limits.tmp_inodes {
+        options.push_str(&format!(",nr_inodes={inodes}"));
+    }
+    options
+}
+
+/// Mount the workspace tmpfs (nosuid, nodev, size and inodes capped) at the plan's
+/// mount point, in the run's mount namespace.
+pub(crate) fn mount_workspace_tmpfs(plan: &Plan) -> Result<(), JailError> {
+    let options = tmpfs_options(&plan.limits);
+    mount(
+        Some("tmpfs"),
+        plan.tmpfs_mount.as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| JailError::MountWorkspace {
+        path: plan.tmpfs_mount.clone(),
+        options,
+        source: e.into(),
+    })
+}
+
+/// Create the workdir in the freshly mounted tmpfs and fill it: `jailed_code`, the
+/// entries in order, the extra files, then `tmp/`.
+pub(crate) fn populate_workspace(plan: &Plan) -> Result<(), JailError> {
+    let root = open_absolute_dir(&plan.tmpfs_mount)?;
+    let workdir_name = c_name(&plan.workdir_name)?;
+    super::sys::mkdir_at(root.as_fd(), &workdir_name, DIR_MODE).map_err(|source| {
+        JailError::CreateDir {
+            path: plan.workdir_name.clone(),
+            source,
+        }
+    })?;
+    let workdir = open_dir_at(root.as_fd(), &plan.workdir_name)?;
+
+    if let Some(code) = &plan.code {
+        write_new_file(workdir.as_fd(), CODE_FILE, CODE_FILE, code, FILE_MODE)?;
+    }
+    for entry in &plan.files {
+        create_entry(workdir.as_fd(), &entry.path, &entry.kind)?;
+    }
+    for (name, contents) in &plan.extra_files {
+        write_new_file(workdir.as_fd(), name, name, contents, FILE_MODE)?;
+    }
+    let tmp = c_name(TMP_DIR)?;
+    super::sys::mkdir_at(workdir.as_fd(), &tmp, TMP_MODE).map_err(|source| JailError::CreateDir {
+        path: TMP_DIR.to_string(),
+        source,
+    })
+}
+
+/// The workdir's absolute path as the program sees it.
+pub(crate) fn workdir_path(plan: &Plan) -> String {
+    format!(
+        "{}/{}",
+        plan.tmpfs_mount.trim_end_matches('/'),
+        plan.workdir_name
+    )
+}
+
+/// Create one entry at `path` (relative to the workdir), walking its parents
+/// without following links.
+fn create_entry(workdir: BorrowedFd<'_>, path: &str, kind: &EntryKind) -> Result<(), JailError> {
+    let (parent, leaf) = match path.rsplit_once('/') {
+        Some((parent, leaf)) => (Some(parent), leaf),
+        None => (None, path),
+    };
+    let parent_fd = match parent {
+        Some(parent) => Some(open_dir_path(workdir, parent)?),
+        None => None,
+    };
+    let dir = parent_fd.as_ref().map_or(workdir, |fd| fd.as_fd());
+    match kind {
+        EntryKind::File {
+            contents,
+            executable,
+        } => {
+            let mode = if *executable { EXEC_MODE } else { FILE_MODE };
+            write_new_file(dir, leaf, path, contents, mode)
+        }
+        EntryKind::Dir => super::sys::mkdir_at(dir, &c_name(leaf)?, DIR_MODE).map_err(|source| {
+            JailError::CreateDir {
+                path: path.to_string(),
+                source,
+            }
+        }),
+        EntryKind::Symlink { target } => {
+            let c_target = CString::new(target.as_str()).map_err(|_| {
+                JailError::ValidatePlan(format!("symlink {path:?} has a NUL in its target"))
+            })?;
+            super::sys::symlink_at(&c_target, dir, &c_name(leaf)?).map_err(|source| {
+                JailError::CreateSymlink {
+                    path: path.to_string(),
+                    target: target.clone(),
+                    source,
+                }
+            })
+        }
+    }
+}
+
+/// Open `rel` (components separated by `/`) below `dir`, one component at a time,
+/// refusing symlinks at every step.
+fn open_dir_path(dir: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, JailError> {
+    let mut components = rel.split('/');
+    let first = components.next().unwrap_or(rel);
+    let mut current = open_dir_at(dir, first)?;
+    let mut walked = first.to_string();
+    for component in components {
+        walked.push('/');
+        walked.push_str(component);
+        current = open_dir_at(current.as_fd(), component).map_err(|e| match e {
+            JailError::OpenDir { source, .. } => JailError::OpenDir {
+                path: walked.clone(),
+                source,
+            },
+            other => other,
+        })?;
+    }
+    Ok(current)
+}
+
+/// Open the directory `name` in `dir`, never through a symlink.
+fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, JailError> {
+    super::sys::open_at(
+        dir,
+        &c_name(name)?,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .map_err(|source| JailError::OpenDir {
+        path: name.to_string(),
+        source,
+    })
+}
+
+/// Open the tmpfs root (a trusted, configured absolute path) as a directory fd.
+fn open_absolute_dir(path: &str) -> Result<OwnedFd, JailError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| JailError::OpenDir {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// Create a new regular file `name` in `dir` (failing if anything exists there,
+/// link or not) and write `contents`. `shown` is the path for error messages.
+fn write_new_file(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    shown: &str,
+    contents: &[u8],
+    mode: libc::mode_t,
+) -> Result<(), JailError> {
+    let fail = |source| JailError::WriteFile {
+        path: shown.to_string(),
+        source,
+    };
+    let fd = super::sys::open_at(
+        dir,
+        &c_name(name)?,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        mode,
+    )
+    .map_err(fail)?;
+    File::from(fd).write_all(contents).map_err(fail)
+}
+
+/// A validated name as a C string (validation already refused NULs).
+fn c_name(name: &str) -> Result<CString, JailError> {
+    CString::new(name).map_err(|_| JailError::ValidatePlan(format!("name {name:?} contains a NUL")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codejail_protocol::FileEntry;
+
+    fn plan() -> Plan {
+        Plan {
+            program: "/usr/bin/python3".into(),
+            argv: vec!["python".into()],
+            env: vec![],
+            code: None,
+            files: vec![],
+            extra_files: vec![],
+            tmpfs_mount: "/tmp".into(),
+            workdir_name: "codejail-1".into(),
+            limits: RunLimits::default(),
+            clear_groups: false,
+            hostname: "codejail".into(),
+        }
+    }
+
+    #[test]
+    fn tmpfs_options_carry_the_limits() {
+        assert_eq!(tmpfs_options(&RunLimits::default()), "mode=0755");
+        let limits = RunLimits {
+            tmp_bytes: Some(1 << 20),
+            tmp_inodes: Some(100),
+            ..RunLimits::default()
+        };
+        assert_eq!(
+            tmpfs_options(&limits),
+            "mode=0755,size=1048576,nr_inodes=100"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused_before_anything_is_created() {
+        check_names(&plan()).expect("plain plan");
+        let file = |path: &str| FileEntry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+        };
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "tmp",
+            "jailed_code",
+            "a//b",
+        ] {
+            let mut p = plan();
+            p.files.push(file(bad));
+            assert!(check_names(&p).is_err(), "entry {bad:?} accepted");
+            let mut p = plan();
+            p.extra_files.push((bad.into(), vec![]));
+            assert!(check_names(&p).is_err(), "extra file {bad:?} accepted");
+        }
+        let mut p = plan();
+        p.extra_files.push(("sub/x".into(), vec![]));
+        assert!(check_names(&p).is_err());
+        for bad in ["..", "a/b", ""] {
+            let mut p = plan();
+            p.workdir_name = bad.into();
+            assert!(check_names(&p).is_err(), "workdir {bad:?} accepted");
+        }
+        let mut p = plan();
+        p.tmpfs_mount = "tmp".into();
+        assert!(check_names(&p).is_err());
+        let mut p = plan();
+        p.files.push(FileEntry {
+            path: "link".into(),
+            kind: EntryKind::Symlink {
+                target: "a\0b".into(),
+            },
+        });
+        assert!(check_names(&p).is_err());
+    }
+
+    /// The file-writing half works on any directory (no mount, no privilege): it
+    /// creates what is asked and refuses to write through a symlink.
+    #[test]
+    fn entries_are_created_without_following_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = plan();
+        p.tmpfs_mount = dir.path().to_str().expect("utf-8 temp path").to_string();
+        p.code = Some(b"print(1)".to_vec());
+        p.files = vec![
+            FileEntry {
+                path: "pkg".into(),
+                kind: EntryKind::Dir,
+            },
+            FileEntry {
+                path: "pkg/mod.py".into(),
+                kind: EntryKind::File {
+                    contents: b"X = 42".to_vec(),
+                    executable: false,
+                },
+            },
+            FileEntry {
+                path: "run.sh".into(),
+                kind: EntryKind::File {
+                    contents: b"#!/bin/sh".to_vec(),
+                    executable: true,
+                },
+            },
+            FileEntry {
+                path: "out".into(),
+                kind: EntryKind::Symlink {
+                    target: "/etc".into(),
+                },
+            },
+        ];
+        p.extra_files = vec![("extra.txt".into(), b"extra".to_vec())];
+        populate_workspace(&p).expect("populate");
+        let work = dir.path().join("codejail-1");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |rel: &str| {
+            std::fs::symlink_metadata(work.join(rel))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(
+            std::fs::read(work.join("pkg/mod.py")).expect("read"),
+            b"X = 42"
+        );
+        assert_eq!(
+            std::fs::read(work.join("jailed_code")).expect("read"),
+            b"print(1)"
+        );
+        assert_eq!(
+            std::fs::read(work.join("extra.txt")).expect("read"),
+            b"extra"
+        );
+        let umask = current_umask();
+        assert_eq!(mode("run.sh"), 0o755 & !umask);
+        assert_eq!(mode("pkg/mod.py"), 0o644 & !umask);
+        assert_eq!(mode("tmp"), 0o700 & !umask);
+        assert_eq!(
+            std::fs::read_link(work.join("out"))
+                .expect("readlink")
+                .to_str(),
+            Some("/etc")
+        );
+
+        // A file below the link must not land in /etc.
+        let mut p2 = p.clone();
+        p2.workdir_name = "codejail-2".into();
+        p2.code = None;
+        p2.extra_files = vec![];
+        p2.files = vec![
+            FileEntry {
+                path: "out".into(),
+                kind: EntryKind::Symlink {
+                    target: work.to_str().expect("utf-8").to_string(),
+                },
+            },
+            FileEntry {
+                path: "out/escaped".into(),
+                kind: EntryKind::File {
+                    contents: vec![],
+                    executable: false,
+                },
+            },
+        ];
+        let err = populate_workspace(&p2).expect_err("walked through a symlink");
+        assert_eq!(err.step(), "open workspace directory");
+        assert!(err.message().contains("out"), "{}", err.message());
+        assert!(!work.join("escaped").exists());
+    }
+
+    /// Read, not set: tests run in parallel threads sharing the umask.
+    fn current_umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .expect("Umask line");
+        u32::from_str_radix(line.trim(), 8).expect("octal umask")
+    }
+}

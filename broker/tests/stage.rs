@@ -1,0 +1,736 @@
+//! Runs the `codejail-jail` stage binary directly, playing the broker's part: the five
+//! fds, the plan, the id maps, the go-ahead, and the program's pipes.
+//!
+//! These tests need user namespaces (and, as root, `CAP_SETUID` to map uid 4242).
+//! Where the kernel refuses them they are skipped with the reason printed, unless
+//! `CODEJAIL_REQUIRE_PRIVILEGED=1`, where they fail. As root, the run is mapped to
+//! the outer uid/gid 4242, never to 0: no program ever runs as root.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use codejail_broker::jail::plan::{
+    read_frame, write_frame, Plan, RunLimits, StageReport, GO_BYTE, MAX_REPORT_FRAME,
+};
+use codejail_broker::jail::write_id_maps;
+use codejail_protocol::{EntryKind, FileEntry};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::{getgid, getuid, pipe2};
+
+const PYTHON: &str = "/usr/bin/python3";
+/// Outer uid/gid a root harness maps the run to (never 0).
+const ROOT_HARNESS_OUTER_ID: u32 = 4242;
+/// Longest a stage may take in any test before it is killed and the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn is_root() -> bool {
+    getuid().is_root()
+}
+
+fn unique_name(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A plan running `code` with the upstream Python argv and modest limits.
+fn python_plan(code: &str) -> Plan {
+    Plan {
+        program: PYTHON.into(),
+        argv: ["python", "-E", "-B", "jailed_code"]
+            .map(String::from)
+            .to_vec(),
+        env: vec![],
+        code: Some(code.as_bytes().to_vec()),
+        files: vec![],
+        extra_files: vec![],
+        tmpfs_mount: "/tmp".into(),
+        workdir_name: unique_name("codejail-test"),
+        limits: RunLimits {
+            cpu_secs: Some(10),
+            vmem_bytes: None,
+            fsize_bytes: 0,
+            nproc: None,
+            tmp_bytes: Some(16 << 20),
+            tmp_inodes: Some(1000),
+        },
+        clear_groups: is_root(),
+        hostname: "codejail-test".into(),
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    stdin: Vec<u8>,
+    /// Close the control pipe this long after the go-ahead (the broker's kill).
+    close_control_after: Option<Duration>,
+    /// SIGKILL the stage itself this long after the go-ahead (the broker's last resort).
+    kill_stage_after: Option<Duration>,
+    /// Close the control pipe instead of sending the go-ahead.
+    abandon_before_go: bool,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    /// Every report, `NeedMaps` included.
+    reports: Vec<StageReport>,
+    stdout: String,
+    stderr: String,
+    status: ExitStatus,
+    /// From the go-ahead (or the kill, when asked) until the stage has exited and
+    /// stdout and stderr reached EOF, i.e. no process of the run holds them any more.
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn exited(&self) -> Option<(Option<i32>, Option<i32>)> {
+        self.reports.iter().find_map(|r| match r {
+            StageReport::Exited {
+                exit_code, signal, ..
+            } => Some((*exit_code, *signal)),
+            _ => None,
+        })
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        self.exited().and_then(|(code, _)| code)
+    }
+
+    fn failed(&self) -> Option<(&str, &str)> {
+        self.reports.iter().find_map(|r| match r {
+            StageReport::Failed { step, message } => Some((step.as_str(), message.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Assert the program ran and exited 0, showing everything otherwise.
+    fn assert_ok(&self) {
+        assert_eq!(self.exit_code(), Some(0), "{self:#?}");
+        assert!(self.failed().is_none(), "{self:#?}");
+    }
+}
+
+/// Skip (or, with `CODEJAIL_REQUIRE_PRIVILEGED=1`, fail) a test that cannot run here.
+fn unavailable(reason: &str) -> Option<Outcome> {
+    if std::env::var("CODEJAIL_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("namespaces required (CODEJAIL_REQUIRE_PRIVILEGED=1) but unavailable: {reason}");
+    }
+    eprintln!("SKIPPED: namespaces unavailable here: {reason}");
+    None
+}
+
+/// A CLOEXEC copy of `fd` numbered 10 or above, so the `dup2` onto 3 and 4 in the
+/// child can neither clobber a source fd nor be a no-op that keeps CLOEXEC.
+fn high_fd(fd: OwnedFd) -> OwnedFd {
+    let raw = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).expect("F_DUPFD_CLOEXEC");
+    // SAFETY: fcntl returned a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the stage did not end within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Play the broker for one run. `None` when namespaces are unavailable (skipped).
+fn run(plan: &Plan, options: Options) -> Option<Outcome> {
+    let (control_child, control) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+    let (report, report_child) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+    let (control_child, report_child) = (high_fd(control_child), high_fd(report_child));
+    let (c, r) = (control_child.as_raw_fd(), report_child.as_raw_fd());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_codejail-jail"));
+    command
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only calls dup2 (async-signal-safe) and builds an
+    // io::Error from errno (no allocation), as required between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(c, 3) == -1 || libc::dup2(r, 4) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn codejail-jail");
+    drop((control_child, report_child));
+    let mut control = File::from(control);
+    let mut report = File::from(report);
+
+    write_frame(&mut control, plan).expect("write plan");
+    let mut reports = Vec::new();
+    let first: Option<StageReport> =
+        read_frame(&mut report, MAX_REPORT_FRAME).expect("read report");
+    match first {
+        Some(StageReport::NeedMaps) => reports.push(StageReport::NeedMaps),
+        Some(StageReport::Failed { step, message }) => {
+            if step == "unshare user namespace" {
+                let _ = child.wait();
+                return unavailable(&format!("{step}: {message}"));
+            }
+            reports.push(StageReport::Failed { step, message });
+            return Some(finish(child, control, report, reports, Options::default()));
+        }
+        other => panic!("unexpected first report {other:?}"),
+    }
+
+    let (outer_uid, outer_gid) = if is_root() {
+        (ROOT_HARNESS_OUTER_ID, ROOT_HARNESS_OUTER_ID)
+    } else {
+        (getuid().as_raw(), getgid().as_raw())
+    };
+    if let Err(e) = write_id_maps(child.id(), outer_uid, outer_gid, is_root()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return unavailable(&format!("write_id_maps: {e}"));
+    }
+    if options.abandon_before_go {
+        drop(control);
+        let status = wait_with_deadline(&mut child);
+        while let Some(r) = read_frame(&mut report, MAX_REPORT_FRAME).expect("read report") {
+            reports.push(r);
+        }
+        return Some(Outcome {
+            reports,
+            stdout: String::new(),
+            stderr: String::new(),
+            status,
+            elapsed: Duration::ZERO,
+        });
+    }
+    control.write_all(&[GO_BYTE]).expect("go");
+    let outcome = finish(child, control, report, reports, options);
+    if let Some((step, message)) = outcome.failed() {
+        // A host whose /proc has over-mounted files (container runtimes mask some)
+        // refuses a new procfs in a user namespace: an environment limit, not a bug.
+        let environment_limited = ["unshare namespaces", "mount proc"].contains(&step);
+        if environment_limited && message.contains("Operation not permitted") {
+            return unavailable(&format!("{step}: {message}"));
+        }
+    }
+    Some(outcome)
+}
+
+/// Feed stdin, collect stdout, stderr and reports, wait for the stage.
+fn finish(
+    mut child: Child,
+    control: File,
+    report: File,
+    mut reports: Vec<StageReport>,
+    options: Options,
+) -> Outcome {
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdin_data = options.stdin;
+    let feeder = thread::spawn(move || {
+        let _ = stdin.write_all(&stdin_data);
+    });
+    let stdout = spawn_reader(child.stdout.take().expect("stdout"));
+    let stderr = spawn_reader(child.stderr.take().expect("stderr"));
+    let reporter = thread::spawn(move || {
+        let mut report = report;
+        let mut reports = Vec::new();
+        while let Ok(Some(r)) = read_frame::<_, StageReport>(&mut report, MAX_REPORT_FRAME) {
+            reports.push(r);
+        }
+        reports
+    });
+    let mut start = Instant::now();
+    let status = match (options.close_control_after, options.kill_stage_after) {
+        (Some(after), _) => {
+            thread::sleep(after);
+            drop(control);
+            start = Instant::now();
+            wait_with_deadline(&mut child)
+        }
+        (None, Some(after)) => {
+            thread::sleep(after);
+            child.kill().expect("kill the stage");
+            start = Instant::now();
+            let status = wait_with_deadline(&mut child);
+            drop(control);
+            status
+        }
+        (None, None) => {
+            let status = wait_with_deadline(&mut child);
+            drop(control);
+            status
+        }
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    let elapsed = start.elapsed();
+    feeder.join().expect("stdin feeder");
+    reports.extend(reporter.join().expect("report reader"));
+    Outcome {
+        reports,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        status,
+        elapsed,
+    }
+}
+
+/// Host processes whose command line contains `marker`.
+fn host_processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                found.push(pid.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn hello_world_reaches_stdout() {
+    let Some(out) = run(&python_plan("print('hello world')"), Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(out.stdout, "hello world\n");
+    assert_eq!(out.stderr, "");
+    assert!(out.status.success(), "stage exit {:?}", out.status);
+    assert_eq!(out.reports.first(), Some(&StageReport::NeedMaps));
+}
+
+#[test]
+fn stdin_reaches_the_program() {
+    let code = "import sys; print(sys.stdin.read().upper())";
+    let options = Options {
+        stdin: b"shout".to_vec(),
+        ..Options::default()
+    };
+    let Some(out) = run(&python_plan(code), options) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(out.stdout, "SHOUT\n");
+}
+
+#[test]
+fn exit_status_is_relayed() {
+    let Some(out) = run(&python_plan("raise SystemExit(3)"), Options::default()) else {
+        return;
+    };
+    assert_eq!(out.exited(), Some((Some(3), None)), "{out:#?}");
+}
+
+#[test]
+fn an_exception_exits_non_zero_with_a_traceback() {
+    let Some(out) = run(&python_plan("x = 1\n1 / 0\n"), Options::default()) else {
+        return;
+    };
+    assert_eq!(out.exit_code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("Traceback"), "{}", out.stderr);
+    assert!(out.stderr.contains("ZeroDivisionError"), "{}", out.stderr);
+}
+
+#[test]
+fn cpu_limit_ends_a_busy_loop_with_sigxcpu() {
+    let mut plan = python_plan("while True:\n    pass\n");
+    plan.limits.cpu_secs = Some(1);
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    assert_eq!(out.exited(), Some((None, Some(libc::SIGXCPU))), "{out:#?}");
+    match out
+        .reports
+        .iter()
+        .find(|r| matches!(r, StageReport::Exited { .. }))
+    {
+        Some(StageReport::Exited { cpu_user_us, .. }) => {
+            assert!(*cpu_user_us >= 500_000, "{cpu_user_us}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// NPROC n means the program plus n-1 more processes, per run.
+#[test]
+fn nproc_limit_counts_the_program_and_its_children() {
+    let code = "import os, time\n\
+                def try_fork():\n    \
+                    try:\n        pid = os.fork()\n    \
+                    except OSError:\n        return False\n    \
+                    if pid == 0:\n        time.sleep(5)\n        os._exit(0)\n    \
+                    return True\n\
+                print(try_fork(), try_fork())\n";
+    for (nproc, expected) in [
+        (1, "False False\n"),
+        (2, "True False\n"),
+        (3, "True True\n"),
+    ] {
+        let mut plan = python_plan(code);
+        plan.limits.nproc = Some(nproc);
+        let Some(out) = run(&plan, Options::default()) else {
+            return;
+        };
+        out.assert_ok();
+        assert_eq!(out.stdout, expected, "NPROC={nproc}: {out:#?}");
+    }
+}
+
+#[test]
+fn fsize_zero_forbids_writing_files_and_a_bigger_limit_allows_it() {
+    let code = "import os\n\
+                try:\n    \
+                    with open(os.path.join(os.environ['TMPDIR'], 'f'), 'wb') as f:\n        \
+                        f.write(b'x' * 100)\n    \
+                    print('wrote', os.path.getsize(os.path.join(os.environ['TMPDIR'], 'f')))\n\
+                except OSError as e:\n    \
+                    print('failed', e.errno)\n";
+    let mut plan = python_plan(code);
+    plan.limits.fsize_bytes = 0;
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(out.stdout, format!("failed {}\n", libc::EFBIG));
+
+    let mut plan = python_plan(code);
+    plan.limits.fsize_bytes = 1000;
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(out.stdout, "wrote 100\n");
+}
+
+/// The program's initial environment (what execve passed, unaffected by Python's
+/// own locale coercion) is exactly TMPDIR and the plan's variables.
+#[test]
+fn environment_is_only_tmpdir_and_the_plan() {
+    let code = "print(repr(open('/proc/self/environ', 'rb').read()))";
+    let mut plan = python_plan(code);
+    plan.env = vec![("OPENBLAS_NUM_THREADS".into(), "1".into())];
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    let expected = format!(
+        "b'TMPDIR=/tmp/{}/tmp\\x00OPENBLAS_NUM_THREADS=1\\x00'\n",
+        plan.workdir_name
+    );
+    assert_eq!(out.stdout, expected);
+}
+
+#[test]
+fn the_program_is_pid_2_as_the_run_uid_alone_in_its_namespaces() {
+    let code = "import os, socket\n\
+                print(os.getpid())\n\
+                print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n\
+                print(os.getuid(), os.geteuid(), os.getgid(), os.getegid())\n\
+                print(os.getgroups())\n\
+                print(socket.gethostname())\n\
+                print(socket.if_nameindex())\n\
+                print(os.getcwd() == os.path.dirname(os.path.abspath('jailed_code')))\n\
+                print(os.path.basename(os.getcwd()))\n\
+                open_fds = []\n\
+                for fd in range(3, 64):\n    \
+                    try:\n        os.fstat(fd)\n        open_fds.append(fd)\n    \
+                    except OSError:\n        pass\n\
+                print(open_fds)\n";
+    let plan = python_plan(code);
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "2", "{out:#?}");
+    assert_eq!(
+        lines[1], "[1, 2]",
+        "only the run's init and program are visible"
+    );
+    assert_eq!(lines[2], "1000 1000 1000 1000");
+    if plan.clear_groups {
+        assert_eq!(lines[3], "[]");
+    }
+    assert_eq!(lines[4], "codejail-test");
+    assert_eq!(
+        lines[5], "[(1, 'lo')]",
+        "a fresh network namespace has only lo"
+    );
+    assert_eq!(lines[6], "True");
+    assert_eq!(lines[7], plan.workdir_name);
+    assert_eq!(lines[8], "[]", "no fd beyond stdio reaches the program");
+}
+
+#[test]
+fn a_daemonized_grandchild_dies_with_the_run() {
+    let marker = unique_name("codejail-daemon-marker");
+    let code = format!(
+        "import os, time\n\
+         MARKER = {marker:?}\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    \
+             os.setsid()\n    \
+             if os.fork() == 0:\n        \
+                 os.execv('/usr/bin/python3', ['python3', '-c', 'import time; time.sleep(30)', MARKER])\n    \
+             os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         def seen():\n    \
+             for p in os.listdir('/proc'):\n        \
+                 try:\n            \
+                     if MARKER.encode() in open('/proc/%s/cmdline' % p, 'rb').read():\n                \
+                         return True\n        \
+                 except OSError:\n            \
+                     pass\n    \
+             return False\n\
+         deadline = time.time() + 10\n\
+         while not seen() and time.time() < deadline:\n    \
+             time.sleep(0.05)\n\
+         print('seen' if seen() else 'not seen')\n"
+    );
+    let Some(out) = run(&python_plan(&code), Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "seen\n",
+        "the grandchild must have been running: {out:#?}"
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "the stage took {:?}",
+        out.elapsed
+    );
+    assert_eq!(
+        host_processes_with(&marker),
+        Vec::<String>::new(),
+        "the grandchild survived the run"
+    );
+}
+
+#[test]
+fn closing_the_control_pipe_kills_the_run() {
+    let marker = unique_name("codejail-kill-marker");
+    let code = format!(
+        "import os, time\n\
+         os.execv('/usr/bin/python3', ['python3', '-c', 'print(\"started\", flush=True); import time; time.sleep(30)', {marker:?}])\n"
+    );
+    let options = Options {
+        close_control_after: Some(Duration::from_millis(1500)),
+        ..Options::default()
+    };
+    let Some(out) = run(&python_plan(&code), options) else {
+        return;
+    };
+    assert_eq!(out.stdout, "started\n", "{out:#?}");
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "the stage took {:?} after the kill",
+        out.elapsed
+    );
+    assert_eq!(
+        out.exited(),
+        None,
+        "the init was killed, it reports nothing: {out:#?}"
+    );
+    assert!(out.failed().is_none(), "{out:#?}");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(host_processes_with(&marker), Vec::<String>::new());
+}
+
+/// The init is tied to the stage (PR_SET_PDEATHSIG), so killing the stage outright
+/// still ends the whole run.
+#[test]
+fn killing_the_stage_kills_the_run() {
+    let marker = unique_name("codejail-stage-kill-marker");
+    let code = format!(
+        "import os, time\n\
+         os.execv('/usr/bin/python3', ['python3', '-c', 'print(\"started\", flush=True); import time; time.sleep(30)', {marker:?}])\n"
+    );
+    let options = Options {
+        kill_stage_after: Some(Duration::from_millis(1500)),
+        ..Options::default()
+    };
+    let Some(out) = run(&python_plan(&code), options) else {
+        return;
+    };
+    assert_eq!(out.stdout, "started\n", "{out:#?}");
+    assert_eq!(out.status.code(), None, "the stage was killed");
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "the run outlived the stage by {:?}",
+        out.elapsed
+    );
+    assert_eq!(host_processes_with(&marker), Vec::<String>::new());
+}
+
+#[test]
+fn closing_the_control_pipe_before_the_go_ahead_ends_the_stage_quietly() {
+    let options = Options {
+        abandon_before_go: true,
+        ..Options::default()
+    };
+    let Some(out) = run(&python_plan("print('never')"), options) else {
+        return;
+    };
+    assert_eq!(out.reports, vec![StageReport::NeedMaps]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn hostile_names_are_refused_before_anything_is_built() {
+    for bad in ["../x", "/etc/x", "a/../../x", "tmp/x", "jailed_code"] {
+        let mut plan = python_plan("print('never')");
+        plan.files = vec![FileEntry {
+            path: bad.into(),
+            kind: EntryKind::File {
+                contents: b"pwned".to_vec(),
+                executable: false,
+            },
+        }];
+        // Needs no namespace: the refusal comes first.
+        let out = run(&plan, Options::default()).expect("validation needs no namespaces");
+        let (step, message) = out
+            .failed()
+            .unwrap_or_else(|| panic!("{bad:?} accepted: {out:#?}"));
+        assert_eq!(step, "validate plan", "{message}");
+        assert!(
+            !out.reports.contains(&StageReport::NeedMaps),
+            "{bad:?}: the stage went on"
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(!std::path::Path::new("/tmp")
+            .join(&plan.workdir_name)
+            .exists());
+    }
+    let mut plan = python_plan("print('never')");
+    plan.extra_files = vec![("sub/extra".into(), vec![])];
+    let out = run(&plan, Options::default()).expect("validation needs no namespaces");
+    assert_eq!(out.failed().map(|f| f.0), Some("validate plan"), "{out:#?}");
+}
+
+#[test]
+fn a_symlink_entry_stays_a_symlink() {
+    let code = "import os\n\
+                print(os.path.islink('link'), os.readlink('link'))\n\
+                print(os.path.islink('rel'), os.readlink('rel'))\n";
+    let mut plan = python_plan(code);
+    plan.files = vec![
+        FileEntry {
+            path: "link".into(),
+            kind: EntryKind::Symlink {
+                target: "/etc/hostname".into(),
+            },
+        },
+        FileEntry {
+            path: "rel".into(),
+            kind: EntryKind::Symlink {
+                target: "../../nowhere".into(),
+            },
+        },
+    ];
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    assert_eq!(out.stdout, "True /etc/hostname\nTrue ../../nowhere\n");
+}
+
+#[test]
+fn files_directories_and_extra_files_are_copied_into_a_private_tmpfs() {
+    let code = "import os, stat\n\
+                from pkg import mod\n\
+                print(mod.X)\n\
+                print(open('extra.txt').read())\n\
+                mode = lambda p: oct(stat.S_IMODE(os.lstat(p).st_mode))\n\
+                print(mode('pkg'), mode('pkg/mod.py'), mode('run.sh'), mode('tmp'), mode('jailed_code'))\n\
+                print(os.stat('pkg/mod.py').st_uid, os.stat('.').st_uid)\n\
+                print(sorted(os.listdir('.')))\n";
+    let mut plan = python_plan(code);
+    plan.files = vec![
+        FileEntry {
+            path: "pkg".into(),
+            kind: EntryKind::Dir,
+        },
+        FileEntry {
+            path: "pkg/mod.py".into(),
+            kind: EntryKind::File {
+                contents: b"X = 42\n".to_vec(),
+                executable: false,
+            },
+        },
+        FileEntry {
+            path: "run.sh".into(),
+            kind: EntryKind::File {
+                contents: b"#!/bin/sh\n".to_vec(),
+                executable: true,
+            },
+        },
+    ];
+    plan.extra_files = vec![("extra.txt".into(), b"extra contents".to_vec())];
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "42", "{out:#?}");
+    assert_eq!(lines[1], "extra contents");
+    assert_eq!(lines[2], "0o755 0o644 0o755 0o700 0o644");
+    assert_eq!(lines[3], "1000 1000");
+    assert_eq!(
+        lines[4],
+        "['extra.txt', 'jailed_code', 'pkg', 'run.sh', 'tmp']"
+    );
+    assert!(
+        !std::path::Path::new("/tmp")
+            .join(&plan.workdir_name)
+            .exists(),
+        "the workspace must live only in the run's mount namespace"
+    );
+}
+
+#[test]
+fn an_exec_failure_is_reported_with_its_step() {
+    let mut plan = python_plan("");
+    plan.program = "/nonexistent/python".into();
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    let (step, message) = out.failed().expect("a Failed report");
+    assert_eq!(step, "exec /nonexistent/python");
+    assert!(message.contains("No such file"), "{message}");
+    assert_eq!(out.exit_code(), Some(127));
+}
