@@ -102,6 +102,9 @@ pub struct CommandConfig {
     pub args: Option<Vec<String>>,
     /// Extra environment for the program (python default: thread caps).
     pub env: Option<BTreeMap<String, String>>,
+    /// Extra host directories the program may read (e.g. sandbox packages); the
+    /// interpreter's own environment is always included.
+    pub ro_paths: Option<Vec<PathBuf>>,
 }
 
 /// `[limits]`.
@@ -128,6 +131,8 @@ pub struct CommandSpec {
     pub args: Vec<String>,
     /// Environment besides TMPDIR.
     pub env: Vec<(String, String)>,
+    /// Host directories exposed read-only in the run's view (besides /usr, /lib*).
+    pub ro_paths: Vec<PathBuf>,
 }
 
 impl CommandSpec {
@@ -135,11 +140,26 @@ impl CommandSpec {
     /// they do not exhaust NPROC (COMPAT.md: real deployments set OPENBLAS_NUM_THREADS=1).
     pub fn python(bin: PathBuf) -> Self {
         CommandSpec {
+            ro_paths: interpreter_dirs(&bin),
             bin,
             args: vec!["-E".into(), "-B".into()],
             env: python_env(),
         }
     }
+}
+
+/// The directories an interpreter needs besides the system's: its prefix (`<SANDENV>`
+/// for `<SANDENV>/bin/python`), and the prefix of what it resolves to when it is a
+/// symlink (a venv made without `--copies`).
+pub fn interpreter_dirs(bin: &Path) -> Vec<PathBuf> {
+    let prefix = |p: &Path| p.parent().and_then(Path::parent).map(Path::to_path_buf);
+    let mut dirs: Vec<PathBuf> = prefix(bin).into_iter().collect();
+    if let Some(real) = std::fs::canonicalize(bin).ok().as_deref().and_then(prefix) {
+        if !dirs.contains(&real) {
+            dirs.push(real);
+        }
+    }
+    dirs
 }
 
 fn python_env() -> Vec<(String, String)> {
@@ -366,6 +386,7 @@ impl Settings {
                 CommandSpec::python(c.bin.clone())
             } else {
                 CommandSpec {
+                    ro_paths: interpreter_dirs(&c.bin),
                     bin: c.bin.clone(),
                     args: vec![],
                     env: vec![],
@@ -373,6 +394,15 @@ impl Settings {
             };
             if let Some(args) = &c.args {
                 spec.args = args.clone();
+            }
+            for p in c.ro_paths.iter().flatten() {
+                if !p.is_absolute() {
+                    return Err(invalid(
+                        format!("{key}.ro_paths"),
+                        format!("{} is not absolute", p.display()),
+                    ));
+                }
+                spec.ro_paths.push(p.clone());
             }
             if let Some(env) = &c.env {
                 if env

@@ -67,6 +67,8 @@ fn python_plan(code: &str) -> Plan {
         },
         clear_groups: is_root(),
         hostname: "codejail-test".into(),
+        ro_paths: vec![],
+        require_landlock: true,
     }
 }
 
@@ -462,7 +464,7 @@ fn the_program_is_pid_2_as_the_run_uid_alone_in_its_namespaces() {
                 print(os.getuid(), os.geteuid(), os.getgid(), os.getegid())\n\
                 print(os.getgroups())\n\
                 print(socket.gethostname())\n\
-                print(socket.if_nameindex())\n\
+                print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))\n\
                 print(os.getcwd() == os.path.dirname(os.path.abspath('jailed_code')))\n\
                 print(os.path.basename(os.getcwd()))\n\
                 open_fds = []\n\
@@ -487,8 +489,8 @@ fn the_program_is_pid_2_as_the_run_uid_alone_in_its_namespaces() {
     }
     assert_eq!(lines[4], "codejail-test");
     assert_eq!(
-        lines[5], "[(1, 'lo')]",
-        "a fresh network namespace has only lo"
+        lines[5], "['lo']",
+        "a fresh network namespace has only lo (if_nameindex needs a netlink socket, which seccomp denies)"
     );
     assert_eq!(lines[6], "True");
     assert_eq!(lines[7], plan.workdir_name);

@@ -125,6 +125,7 @@ fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
             bin: find_python(cli.python.clone())?,
             args: None,
             env: None,
+            ro_paths: None,
         },
     );
     for d in &cli.defaults {
@@ -153,16 +154,34 @@ fn shared_for(settings: Settings) -> Shared {
     Shared {
         admission: Admission::new(settings.max_running, settings.max_queue),
         next_run_id: AtomicU64::new(1),
-        report: report::build(&settings, Ok(())),
+        report: report::build(
+            &settings,
+            &selftest::Probe {
+                verdict: Err("not run yet".into()),
+                landlock: None,
+            },
+        ),
         kill_runs: CancellationToken::new(),
         settings,
     }
 }
 
 async fn self_test(shared: &mut Shared) -> Result<(), String> {
-    let verdict = selftest::probe(shared).await;
-    shared.report = report::build(&shared.settings, verdict.clone());
-    verdict
+    let probe = selftest::probe(shared).await;
+    shared.report = report::build(&shared.settings, &probe);
+    match probe.verdict {
+        Ok(()) if !shared.report.required_layers_hold() => {
+            let missing: Vec<_> = shared
+                .report
+                .layers
+                .iter()
+                .filter(|(_, l)| l.required && l.state != codejail_protocol::LayerState::Full)
+                .map(|(n, l)| format!("{n} ({})", l.detail))
+                .collect();
+            Err(format!("required layers missing: {}", missing.join("; ")))
+        }
+        other => other,
+    }
 }
 
 async fn wait_for_signal() {

@@ -182,6 +182,32 @@ pub enum JailError {
     /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
     #[error("prctl(PR_SET_NO_NEW_PRIVS)")]
     NoNewPrivs(#[source] io::Error),
+    /// Building the run's root (a mount, bind, mkdir or pivot_root) failed.
+    #[error("{step} {path}")]
+    BuildRoot {
+        /// The sub-step, e.g. `"bind"`.
+        step: String,
+        /// The path it was applied to.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Compiling the seccomp policy failed.
+    #[error("seccomp")]
+    CompileSeccomp(#[source] super::seccomp::SeccompError),
+    /// Installing the seccomp filter failed.
+    #[error("seccomp")]
+    InstallSeccomp(#[source] super::seccomp::SeccompError),
+    /// Dropping capabilities failed.
+    #[error("drop capabilities: {0}")]
+    DropCapabilities(String),
+    /// Landlock could not be applied.
+    #[error("landlock")]
+    Landlock(#[source] super::landlock::LandlockError),
+    /// Landlock is required by the plan but the kernel enforces less.
+    #[error("landlock is required but only {0:?} is enforced by this kernel")]
+    LandlockNotEnforced(super::landlock::Achieved),
     /// `execve` of the program failed.
     #[error("execve {program}")]
     Exec {
@@ -230,6 +256,11 @@ impl JailError {
             JailError::SetRlimit { .. } => "set rlimit",
             JailError::CloseOnExec(_) => "close fds on exec",
             JailError::NoNewPrivs(_) => "set no_new_privs",
+            JailError::BuildRoot { .. } => "build root",
+            JailError::CompileSeccomp(_) => "compile seccomp",
+            JailError::InstallSeccomp(_) => "install seccomp",
+            JailError::DropCapabilities(_) => "drop capabilities",
+            JailError::Landlock(_) | JailError::LandlockNotEnforced(_) => "landlock",
             JailError::Exec { program, .. } => return format!("exec {program}"),
         };
         step.to_string()

@@ -20,6 +20,8 @@ use super::error::{report_failure, JailError};
 use super::mounts::{make_mounts_private, mount_proc};
 use super::plan::{write_frame, Plan, StageReport};
 use super::program::{exec_program, ExecSpec};
+use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
+use super::seccomp;
 use super::sys::{self, Forked, Reaped};
 use super::workspace::{mount_workspace_tmpfs, populate_workspace};
 
@@ -75,20 +77,23 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     drop(control);
     // Nothing mounted from here on may propagate to the host (mount_namespaces(7)).
     make_mounts_private()?;
-    // Later: the minimal read-only root and pivot_root go here.
-    // The workspace: a fresh tmpfs, capped, dying with the mount namespace.
-    mount_workspace_tmpfs(plan)?;
+    // The minimal read-only root, with the workspace (a fresh tmpfs, capped, dying
+    // with the mount namespace) on its /tmp and a /proc of the run's own pid namespace
+    // (the init is its PID 1); pivot_root leaves the host behind.
+    build_and_enter(plan, |at| mount_workspace_tmpfs(plan, at), mount_proc)?;
     // Files are written by the init, before any code of the user's runs.
-    populate_workspace(plan)?;
-    // A /proc of the run's own pid namespace (the init is its PID 1).
-    mount_proc()?;
-    // Later: compile the seccomp filter here, before rlimits can starve the stage.
+    populate_workspace(plan, WORKSPACE_MOUNT)?;
+    // Nothing more is mounted: the skeleton becomes read-only.
+    seal_root()?;
+    // The seccomp filter is compiled now, by trusted code with memory to spare,
+    // before rlimits can starve it; the program only installs it.
+    let filters = seccomp::compile().map_err(JailError::CompileSeccomp)?;
     // The program is PID 2, never PID 1 (see the module doc).
     let program = match sys::fork().map_err(|source| JailError::Fork {
         what: "program",
         source,
     })? {
-        Forked::Child => exec_program(plan, spec, report),
+        Forked::Child => exec_program(plan, spec, &filters, report),
         Forked::Parent(pid) => pid,
     };
     // Reap everything (orphans are re-parented to us) until the program itself ends.

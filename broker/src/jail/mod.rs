@@ -16,12 +16,13 @@
 pub mod error;
 pub mod idmap;
 mod init;
+pub mod landlock;
 mod mounts;
 mod namespaces;
 pub mod plan;
 pub mod program;
 mod rlimits;
-pub mod landlock;
+mod rootfs;
 pub mod seccomp;
 pub mod stage;
 mod sys;

@@ -28,8 +28,11 @@ pub(crate) fn make_mounts_private() -> Result<(), JailError> {
 /// visible (no file over-mounted: `mnt_already_visible` in fs/namespace.c) and the
 /// new mount keeps the locked flags of the old one; nosuid, nodev and noexec only add
 /// restrictions.
-pub(crate) fn mount_proc() -> Result<(), JailError> {
+///
+/// It must happen before `pivot_root` detaches the host's `/proc`: that fully visible
+/// procfs is what entitles a user namespace to a new one.
+pub(crate) fn mount_proc(at: &str) -> Result<(), JailError> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>)
+    mount(Some("proc"), at, Some("proc"), flags, None::<&str>)
         .map_err(|e| JailError::MountProc(e.into()))
 }

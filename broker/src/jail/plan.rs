@@ -68,9 +68,13 @@ pub struct Plan {
     pub files: Vec<FileEntry>,
     /// Extra files at the top level.
     pub extra_files: Vec<(String, Vec<u8>)>,
-    /// An existing host directory over which the run's tmpfs is mounted, in the run's
-    /// own mount namespace (hides what the host has there), e.g. `/tmp`.
+    /// An existing host directory over which the run's root skeleton is mounted, in the
+    /// run's own mount namespace, before `pivot_root` into it, e.g. `/tmp`. The
+    /// workspace tmpfs is the new root's `/tmp`.
     pub tmpfs_mount: String,
+    /// Host directories exposed read-only (and executable) in the run's view besides
+    /// the system's `/usr` and `/lib*`: the sandbox environment, package dirs.
+    pub ro_paths: Vec<String>,
     /// The workspace directory's name inside the tmpfs (the program's cwd), e.g.
     /// `codejail-17`.
     pub workdir_name: String,
@@ -82,6 +86,8 @@ pub struct Plan {
     pub clear_groups: bool,
     /// The host name inside the run's UTS namespace.
     pub hostname: String,
+    /// Refuse to run unless Landlock is fully enforced.
+    pub require_landlock: bool,
 }
 
 /// What the stage (and the init inside the jail) tells the broker.
@@ -96,6 +102,11 @@ pub enum StageReport {
         step: String,
         /// The error, e.g. the `io::Error` text with the path.
         message: String,
+    },
+    /// The program's last layers are in place; sent just before exec.
+    Confined {
+        /// What Landlock achieved.
+        landlock: super::landlock::Achieved,
     },
     /// The program ended (sent by the init, PID 1 of the run).
     Exited {
@@ -114,8 +125,10 @@ pub enum StageReport {
 
 /// Write one frame (length + postcard body) to a blocking writer.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
-    let body = postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = u32::try_from(body.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    let body =
+        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&body);
@@ -125,7 +138,10 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<(
 }
 
 /// Read one frame from a blocking reader. `Ok(None)` on a clean EOF before the frame.
-pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R, max: usize) -> io::Result<Option<T>> {
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -134,7 +150,10 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R, max: usize) 
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over the cap of {max}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes over the cap of {max}"),
+        ));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -157,9 +176,18 @@ mod tests {
         };
         write_frame(&mut buf, &rep).expect("write");
         let mut r = &buf[..];
-        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("read"), Some(StageReport::NeedMaps));
-        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("read"), Some(rep));
-        assert_eq!(read_frame::<_, StageReport>(&mut r, 100).expect("eof"), None);
+        assert_eq!(
+            read_frame::<_, StageReport>(&mut r, 100).expect("read"),
+            Some(StageReport::NeedMaps)
+        );
+        assert_eq!(
+            read_frame::<_, StageReport>(&mut r, 100).expect("read"),
+            Some(rep)
+        );
+        assert_eq!(
+            read_frame::<_, StageReport>(&mut r, 100).expect("eof"),
+            None
+        );
         let big = [0xff, 0xff, 0xff, 0xff];
         assert!(read_frame::<_, StageReport>(&mut &big[..], 100).is_err());
     }

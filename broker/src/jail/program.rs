@@ -10,9 +10,27 @@ use nix::unistd::{chdir, execve};
 
 use super::error::{report_failure, JailError};
 use super::plan::Plan;
+use super::plan::{write_frame, StageReport};
 use super::rlimits::apply_rlimits;
+use super::seccomp::{self, Filters};
 use super::sys;
 use super::workspace::{workdir_path, TMP_DIR};
+use super::{landlock, rootfs};
+
+/// Clear every capability set of this process (bounding and ambient included).
+fn drop_capabilities() -> Result<(), JailError> {
+    use caps::CapSet;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Bounding,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| JailError::DropCapabilities(format!("{set:?}: {e}")))?;
+    }
+    Ok(())
+}
 
 /// Exit status of the program process when a step before `execve` failed (as a
 /// shell's "command not found"); a `Failed` report precedes it.
@@ -81,8 +99,13 @@ impl ExecSpec {
 
 /// The program's checklist, run in the forked PID 2; never returns. On failure it
 /// reports the step and exits with [`EXIT_EXEC_FAILED`].
-pub(crate) fn exec_program(plan: &Plan, spec: &ExecSpec, report: &mut File) -> ! {
-    let error = match program_steps(plan, spec) {
+pub(crate) fn exec_program(
+    plan: &Plan,
+    spec: &ExecSpec,
+    filters: &Filters,
+    report: &mut File,
+) -> ! {
+    let error = match program_steps(plan, spec, filters, report) {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -90,7 +113,12 @@ pub(crate) fn exec_program(plan: &Plan, spec: &ExecSpec, report: &mut File) -> !
     sys::exit_now(EXIT_EXEC_FAILED)
 }
 
-fn program_steps(plan: &Plan, spec: &ExecSpec) -> Result<std::convert::Infallible, JailError> {
+fn program_steps(
+    plan: &Plan,
+    spec: &ExecSpec,
+    filters: &Filters,
+    report: &mut File,
+) -> Result<std::convert::Infallible, JailError> {
     // Start in the workspace, as upstream does (`jailed_code` is run by relative name).
     chdir(spec.workdir.as_c_str()).map_err(|e| JailError::EnterWorkdir {
         path: spec.workdir_shown.clone(),
@@ -102,8 +130,10 @@ fn program_steps(plan: &Plan, spec: &ExecSpec) -> Result<std::convert::Infallibl
     // Resource limits now, after the last fork of trusted code (the init counts under
     // NPROC) and before anything of the user's runs.
     apply_rlimits(&plan.limits)?;
-    // Later: drop every capability (bounding set too) here; the exec below already
-    // leaves a non-root uid with none (capabilities(7)).
+    // Every capability the namespace gave us goes, bounding and ambient sets too:
+    // the exec below would already leave uid 1000 with none (capabilities(7)), but
+    // nothing of the user's should ever run with a capability in hand.
+    drop_capabilities()?;
     // The report fd stays open until exec succeeds, so an exec failure can still be
     // reported; every fd above stderr closes at exec (CVE-2024-21626 is what a leaked
     // fd does).
@@ -111,7 +141,19 @@ fn program_steps(plan: &Plan, spec: &ExecSpec) -> Result<std::convert::Infallibl
     // no_new_privs before exec: no setuid bit or file capability (honoured inside a
     // user namespace for files owned by host root) can raise privileges again.
     prctl::set_no_new_privs().map_err(|e| JailError::NoNewPrivs(e.into()))?;
-    // Later: Landlock here, then seccomp last (it may forbid the calls above).
+    // Landlock: paths without a rule give EACCES (upstream's errors), no TCP, no
+    // abstract sockets or signals outside the run. Applied after pivot_root, so the
+    // rules name the run's own view.
+    let achieved = landlock::restrict_self(&rootfs::landlock_rules(plan, &spec.workdir_shown))
+        .map_err(JailError::Landlock)?;
+    if plan.require_landlock && achieved != landlock::Achieved::Full {
+        return Err(JailError::LandlockNotEnforced(achieved));
+    }
+    // Tell the broker what was achieved, for its confinement report.
+    write_frame(report, &StageReport::Confined { landlock: achieved })
+        .map_err(JailError::Report)?;
+    // seccomp last: it may forbid calls made above.
+    seccomp::install(filters).map_err(JailError::InstallSeccomp)?;
     // Exec the interpreter with exactly the planned environment.
     execve(spec.program.as_c_str(), &spec.argv, &spec.env).map_err(|e| JailError::Exec {
         program: spec.program_shown.clone(),
@@ -142,6 +184,8 @@ mod tests {
             limits: RunLimits::default(),
             clear_groups: false,
             hostname: "codejail".into(),
+            ro_paths: vec![],
+            require_landlock: false,
         }
     }
 

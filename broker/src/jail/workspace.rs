@@ -25,6 +25,7 @@ use nix::mount::{mount, MsFlags};
 
 use super::error::JailError;
 use super::plan::{Plan, RunLimits};
+use super::rootfs::WORKSPACE_MOUNT;
 
 /// The file the code is written to, as upstream.
 pub(crate) const CODE_FILE: &str = "jailed_code";
@@ -90,19 +91,19 @@ pub(crate) fn tmpfs_options(limits: &RunLimits) -> String {
     options
 }
 
-/// Mount the workspace tmpfs (nosuid, nodev, size and inodes capped) at the plan's
-/// mount point, in the run's mount namespace.
-pub(crate) fn mount_workspace_tmpfs(plan: &Plan) -> Result<(), JailError> {
+/// Mount the workspace tmpfs (nosuid, nodev, size and inodes capped) at `at`, in the
+/// run's mount namespace.
+pub(crate) fn mount_workspace_tmpfs(plan: &Plan, at: &str) -> Result<(), JailError> {
     let options = tmpfs_options(&plan.limits);
     mount(
         Some("tmpfs"),
-        plan.tmpfs_mount.as_str(),
+        at,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|e| JailError::MountWorkspace {
-        path: plan.tmpfs_mount.clone(),
+        path: at.to_string(),
         options,
         source: e.into(),
     })
@@ -110,8 +111,8 @@ pub(crate) fn mount_workspace_tmpfs(plan: &Plan) -> Result<(), JailError> {
 
 /// Create the workdir in the freshly mounted tmpfs and fill it: `jailed_code`, the
 /// entries in order, the extra files, then `tmp/`.
-pub(crate) fn populate_workspace(plan: &Plan) -> Result<(), JailError> {
-    let root = open_absolute_dir(&plan.tmpfs_mount)?;
+pub(crate) fn populate_workspace(plan: &Plan, at: &str) -> Result<(), JailError> {
+    let root = open_absolute_dir(at)?;
     let workdir_name = c_name(&plan.workdir_name)?;
     super::sys::mkdir_at(root.as_fd(), &workdir_name, DIR_MODE).map_err(|source| {
         JailError::CreateDir {
@@ -139,11 +140,7 @@ pub(crate) fn populate_workspace(plan: &Plan) -> Result<(), JailError> {
 
 /// The workdir's absolute path as the program sees it.
 pub(crate) fn workdir_path(plan: &Plan) -> String {
-    format!(
-        "{}/{}",
-        plan.tmpfs_mount.trim_end_matches('/'),
-        plan.workdir_name
-    )
+    format!("{WORKSPACE_MOUNT}/{}", plan.workdir_name)
 }
 
 /// Create one entry at `path` (relative to the workdir), walking its parents
@@ -281,6 +278,8 @@ mod tests {
             limits: RunLimits::default(),
             clear_groups: false,
             hostname: "codejail".into(),
+            ro_paths: vec![],
+            require_landlock: false,
         }
     }
 
@@ -376,7 +375,7 @@ mod tests {
             },
         ];
         p.extra_files = vec![("extra.txt".into(), b"extra".to_vec())];
-        populate_workspace(&p).expect("populate");
+        populate_workspace(&p, &p.tmpfs_mount).expect("populate");
         let work = dir.path().join("codejail-1");
         use std::os::unix::fs::PermissionsExt;
         let mode = |rel: &str| {
@@ -429,7 +428,7 @@ mod tests {
                 },
             },
         ];
-        let err = populate_workspace(&p2).expect_err("walked through a symlink");
+        let err = populate_workspace(&p2, &p2.tmpfs_mount).expect_err("walked through a symlink");
         assert_eq!(err.step(), "open workspace directory");
         assert!(err.message().contains("out"), "{}", err.message());
         assert!(!work.join("escaped").exists());

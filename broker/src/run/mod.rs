@@ -14,6 +14,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::config::RunIdentity;
+use crate::jail::landlock::Achieved;
 use crate::jail::plan::{self, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
 
 mod sys;
@@ -118,7 +119,7 @@ pub async fn execute(
     spec: RunSpec,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
-) -> Result<Finished, RunError> {
+) -> Result<RunResult, RunError> {
     let started = Instant::now();
     let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
     let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
@@ -199,12 +200,20 @@ pub async fn execute(
     let pump_out = pump(stdout, &cap, &out, Output::Stdout);
     let pump_err = pump(stderr, &cap, &out, Output::Stderr);
     let collect_reports = async {
-        let mut last = None;
+        let mut seen = Reports::default();
         loop {
-            match read_report(&mut reports).await {
-                Ok(Some(r)) => last = Some(r),
-                Ok(None) => return Ok(last),
-                Err(e) => return Err(e),
+            match read_report(&mut reports).await? {
+                Some(StageReport::Failed { step, message }) => {
+                    // The first failure is the one that matters; later reports (the
+                    // init relaying the failed program's exit) do not override it.
+                    seen.failed.get_or_insert((step, message));
+                }
+                Some(StageReport::Confined { landlock }) => seen.landlock = Some(landlock),
+                Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
+                Some(other) => {
+                    return Err(RunError::Protocol(format!("unexpected report {other:?}")))
+                }
+                None => return Ok(seen),
             }
         }
     };
@@ -251,28 +260,45 @@ pub async fn execute(
     finish(r.3, r.4.ok(), ended, started, &spec, &cap)
 }
 
+/// What the stage, init and program reported after the handshake.
+#[derive(Debug, Default)]
+struct Reports {
+    failed: Option<(String, String)>,
+    landlock: Option<Achieved>,
+    exited: Option<StageReport>,
+}
+
+/// A run's end as the broker sees it.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// What goes to the client.
+    pub finished: Finished,
+    /// What Landlock achieved in the program (None when it never got that far).
+    pub landlock: Option<Achieved>,
+}
+
 /// Turn what the run left into its `Finished`.
 fn finish(
-    report: Result<Option<StageReport>, RunError>,
+    reports: Result<Reports, RunError>,
     exit: Option<std::process::ExitStatus>,
     ended: Option<Ended>,
     started: Instant,
     spec: &RunSpec,
     cap: &std::sync::Mutex<OutputCap>,
-) -> Result<Finished, RunError> {
+) -> Result<RunResult, RunError> {
     let truncated = cap.lock().map(|c| c.truncated).unwrap_or(true);
     let mut usage = Usage {
         wall_ms: started.elapsed().as_millis() as u64,
         ..Usage::default()
     };
-    let report = report?;
-    if let (None, Some(StageReport::Failed { step, message })) = (ended, &report) {
+    let reports = reports?;
+    if let (None, Some((step, message))) = (ended, &reports.failed) {
         return Err(RunError::Stage {
             step: step.clone(),
             message: message.clone(),
         });
     }
-    let (status, signal) = match (ended, report) {
+    let (status, signal) = match (ended, reports.exited) {
         (Some(_), _) => (-libc::SIGKILL, Some(libc::SIGKILL)),
         (
             None,
@@ -315,11 +341,14 @@ fn finish(
         _ if truncated => Some(LimitName::Output),
         _ => None,
     };
-    Ok(Finished {
-        status,
-        usage,
-        limit_hit: limit_hit.map(|l| l.as_str().to_string()),
-        truncated,
+    Ok(RunResult {
+        finished: Finished {
+            status,
+            usage,
+            limit_hit: limit_hit.map(|l| l.as_str().to_string()),
+            truncated,
+        },
+        landlock: reports.landlock,
     })
 }
 

@@ -222,6 +222,11 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         files: exec.files,
         extra_files: exec.extra_files,
         tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        ro_paths: command
+            .ro_paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
         workdir_name: format!("codejail-{run_id}"),
         limits: RunLimits {
             cpu_secs: limits.effective(LimitName::Cpu),
@@ -235,6 +240,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         },
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
+        require_landlock: settings.mode == codejail_protocol::Mode::Confined,
     };
     let spec = RunSpec {
         run_id,
@@ -335,7 +341,8 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
         }
     }
     match result {
-        Ok(fin) => {
+        Ok(result) => {
+            let fin = result.finished;
             let outcome = if cancel.is_cancelled() && fin.limit_hit.is_none() {
                 "cancelled"
             } else {

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use codejail_protocol::{Layer, LayerState, Load, StatusReport, PROTOCOL_VERSION};
+use codejail_protocol::{Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VERSION};
 
+use super::selftest::Probe;
 use crate::config::Settings;
+use crate::jail::landlock::Achieved;
 
 fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer {
     Layer {
@@ -16,10 +18,11 @@ fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer 
     }
 }
 
-/// Build the report for these settings. `self_test` is the start-up probe's verdict.
-pub fn build(settings: &Settings, self_test: Result<(), String>) -> StatusReport {
+/// Build the report for these settings from what the start-up probe established.
+pub fn build(settings: &Settings, probe: &Probe) -> StatusReport {
     let mut layers = BTreeMap::new();
-    let probe_ok = self_test.is_ok();
+    let confined = settings.mode == Mode::Confined;
+    let probe_ok = probe.verdict.is_ok();
     let held = |ok: bool| {
         if ok {
             LayerState::Full
@@ -27,7 +30,7 @@ pub fn build(settings: &Settings, self_test: Result<(), String>) -> StatusReport
             LayerState::Unavailable
         }
     };
-    let probe_detail = |what: &str| match &self_test {
+    let probe_detail = |what: &str| match &probe.verdict {
         Ok(()) => what.to_string(),
         Err(e) => format!("start-up self-test failed: {e}"),
     };
@@ -52,10 +55,41 @@ pub fn build(settings: &Settings, self_test: Result<(), String>) -> StatusReport
         layer(
             held(probe_ok),
             true,
+            probe_detail("private tmpfs as the run's /tmp, size and inodes capped by TMP; workdir read-only to the program, tmp/ writable"),
+        ),
+    );
+    layers.insert(
+        "filesystem_view".into(),
+        layer(
+            held(probe_ok),
+            true,
+            probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, /etc (Landlock-denied), 4 device nodes, a fresh /proc showing only the run"),
+        ),
+    );
+    let (ll_state, ll_detail) = match (probe_ok, probe.landlock) {
+        (true, Some(Achieved::Full)) => (LayerState::Full, "read/exec on the interpreter and libraries only, read on the workspace, write on its tmp/; TCP bind/connect denied; abstract-socket and signal scopes".to_string()),
+        (true, Some(Achieved::Partial)) => (LayerState::Partial, "this kernel's Landlock ABI enforces only part of the rules (upgrade the kernel to >= 6.15 for all of them)".to_string()),
+        (_, Some(Achieved::None)) => (LayerState::Unavailable, "the kernel has no Landlock (enable CONFIG_SECURITY_LANDLOCK and lsm=landlock,...)".to_string()),
+        (_, _) => (LayerState::Unavailable, probe_detail("the probe did not reach the Landlock step")),
+    };
+    layers.insert("landlock".into(), layer(ll_state, confined, ll_detail));
+    layers.insert(
+        "seccomp".into(),
+        layer(
+            held(probe_ok),
+            true,
             probe_detail(&format!(
-                "private tmpfs over {} in each run's mount namespace, size and inodes capped by TMP; fresh /proc",
-                settings.tmpfs_mount.display()
+                "deny list of {} reviewed entries (non-AF_UNIX sockets, ptrace, namespaces, mount, bpf, io_uring, keyrings, ...), clone3 -> ENOSYS, x32 and foreign ABIs killed",
+                crate::jail::seccomp::policy_len()
             )),
+        ),
+    );
+    layers.insert(
+        "capabilities".into(),
+        layer(
+            held(probe_ok),
+            true,
+            probe_detail("every capability dropped (bounding and ambient sets too), no_new_privs"),
         ),
     );
     let id = settings.identity;
@@ -79,9 +113,6 @@ pub fn build(settings: &Settings, self_test: Result<(), String>) -> StatusReport
         ),
     );
     for (name, detail) in [
-        ("filesystem_view", "pivot_root into a minimal read-only root: not built yet; the host filesystem is visible read-only per file permissions"),
-        ("landlock", "not built yet"),
-        ("seccomp", "not built yet"),
         ("cgroups", "not built yet: memory and CPU are bounded per process only (RLIMIT_AS, RLIMIT_CPU x NPROC)"),
         ("apparmor", "not built yet"),
     ] {

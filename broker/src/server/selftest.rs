@@ -1,6 +1,8 @@
 //! The start-up self-test: one real run through the normal path, checking that the
-//! layers the report claims actually hold (its own pid namespace with our init as
-//! PID 1, the inner run uid, a /proc that shows only the run).
+//! layers the report claims actually hold: its own pid namespace with our init as
+//! PID 1 and /proc showing only the run, the inner run uid, and that reading a host
+//! file, creating a network socket and listing `/` all fail (as codejail-service's
+//! start-up checks do).
 
 use std::collections::BTreeMap;
 
@@ -8,17 +10,44 @@ use codejail_protocol::Exec;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use crate::jail::landlock::Achieved;
 use crate::run::{self, Output};
 
 /// What the probe prints when the jail holds.
-const EXPECTED: &str = "2 1000 ['1', '2']";
+const EXPECTED: &str = "2 1000 ['1', '2'] denied denied denied";
 
-const PROBE: &str = "import os\nprint(os.getpid(), os.getuid(), sorted(p for p in os.listdir('/proc') if p.isdigit()))\n";
+const PROBE: &str = r#"import os, socket
+def attempt(f):
+    try:
+        f()
+        return 'ALLOWED'
+    except PermissionError:
+        return 'denied'
+    except OSError as e:
+        return 'errno%d' % e.errno
+print(os.getpid(), os.getuid(), sorted(p for p in os.listdir('/proc') if p.isdigit()),
+      attempt(lambda: open('/etc/passwd').read()),
+      attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+      attempt(lambda: os.listdir('/')))
+"#;
 
-/// Run the probe; `Err` says what did not hold.
-pub async fn probe(shared: &Shared) -> Result<(), String> {
+/// What the probe established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// `Err` says what did not hold.
+    pub verdict: Result<(), String>,
+    /// What Landlock achieved in the probe run.
+    pub landlock: Option<Achieved>,
+}
+
+/// Run the probe.
+pub async fn probe(shared: &Shared) -> Probe {
+    let failed = |e: String| Probe {
+        verdict: Err(e),
+        landlock: None,
+    };
     if !shared.settings.commands.contains_key("python") {
-        return Err("no `python` command configured to probe with".into());
+        return failed("no `python` command configured to probe with".into());
     }
     let exec = Exec {
         command: "python".into(),
@@ -35,7 +64,10 @@ pub async fn probe(shared: &Shared) -> Result<(), String> {
         slug: Some("self-test".into()),
         ..Exec::default()
     };
-    let (spec, _) = super::handler::prepare(shared, exec).map_err(|r| r.1)?;
+    let spec = match super::handler::prepare(shared, exec) {
+        Ok((spec, _)) => spec,
+        Err(r) => return failed(r.1),
+    };
     let (tx, mut rx) = mpsc::channel(64);
     let collect = async {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -47,16 +79,25 @@ pub async fn probe(shared: &Shared) -> Result<(), String> {
         }
         (out, err)
     };
-    let (fin, (out, err)) = tokio::join!(run::execute(spec, tx, std::future::pending()), collect);
-    let fin = fin.map_err(|e| e.to_string())?;
+    let (result, (out, err)) =
+        tokio::join!(run::execute(spec, tx, std::future::pending()), collect);
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
     let out = String::from_utf8_lossy(&out);
-    if fin.status != 0 || out.trim() != EXPECTED {
-        return Err(format!(
+    let verdict = if result.finished.status != 0 || out.trim() != EXPECTED {
+        Err(format!(
             "probe run gave status {} stdout {:?} stderr {:?}; expected {EXPECTED:?}",
-            fin.status,
+            result.finished.status,
             out.trim(),
             String::from_utf8_lossy(&err).trim()
-        ));
+        ))
+    } else {
+        Ok(())
+    };
+    Probe {
+        verdict,
+        landlock: result.landlock,
     }
-    Ok(())
 }

@@ -1,0 +1,276 @@
+//! The run's filesystem view: a minimal root built on a small tmpfs in the run's mount
+//! namespace, then `pivot_root` into it so nothing of the host is reachable but what
+//! is bound in, read-only:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/usr`, `/bin`, `/lib*`, `/sbin` | the system's interpreter and libraries (symlinks kept as symlinks on merged-/usr hosts) |
+//! | the plan's `ro_paths` | the sandbox environment (`<SANDENV>`) and configured package dirs |
+//! | `/etc` | the host's, read-only, so that reading `/etc/passwd` gives upstream's `EACCES` from Landlock rather than `ENOENT` (only `ld.so.cache` and `localtime` get a Landlock rule) |
+//! | `/dev/{null,zero,random,urandom}` | bind mounts of the host's nodes, and the usual `/dev/fd`, `/dev/std*` links |
+//! | `/proc` | a fresh procfs of the run's pid namespace (mounted by the init) |
+//! | `/tmp` | the run's workspace tmpfs, size and inodes capped (`workspace`) |
+//!
+//! The skeleton tmpfs is remounted read-only once the workspace is populated. Mount
+//! flags the kernel locked on the host's mounts (nosuid, nodev, noexec, atime) must be
+//! kept on a read-only remount inside a user namespace (mount_namespaces(7), "locked
+//! mounts"), so they are read with statvfs and carried over.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, pivot_root};
+
+use super::error::JailError;
+use super::plan::Plan;
+
+/// Where the workspace tmpfs is mounted inside the new root.
+pub(crate) const WORKSPACE_MOUNT: &str = "/tmp";
+
+/// Top-level host entries exposed when they exist: directories are bound read-only,
+/// symlinks (merged /usr: `/lib -> usr/lib`) are recreated as the same symlinks.
+const SYSTEM_ENTRIES: [&str; 8] = [
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
+];
+
+/// Device nodes bound from the host. Everything else in /dev is absent.
+pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
+
+/// Links every program expects in /dev.
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// Options of the skeleton tmpfs: it holds only directories, links and mount points.
+const SKELETON_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=4096";
+
+fn mount_err(what: &str, path: &Path) -> impl FnOnce(nix::Error) -> JailError {
+    let what = what.to_string();
+    let path = path.display().to_string();
+    move |e| JailError::BuildRoot {
+        step: what,
+        path,
+        source: e.into(),
+    }
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
+    let what = what.to_string();
+    let path = path.display().to_string();
+    move |source| JailError::BuildRoot {
+        step: what,
+        path,
+        source,
+    }
+}
+
+/// The mount flags of the mount holding `path` that a remount must keep.
+fn locked_flags(path: &Path) -> Result<MsFlags, JailError> {
+    let st = statvfs(path).map_err(mount_err("statvfs", path))?;
+    let f = st.flags();
+    let mut flags = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            flags |= ms;
+        }
+    }
+    Ok(flags)
+}
+
+/// Bind `src` on `dst` and make the bind read-only and nosuid.
+fn bind_read_only(src: &Path, dst: &Path) -> Result<(), JailError> {
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_err("bind", dst))?;
+    let flags = locked_flags(src)?
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID;
+    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
+        .map_err(mount_err("remount read-only", dst))
+}
+
+/// `mkdir -p` below the skeleton for a host directory path.
+fn make_dirs(root: &Path, host: &Path) -> Result<PathBuf, JailError> {
+    let rel = host.strip_prefix("/").unwrap_or(host);
+    let dst = root.join(rel);
+    std::fs::create_dir_all(&dst).map_err(io_err("mkdir", &dst))?;
+    Ok(dst)
+}
+
+/// Whether `p` is `/usr` or below it (already bound).
+fn covered(p: &Path, by: &[PathBuf]) -> bool {
+    by.iter().any(|b| p.starts_with(b))
+}
+
+/// The read-only paths of the plan that need their own bind (absolute, existing, not
+/// already inside a system entry or another path).
+pub(crate) fn extra_ro_paths(plan: &Plan) -> Vec<PathBuf> {
+    let mut bound: Vec<PathBuf> = SYSTEM_ENTRIES
+        .iter()
+        .map(|e| Path::new("/").join(e))
+        .collect();
+    let mut out = Vec::new();
+    let mut paths: Vec<PathBuf> = plan.ro_paths.iter().map(PathBuf::from).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_absolute() && !covered(&p, &bound) && p.is_dir() {
+            bound.push(p.clone());
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Build the skeleton at the plan's mount point (a host directory, hidden by it in the
+/// run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`, and
+/// `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
+pub(crate) fn build_and_enter(
+    plan: &Plan,
+    mount_workspace: impl FnOnce(&str) -> Result<(), JailError>,
+    mount_proc: impl FnOnce(&str) -> Result<(), JailError>,
+) -> Result<(), JailError> {
+    let root = PathBuf::from(&plan.tmpfs_mount);
+    // A small tmpfs as the new root: only directories, links and mount points.
+    mount(
+        Some("tmpfs"),
+        &root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(SKELETON_OPTIONS),
+    )
+    .map_err(mount_err("mount root tmpfs", &root))?;
+    // The system's interpreter and libraries, read-only; merged-/usr links as links.
+    for entry in SYSTEM_ENTRIES {
+        let host = Path::new("/").join(entry);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let dst = root.join(entry);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host).map_err(io_err("readlink", &host))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
+        } else if meta.is_dir() {
+            std::fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
+            bind_read_only(&host, &dst)?;
+        }
+    }
+    // The sandbox environment and package dirs outside /usr.
+    for host in extra_ro_paths(plan) {
+        let dst = make_dirs(&root, &host)?;
+        bind_read_only(&host, &dst)?;
+    }
+    // A minimal /dev: four nodes bound from the host (mknod is not allowed in a user
+    // namespace, and a tmpfs mounted there is nodev anyway), plus the usual links.
+    let dev = root.join("dev");
+    std::fs::create_dir(&dev).map_err(io_err("mkdir", &dev))?;
+    for node in DEVICES {
+        let dst = dev.join(node);
+        std::fs::File::create(&dst).map_err(io_err("create", &dst))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o666))
+            .map_err(io_err("chmod", &dst))?;
+        let src = Path::new("/dev").join(node);
+        mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("bind device", &dst))?;
+    }
+    for (name, target) in DEV_LINKS {
+        let dst = dev.join(name);
+        std::os::unix::fs::symlink(target, &dst).map_err(io_err("symlink", &dst))?;
+    }
+    for dir in ["proc", "tmp"] {
+        let dst = root.join(dir);
+        std::fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
+    }
+    // The workspace: its own capped tmpfs.
+    let ws = root.join(WORKSPACE_MOUNT.trim_start_matches('/'));
+    mount_workspace(&ws.to_string_lossy())?;
+    // procfs now, while the host's /proc is still in this namespace (see `mounts`).
+    mount_proc(&root.join("proc").to_string_lossy())?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it then
+    // leaves no path back to the host (pivot_root(2), "NOTES").
+    chdir(&root).map_err(mount_err("chdir", &root))?;
+    pivot_root(".", ".").map_err(mount_err("pivot_root", &root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(mount_err("detach old root", Path::new("/")))?;
+    chdir("/").map_err(mount_err("chdir", Path::new("/")))?;
+    Ok(())
+}
+
+/// Make the skeleton itself read-only (after the workspace and /proc are mounted on it).
+pub(crate) fn seal_root() -> Result<(), JailError> {
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        flags,
+        Some(SKELETON_OPTIONS),
+    )
+    .map_err(mount_err("remount root read-only", Path::new("/")))
+}
+
+/// The Landlock rules for this view (paths as the program sees them).
+pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rules {
+    let mut read_exec: Vec<PathBuf> = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+        .iter()
+        .map(|e| Path::new("/").join(e))
+        .collect();
+    read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
+    let mut read = vec![
+        PathBuf::from(workdir),
+        PathBuf::from("/proc"),
+        PathBuf::from("/etc/ld.so.cache"),
+        PathBuf::from("/etc/localtime"),
+    ];
+    read.extend(
+        DEVICES
+            .iter()
+            .filter(|d| **d != "null")
+            .map(|d| Path::new("/dev").join(d)),
+    );
+    super::landlock::Rules {
+        read_exec,
+        read,
+        read_write_files: vec![PathBuf::from("/dev/null")],
+        full: vec![Path::new(workdir).join(super::workspace::TMP_DIR)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covered_paths_are_not_bound_twice() {
+        let by = vec![PathBuf::from("/usr")];
+        assert!(covered(Path::new("/usr/lib/python3"), &by));
+        assert!(!covered(Path::new("/opt/venv"), &by));
+        assert!(
+            !covered(Path::new("/usrx"), &by),
+            "component-wise, not by prefix"
+        );
+    }
+}
