@@ -5,7 +5,10 @@
 //! - [`jail_code`] / [`status`]: connect and make one call;
 //! - [`blocking`]: the same for callers without an async runtime;
 //! - [`files`]: reading caller-side files with upstream's copy semantics;
-//! - [`json`]: the CLI's JSON output shapes.
+//! - [`json`]: the CLI's JSON output shapes;
+//! - [`safe_exec()`]: upstream's `safe_exec` over `jail_code`, with globals as
+//!   Python-dialect JSON ([`pyjson`]), and its explicit unconfined twin
+//!   [`UnsafeLocal`] for callers' own tests.
 //!
 //! Every wait is bounded by the timeouts in [`ClientConfig`]: a web worker never hangs
 //! on a broker that is gone or wedged.
@@ -16,13 +19,20 @@ mod connection;
 mod error;
 pub mod files;
 pub mod json;
+pub mod pyjson;
 mod request;
+pub mod safe_exec;
+mod unsafe_local;
 
 pub use codejail_protocol::{ErrorKind, LimitName, StatusReport, Usage, Welcome};
 pub use config::{socket_from_env, ClientConfig, DEFAULT_SOCKET, SOCKET_ENV};
 pub use connection::Client;
 pub use error::ClientError;
 pub use request::{exit_code_for_status, JailRequest, JailResult, OutputChunk};
+pub use safe_exec::{
+    safe_exec, safe_exec_blocking, Executor, SafeExecError, SafeExecException, SafeExecOptions,
+};
+pub use unsafe_local::UnsafeLocal;
 
 use connection::Deadline;
 

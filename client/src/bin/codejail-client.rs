@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
+use codejail_client::pyjson::{self, Dict, Value};
 use codejail_client::{
-    json, socket_from_env, Client, ClientConfig, JailRequest, OutputChunk, StatusReport,
+    json, socket_from_env, Client, ClientConfig, Executor, JailRequest, OutputChunk, SafeExecError,
+    SafeExecOptions, StatusReport, UnsafeLocal,
 };
 use codejail_protocol::LayerState;
 
@@ -47,7 +49,14 @@ enum Command {
     /// Exit code: 0 serving with every required layer fully applied; 1 serving but
     /// degraded (a required layer is not fully applied); 125 unreachable.
     Status(StatusArgs),
-    // `safe-exec` is added here by its own issue.
+    /// Run Python code as upstream's safe_exec: exec(code, globals) in a jail.
+    ///
+    /// Globals in (--globals-file) and out are JSON objects in Python's dialect (NaN,
+    /// Infinity, -Infinity, big integers, lone surrogates as \udXXX escapes). The code's
+    /// print() output is discarded, as upstream. Exit code: 0 and the merged globals as
+    /// one JSON object on stdout; 1 when the jailed code failed, with upstream's exact
+    /// SafeExecException message on stderr; 125 when the client or the broker failed.
+    SafeExec(Box<SafeExecArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +117,49 @@ struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("program").required(true).args(["code", "code_file"])))]
+struct SafeExecArgs {
+    /// The initial globals: a JSON object (Python's dialect) [default: {}].
+    #[arg(long = "globals-file", value_name = "PATH")]
+    globals_file: Option<PathBuf>,
+
+    /// A file, directory or symlink copied into the jail by its base name.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
+
+    /// A directory or zip file added to sys.path by its base name; copied in like
+    /// --file unless an --extra-file has that name.
+    #[arg(long = "python-path", value_name = "NAME")]
+    python_path: Vec<PathBuf>,
+
+    /// A file written at the top of the jail's directory as NAME, read from PATH.
+    #[arg(long = "extra-file", value_name = "NAME=PATH", value_parser = parse_extra_file)]
+    extra_files: Vec<(String, PathBuf)>,
+
+    /// The limit override context (the LMS uses the course id).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+
+    /// A label for the broker's log.
+    #[arg(long, value_name = "SLUG")]
+    slug: Option<String>,
+
+    /// Run UNCONFINED with a local interpreter ($CODEJAIL_PYTHON, else
+    /// /usr/bin/python3, else python3 on PATH) and no broker: no jail, no limits. For
+    /// testing only; a warning is printed every time.
+    #[arg(long = "unsafe")]
+    unsafe_local: bool,
+
+    /// The Python code to run.
+    #[arg(short = 'c', value_name = "CODE")]
+    code: Option<String>,
+
+    /// Read the Python code from PATH.
+    #[arg(long = "code-file", value_name = "PATH")]
+    code_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     /// Print the status as one JSON object.
     #[arg(long)]
@@ -142,7 +194,109 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Exec(args) => runtime.block_on(exec(socket, *args)),
         Command::Status(args) => runtime.block_on(status(socket, args)),
+        Command::SafeExec(args) => runtime.block_on(safe_exec(socket, *args)),
     }
+}
+
+/// The environment variable naming the interpreter of `safe-exec --unsafe`.
+const UNSAFE_PYTHON_ENV: &str = "CODEJAIL_PYTHON";
+
+/// `codejail-client safe-exec`.
+async fn safe_exec(socket: PathBuf, args: SafeExecArgs) -> ExitCode {
+    let (code, mut globals, opts) = match safe_exec_inputs(&args) {
+        Ok(inputs) => inputs,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let executor = if args.unsafe_local {
+        let python = unsafe_python();
+        eprintln!(
+            "codejail-client: warning: --unsafe: running the code UNCONFINED with {} \
+             (no broker, no jail, no limits)",
+            python.display()
+        );
+        Executor::UnsafeLocal(UnsafeLocal::new(python))
+    } else {
+        Executor::Jail(ClientConfig::new(socket))
+    };
+    match executor.safe_exec(&code, &mut globals, &opts).await {
+        Ok(()) => {
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{}", globals.to_json()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("cannot write the globals: {e}")),
+            }
+        }
+        Err(SafeExecError::Exception(e)) => {
+            // Exactly upstream's message, unprefixed: callers compare it.
+            eprintln!("{}", e.message);
+            ExitCode::from(1)
+        }
+        Err(e @ SafeExecError::BadOutput { .. }) => {
+            // The code broke the wrapper's output (upstream raises a JSON error here):
+            // the jailed code's failure, not the client's.
+            eprintln!("codejail-client: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// The code, the initial globals and the options of `safe-exec`.
+fn safe_exec_inputs(args: &SafeExecArgs) -> anyhow::Result<(String, Dict, SafeExecOptions)> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let utf8 = |path: &PathBuf, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| anyhow!("{} is not valid UTF-8", path.display()))
+    };
+    let code = match (&args.code, &args.code_file) {
+        (Some(code), _) => code.clone(),
+        (None, Some(path)) => utf8(path, read(path)?)?,
+        (None, None) => bail!("nothing to run: give -c CODE or --code-file PATH"),
+    };
+    let globals = match &args.globals_file {
+        None => Dict::new(),
+        Some(path) => {
+            let text = utf8(path, read(path)?)?;
+            match pyjson::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?
+            {
+                Value::Dict(d) => d,
+                _ => bail!("{} is not a JSON object", path.display()),
+            }
+        }
+    };
+    let extra_files = args
+        .extra_files
+        .iter()
+        .map(|(name, path)| Ok((name.clone(), read(path)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = SafeExecOptions {
+        files: args.files.clone(),
+        python_path: args.python_path.clone(),
+        limits_context: args.context.clone(),
+        slug: args.slug.clone(),
+        extra_files,
+    };
+    Ok((code, globals, opts))
+}
+
+/// The interpreter of `safe-exec --unsafe`: `$CODEJAIL_PYTHON`, else the dev broker's
+/// default (`/usr/bin/python3` if present, else `python3` on PATH).
+fn unsafe_python() -> PathBuf {
+    if let Some(p) = std::env::var_os(UNSAFE_PYTHON_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let system = PathBuf::from("/usr/bin/python3");
+    if system.exists() {
+        return system;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// `codejail-client exec`.
@@ -462,6 +616,99 @@ mod tests {
         let a = exec_args(&["exec", "--json"]);
         let err = build_request(a).expect_err("nothing to run");
         assert!(err.to_string().contains("nothing to run"), "{err}");
+    }
+
+    fn safe_exec_args(args: &[&str]) -> SafeExecArgs {
+        match parse(args).expect("parses").command {
+            Command::SafeExec(a) => *a,
+            other => panic!("not safe-exec: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn safe_exec_arguments_parse_as_in_the_contract() {
+        let a = safe_exec_args(&[
+            "safe-exec",
+            "--globals-file",
+            "g.json",
+            "--file",
+            "hello.txt",
+            "--file",
+            "pylib",
+            "--python-path",
+            "pylib",
+            "--python-path",
+            "python_lib.zip",
+            "--extra-file",
+            "python_lib.zip=/tmp/lib.zip",
+            "--context",
+            "course-v1:x",
+            "--slug",
+            "s",
+            "--unsafe",
+            "-c",
+            "a = 1",
+        ]);
+        assert_eq!(a.globals_file, Some(PathBuf::from("g.json")));
+        assert_eq!(
+            a.files,
+            [PathBuf::from("hello.txt"), PathBuf::from("pylib")]
+        );
+        assert_eq!(
+            a.python_path,
+            [PathBuf::from("pylib"), PathBuf::from("python_lib.zip")]
+        );
+        assert_eq!(
+            a.extra_files,
+            [("python_lib.zip".into(), PathBuf::from("/tmp/lib.zip"))]
+        );
+        assert_eq!(a.context.as_deref(), Some("course-v1:x"));
+        assert_eq!(a.slug.as_deref(), Some("s"));
+        assert!(a.unsafe_local);
+        assert_eq!(a.code.as_deref(), Some("a = 1"));
+
+        let a = safe_exec_args(&["safe-exec", "--code-file", "prog.py"]);
+        assert_eq!(a.code_file, Some(PathBuf::from("prog.py")));
+        assert!(!a.unsafe_local && a.globals_file.is_none());
+
+        for bad in [
+            &["safe-exec"][..],
+            &["safe-exec", "-c", "x", "--code-file", "f"],
+            &["safe-exec", "--extra-file", "noequals", "-c", "x"],
+            &["safe-exec", "-c", "x", "extra-positional"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn safe_exec_reads_its_inputs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let globals = tmp.path().join("g.json");
+        std::fs::write(
+            &globals,
+            br#"{"n": NaN, "big": 123456789012345678901234567890}"#,
+        )
+        .expect("write");
+        let code = tmp.path().join("prog.py");
+        std::fs::write(&code, b"a = 1\n").expect("write");
+        let mut a = safe_exec_args(&["safe-exec", "--code-file", "x"]);
+        a.code_file = Some(code);
+        a.globals_file = Some(globals.clone());
+        let (code, g, opts) = safe_exec_inputs(&a).expect("inputs");
+        assert_eq!(code, "a = 1\n");
+        assert_eq!(
+            g.to_json(),
+            r#"{"n": NaN, "big": 123456789012345678901234567890}"#
+        );
+        assert_eq!(opts, SafeExecOptions::default());
+
+        std::fs::write(&globals, b"[1]").expect("write");
+        let err = safe_exec_inputs(&a).expect_err("not an object");
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
+        std::fs::write(&globals, b"{").expect("write");
+        let err = safe_exec_inputs(&a).expect_err("not JSON");
+        assert!(format!("{err:#}").contains("not valid JSON"), "{err:#}");
     }
 
     #[test]
