@@ -78,6 +78,71 @@ pub struct FileConfig {
     /// Limit defaults, ceilings and named contexts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[cgroup]`: where each run's cgroup is made.
+    #[serde(default)]
+    pub cgroup: CgroupConfig,
+    /// `run_ids = { first = 200000, count = 64 }`: a distinct outside uid/gid per
+    /// concurrent run (production; the broker needs CAP_SETUID and CAP_SETGID).
+    pub run_ids: Option<RunIdsConfig>,
+    /// Peer gids allowed to submit runs: a peer whose primary or any supplementary
+    /// group (`SO_PEERGROUPS`) is listed is allowed, as is one listed in `allowed_uids`.
+    #[serde(default)]
+    pub allowed_gids: Vec<u32>,
+    /// The AppArmor profile each program is stacked on at exec (`"codejail-sandbox"`,
+    /// from `apparmor/`); applied only where the kernel has AppArmor.
+    pub apparmor_profile: Option<String>,
+    /// Refuse to start unless the AppArmor layer holds (default false: AppArmor is an
+    /// extra layer, absent on some kernels).
+    pub apparmor_required: Option<bool>,
+}
+
+/// `[cgroup]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// `"auto"` (default: v2 if delegated, else v1), `"v2"`, `"v1"` or `"none"`.
+    pub mode: Option<CgroupMode>,
+    /// The delegated v2 cgroup whose children are the run cgroups (default: the
+    /// broker's own cgroup, from `/proc/self/cgroup`, under the cgroup2 mount).
+    pub v2_root: Option<PathBuf>,
+    /// The v1 memory cgroup whose children are the run cgroups (default
+    /// `/sys/fs/cgroup/memory/codejail`; created and chowned to the broker by the
+    /// operator).
+    pub v1_memory: Option<PathBuf>,
+    /// The v1 pids cgroup whose children are the run cgroups (default
+    /// `/sys/fs/cgroup/pids/codejail`).
+    pub v1_pids: Option<PathBuf>,
+    /// Whether the broker refuses to start without the memory and pids controllers
+    /// (default: true with a config file, false in `--dev`).
+    pub required: Option<bool>,
+    /// `pids.max` of a run whose NPROC is 0 (no rlimit), so that a fork bomb is still
+    /// bounded (default 256).
+    pub unlimited_pids: Option<u64>,
+}
+
+/// `cgroup.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// v2 if the broker's cgroup is delegated with memory or pids, else v1.
+    #[default]
+    Auto,
+    /// Only a delegated v2 subtree.
+    V2,
+    /// Only the v1 memory and pids hierarchies.
+    V1,
+    /// No cgroups (then `required` must be false).
+    None,
+}
+
+/// `run_ids`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunIdsConfig {
+    /// First uid (and gid) of the range.
+    pub first: u32,
+    /// How many ids; at least `max_running`.
+    pub count: u32,
 }
 
 /// `[socket]`.
@@ -288,6 +353,166 @@ pub struct RunIdentity {
     pub clear_groups: bool,
 }
 
+/// A range of outside ids, one per concurrent run: uids `first..first+count`, and the
+/// gids with the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// The first id.
+    pub first: u32,
+    /// How many.
+    pub count: u32,
+}
+
+impl IdRange {
+    /// The last id of the range.
+    pub fn last(&self) -> u32 {
+        self.first + (self.count - 1)
+    }
+
+    /// Whether `id` is in the range.
+    pub fn contains(&self, id: u32) -> bool {
+        (self.first..=self.last()).contains(&id)
+    }
+
+    /// Whether `[start, start+len)` overlaps the range.
+    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+        len > 0 && start <= u64::from(self.last()) && u64::from(self.first) < start + len
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last())
+    }
+}
+
+/// The cgroup settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupSettings {
+    /// Which hierarchy to use.
+    pub mode: CgroupMode,
+    /// Explicit v2 root, or `None` for the broker's own cgroup.
+    pub v2_root: Option<PathBuf>,
+    /// The v1 memory parent.
+    pub v1_memory: PathBuf,
+    /// The v1 pids parent.
+    pub v1_pids: PathBuf,
+    /// Refuse to start without memory and pids.
+    pub required: bool,
+    /// pids.max when NPROC is 0.
+    pub unlimited_pids: u64,
+}
+
+/// Default `cgroup.v1_memory`.
+pub const DEFAULT_V1_MEMORY: &str = "/sys/fs/cgroup/memory/codejail";
+/// Default `cgroup.v1_pids`.
+pub const DEFAULT_V1_PIDS: &str = "/sys/fs/cgroup/pids/codejail";
+/// Default `cgroup.unlimited_pids`.
+pub const DEFAULT_UNLIMITED_PIDS: u64 = 256;
+
+impl CgroupSettings {
+    fn from_config(cfg: &CgroupConfig, mode: Mode) -> Result<Self, ConfigError> {
+        let cg_mode = cfg.mode.unwrap_or_default();
+        // Production defaults require memory+pids (ARCHITECTURE §5); dev is best effort.
+        // Turning cgroups off in production takes an explicit `required = false` too.
+        let required = cfg.required.unwrap_or(mode == Mode::Confined);
+        if required && cg_mode == CgroupMode::None {
+            return Err(invalid(
+                "cgroup.required",
+                "cannot be true with cgroup.mode = \"none\"",
+            ));
+        }
+        for (key, path) in [
+            ("cgroup.v2_root", cfg.v2_root.as_ref()),
+            ("cgroup.v1_memory", cfg.v1_memory.as_ref()),
+            ("cgroup.v1_pids", cfg.v1_pids.as_ref()),
+        ] {
+            if path.is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        let unlimited_pids = cfg.unlimited_pids.unwrap_or(DEFAULT_UNLIMITED_PIDS);
+        if !(8..=1 << 22).contains(&unlimited_pids) {
+            return Err(invalid(
+                "cgroup.unlimited_pids",
+                "must be between 8 and 4194304",
+            ));
+        }
+        Ok(CgroupSettings {
+            mode: cg_mode,
+            v2_root: cfg.v2_root.clone(),
+            v1_memory: cfg
+                .v1_memory
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_V1_MEMORY)),
+            v1_pids: cfg
+                .v1_pids
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_V1_PIDS)),
+            required,
+            unlimited_pids,
+        })
+    }
+}
+
+fn run_ids_from_config(
+    cfg: &FileConfig,
+    max_running: u32,
+    own_uid: u32,
+    own_gid: u32,
+) -> Result<Option<IdRange>, ConfigError> {
+    let Some(r) = cfg.run_ids else {
+        return Ok(None);
+    };
+    if cfg.run_uid.is_some() || cfg.run_gid.is_some() {
+        return Err(invalid(
+            "run_ids",
+            "cannot be combined with run_uid/run_gid (one shared identity or one per run)",
+        ));
+    }
+    if r.first == 0 {
+        return Err(invalid(
+            "run_ids.first",
+            "must not be 0: runs are never root",
+        ));
+    }
+    if r.count == 0 {
+        return Err(invalid("run_ids.count", "must be at least 1"));
+    }
+    // (uid_t)-1 is "no id" to the kernel (setresuid, chown) and 65534 is overflowid.
+    if u64::from(r.first) + u64::from(r.count) > u64::from(u32::MAX) {
+        return Err(invalid(
+            "run_ids.count",
+            "the range must end below 4294967295",
+        ));
+    }
+    let range = IdRange {
+        first: r.first,
+        count: r.count,
+    };
+    if r.count < max_running {
+        return Err(invalid(
+            "run_ids.count",
+            format!(
+                "must be at least max_running ({max_running}): each running run needs its own id"
+            ),
+        ));
+    }
+    if range.contains(own_uid) || range.contains(own_gid) {
+        return Err(invalid(
+            "run_ids",
+            format!("the range {range} holds the broker's own uid/gid ({own_uid}/{own_gid})"),
+        ));
+    }
+    if range.contains(DEV_ROOT_RUN_ID) {
+        return Err(invalid(
+            "run_ids",
+            format!("the range {range} holds 65534 (nobody, the kernel's overflow id)"),
+        ));
+    }
+    Ok(Some(range))
+}
+
 /// Everything the broker runs with, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -311,14 +536,29 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The jail stage binary.
     pub jail_stage: PathBuf,
-    /// Run identity.
+    /// Run identity when no [`Settings::run_ids`] range is configured (all runs
+    /// share it); with a range, each run gets its own from the pool instead.
     pub identity: RunIdentity,
+    /// Per-run outside ids (production).
+    pub run_ids: Option<IdRange>,
+    /// Cgroups.
+    pub cgroup: CgroupSettings,
     /// Where each run's tmpfs is mounted.
     pub tmpfs_mount: PathBuf,
     /// Commands by name.
     pub commands: BTreeMap<String, CommandSpec>,
     /// Limits.
     pub limits: LimitPolicy,
+    /// Peer gids allowed (primary or supplementary).
+    pub allowed_gids: HashSet<u32>,
+    /// The AppArmor profile programs stack on, as configured (see
+    /// [`crate::jail::apparmor::profile_for_runs`] for where it applies).
+    pub apparmor_profile: Option<String>,
+    /// Whether the `apparmor` layer is required.
+    pub apparmor_required: bool,
+    /// Set by the binary, not the config: systemd passed the listening socket, so the
+    /// socket file is systemd's and the broker neither binds nor removes it.
+    pub socket_activated: bool,
 }
 
 /// The uid that dev brokers started by root give their runs: never root.
@@ -344,6 +584,21 @@ pub fn identity_for(uid: u32, gid: u32, run_uid: Option<u32>, run_gid: Option<u3
         // CAP_SETUID/CAP_SETGID (user_namespaces(7)); root has them.
         clear_groups: root || outer_uid != uid || outer_gid != gid,
     }
+}
+
+/// `apparmor_profile` and `apparmor_required`, checked.
+fn apparmor_from_config(cfg: &FileConfig) -> Result<(Option<String>, bool), ConfigError> {
+    if let Some(p) = &cfg.apparmor_profile {
+        crate::jail::apparmor::check_profile_name(p).map_err(|e| invalid("apparmor_profile", e))?;
+    }
+    let required = cfg.apparmor_required.unwrap_or(false);
+    if required && cfg.apparmor_profile.is_none() {
+        return Err(invalid(
+            "apparmor_required",
+            "cannot be true without an apparmor_profile",
+        ));
+    }
+    Ok((cfg.apparmor_profile.clone(), required))
 }
 
 fn parse_mode(key: &str, s: &str) -> Result<u32, ConfigError> {
@@ -436,6 +691,9 @@ impl Settings {
         if identity.outer_uid == 0 || identity.outer_gid == 0 {
             return Err(invalid("run_uid", "runs must never be root (0)"));
         }
+        let run_ids = run_ids_from_config(cfg, max_running, uid, gid)?;
+        let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
+        let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
         let socket_mode = match &cfg.socket.mode {
             Some(m) => parse_mode("socket.mode", m)?,
             None => 0o660,
@@ -456,12 +714,18 @@ impl Settings {
             shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs.unwrap_or(5)),
             jail_stage: cfg.jail_stage.clone().unwrap_or_else(default_jail_stage),
             identity,
+            run_ids,
+            cgroup,
             tmpfs_mount: cfg
                 .tmpfs_mount
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/tmp")),
             commands,
             limits: LimitPolicy::new(&cfg.limits)?,
+            allowed_gids: cfg.allowed_gids.iter().copied().collect(),
+            apparmor_profile,
+            apparmor_required,
+            socket_activated: false,
         })
     }
 }
@@ -554,5 +818,76 @@ mod tests {
         assert!(err.to_string().contains("commands.python.bin"), "{err}");
         let err = parse(&format!("{PY}max_running = 0\n")).expect_err("zero");
         assert!(err.to_string().contains("max_running"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_and_run_ids_errors_name_their_key() {
+        let err = parse(&format!("{PY}[cgroup]\nmode = \"v3\"\n")).expect_err("mode");
+        assert!(
+            err.to_string().contains("v3") && err.to_string().contains("mode"),
+            "{err}"
+        );
+        let err = parse(&format!("{PY}[cgroup]\nbogus = 1\n")).expect_err("unknown");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err =
+            parse(&format!("{PY}[cgroup]\nmode = \"none\"\n")).expect_err("required by default");
+        assert!(err.to_string().contains("cgroup.required"), "{err}");
+        parse(&format!(
+            "{PY}[cgroup]\nmode = \"none\"\nrequired = false\n"
+        ))
+        .expect("explicitly not required");
+        let err = parse(&format!("{PY}[cgroup]\nv1_memory = \"memory/codejail\"\n"))
+            .expect_err("relative");
+        assert!(err.to_string().contains("cgroup.v1_memory"), "{err}");
+        let err = parse(&format!("{PY}[cgroup]\nunlimited_pids = 2\n")).expect_err("too few");
+        assert!(err.to_string().contains("cgroup.unlimited_pids"), "{err}");
+
+        let err = parse(&format!(
+            "max_running = 8\nrun_ids = {{ first = 300000, count = 4 }}\n{PY}"
+        ))
+        .expect_err("count < max_running");
+        assert!(
+            err.to_string().contains("run_ids.count")
+                && err.to_string().contains("max_running (8)"),
+            "{err}"
+        );
+        let err = parse(&format!("run_ids = {{ first = 0, count = 4 }}\n{PY}")).expect_err("root");
+        assert!(err.to_string().contains("run_ids.first"), "{err}");
+        let err = parse(&format!(
+            "run_ids = {{ first = 4294967290, count = 10 }}\n{PY}"
+        ))
+        .expect_err("overflow");
+        assert!(err.to_string().contains("run_ids.count"), "{err}");
+        let err = parse(&format!(
+            "run_ids = {{ first = 65000, count = 1000 }}\n{PY}"
+        ))
+        .expect_err("nobody");
+        assert!(err.to_string().contains("65534"), "{err}");
+        let err = parse(&format!(
+            "run_uid = 5000\nrun_ids = {{ first = 300000, count = 4 }}\n{PY}"
+        ))
+        .expect_err("both");
+        assert!(err.to_string().contains("run_ids"), "{err}");
+        let err = parse(&format!("run_ids = {{ first = 300000, cnt = 4 }}\n{PY}"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("cnt"), "{err}");
+        let s = parse(&format!("run_ids = {{ first = 300000, count = 64 }}\n{PY}")).expect("valid");
+        let r = s.run_ids.expect("range");
+        assert_eq!(
+            (r.first, r.last(), r.to_string()),
+            (300000, 300063, "300000-300063".to_string())
+        );
+        assert!(r.overlaps(300063, 1) && !r.overlaps(300064, 5) && !r.overlaps(0, 300000));
+        assert!(s.cgroup.required, "production requires cgroups by default");
+        assert_eq!(s.cgroup.mode, CgroupMode::Auto);
+    }
+
+    #[test]
+    fn memory_is_a_limit_with_a_default() {
+        let s = parse(PY).expect("valid");
+        assert_eq!(s.limits.defaults.get(LimitName::Memory), 512 << 20);
+        let s = parse(&format!("{PY}[limits.defaults]\nMEMORY = 0\n"))
+            .expect("0 = no cgroup memory cap");
+        assert_eq!(s.limits.defaults.effective(LimitName::Memory), None);
     }
 }

@@ -4,9 +4,14 @@
 //! - [`server`]: listener, peer authentication, per-connection handler, shutdown;
 //! - [`run`]: one run from the broker's side: spawn the stage, write its id maps,
 //!   stream output, enforce REALTIME and the output cap, collect status and usage;
-//! - [`jail`]: the Plan and the single-threaded stage that applies it (no tokio).
+//! - [`jail`]: the Plan and the single-threaded stage that applies it (no tokio);
+//! - [`systemd`] and [`logging`]: how the daemon runs as a service (socket activation,
+//!   readiness, watchdog, the journal).
 
 pub mod config;
 pub mod jail;
+pub mod logging;
 pub mod run;
 pub mod server;
+mod sys;
+pub mod systemd;

@@ -69,6 +69,7 @@ fn python_plan(code: &str) -> Plan {
         hostname: "codejail-test".into(),
         ro_paths: vec![],
         require_landlock: true,
+        apparmor_profile: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Limit names, units and upstream defaults (ARCHITECTURE §7). Names are upstream's
-//! uppercase names plus the project's own (`OUTPUT`, `TMP`).
+//! uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,11 +24,17 @@ pub enum LimitName {
     Output,
     /// Total bytes of the run's temporary space (the workspace tmpfs).
     Tmp,
+    /// Memory of the whole run, bytes: the run's cgroup memory cap (v2 `memory.max`
+    /// with no swap, v1 `memory.limit_in_bytes`), charged for every process of the
+    /// run together and for its tmpfs pages. Exceeding it gets the run OOM-killed
+    /// (status -SIGKILL, limit_hit `MEMORY`). Only enforced where the broker has the
+    /// memory cgroup controller (the `cgroups` layer of its report).
+    Memory,
 }
 
 impl LimitName {
     /// Every limit, in display order.
-    pub const ALL: [LimitName; 7] = [
+    pub const ALL: [LimitName; 8] = [
         LimitName::Cpu,
         LimitName::Realtime,
         LimitName::Vmem,
@@ -36,6 +42,7 @@ impl LimitName {
         LimitName::Nproc,
         LimitName::Output,
         LimitName::Tmp,
+        LimitName::Memory,
     ];
 
     /// The upstream-style uppercase name.
@@ -48,6 +55,7 @@ impl LimitName {
             LimitName::Nproc => "NPROC",
             LimitName::Output => "OUTPUT",
             LimitName::Tmp => "TMP",
+            LimitName::Memory => "MEMORY",
         }
     }
 
@@ -61,6 +69,11 @@ impl LimitName {
             LimitName::Nproc => 15,
             LimitName::Output => 16 * 1024 * 1024,
             LimitName::Tmp => 64 * 1024 * 1024,
+            // 512 MiB: CPython with numpy/scipy imported is 100-150 MiB resident, the
+            // workspace tmpfs (TMP, 64 MiB by default) is charged to the same cgroup,
+            // and a few helper processes fit besides; four runs at once (the default
+            // max_running) still stay within 2 GiB of host memory.
+            LimitName::Memory => 512 * 1024 * 1024,
         }
     }
 
@@ -79,7 +92,7 @@ impl fmt::Display for LimitName {
 
 /// A limit name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown limit {0:?} (known: CPU, REALTIME, VMEM, FSIZE, NPROC, OUTPUT, TMP)")]
+#[error("unknown limit {0:?} (known: CPU, REALTIME, VMEM, FSIZE, NPROC, OUTPUT, TMP, MEMORY)")]
 pub struct UnknownLimit(pub String);
 
 impl FromStr for LimitName {
@@ -95,12 +108,12 @@ impl FromStr for LimitName {
 /// One value per limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    values: [u64; 7],
+    values: [u64; LimitName::ALL.len()],
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        let mut values = [0; 7];
+        let mut values = [0; LimitName::ALL.len()];
         for (i, n) in LimitName::ALL.into_iter().enumerate() {
             values[i] = n.default_value();
         }
@@ -176,6 +189,8 @@ mod tests {
         assert_eq!(l.get(LimitName::Vmem), 0);
         assert_eq!(l.get(LimitName::Fsize), 0);
         assert_eq!(l.get(LimitName::Nproc), 15);
+        assert_eq!(l.get(LimitName::Memory), 512 << 20);
+        assert_eq!(l.effective(LimitName::Memory), Some(512 << 20));
         assert_eq!(l.effective(LimitName::Vmem), None, "VMEM 0 disables");
         assert_eq!(
             l.effective(LimitName::Fsize),

@@ -3,15 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use codejail_broker::config::{CommandConfig, FileConfig, Settings, SocketConfig};
-use codejail_broker::server::{self, admission::Admission, report, selftest, Shared};
+use codejail_broker::config::{
+    CgroupConfig, CgroupMode, CommandConfig, FileConfig, RunIdsConfig, Settings, SocketConfig,
+};
+use codejail_broker::server::{self, report, selftest, startup, Shared};
 use codejail_protocol::Mode;
-use tokio_util::sync::CancellationToken;
 
 /// The codejail broker: runs untrusted code in per-run jails for callers on a Unix socket.
 #[derive(Debug, Parser)]
@@ -53,6 +53,26 @@ struct Cli {
     /// Dev: seconds running runs get on SIGTERM.
     #[arg(long, requires = "dev")]
     shutdown_grace_secs: Option<u64>,
+    /// Dev: per-run outside uids/gids FIRST..FIRST+COUNT-1 (needs CAP_SETUID and
+    /// CAP_SETGID), as `run_ids` in the config.
+    #[arg(long, value_name = "FIRST:COUNT", requires = "dev")]
+    run_ids: Option<String>,
+    /// Dev: run cgroups under these v1 memory and pids cgroups (created and chowned to
+    /// the broker's uid beforehand).
+    #[arg(
+        long,
+        value_name = "MEMORY_PARENT,PIDS_PARENT",
+        requires = "dev",
+        conflicts_with = "cgroup_v2"
+    )]
+    cgroup_v1: Option<String>,
+    /// Dev: run cgroups under this delegated v2 cgroup.
+    #[arg(long, value_name = "DIR", requires = "dev")]
+    cgroup_v2: Option<PathBuf>,
+    /// Dev: refuse to start without the memory and pids cgroup controllers, as
+    /// production does.
+    #[arg(long, requires = "dev")]
+    require_cgroups: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -128,6 +148,32 @@ fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
             ro_paths: None,
         },
     );
+    if let Some(r) = &cli.run_ids {
+        let (first, count) = r
+            .split_once(':')
+            .and_then(|(f, c)| Some((f.parse().ok()?, c.parse().ok()?)))
+            .with_context(|| format!("--run-ids {r:?} is not FIRST:COUNT"))?;
+        cfg.run_ids = Some(RunIdsConfig { first, count });
+    }
+    // --dev makes no cgroups unless told where: several dev brokers on one host would
+    // otherwise sweep each other's run cgroups.
+    cfg.cgroup = CgroupConfig {
+        mode: Some(CgroupMode::None),
+        required: Some(cli.require_cgroups),
+        ..CgroupConfig::default()
+    };
+    if let Some(v1) = &cli.cgroup_v1 {
+        let (memory, pids) = v1
+            .split_once(',')
+            .with_context(|| format!("--cgroup-v1 {v1:?} is not MEMORY_PARENT,PIDS_PARENT"))?;
+        cfg.cgroup.mode = Some(CgroupMode::V1);
+        cfg.cgroup.v1_memory = Some(memory.into());
+        cfg.cgroup.v1_pids = Some(pids.into());
+    }
+    if let Some(v2) = &cli.cgroup_v2 {
+        cfg.cgroup.mode = Some(CgroupMode::V2);
+        cfg.cgroup.v2_root = Some(std::path::absolute(v2)?);
+    }
     for d in &cli.defaults {
         let (k, v) = parse_kv(d).context("--default")?;
         cfg.limits.defaults.insert(k, v);
@@ -150,25 +196,9 @@ fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
     Ok(cfg)
 }
 
-fn shared_for(settings: Settings) -> Shared {
-    Shared {
-        admission: Admission::new(settings.max_running, settings.max_queue),
-        next_run_id: AtomicU64::new(1),
-        report: report::build(
-            &settings,
-            &selftest::Probe {
-                verdict: Err("not run yet".into()),
-                landlock: None,
-            },
-        ),
-        kill_runs: CancellationToken::new(),
-        settings,
-    }
-}
-
 async fn self_test(shared: &mut Shared) -> Result<(), String> {
     let probe = selftest::probe(shared).await;
-    shared.report = report::build(&shared.settings, &probe);
+    shared.report = report::build(&shared.settings, shared.cgroups.status(), &probe);
     match probe.verdict {
         Ok(()) if !shared.report.required_layers_hold() => {
             let missing: Vec<_> = shared
@@ -200,7 +230,11 @@ async fn wait_for_signal() {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let mut shared = shared_for(settings);
+    // Before sweeping anything: a broker already serving this socket owns the runs
+    // (and cgroups, and uids) the sweep would remove.
+    server::check_no_other_broker(&settings)?;
+    let host = startup::prepare_host(&settings).context("refusing to start")?;
+    let mut shared = startup::shared_for(settings, host);
     if let Err(e) = self_test(&mut shared).await {
         eprint!("{}", report::render(&shared.report));
         bail!("start-up self-test failed, refusing to serve: {e}");
@@ -240,7 +274,15 @@ fn check_config(file: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut shared = shared_for(settings);
+    // Look only: check-config must not sweep or move anything of a serving broker.
+    let host = match startup::inspect_host(&settings) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("a required layer does not hold here: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut shared = startup::shared_for(settings, host);
     let verdict = rt.block_on(self_test(&mut shared));
     print!("{}", report::render(&shared.report));
     match verdict {
@@ -260,6 +302,13 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // First of all, before any secret (config, peers' requests) is in memory.
+    if let Err(e) = codejail_broker::run::protect_broker() {
+        eprintln!(
+            "codejail-broker: cannot make the broker non-dumpable (prctl PR_SET_DUMPABLE): {e}"
+        );
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

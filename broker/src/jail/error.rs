@@ -208,6 +208,15 @@ pub enum JailError {
     /// Landlock is required by the plan but the kernel enforces less.
     #[error("landlock is required but only {0:?} is enforced by this kernel")]
     LandlockNotEnforced(super::landlock::Achieved),
+    /// The AppArmor exec transition could not be requested.
+    #[error("request AppArmor profile {profile:?} on exec")]
+    AppArmor {
+        /// The profile.
+        profile: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// `execve` of the program failed.
     #[error("execve {program}")]
     Exec {
@@ -261,6 +270,7 @@ impl JailError {
             JailError::InstallSeccomp(_) => "install seccomp",
             JailError::DropCapabilities(_) => "drop capabilities",
             JailError::Landlock(_) | JailError::LandlockNotEnforced(_) => "landlock",
+            JailError::AppArmor { .. } => "apparmor",
             JailError::Exec { program, .. } => return format!("exec {program}"),
         };
         step.to_string()

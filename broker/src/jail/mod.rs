@@ -13,6 +13,7 @@
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
+pub mod apparmor;
 pub mod error;
 pub mod idmap;
 mod init;

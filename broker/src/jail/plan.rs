@@ -88,6 +88,9 @@ pub struct Plan {
     pub hostname: String,
     /// Refuse to run unless Landlock is fully enforced.
     pub require_landlock: bool,
+    /// The AppArmor profile the program's exec stacks on, where the kernel has
+    /// AppArmor and one is configured.
+    pub apparmor_profile: Option<String>,
 }
 
 /// What the stage (and the init inside the jail) tells the broker.

@@ -15,7 +15,7 @@ use super::rlimits::apply_rlimits;
 use super::seccomp::{self, Filters};
 use super::sys;
 use super::workspace::{workdir_path, TMP_DIR};
-use super::{landlock, rootfs};
+use super::{apparmor, landlock, rootfs};
 
 /// Clear every capability set of this process (bounding and ambient included).
 fn drop_capabilities() -> Result<(), JailError> {
@@ -138,6 +138,11 @@ fn program_steps(
     // reported; every fd above stderr closes at exec (CVE-2024-21626 is what a leaked
     // fd does).
     sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
+    // AppArmor (where configured and present): the exec transition is requested
+    // before no_new_privs, stacked so it can only narrow.
+    if let Some(profile) = &plan.apparmor_profile {
+        apparmor::request_exec_transition(profile)?;
+    }
     // no_new_privs before exec: no setuid bit or file capability (honoured inside a
     // user namespace for files owned by host root) can raise privileges again.
     prctl::set_no_new_privs().map_err(|e| JailError::NoNewPrivs(e.into()))?;
@@ -186,6 +191,7 @@ mod tests {
             hostname: "codejail".into(),
             ro_paths: vec![],
             require_landlock: false,
+            apparmor_profile: None,
         }
     }
 

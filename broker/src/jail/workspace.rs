@@ -280,6 +280,7 @@ mod tests {
             hostname: "codejail".into(),
             ro_paths: vec![],
             require_landlock: false,
+            apparmor_profile: None,
         }
     }
 

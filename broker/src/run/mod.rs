@@ -1,11 +1,14 @@
-//! One run, from the broker's side (ARCHITECTURE §4 steps 6–8): spawn the jail stage
-//! with its five fds, hand it the Plan, write its id maps, feed stdin, stream
-//! stdout/stderr with the output cap, enforce REALTIME and cancellation by ending the
-//! run, and collect status and usage. The jail itself is built by the stage.
+//! One run, from the broker's side (ARCHITECTURE §4 steps 6–8): make the run's
+//! cgroup ([`cgroup`]), spawn the jail stage with its five fds and move it into the
+//! cgroup, hand it the Plan, write its id maps (with the run's own outside id from
+//! [`uidpool`] in production), feed stdin, stream stdout/stderr with the output cap,
+//! enforce REALTIME and cancellation by ending the run, collect status and usage, and
+//! remove the cgroup. The jail itself is built by the stage.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codejail_protocol::{Finished, LimitName, Limits, Usage};
@@ -17,7 +20,22 @@ use crate::config::RunIdentity;
 use crate::jail::landlock::Achieved;
 use crate::jail::plan::{self, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
 
-mod sys;
+pub mod cgroup;
+pub(crate) mod sys;
+pub mod uidpool;
+
+use cgroup::{CgroupError, CgroupStats, Cgroups, RunCgroup};
+
+/// Make the broker not dumpable (`PR_SET_DUMPABLE 0`): same-uid processes, runs in
+/// dev mode among them, can then neither ptrace it nor read its `/proc/<pid>/environ`
+/// or memory. Called first thing at start-up.
+pub fn protect_broker() -> std::io::Result<()> {
+    sys::make_undumpable()?;
+    if sys::is_dumpable()? {
+        return Err(std::io::Error::other("PR_SET_DUMPABLE 0 did not hold"));
+    }
+    Ok(())
+}
 
 /// How long the stage gets to end the run after its control pipe closes, before the
 /// broker kills the stage itself (its init then dies by PDEATHSIG).
@@ -52,6 +70,8 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Outside identity for the id maps.
     pub identity: RunIdentity,
+    /// Where the run's cgroup is made (MEMORY and NPROC are read here).
+    pub cgroups: Arc<Cgroups>,
 }
 
 /// A run that could not run.
@@ -83,6 +103,9 @@ pub enum RunError {
     /// The stage broke the report protocol or died early.
     #[error("jail stage failed: {0}")]
     Protocol(String),
+    /// The run's cgroup could not be made or the stage not placed in it.
+    #[error("run cgroup: {0}")]
+    Cgroup(#[source] CgroupError),
 }
 
 /// Why the broker ended a run early.
@@ -114,9 +137,36 @@ impl OutputCap {
 }
 
 /// Run one program in a fresh jail. Output chunks go to `out` as they are read;
-/// `cancel` resolving (e.g. the client went away) ends the run at once.
+/// `cancel` resolving (e.g. the client went away) ends the run at once. Returns once
+/// the stage has been reaped and the run's cgroup (if any) is empty and removed.
 pub async fn execute(
     spec: RunSpec,
+    out: mpsc::Sender<Output>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<RunResult, RunError> {
+    // The cgroup first, caps written, so that the stage is charged from its start.
+    let limits = spec.cgroups.limits_for(
+        spec.limits.effective(LimitName::Memory),
+        spec.limits.effective(LimitName::Nproc),
+    );
+    let cgroup = spec
+        .cgroups
+        .create_run(spec.run_id, limits)
+        .map_err(RunError::Cgroup)?;
+    let result = execute_in(&spec, cgroup.as_ref(), out, cancel).await;
+    if let Some(cg) = cgroup {
+        // The run's processes are gone once the cgroup can be removed (rmdir fails
+        // with EBUSY while any task is left): this is the check, not an assumption.
+        if let Err(e) = cg.remove().await {
+            tracing::error!(run_id = spec.run_id, error = %e, "run cgroup not removed");
+        }
+    }
+    result
+}
+
+async fn execute_in(
+    spec: &RunSpec,
+    cgroup: Option<&RunCgroup>,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RunResult, RunError> {
@@ -131,9 +181,10 @@ pub async fn execute(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
-    // SAFETY: the closure only calls dup2 (async-signal-safe, no allocation) on fds that
-    // stay open in the parent until spawn returns; both are >= 10 (pipe_high), so the
-    // stdio set-up std does before this closure cannot have clobbered them.
+    // SAFETY: the closure only calls prctl and dup2 (async-signal-safe, no allocation),
+    // the latter on fds that stay open in the parent until spawn returns; both are
+    // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot have
+    // clobbered them.
     unsafe {
         cmd.pre_exec(move || sys::install_stage_fds(cr, rw));
     }
@@ -146,6 +197,15 @@ pub async fn execute(
     let pid = child
         .id()
         .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
+    // Into the run's cgroup while the stage is still blocked on its control pipe
+    // (nothing sent yet): everything the run does from here on is charged there.
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.add_process(pid) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(RunError::Cgroup(e));
+        }
+    }
     let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
     let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
     let mut stdin = child.stdin.take();
@@ -232,17 +292,20 @@ pub async fn execute(
     tokio::pin!(io);
     let mut ended = None;
     tokio::select! {
-        r = &mut io => return finish(r.3, r.4.ok(), ended, started, &spec, &cap),
+        r = &mut io => return finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
         () = deadline => ended = Some(Ended::Realtime),
         () = cancel => ended = Some(Ended::Cancelled),
     }
     // End the run: closing the control pipe makes the stage SIGKILL the run's init,
-    // which takes the whole pid namespace with it; if the stage does not exit in time,
-    // kill it (init then dies by PDEATHSIG).
+    // which takes the whole pid namespace with it, and the stage reaps it. If the
+    // stage does not exit in time, kill the whole cgroup and the stage (init then dies
+    // by PDEATHSIG if it was not in the cgroup). Not both at once: an init whose
+    // stage died first is reparented to the host's PID 1 and left for it to reap.
     drop(control);
     let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {
         Ok(r) => r,
         Err(_) => {
+            kill_cgroup(cgroup, spec.run_id);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -257,7 +320,13 @@ pub async fn execute(
             }
         }
     };
-    finish(r.3, r.4.ok(), ended, started, &spec, &cap)
+    finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup)
+}
+
+fn kill_cgroup(cgroup: Option<&RunCgroup>, run_id: u64) {
+    if let Some(Err(e)) = cgroup.map(RunCgroup::kill) {
+        tracing::error!(run_id, error = %e, "cannot kill the run's cgroup");
+    }
 }
 
 /// What the stage, init and program reported after the handshake.
@@ -285,10 +354,15 @@ fn finish(
     started: Instant,
     spec: &RunSpec,
     cap: &std::sync::Mutex<OutputCap>,
+    cgroup: Option<&RunCgroup>,
 ) -> Result<RunResult, RunError> {
     let truncated = cap.lock().map(|c| c.truncated).unwrap_or(true);
+    // Every process of the run is gone (the stage was reaped after its init), so the
+    // cgroup's counters are final.
+    let stats = cgroup.map(RunCgroup::stats).unwrap_or_default();
     let mut usage = Usage {
         wall_ms: started.elapsed().as_millis() as u64,
+        peak_memory_bytes: stats.peak_memory_bytes,
         ..Usage::default()
     };
     let reports = reports?;
@@ -318,6 +392,9 @@ fn finish(
                 signal,
             )
         }
+        // The OOM killer took the stage or the init (the run's own memory use is
+        // charged to the same cgroup): the run ended because of MEMORY.
+        (None, None) if stats.oom_kills > 0 => (-libc::SIGKILL, Some(libc::SIGKILL)),
         (None, other) => {
             return Err(RunError::Protocol(format!(
                 "the stage ended ({}) without the program's status (last report: {other:?})",
@@ -326,30 +403,52 @@ fn finish(
             )))
         }
     };
-    let cpu_limit_ms = spec.limits.effective(LimitName::Cpu).map(|s| s * 1000);
-    let limit_hit = match (ended, signal) {
-        (Some(Ended::Realtime), _) => Some(LimitName::Realtime),
-        (Some(Ended::Cancelled), _) => None,
-        (None, Some(libc::SIGXCPU)) => Some(LimitName::Cpu),
-        // The hard limit (n+1) kills with SIGKILL when SIGXCPU was caught or ignored.
-        (None, Some(libc::SIGKILL))
-            if cpu_limit_ms.is_some_and(|l| usage.cpu_user_ms + usage.cpu_sys_ms >= l) =>
-        {
-            Some(LimitName::Cpu)
-        }
-        (None, Some(libc::SIGXFSZ)) => Some(LimitName::Fsize),
-        _ if truncated => Some(LimitName::Output),
-        _ => None,
-    };
+    let limit_hit = limit_hit(ended, signal, status, &usage, spec, truncated, &stats);
     Ok(RunResult {
         finished: Finished {
             status,
             usage,
-            limit_hit: limit_hit.map(|l| l.as_str().to_string()),
+            limit_hit: limit_hit.map(str::to_string),
             truncated,
         },
         landlock: reports.landlock,
     })
+}
+
+/// The limit that ended (or, for OUTPUT, cut) the run. The cgroup counters only
+/// count when the run ended badly (non-zero status): a program that caught the
+/// failed fork of one child, or outlived the OOM kill of one, finished on its own.
+fn limit_hit(
+    ended: Option<Ended>,
+    signal: Option<i32>,
+    status: i32,
+    usage: &Usage,
+    spec: &RunSpec,
+    truncated: bool,
+    stats: &CgroupStats,
+) -> Option<&'static str> {
+    let cpu_limit_ms = spec.limits.effective(LimitName::Cpu).map(|s| s * 1000);
+    let failed = status != 0;
+    let hit = match (ended, signal) {
+        (Some(Ended::Realtime), _) => LimitName::Realtime,
+        (Some(Ended::Cancelled), _) => return None,
+        (None, Some(libc::SIGXCPU)) => LimitName::Cpu,
+        // The memcg OOM killer SIGKILLs too: checked before the CPU guess below.
+        _ if failed && stats.oom_kills > 0 => LimitName::Memory,
+        // The hard limit (n+1) kills with SIGKILL when SIGXCPU was caught or ignored.
+        (None, Some(libc::SIGKILL))
+            if cpu_limit_ms.is_some_and(|l| usage.cpu_user_ms + usage.cpu_sys_ms >= l) =>
+        {
+            LimitName::Cpu
+        }
+        (None, Some(libc::SIGXFSZ)) => LimitName::Fsize,
+        // pids.max is not a limit of its own: NPROC is the request's knob, and the
+        // cgroup cap (NPROC+2, or cgroup.unlimited_pids when NPROC is 0) backs it up.
+        _ if failed && stats.pids_max_hits > 0 => return Some("PIDS"),
+        _ if truncated => LimitName::Output,
+        _ => return None,
+    };
+    Some(hit.as_str())
 }
 
 /// Read one pipe to EOF, passing what fits under the cap to `out` and draining the rest.

@@ -1,5 +1,7 @@
-//! The raw calls the broker side of a run needs: pipes for the stage's fds 3 and 4,
-//! and the dup2s that install them in the child between fork and exec.
+//! The raw calls the broker side needs: pipes for the stage's fds 3 and 4 and the
+//! dup2s that install them in the child between fork and exec; pidfds, to signal a
+//! process of a run cgroup without racing pid reuse; and the broker's own protection
+//! (not dumpable). Every `unsafe` block of the broker outside `jail` is here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,15 +28,89 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// In the child between fork and exec: put the control pipe on fd 3 and the report
-/// pipe on fd 4. dup2 clears FD_CLOEXEC on the new fd, so exactly these survive exec.
+/// pipe on fd 4 (dup2 clears FD_CLOEXEC on the new fd, so exactly these survive
+/// exec), and clear the ambient capabilities, so that the stage does not inherit the
+/// broker's CAP_SETUID/CAP_SETGID across exec (capabilities(7): ambient capabilities
+/// are kept over execve of an unprivileged program). The stage needs no capability
+/// in the initial namespace: it only creates a user namespace, which is unprivileged.
 /// Only async-signal-safe calls, no allocation (STYLE.md §4).
 pub fn install_stage_fds(control: RawFd, report: RawFd) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
+    // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: dup2 on fds the parent keeps open across fork; no memory is touched.
     if unsafe { libc::dup2(control, CONTROL_FD) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: as above.
     if unsafe { libc::dup2(report, REPORT_FD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `PR_SET_DUMPABLE 0` for the broker: no core dumps, and a process that is not
+/// dumpable cannot be ptraced, nor its `/proc/<pid>/{environ,mem,maps,fd}` read, by
+/// processes with the same uid unless they hold CAP_SYS_PTRACE over the broker's user
+/// namespace (ptrace(2) "ptrace access mode checking", proc(5)). In dev mode a run's
+/// uid *is* the broker's, so this is what keeps a run off the broker.
+pub fn make_undumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the broker is dumpable (`PR_GET_DUMPABLE`).
+pub fn is_dumpable() -> io::Result<bool> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r != 0)
+}
+
+/// A pidfd for `pid` (pidfd_open(2), Linux 5.3): a handle that keeps naming the same
+/// process even if the pid is reused after it died.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a raw syscall with integer arguments; on success the kernel returns a
+    // new fd that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open just returned this fd (it fits an int: fds are ints).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Send `signal` to the process a pidfd names (pidfd_send_signal(2), Linux 5.1).
+/// `ESRCH` when it has exited meanwhile.
+pub fn pidfd_kill(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: a raw syscall on a pidfd we own, with a null siginfo (the kernel then
+    // fills it in as for kill(2)) and no flags; no memory of ours is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -23,6 +23,7 @@ use super::admission::Ticket;
 use super::Shared;
 use crate::config::{LimitError, Settings};
 use crate::jail::plan::{Plan, RunLimits};
+use crate::run::uidpool::Lease;
 use crate::run::{self, Output, RunSpec};
 
 /// How long a peer has to send its `Hello`.
@@ -49,13 +50,15 @@ async fn send_error(tx: &mut Tx, kind: ErrorKind, message: String) -> bool {
 
 /// Serve one connection to its end.
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationToken) {
-    let peer_uid = match stream.peer_cred() {
-        Ok(c) => c.uid(),
+    // SO_PEERCRED and SO_PEERGROUPS, as at connect(2).
+    let peer = match super::peer::Peer::of(&stream) {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing");
             return;
         }
     };
+    let peer_uid = peer.uid;
     let (mut tx, mut rx) = framed(stream, shared.settings.max_frame).split();
 
     // Handshake: a Hello, then a Welcome (which may be a refusal).
@@ -63,7 +66,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
         Err(_) => Some("no Hello within 10 s".to_string()),
         Ok(None) => return,
         Ok(Some(Err(e))) => Some(format!("malformed Hello frame: {e}")),
-        Ok(Some(Ok(body))) => check_hello(&body, peer_uid, &shared.settings),
+        Ok(Some(Ok(body))) => check_hello(&body, &peer, &shared.settings),
     };
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
@@ -142,7 +145,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
 }
 
 /// Why a Hello is refused, if it is.
-fn check_hello(body: &[u8], peer_uid: u32, settings: &Settings) -> Option<String> {
+fn check_hello(body: &[u8], peer: &super::peer::Peer, settings: &Settings) -> Option<String> {
     let hello: Hello = match decode_head(body) {
         Ok(h) => h,
         Err(e) => return Some(format!("malformed Hello: {e}")),
@@ -241,6 +244,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
         require_landlock: settings.mode == codejail_protocol::Mode::Confined,
+        apparmor_profile: None,
     };
     let spec = RunSpec {
         run_id,
@@ -249,8 +253,35 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         stdin: exec.stdin,
         limits,
         identity: settings.identity,
+        cgroups: shared.cgroups.clone(),
     };
     Ok((spec, limits))
+}
+
+/// Give a run that has its admission slot its own outside uid/gid from the pool
+/// (production); without a pool the spec keeps the shared identity and `None` is
+/// returned. The lease must be held until the run has ended, then released.
+pub(crate) fn assign_identity(
+    shared: &Shared,
+    spec: &mut RunSpec,
+) -> Result<Option<Lease>, Refuse> {
+    let Some(pool) = &shared.uid_pool else {
+        return Ok(None);
+    };
+    // max_running <= count (checked at start-up), so a slot implies a free id unless
+    // ids were quarantined after runs whose processes could not be removed.
+    let lease = pool.lease().ok_or_else(|| {
+        Refuse(
+            ErrorKind::JailFailed,
+            format!(
+                "no free run uid in {} (ids are quarantined after runs whose processes could not be removed; see the broker log)",
+                pool.range()
+            ),
+        )
+    })?;
+    spec.identity = lease.identity();
+    spec.plan.clear_groups = spec.identity.clear_groups;
+    Ok(Some(lease))
 }
 
 fn page_round(n: usize) -> u64 {
@@ -260,7 +291,7 @@ fn page_round(n: usize) -> u64 {
 /// Serve one Exec. Returns whether the connection is still usable.
 async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer_uid: u32) -> bool {
     let slug = exec.slug.clone().unwrap_or_default();
-    let (spec, limits) = match prepare(shared, exec) {
+    let (mut spec, limits) = match prepare(shared, exec) {
         Ok(s) => s,
         Err(Refuse(kind, message)) => {
             tracing::warn!(peer_uid, slug, %kind, %message, "request refused");
@@ -309,9 +340,20 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
         }
     };
 
+    let lease = match assign_identity(shared, &mut spec) {
+        Ok(l) => l,
+        Err(Refuse(kind, message)) => {
+            tracing::error!(run_id, peer_uid, slug, %message, "no run uid");
+            return send_error(tx, kind, message).await;
+        }
+    };
     if !send(tx, &Response::Started { run_id }).await {
+        if let Some(l) = lease {
+            l.release().await;
+        }
         return false;
     }
+    let run_uid = spec.identity.outer_uid;
     let cancel = shared.kill_runs.child_token();
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
     let run = run::execute(spec, out_tx, cancel.clone().cancelled_owned());
@@ -340,7 +382,7 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
             client_alive = false;
         }
     }
-    match result {
+    let alive = match result {
         Ok(result) => {
             let fin = result.finished;
             let outcome = if cancel.is_cancelled() && fin.limit_hit.is_none() {
@@ -361,6 +403,8 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
                 cpu_user_ms = fin.usage.cpu_user_ms,
                 cpu_sys_ms = fin.usage.cpu_sys_ms,
                 max_rss_kib = fin.usage.max_rss_kib,
+                peak_memory_bytes = fin.usage.peak_memory_bytes.unwrap_or(0),
+                run_uid,
                 "run ended"
             );
             client_alive && send(tx, &Response::Finished(fin)).await
@@ -369,7 +413,14 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
             tracing::error!(run_id, slug, peer_uid, limits = %limits, outcome = "jail failed", error = %e, "run failed");
             client_alive && send_error(tx, ErrorKind::JailFailed, e.to_string()).await
         }
+    };
+    // The uid goes back to the pool once none of its processes is left (checked, and
+    // leftovers killed), and before the slot is freed at the end of this function, so
+    // that a slot always finds a free uid.
+    if let Some(l) = lease {
+        l.release().await;
     }
+    alive
 }
 
 fn to_response(chunk: Output) -> Response {

@@ -14,11 +14,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::run::cgroup::Cgroups;
+use crate::run::uidpool::UidPool;
 
 pub mod admission;
 pub mod handler;
+pub mod peer;
 pub mod report;
 pub mod selftest;
+pub mod startup;
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -33,6 +37,11 @@ pub struct Shared {
     pub report: StatusReport,
     /// Cancelled when running runs must be killed (end of the shutdown grace).
     pub kill_runs: CancellationToken,
+    /// Where run cgroups are made.
+    pub cgroups: Arc<Cgroups>,
+    /// Per-run outside ids (production), `None` when runs share
+    /// [`Settings::identity`].
+    pub uid_pool: Option<UidPool>,
 }
 
 impl Shared {
@@ -65,6 +74,22 @@ pub enum ListenError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Fail when another broker is serving the configured socket (a connect succeeds).
+/// Called before the start-up sweep, which would otherwise kill that broker's runs.
+pub fn check_no_other_broker(settings: &Settings) -> Result<(), ListenError> {
+    let path = &settings.socket_path;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ListenError::Bind {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another broker is serving this socket",
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Bind the socket with its configured mode and group. A stale socket file (from a
@@ -134,7 +159,10 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std
         shared.settings.shutdown_grace
     );
     drop(listener);
-    let _ = std::fs::remove_file(&shared.settings.socket_path);
+    // A socket systemd passed stays: its file is systemd's, and the next start needs it.
+    if !shared.settings.socket_activated {
+        let _ = std::fs::remove_file(&shared.settings.socket_path);
+    }
     stop_accepting.cancel();
     shared.admission.close();
     if drain(&mut conns, shared.settings.shutdown_grace)

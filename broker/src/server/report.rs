@@ -9,6 +9,7 @@ use codejail_protocol::{Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VE
 use super::selftest::Probe;
 use crate::config::Settings;
 use crate::jail::landlock::Achieved;
+use crate::run::cgroup::CgroupStatus;
 
 fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer {
     Layer {
@@ -18,8 +19,9 @@ fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer 
     }
 }
 
-/// Build the report for these settings from what the start-up probe established.
-pub fn build(settings: &Settings, probe: &Probe) -> StatusReport {
+/// Build the report for these settings from what the start-up probe established and
+/// what the broker's cgroup set-up achieved.
+pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> StatusReport {
     let mut layers = BTreeMap::new();
     let confined = settings.mode == Mode::Confined;
     let probe_ok = probe.verdict.is_ok();
@@ -92,9 +94,50 @@ pub fn build(settings: &Settings, probe: &Probe) -> StatusReport {
             probe_detail("every capability dropped (bounding and ambient sets too), no_new_privs"),
         ),
     );
+    layers.insert(
+        "identity".into(),
+        match settings.run_ids {
+            Some(range) => layer(
+                LayerState::Full,
+                true,
+                format!(
+                    "each run is uid 1000 in its own user namespace, mapped to its own outside uid/gid from {range} ({} ids, one per running run, returned once its processes are gone); supplementary groups cleared",
+                    range.count
+                ),
+            ),
+            None => layer(LayerState::Partial, false, shared_identity_detail(settings)),
+        },
+    );
+    layers.insert(
+        "cgroups".into(),
+        layer(
+            cgroups.state(),
+            cgroups.required,
+            if cgroups.memory {
+                cgroups.detail.clone()
+            } else {
+                format!("{}; the MEMORY limit is not enforced", cgroups.detail)
+            },
+        ),
+    );
+    layers.insert(
+        "apparmor".into(),
+        layer(LayerState::Unavailable, false, "not built yet"),
+    );
+    StatusReport {
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: PROTOCOL_VERSION,
+        mode: settings.mode,
+        layers,
+        load: Load::default(),
+    }
+}
+
+/// The identity detail when every run shares one outside uid.
+fn shared_identity_detail(settings: &Settings) -> String {
     let id = settings.identity;
     let own_uid = nix::unistd::geteuid().as_raw();
-    let identity_detail = if id.outer_uid == own_uid {
+    let detail = if id.outer_uid == own_uid {
         format!(
             "runs are uid 1000 in their own user namespace, mapped to the broker's own uid {own_uid} (shared by all runs); supplementary groups kept (unprivileged: setgroups denied)"
         )
@@ -104,27 +147,8 @@ pub fn build(settings: &Settings, probe: &Probe) -> StatusReport {
             id.outer_uid, id.outer_gid
         )
     };
-    layers.insert(
-        "identity".into(),
-        layer(
-            LayerState::Partial,
-            false,
-            identity_detail + "; per-run uids not built yet",
-        ),
-    );
-    for (name, detail) in [
-        ("cgroups", "not built yet: memory and CPU are bounded per process only (RLIMIT_AS, RLIMIT_CPU x NPROC)"),
-        ("apparmor", "not built yet"),
-    ] {
-        layers.insert(name.into(), layer(LayerState::Unavailable, false, detail));
-    }
-    StatusReport {
-        broker_version: env!("CARGO_PKG_VERSION").to_string(),
-        protocol_version: PROTOCOL_VERSION,
-        mode: settings.mode,
-        layers,
-        load: Load::default(),
-    }
+    detail
+        + "; per-run uids need run_ids = { first, count } in the config and CAP_SETUID/CAP_SETGID (dev: --run-ids FIRST:COUNT)"
 }
 
 /// The report as lines for the start-up log and `--dev`'s banner.

@@ -64,8 +64,13 @@ pub async fn probe(shared: &Shared) -> Probe {
         slug: Some("self-test".into()),
         ..Exec::default()
     };
-    let spec = match super::handler::prepare(shared, exec) {
+    let mut spec = match super::handler::prepare(shared, exec) {
         Ok((spec, _)) => spec,
+        Err(r) => return failed(r.1),
+    };
+    // The probe runs as a real run does: its own uid from the pool, its own cgroup.
+    let lease = match super::handler::assign_identity(shared, &mut spec) {
+        Ok(l) => l,
         Err(r) => return failed(r.1),
     };
     let (tx, mut rx) = mpsc::channel(64);
@@ -81,6 +86,9 @@ pub async fn probe(shared: &Shared) -> Probe {
     };
     let (result, (out, err)) =
         tokio::join!(run::execute(spec, tx, std::future::pending()), collect);
+    if let Some(l) = lease {
+        l.release().await;
+    }
     let result = match result {
         Ok(r) => r,
         Err(e) => return failed(e.to_string()),
@@ -93,6 +101,14 @@ pub async fn probe(shared: &Shared) -> Probe {
             out.trim(),
             String::from_utf8_lossy(&err).trim()
         ))
+    } else if shared.cgroups.makes_run_cgroups()
+        && shared.cgroups.status().memory
+        && result.finished.usage.peak_memory_bytes.is_none()
+    {
+        Err(
+            "the run's memory cgroup recorded no peak memory: the cgroups layer does not hold"
+                .into(),
+        )
     } else {
         Ok(())
     };
