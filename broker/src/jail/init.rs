@@ -96,13 +96,46 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Forked::Child => exec_program(plan, spec, &filters, report),
         Forked::Parent(pid) => pid,
     };
+    // The stage asks us to end the run (REALTIME, cancel) with SIGTERM, so that we
+    // can reap the run's processes ourselves and report what they used.
+    sys::install_terminate_handler().map_err(JailError::Reap)?;
     // Reap everything (orphans are re-parented to us) until the program itself ends.
     loop {
-        let reaped = sys::wait4_any().map_err(JailError::Reap)?;
-        if reaped.pid == program {
-            return Ok(exit_report(&reaped));
+        if sys::terminate_requested() {
+            return terminate_run();
+        }
+        match sys::wait4_once() {
+            Ok(reaped) if reaped.pid == program => return Ok(exit_report(&reaped)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(JailError::Reap(e)),
         }
     }
+}
+
+/// End the run on the stage's request: kill every other process of the namespace,
+/// reap them all, and report their accumulated usage.
+fn terminate_run() -> Result<StageReport, JailError> {
+    sys::kill_all_others().map_err(JailError::Reap)?;
+    loop {
+        match sys::wait4_once() {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+            Err(e) => return Err(JailError::Reap(e)),
+        }
+    }
+    let rusage = sys::children_rusage().map_err(JailError::Reap)?;
+    let (cpu_user_us, cpu_sys_us, max_rss_kib) = usage_of(&Reaped {
+        pid: 0,
+        status: 0,
+        rusage,
+    });
+    Ok(StageReport::Killed {
+        cpu_user_us,
+        cpu_sys_us,
+        max_rss_kib,
+    })
 }
 
 /// `Err` when the stage is already gone (its end of the lifeline hung up).
@@ -118,22 +151,33 @@ fn check_stage_alive(lifeline: &OwnedFd) -> Result<(), JailError> {
     Ok(())
 }
 
-/// The `Exited` report for the program's wait status and rusage (which covers the
-/// program and the descendants it waited for: getrusage(2)).
-fn exit_report(reaped: &Reaped) -> StageReport {
-    let status = reaped.status;
+/// CPU (user, system) in microseconds and peak RSS in KiB of a reaped child, which
+/// covers it and the descendants it waited for (getrusage(2)).
+pub(crate) fn usage_of(reaped: &Reaped) -> (u64, u64, u64) {
     let micros = |tv: libc::timeval| {
         u64::try_from(tv.tv_sec)
             .unwrap_or(0)
             .saturating_mul(1_000_000)
             .saturating_add(u64::try_from(tv.tv_usec).unwrap_or(0))
     };
+    (
+        micros(reaped.rusage.ru_utime),
+        micros(reaped.rusage.ru_stime),
+        u64::try_from(reaped.rusage.ru_maxrss).unwrap_or(0),
+    )
+}
+
+/// The `Exited` report for the program's wait status and rusage (which covers the
+/// program and the descendants it waited for: getrusage(2)).
+fn exit_report(reaped: &Reaped) -> StageReport {
+    let status = reaped.status;
+    let (cpu_user_us, cpu_sys_us, max_rss_kib) = usage_of(reaped);
     StageReport::Exited {
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-        cpu_user_us: micros(reaped.rusage.ru_utime),
-        cpu_sys_us: micros(reaped.rusage.ru_stime),
-        max_rss_kib: u64::try_from(reaped.rusage.ru_maxrss).unwrap_or(0),
+        cpu_user_us,
+        cpu_sys_us,
+        max_rss_kib,
     }
 }
 

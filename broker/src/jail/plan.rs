@@ -111,6 +111,17 @@ pub enum StageReport {
         /// What Landlock achieved.
         landlock: super::landlock::Achieved,
     },
+    /// The broker ended the run (REALTIME, cancel): the stage killed the init and
+    /// reaped it, whose usage covers every process of the run (the kernel reaps them
+    /// into the init as the pid namespace dies).
+    Killed {
+        /// User CPU of the whole run, microseconds.
+        cpu_user_us: u64,
+        /// System CPU of the whole run, microseconds.
+        cpu_sys_us: u64,
+        /// Largest peak RSS of any process of the run, KiB.
+        max_rss_kib: u64,
+    },
     /// The program ended (sent by the init, PID 1 of the run).
     Exited {
         /// Exit code when it exited.

@@ -16,7 +16,6 @@ use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::{umask, Mode};
-use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
 use super::error::{report_failure, JailError};
@@ -152,18 +151,28 @@ fn supervise_init(control: &mut File, init: Pid) -> Result<(), JailError> {
         // Whatever went wrong, the run must not outlive the stage's attention.
         let _ = kill(init, Signal::SIGKILL);
     }
-    loop {
-        match waitpid(init, None) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(JailError::WatchInit(e.into())),
-        }
-    }
+    sys::wait4_pid(init.as_raw()).map_err(JailError::WatchInit)?;
     watched
 }
 
-/// Poll the control pipe and a pidfd of the init until the init ends (`Ok`) or the
-/// control pipe hangs up (kill the init, `Ok`).
+/// How long the init gets to end the run itself (killing and reaping every process,
+/// then reporting their usage) before the stage SIGKILLs it.
+const TERMINATE_GRACE_MS: u16 = 1000;
+
+/// End the run: ask the init (SIGTERM, which it handles), then SIGKILL it if it has
+/// not ended within the grace period. Either way its death empties the namespace.
+fn end_run(pidfd: &std::os::fd::OwnedFd, init: Pid) -> Result<(), JailError> {
+    kill(init, Signal::SIGTERM).map_err(|e| JailError::WatchInit(e.into()))?;
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let ended = matches!(poll(&mut fds, PollTimeout::from(TERMINATE_GRACE_MS)), Ok(n) if n > 0);
+    if !ended {
+        kill(init, Signal::SIGKILL).map_err(|e| JailError::WatchInit(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Poll the control pipe and a pidfd of the init until the init ends or the control
+/// pipe hangs up (then kill the init).
 fn watch_init(control: &mut File, init: Pid) -> Result<(), JailError> {
     let pidfd = sys::pidfd_open(init.as_raw()).map_err(JailError::WatchInit)?;
     let mut scratch = [0u8; 64];
@@ -186,8 +195,7 @@ fn watch_init(control: &mut File, init: Pid) -> Result<(), JailError> {
             match control.read(&mut scratch) {
                 // EOF: the broker says kill (REALTIME, cancel) or the broker died.
                 Ok(0) => {
-                    kill(init, Signal::SIGKILL).map_err(|e| JailError::WatchInit(e.into()))?;
-                    return Ok(());
+                    return end_run(&pidfd, init);
                 }
                 // Nothing else is expected after the go-ahead; ignore stray bytes.
                 Ok(_) => continue,

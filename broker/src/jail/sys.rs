@@ -166,14 +166,15 @@ pub(crate) fn zeroed_rusage() -> libc::rusage {
     unsafe { std::mem::zeroed() }
 }
 
-/// `wait4(-1, ..., 0, ...)`: reap any child, blocking; retries on `EINTR`.
-pub(crate) fn wait4_any() -> io::Result<Reaped> {
+/// `wait4(pid, ..., 0, ...)`: reap that child (or any, for -1), blocking; retries on
+/// `EINTR`.
+pub(crate) fn wait4_pid(which: libc::pid_t) -> io::Result<Reaped> {
     let mut status: libc::c_int = 0;
     let mut rusage = zeroed_rusage();
     loop {
         // SAFETY: `status` and `rusage` are valid, writable and correctly typed for
         // the duration of the call.
-        let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut rusage) };
+        let pid = unsafe { libc::wait4(which, &mut status, 0, &mut rusage) };
         if pid == -1 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -187,6 +188,75 @@ pub(crate) fn wait4_any() -> io::Result<Reaped> {
             rusage,
         });
     }
+}
+
+/// Set by the init's SIGTERM handler: the stage asks the init to end the run.
+static TERMINATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    TERMINATE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Install the init's SIGTERM handler, without SA_RESTART so that a blocking `wait4`
+/// returns `EINTR` when it fires. (PID 1 of a namespace gets no signal it has no
+/// handler for, so before this the stage's SIGTERM is simply ignored.)
+pub(crate) fn install_terminate_handler() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_terminate),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGTERM, &action) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Whether the stage has asked the init to end the run.
+pub(crate) fn terminate_requested() -> bool {
+    TERMINATE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One `wait4(-1)`, returning `EINTR` (as `ErrorKind::Interrupted`) instead of retrying.
+pub(crate) fn wait4_once() -> io::Result<Reaped> {
+    let mut status: libc::c_int = 0;
+    let mut rusage = zeroed_rusage();
+    // SAFETY: `status` and `rusage` are valid, writable and correctly typed for the
+    // duration of the call.
+    let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut rusage) };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Reaped {
+        pid,
+        status,
+        rusage,
+    })
+}
+
+/// `kill(-1, SIGKILL)` from the init: every other process of the pid namespace.
+pub(crate) fn kill_all_others() -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no memory.
+    if unsafe { libc::kill(-1, libc::SIGKILL) } == -1 {
+        let e = io::Error::last_os_error();
+        // ESRCH: nothing left to kill.
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `getrusage(RUSAGE_CHILDREN)`: everything this process has reaped.
+pub(crate) fn children_rusage() -> io::Result<libc::rusage> {
+    let mut rusage = zeroed_rusage();
+    // SAFETY: `rusage` is valid and writable for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut rusage) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rusage)
 }
 
 /// `_exit(2)`: end the process now, without running destructors, atexit handlers or

@@ -270,6 +270,11 @@ async fn execute_in(
                 }
                 Some(StageReport::Confined { landlock }) => seen.landlock = Some(landlock),
                 Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
+                Some(StageReport::Killed {
+                    cpu_user_us,
+                    cpu_sys_us,
+                    max_rss_kib,
+                }) => seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib)),
                 Some(other) => {
                     return Err(RunError::Protocol(format!("unexpected report {other:?}")))
                 }
@@ -335,6 +340,8 @@ struct Reports {
     failed: Option<(String, String)>,
     landlock: Option<Achieved>,
     exited: Option<StageReport>,
+    /// CPU user/sys (µs) and peak RSS (KiB) of a run the broker ended.
+    killed_usage: Option<(u64, u64, u64)>,
 }
 
 /// A run's end as the broker sees it.
@@ -373,7 +380,14 @@ fn finish(
         });
     }
     let (status, signal) = match (ended, reports.exited) {
-        (Some(_), _) => (-libc::SIGKILL, Some(libc::SIGKILL)),
+        (Some(_), _) => {
+            if let Some((user, sys, rss)) = reports.killed_usage {
+                usage.cpu_user_ms = user / 1000;
+                usage.cpu_sys_ms = sys / 1000;
+                usage.max_rss_kib = rss;
+            }
+            (-libc::SIGKILL, Some(libc::SIGKILL))
+        }
         (
             None,
             Some(StageReport::Exited {

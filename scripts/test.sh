@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# THE test command (README): installs what the tests need, builds every binary, and runs
+# every test of the workspace. Extra arguments go to `cargo test`, e.g.
+#   scripts/test.sh -p codejail-tests --test jail_code -- --nocapture
+#
+# Works as root (CI: the end-to-end tests then start each broker as its own non-root
+# uid) and as a normal user (tests that need root then skip, unless
+# CODEJAIL_REQUIRE_PRIVILEGED=1 makes them fail, as .ci/run does).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'scripts/test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# rustup installs cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
+if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+    PATH=${HOME:-/root}/.cargo/bin:$PATH
+fi
+
+is_root=false
+[ "$(id -u)" = 0 ] && is_root=true
+
+# 1. System packages, only when missing (and only root can install them).
+#    unshare/setpriv (util-linux) probe namespaces and permissions; flock too.
+missing=()
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+command -v unshare >/dev/null || missing+=(util-linux)
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v flock >/dev/null || missing+=(util-linux)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    if $is_root && command -v apt-get >/dev/null; then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        die "missing packages: ${missing[*]} (install them as root)"
+    fi
+fi
+
+# 2. The sandbox interpreter.
+venv=${CODEJAIL_SANDBOX_VENV:-/var/tmp/codejail-sandbox-venv}
+CODEJAIL_TEST_PYTHON=$(scripts/setup-sandbox-venv.sh "$venv")
+export CODEJAIL_TEST_PYTHON
+log "sandbox interpreter: $CODEJAIL_TEST_PYTHON"
+
+# 3. Build every binary: the end-to-end tests run the broker, the jail stage and the
+#    client as separate processes.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# 4. As root the tests start each broker as a non-root uid, which must reach the
+#    binaries. A checkout under a private directory (e.g. /root, mode 0700) is not
+#    reachable: stage copies in a world-readable directory for the tests.
+target=${CARGO_TARGET_DIR:-$repo/target}
+staged=
+cleanup() { [ -n "$staged" ] && rm -rf "$staged"; return 0; }
+trap cleanup EXIT
+if $is_root; then
+    probe_uid=199998
+    if ! setpriv --reuid=$probe_uid --regid=$probe_uid --clear-groups \
+            test -x "$target/debug/codejail-broker"; then
+        staged=$(mktemp -d /var/tmp/codejail-test-bin.XXXXXX)
+        chmod 755 "$staged"
+        cp "$target"/debug/{codejail-broker,codejail-jail,codejail-client} "$staged/"
+        chmod 755 "$staged"/*
+        export CODEJAIL_TEST_BIN_DIR=$staged
+        log "$repo is not reachable by other uids: binaries staged in $staged"
+    fi
+    setpriv --reuid=$probe_uid --regid=$probe_uid --clear-groups \
+        "$CODEJAIL_TEST_PYTHON" -E -B -c 'pass' \
+        || die "the sandbox interpreter $CODEJAIL_TEST_PYTHON is not usable by other uids"
+fi
+
+if [ "${CODEJAIL_REQUIRE_PRIVILEGED:-}" = 1 ]; then
+    log "CODEJAIL_REQUIRE_PRIVILEGED=1: tests that cannot run here fail instead of skipping"
+fi
+
+# 5. Every test. --no-fail-fast: one failing test binary must not hide the others'
+#    results.
+#    Given -p/--package, test those packages instead of the whole workspace.
+scope=(--workspace)
+for arg in "$@"; do
+    case $arg in
+        --) break ;;
+        -p | -p* | --package | --package=*) scope=() ;;
+    esac
+done
+log "cargo test ${scope[*]} --no-fail-fast $*"
+cargo test "${scope[@]}" --no-fail-fast "$@"
