@@ -1,0 +1,132 @@
+# shellcheck shell=bash
+# Shared plumbing for the latency benchmarks in bench/ (exec_latency.sh,
+# safe_exec_latency.sh). Sourced, not run, after `set -euo pipefail`:
+#
+#   bench_init NAME                  defaults for the options; NAME prefixes messages
+#   parse_bench_args "$@"            --socket --python -n --client --broker --help
+#   ...pick and check $python (each script has its own default)...
+#   require_client                   $client must be executable
+#   make_tmpdir                      $tmp; on exit the dev broker is stopped, $tmp removed
+#   start_dev_broker_unless_socket   no --socket: a dev broker on $tmp/broker.sock
+#   stamp; t0=$now ... stamp         microsecond timer, result in $now
+#   percentiles SAMPLE...            "p50 p90" in ms of microsecond samples
+#   print_table_header TITLE WIDTH   the title line and the column heads
+#   print_table_row LABEL P50 P90    one row, label column WIDTH wide
+#   print_ratio LABEL WHO P50 BARE_P50
+#
+# Globals set here for the scripts: root release n socket python client broker (the
+# options), tmp broker_pid (make_tmpdir, start_dev_broker_unless_socket), now (stamp).
+# The --help text is the calling script's header comment (line 2 to the first blank line).
+
+# Options and their defaults; NAME ($1) is used in messages and the temp dir's name.
+bench_init() {
+    bench_name=$1
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    release="${CARGO_TARGET_DIR:-$root/target}/release"
+
+    n="${N:-50}"
+    socket="${CODEJAIL_SOCKET:-}"
+    python="${CODEJAIL_PYTHON:-}"
+    client="$release/codejail-client"
+    broker="$release/codejail-broker"
+}
+
+die() { echo "$bench_name: $*" >&2; exit 1; }
+
+# The options common to both benchmarks (all they take), then a check of -n.
+parse_bench_args() {
+    while (($#)); do
+        case "$1" in
+            --socket) socket="${2:?--socket needs a path}"; shift 2 ;;
+            --python) python="${2:?--python needs a path}"; shift 2 ;;
+            -n) n="${2:?-n needs a number}"; shift 2 ;;
+            --client) client="${2:?--client needs a path}"; shift 2 ;;
+            --broker) broker="${2:?--broker needs a path}"; shift 2 ;;
+            -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+            *) die "unknown argument: $1 (see --help)" ;;
+        esac
+    done
+
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "-n must be a positive integer, not '$n'"
+}
+
+require_client() {
+    [[ -x "$client" ]] || die "client '$client' not found; build it (see --help) or pass --client"
+}
+
+# A temp dir in $tmp, and traps that stop the dev broker (if started) and remove it.
+make_tmpdir() {
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/$bench_name.XXXXXX")
+    broker_pid=""
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+cleanup() {
+    if [[ -n "$broker_pid" ]]; then
+        kill -TERM "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+
+# Without --socket: start `codejail-broker --dev` on $tmp/broker.sock (log in
+# $tmp/broker.log), set $socket and $broker_pid, and wait up to 10 s for the socket.
+start_dev_broker_unless_socket() {
+    [[ -z "$socket" ]] || return 0
+    [[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help), pass --broker or --socket"
+    socket="$tmp/broker.sock"
+    "$broker" --dev --socket "$socket" --python "$python" >"$tmp/broker.log" 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 100); do
+        [[ -S "$socket" ]] && break
+        kill -0 "$broker_pid" 2>/dev/null || { cat "$tmp/broker.log" >&2; die "the dev broker exited"; }
+        sleep 0.1
+    done
+    [[ -S "$socket" ]] || { cat "$tmp/broker.log" >&2; die "no socket at $socket after 10 s"; }
+}
+
+# The dev broker's log on stderr, if this script started one (for failure messages).
+show_broker_log() {
+    if [[ -n "$broker_pid" ]]; then cat "$tmp/broker.log" >&2; fi
+}
+
+# Microsecond timestamps into $now: bash's $EPOCHREALTIME costs no fork; `date` is the
+# fallback.
+# shellcheck disable=SC2034  # $now is read by the scripts
+if [[ -n "${EPOCHREALTIME:-}" ]]; then
+    stamp() { now=${EPOCHREALTIME//[.,]/}; }
+else
+    stamp() { now=$(( $(date +%s%N) / 1000 )); }
+fi
+
+# p50 and p90 (nearest rank) of microsecond samples (one per argument), printed in ms
+# as "P50 P90".
+percentiles() {
+    printf '%s\n' "$@" | sort -n | awk '
+        { v[NR] = $1 }
+        END {
+            i50 = int((NR * 50 + 99) / 100); i90 = int((NR * 90 + 99) / 100)
+            printf "%.2f %.2f\n", v[i50] / 1000, v[i90] / 1000
+        }'
+}
+
+# "TITLE: N runs each, python P, socket S", then the column heads over a label column
+# WIDTH wide (which print_table_row keeps).
+print_table_header() {
+    table_width=$2
+    echo "$1: $n runs each, python $python, socket $socket"
+    print_table_row "" "p50 ms" "p90 ms"
+}
+
+print_table_row() {
+    printf '%-*s %10s %10s\n' "$table_width" "$1" "$2" "$3"
+}
+
+# "LABEL (WHO / bare python): P50/BARE_P50", or n/a when BARE_P50 is 0.
+print_ratio() {
+    awk -v l="$1" -v w="$2" -v c="$3" -v p="$4" 'BEGIN {
+        if (p > 0) printf "%s (%s / bare python): %.2f\n", l, w, c / p
+        else printf "%s: n/a (bare python p50 is 0)\n", l
+    }'
+}
