@@ -31,6 +31,10 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v flock >/dev/null || missing+=(util-linux)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+#    tests/tests/ops.rs checks the units and the AppArmor profiles with their tools.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v apparmor_parser >/dev/null || [ -x /usr/sbin/apparmor_parser ] \
+    || [ -x /sbin/apparmor_parser ] || missing+=(apparmor)
 if [ ${#missing[@]} -gt 0 ]; then
     if $is_root && command -v apt-get >/dev/null; then
         log "installing ${missing[*]}"

@@ -8,8 +8,6 @@
 //! cannot be reached, logging falls back to stderr and says so: a broker never runs
 //! blind, nor fails to start, for want of journald.
 
-use std::os::unix::fs::MetadataExt;
-
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -39,11 +37,10 @@ pub fn stderr_is_journal_stream() -> bool {
     let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
         return false;
     };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+    let (Ok(dev), Ok(ino)) = (dev.parse::<libc::dev_t>(), ino.parse::<libc::ino_t>()) else {
         return false;
     };
-    // /proc/self/fd/2 follows to the open file itself, not to a path.
-    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    nix::sys::stat::fstat(libc::STDERR_FILENO).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 fn filter() -> EnvFilter {

@@ -11,6 +11,7 @@ use codejail_broker::config::{
     CgroupConfig, CgroupMode, CommandConfig, FileConfig, RunIdsConfig, Settings, SocketConfig,
 };
 use codejail_broker::server::{self, report, selftest, startup, Shared};
+use codejail_broker::systemd::Activation;
 use codejail_protocol::Mode;
 
 /// The codejail broker: runs untrusted code in per-run jails for callers on a Unix socket.
@@ -214,25 +215,45 @@ async fn self_test(shared: &mut Shared) -> Result<(), String> {
     }
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM/SIGINT handlers now (so a signal that arrives during start-up
+/// is not fatal) and return the future that resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; SIGTERM will kill without grace");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; SIGTERM will kill without grace");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    // Before sweeping anything: a broker already serving this socket owns the runs
-    // (and cgroups, and uids) the sweep would remove.
-    server::check_no_other_broker(&settings)?;
+async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow::Result<()> {
+    // Handlers first: SIGTERM during the self-test must still end in a clean exit 0.
+    let signal = shutdown_signal();
+    // The socket systemd passed (codejail-broker.socket), if any, is taken first: the
+    // socket unit guarantees a single broker, and connecting to its path would only
+    // queue a connection on our own socket.
+    let inherited = activation.take_listener()?;
+    if let Some((_, path)) = &inherited {
+        settings.socket_activated = true;
+        if let Some(path) = path.as_ref().filter(|p| **p != settings.socket_path) {
+            tracing::warn!(configured = %settings.socket_path.display(), passed = %path.display(),
+                "systemd passed a socket other than socket.path; serving the one passed");
+            settings.socket_path = path.clone();
+        }
+    } else {
+        // Before sweeping anything: a broker already serving this socket owns the runs
+        // (and cgroups, and uids) the sweep would remove.
+        server::check_no_other_broker(&settings)?;
+    }
     let host = startup::prepare_host(&settings).context("refusing to start")?;
     let mut shared = startup::shared_for(settings, host);
     if let Err(e) = self_test(&mut shared).await {
@@ -247,13 +268,50 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             tracing::info!("{line}");
         }
     }
-    let listener = server::bind(&shared.settings)?;
-    tracing::info!(socket = %shared.settings.socket_path.display(), "serving");
+    let listener = match inherited {
+        Some((listener, _)) => {
+            listener.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(listener)?
+        }
+        None => server::bind(&shared.settings)?,
+    };
+    tracing::info!(socket = %shared.settings.socket_path.display(),
+        socket_activated = shared.settings.socket_activated, "serving");
+    // Ready only now: the self-test passed and the socket accepts (sd_notify(3)).
+    let notifier = activation.notifier();
+    notifier.ready(&ready_status(&shared));
+    let _watchdog = activation.watchdog().map(|i| notifier.spawn_watchdog(i));
     let shared = Arc::new(shared);
-    server::run(listener, shared.clone(), wait_for_signal()).await;
-    server::remove_socket(&shared.settings.socket_path);
+    let shutdown = async {
+        signal.await;
+        notifier.stopping();
+    };
+    server::run(listener, shared.clone(), shutdown).await;
+    if !shared.settings.socket_activated {
+        server::remove_socket(&shared.settings.socket_path);
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `STATUS=` shown by `systemctl status` once serving: the layers not fully held.
+fn ready_status(shared: &Shared) -> String {
+    let short: Vec<String> = shared
+        .report
+        .layers
+        .iter()
+        .filter(|(_, l)| l.state != codejail_protocol::LayerState::Full)
+        .map(|(n, l)| format!("{n} {}", l.state.as_str()))
+        .collect();
+    format!(
+        "serving on {}; confinement: {}",
+        shared.settings.socket_path.display(),
+        if short.is_empty() {
+            "every layer full".to_string()
+        } else {
+            format!("every required layer full; {}", short.join(", "))
+        }
+    )
 }
 
 fn check_config(file: &Path) -> ExitCode {
@@ -309,15 +367,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // While the process has one thread: take (and clear) what systemd passed.
+    let activation = Activation::from_env();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CODEJAIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    codejail_broker::logging::init();
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return check_config(file.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)));
     }
@@ -330,16 +383,18 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
         Settings::from_file(&path).map_err(Into::into)
     };
+    let notifier = activation.notifier();
     let result = settings.and_then(|settings| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(serve(settings))
+            .block_on(serve(settings, activation))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            notifier.status(&format!("refusing to serve: {e:#}"));
             eprintln!("codejail-broker: {e:#}");
             ExitCode::from(1)
         }

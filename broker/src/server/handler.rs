@@ -159,12 +159,7 @@ fn check_hello(body: &[u8], peer: &super::peer::Peer, settings: &Settings) -> Op
             hello.protocol_version
         ));
     }
-    if !settings.allowed_uids.contains(&peer_uid) {
-        return Some(format!(
-            "peer uid {peer_uid} is not allowed to use this broker"
-        ));
-    }
-    None
+    peer.check_allowed(settings).err()
 }
 
 /// Validate an Exec into a run spec, or say what is wrong.
@@ -244,7 +239,10 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
         require_landlock: settings.mode == codejail_protocol::Mode::Confined,
-        apparmor_profile: None,
+        // Stacked at the program's exec, where the kernel has AppArmor.
+        apparmor_profile: crate::jail::apparmor::profile_for_runs(
+            settings.apparmor_profile.as_deref(),
+        ),
     };
     let spec = RunSpec {
         run_id,
@@ -291,6 +289,7 @@ fn page_round(n: usize) -> u64 {
 /// Serve one Exec. Returns whether the connection is still usable.
 async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer_uid: u32) -> bool {
     let slug = exec.slug.clone().unwrap_or_default();
+    let command = exec.command.clone();
     let (mut spec, limits) = match prepare(shared, exec) {
         Ok(s) => s,
         Err(Refuse(kind, message)) => {
@@ -394,6 +393,7 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
                 run_id,
                 slug,
                 peer_uid,
+                command,
                 limits = %limits,
                 outcome,
                 status = fin.status,
@@ -410,7 +410,7 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
             client_alive && send(tx, &Response::Finished(fin)).await
         }
         Err(e) => {
-            tracing::error!(run_id, slug, peer_uid, limits = %limits, outcome = "jail failed", error = %e, "run failed");
+            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, outcome = "jail failed", error = %e, "run failed");
             client_alive && send_error(tx, ErrorKind::JailFailed, e.to_string()).await
         }
     };

@@ -120,9 +120,17 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             },
         ),
     );
+    let apparmor = crate::jail::apparmor::layer_detail(
+        settings.apparmor_profile.as_deref(),
+        crate::jail::apparmor::kernel_has_apparmor_cached(),
+        probe_ok,
+    );
     layers.insert(
         "apparmor".into(),
-        layer(LayerState::Unavailable, false, "not built yet"),
+        match apparmor {
+            Ok(d) => layer(LayerState::Full, settings.apparmor_required, d),
+            Err(d) => layer(LayerState::Unavailable, settings.apparmor_required, d),
+        },
     );
     StatusReport {
         broker_version: env!("CARGO_PKG_VERSION").to_string(),

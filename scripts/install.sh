@@ -1,0 +1,441 @@
+#!/usr/bin/env bash
+# Install codejail as a system service (README, "Operator guide"), or remove it.
+#
+#   sudo scripts/install.sh                  # build, install, enable the socket
+#   sudo scripts/install.sh --uninstall      # the reverse (config and accounts kept)
+#   sudo scripts/install.sh --uninstall --purge   # also the config, state and accounts
+#   scripts/install.sh --dry-run             # print every step, change nothing
+#   DESTDIR=/tmp/stage scripts/install.sh    # install into a staging root
+#
+# Options:
+#   --dry-run        print what would be done, do nothing
+#   --destdir DIR    install below DIR (same as DESTDIR=DIR): files only; accounts,
+#                    profile loading, cgroups and systemctl are skipped
+#   --bin-dir DIR    take codejail-broker, codejail-jail and codejail-client from DIR
+#                    instead of building them (cargo build --release)
+#   --skip-venv      do not build the sandbox virtualenv (it is managed elsewhere)
+#   --uninstall      remove what an install put in place
+#   --purge          with --uninstall: also /etc/codejail, /var/lib/codejail, the
+#                    AppArmor local overrides, the sandbox user and the codejail group
+#
+# What an install does, in order (each step says so as it runs):
+#   1. build the binaries (unless --bin-dir);
+#   2. create the `sandbox` user and the callers' group `codejail` (systemd-sysusers,
+#      or useradd/groupadd where it is missing);
+#   3. build the sandbox interpreter: a --copies virtualenv from
+#      requirements/sandbox.txt (scripts/setup-sandbox-venv.sh) in $SANDENV;
+#   4. install the binaries, the systemd units, sysusers.d and tmpfiles.d files, the
+#      AppArmor profiles, the README;
+#   5. write a commented /etc/codejail/broker.toml (an existing one is kept);
+#   6. load the AppArmor profiles, only where the kernel has AppArmor;
+#   7. without systemd as PID 1 on a cgroup v1 host: make the v1 cgroup parents;
+#   8. check the config (codejail-broker check-config: prints the confinement);
+#   9. enable and start the socket (systemctl enable --now codejail-broker.socket),
+#      only where PID 1 is systemd; elsewhere print how to start the broker.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Where things go (below $DESTDIR). The AppArmor profiles and the units name these
+# paths too: change them together.
+BINDIR=/usr/local/bin
+LIBEXECDIR=/usr/local/lib/codejail
+SANDENV=$LIBEXECDIR/sandbox
+CONFDIR=/etc/codejail
+UNITDIR=/etc/systemd/system
+SYSUSERSDIR=/etc/sysusers.d
+TMPFILESDIR=/etc/tmpfiles.d
+APPARMORDIR=/etc/apparmor.d
+DOCDIR=/usr/local/share/doc/codejail
+STATEDIR=/var/lib/codejail
+BROKER_USER=sandbox
+CALLERS_GROUP=codejail
+# Per-run outside uids/gids: 0x70000000.., a range systemd leaves unassigned
+# (above container ranges, below 2^31), far from /etc/subuid ranges.
+RUN_IDS_FIRST=1879048192
+RUN_IDS_COUNT=64
+
+dry=false
+uninstall=false
+purge=false
+bin_dir=
+skip_venv=false
+destdir=${DESTDIR:-}
+
+log() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) dry=true ;;
+        --uninstall) uninstall=true ;;
+        --purge) purge=true ;;
+        --skip-venv) skip_venv=true ;;
+        --bin-dir) [ $# -ge 2 ] || die "--bin-dir needs a directory"; bin_dir=$2; shift ;;
+        --bin-dir=*) bin_dir=${1#*=} ;;
+        --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; destdir=$2; shift ;;
+        --destdir=*) destdir=${1#*=} ;;
+        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+$purge && ! $uninstall && die "--purge goes with --uninstall"
+if [ -n "$destdir" ]; then
+    case $destdir in /*) ;; *) destdir=$PWD/$destdir ;; esac
+    destdir=${destdir%/}
+fi
+
+# Acting on the running system (not a staging root, not a dry run).
+live=true
+{ [ -n "$destdir" ] || $dry; } && live=false
+if $live && [ "$(id -u)" != 0 ]; then
+    die "run as root (or use --dry-run, or DESTDIR=... to stage the files)"
+fi
+
+systemd_pid1() { [ -d /run/systemd/system ]; }
+# apparmor_parser lives in /usr/sbin, which a non-login PATH may lack.
+PATH=$PATH:/usr/sbin:/sbin
+kernel_has_apparmor() {
+    [ -d /sys/kernel/security/apparmor ] &&
+        [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]
+}
+
+# Run a command, or print it in a dry run.
+run() {
+    if $dry; then
+        printf '    + %s\n' "$*" >&2
+    else
+        "$@"
+    fi
+}
+
+# install_file MODE SRC DEST: DEST is below $destdir.
+install_file() {
+    local mode=$1 src=$2 dst=$destdir$3
+    note "$3"
+    run install -D -m "$mode" "$src" "$dst"
+}
+
+# write_file MODE DEST < contents: DEST is below $destdir.
+write_file() {
+    local mode=$1 dst=$destdir$2 tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    note "$2"
+    run install -D -m "$mode" "$tmp" "$dst"
+    rm -f "$tmp"
+}
+
+remove() {
+    local p
+    for p in "$@"; do
+        if [ -e "$destdir$p" ] || [ -L "$destdir$p" ]; then
+            note "remove $p"
+            run rm -rf -- "$destdir$p"
+        fi
+    done
+}
+
+# The callers' group id, when the group exists here (it is written into the config).
+callers_gid() {
+    getent group "$CALLERS_GROUP" 2>/dev/null | cut -d: -f3
+}
+
+# The default broker.toml. Keys: broker/src/config.rs; limits: CONTRACTS.md.
+default_config() {
+    local gid=$1 gids socket_gid
+    if [ -n "$gid" ]; then
+        gids="allowed_gids = [$gid]   # group $CALLERS_GROUP"
+        socket_gid="gid = $gid   # group $CALLERS_GROUP"
+    else
+        gids="allowed_gids = []   # put the gid of group $CALLERS_GROUP here: getent group $CALLERS_GROUP"
+        socket_gid="# gid = ...   # the gid of group $CALLERS_GROUP"
+    fi
+    cat <<EOF
+# codejail broker configuration (written by scripts/install.sh; kept on reinstall).
+# Check it with:  codejail-broker check-config /etc/codejail/broker.toml
+# (exit 0: valid and every required layer holds here; 1: a required layer does not,
+# and why; 2: invalid, with the key). Unknown keys are errors. Restart after a change:
+#   systemctl restart codejail-broker.service
+
+# Who may submit runs. A peer is allowed when its uid is in allowed_uids, or its
+# primary or any supplementary group is in allowed_gids. The socket is group
+# $CALLERS_GROUP, mode 0660: add an app's user to the group,
+#   usermod -aG $CALLERS_GROUP www-data
+# and restart the app.
+allowed_uids = []
+$gids
+
+# Parallel runs, and requests that may wait for a slot (more: "busy").
+max_running = 4
+max_queue = 16
+# Largest request accepted, bytes (code + files + stdin).
+max_frame = 33554432
+# On stop, running runs get this many seconds before they are killed.
+shutdown_grace_secs = 5
+
+# The jail stage binary (one exec per run).
+jail_stage = "$LIBEXECDIR/codejail-jail"
+
+# Each run's own outside uid/gid, one per running run (count >= max_running); the
+# range must hold no account and no /etc/subuid range (checked at start-up).
+run_ids = { first = $RUN_IDS_FIRST, count = $RUN_IDS_COUNT }
+
+# AppArmor: stack this profile (apparmor/codejail-sandbox) on every program, where
+# the kernel has AppArmor; elsewhere the layer is reported unavailable. Set
+# apparmor_required = true to refuse to start without it.
+apparmor_profile = "codejail-sandbox"
+apparmor_required = false
+
+# The listening socket. Under systemd, codejail-broker.socket creates it and these
+# are not used; a broker started by hand binds it with this mode and group.
+[socket]
+path = "/run/codejail/broker.sock"
+mode = "0660"
+$socket_gid
+
+# Commands by name, as upstream's configure(): python first.
+[commands.python]
+bin = "$SANDENV/bin/python"
+# args = ["-E", "-B"]                            # the default
+# env = { OPENBLAS_NUM_THREADS = "1" }           # default: thread caps, LC_ALL
+# ro_paths = ["/opt/course-packages"]            # more read-only directories
+
+# Limits: upstream's names and units (CPU, REALTIME seconds; VMEM, FSIZE bytes;
+# NPROC count) plus OUTPUT (bytes of stdout+stderr kept), TMP (bytes of the run's
+# temporary space) and MEMORY (bytes, cgroup). Effective limits: these defaults, then
+# the named context a request gives (an unknown context means no overrides), then the
+# request's own values; a value above its ceiling is refused (0 = unlimited counts as
+# above).
+[limits.defaults]
+CPU = 1
+REALTIME = 1
+NPROC = 15
+# VMEM = 0
+# FSIZE = 0
+# MEMORY = 536870912
+
+[limits.ceilings]
+CPU = 10
+REALTIME = 30
+NPROC = 64
+
+# Per-course (or per-app) overrides, selected by the request's limits context:
+# [limits.contexts."course-v1:edX+Demo+2024"]
+# CPU = 5
+# REALTIME = 10
+
+# Per-run cgroups: memory (the MEMORY limit, tmpfs pages) and pids. Under systemd the
+# service's cgroup is delegated (Delegate=yes) and "auto" finds it; on a cgroup v1
+# host, v1_memory and v1_pids must exist and belong to the broker's user.
+[cgroup]
+mode = "auto"
+required = true
+# v1_memory = "/sys/fs/cgroup/memory/codejail"
+# v1_pids = "/sys/fs/cgroup/pids/codejail"
+EOF
+}
+
+# Whether this apparmor_parser accepts the userns rule (AppArmor >= 4).
+parser_knows_userns() {
+    command -v apparmor_parser >/dev/null || return 1
+    printf 'profile codejail-userns-probe { userns, }\n' |
+        apparmor_parser -Q -K >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------------------------
+if $uninstall; then
+    log "uninstalling codejail${destdir:+ from $destdir}"
+    if $live && systemd_pid1; then
+        run systemctl disable --now codejail-broker.socket codejail-broker.service || true
+    fi
+    if $live && kernel_has_apparmor && command -v apparmor_parser >/dev/null; then
+        for p in codejail-broker codejail-sandbox; do
+            if [ -f "$APPARMORDIR/$p" ]; then
+                run apparmor_parser -R "$APPARMORDIR/$p" || true
+            fi
+        done
+    fi
+    remove "$BINDIR/codejail-broker" "$BINDIR/codejail-client" "$LIBEXECDIR" "$DOCDIR" \
+        "$UNITDIR/codejail-broker.socket" "$UNITDIR/codejail-broker.service" \
+        "$SYSUSERSDIR/codejail.conf" "$TMPFILESDIR/codejail.conf" \
+        "$APPARMORDIR/codejail-broker" "$APPARMORDIR/codejail-sandbox" \
+        "$APPARMORDIR/abstractions/codejail-stage" "$APPARMORDIR/abstractions/codejail-userns"
+    if $live && ! systemd_pid1; then
+        for d in /sys/fs/cgroup/memory/codejail /sys/fs/cgroup/pids/codejail; do
+            [ -d "$d" ] && { note "rmdir $d"; run rmdir "$d" || true; }
+        done
+    fi
+    if $live && systemd_pid1; then
+        run systemctl daemon-reload
+    fi
+    if $purge; then
+        remove "$CONFDIR" "$STATEDIR" /run/codejail \
+            "$APPARMORDIR/local/codejail-broker" "$APPARMORDIR/local/codejail-jail" \
+            "$APPARMORDIR/local/codejail-sandbox"
+        if $live; then
+            getent passwd "$BROKER_USER" >/dev/null && run userdel "$BROKER_USER"
+            getent group "$BROKER_USER" >/dev/null && run groupdel "$BROKER_USER"
+            getent group "$CALLERS_GROUP" >/dev/null && run groupdel "$CALLERS_GROUP"
+        fi
+    else
+        note "kept: $CONFDIR, $STATEDIR, $APPARMORDIR/local/codejail-*, user $BROKER_USER, group $CALLERS_GROUP (--purge removes them)"
+    fi
+    log "uninstalled"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------
+log "installing codejail${destdir:+ into $destdir}"
+$dry && note "dry run: nothing is changed"
+
+# 1. Binaries.
+if [ -z "$bin_dir" ]; then
+    command -v cargo >/dev/null || [ -x "${HOME:-/root}/.cargo/bin/cargo" ] ||
+        die "cargo not found: install Rust, or pass --bin-dir with built binaries"
+    command -v cargo >/dev/null || PATH=${HOME:-/root}/.cargo/bin:$PATH
+    log "1. building the binaries (cargo build --release --bins)"
+    run cargo build --release --bins --manifest-path "$repo/Cargo.toml"
+    bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
+else
+    log "1. binaries from $bin_dir"
+fi
+for b in codejail-broker codejail-jail codejail-client; do
+    $dry || [ -x "$bin_dir/$b" ] || die "$bin_dir/$b is missing"
+done
+
+# 2. The broker's user and the callers' group.
+if $live; then
+    log "2. user $BROKER_USER and group $CALLERS_GROUP"
+    if command -v systemd-sysusers >/dev/null; then
+        # Works without systemd as PID 1: it only edits /etc/passwd and friends.
+        run systemd-sysusers "$repo/systemd/sysusers.d/codejail.conf"
+    else
+        getent group "$CALLERS_GROUP" >/dev/null || run groupadd --system "$CALLERS_GROUP"
+        getent passwd "$BROKER_USER" >/dev/null ||
+            run useradd --system --user-group --home-dir "$STATEDIR" --no-create-home \
+                --shell /usr/sbin/nologin --comment "codejail broker" "$BROKER_USER"
+        run usermod -a -G "$CALLERS_GROUP" "$BROKER_USER"
+    fi
+else
+    log "2. accounts: skipped (staging root or dry run); would create user $BROKER_USER, group $CALLERS_GROUP"
+fi
+
+# 3. The sandbox interpreter.
+if $skip_venv; then
+    log "3. sandbox virtualenv: skipped (--skip-venv)"
+else
+    log "3. sandbox virtualenv $SANDENV (--copies, requirements/sandbox.txt)"
+    run "$repo/scripts/setup-sandbox-venv.sh" "$destdir$SANDENV" >/dev/null
+    # The build lock setup-sandbox-venv.sh leaves beside the environment.
+    run rm -f "$destdir$SANDENV.lock"
+fi
+
+# 4. Files.
+log "4. files"
+install_file 0755 "$bin_dir/codejail-broker" "$BINDIR/codejail-broker"
+install_file 0755 "$bin_dir/codejail-client" "$BINDIR/codejail-client"
+install_file 0755 "$bin_dir/codejail-jail" "$LIBEXECDIR/codejail-jail"
+install_file 0644 "$repo/systemd/codejail-broker.socket" "$UNITDIR/codejail-broker.socket"
+install_file 0644 "$repo/systemd/codejail-broker.service" "$UNITDIR/codejail-broker.service"
+install_file 0644 "$repo/systemd/sysusers.d/codejail.conf" "$SYSUSERSDIR/codejail.conf"
+install_file 0644 "$repo/systemd/tmpfiles.d/codejail.conf" "$TMPFILESDIR/codejail.conf"
+install_file 0644 "$repo/apparmor/codejail-broker" "$APPARMORDIR/codejail-broker"
+install_file 0644 "$repo/apparmor/codejail-sandbox" "$APPARMORDIR/codejail-sandbox"
+install_file 0644 "$repo/apparmor/abstractions/codejail-stage" "$APPARMORDIR/abstractions/codejail-stage"
+if parser_knows_userns; then
+    install_file 0644 "$repo/apparmor/optional/codejail-userns" "$APPARMORDIR/abstractions/codejail-userns"
+else
+    note "(abstractions/codejail-userns not installed: this apparmor_parser has no userns rule)"
+fi
+for p in codejail-broker codejail-jail codejail-sandbox; do
+    if [ ! -e "$destdir$APPARMORDIR/local/$p" ]; then
+        printf '# Site-specific additions to the %s AppArmor profile.\n' "$p" |
+            write_file 0644 "$APPARMORDIR/local/$p"
+    fi
+done
+install_file 0644 "$repo/README.md" "$DOCDIR/README.md"
+if $live; then
+    run systemd-tmpfiles --create "$TMPFILESDIR/codejail.conf" ||
+        note "systemd-tmpfiles failed; create $STATEDIR and /run/codejail as tmpfiles.d/codejail.conf says"
+fi
+
+# 5. The config.
+log "5. config $CONFDIR/broker.toml"
+if [ -e "$destdir$CONFDIR/broker.toml" ]; then
+    note "$CONFDIR/broker.toml exists: kept (the default is in --dry-run's output)"
+else
+    default_config "$(callers_gid)" | write_file 0644 "$CONFDIR/broker.toml"
+fi
+$dry && default_config "$(callers_gid)" | sed 's/^/    | /' >&2
+
+# 6. AppArmor.
+if $live && kernel_has_apparmor; then
+    log "6. loading the AppArmor profiles"
+    command -v apparmor_parser >/dev/null ||
+        die "the kernel has AppArmor but apparmor_parser is missing: apt-get install apparmor"
+    run apparmor_parser -r -W "$APPARMORDIR/codejail-sandbox" "$APPARMORDIR/codejail-broker"
+elif $live; then
+    log "6. AppArmor profiles: not loaded (the kernel has no AppArmor)"
+else
+    log "6. AppArmor profiles: not loaded (staging root or dry run)"
+fi
+
+# 7. cgroup v1 parents, for a broker started by hand on a v1 host.
+if $live && ! systemd_pid1 && [ -d /sys/fs/cgroup/memory ] && [ -d /sys/fs/cgroup/pids ]; then
+    log "7. cgroup v1 parents for the runs (lost at reboot: rerun the installer or recreate them)"
+    for d in /sys/fs/cgroup/memory/codejail /sys/fs/cgroup/pids/codejail; do
+        run mkdir -p "$d"
+        run chown -R "$BROKER_USER:$BROKER_USER" "$d"
+    done
+else
+    log "7. cgroups: nothing to prepare (under systemd: Delegate=yes)"
+fi
+
+# 8. Check the config.
+if $live; then
+    log "8. codejail-broker check-config (as $BROKER_USER, with the unit's capabilities)"
+    set +e
+    if systemd_pid1; then
+        # In a transient unit like the service: its own delegated cgroup.
+        systemd-run --quiet --wait --pipe --collect \
+            -p User="$BROKER_USER" -p Group="$BROKER_USER" -p Delegate=yes \
+            -p AmbientCapabilities="CAP_SETUID CAP_SETGID" \
+            -p CapabilityBoundingSet="CAP_SETUID CAP_SETGID" -p NoNewPrivileges=yes \
+            "$BINDIR/codejail-broker" check-config "$CONFDIR/broker.toml"
+    else
+        setpriv --reuid="$BROKER_USER" --regid="$BROKER_USER" --init-groups \
+            --inh-caps=+setuid,+setgid --ambient-caps=+setuid,+setgid \
+            --bounding-set=-all,+setuid,+setgid --no-new-privs \
+            "$BINDIR/codejail-broker" check-config "$CONFDIR/broker.toml"
+    fi
+    rc=$?
+    set -e
+    case $rc in
+        0) ;;
+        1) note "a required layer does not hold on this host (see above); the broker will refuse to start until it does" ;;
+        *) die "check-config rejected $CONFDIR/broker.toml (exit $rc)" ;;
+    esac
+else
+    log "8. check-config: skipped (staging root or dry run)"
+fi
+
+# 9. Start.
+if $live && systemd_pid1; then
+    log "9. enabling codejail-broker.socket"
+    run systemctl daemon-reload
+    run systemctl enable --now codejail-broker.socket
+    note "callers: usermod -aG $CALLERS_GROUP <app user>; then: codejail-client status"
+else
+    if $live; then
+        log "9. socket not enabled (PID 1 is not systemd)"
+    else
+        log "9. socket not enabled (staging root or dry run)"
+    fi
+    note "under systemd: systemctl daemon-reload && systemctl enable --now codejail-broker.socket"
+    note "without systemd, start the broker as the unit would:"
+    note "  setpriv --reuid=$BROKER_USER --regid=$BROKER_USER --init-groups --inh-caps=+setuid,+setgid --ambient-caps=+setuid,+setgid --bounding-set=-all,+setuid,+setgid --no-new-privs $BINDIR/codejail-broker --config $CONFDIR/broker.toml"
+fi
+log "installed"

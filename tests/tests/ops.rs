@@ -1,0 +1,1450 @@
+//! Operating the broker (issue 5): the systemd units and the AppArmor profiles are
+//! checked by their own tools, the installer is run into a staging root and checked
+//! file by file, and production-mode brokers (`--config`, as the unit's user with the
+//! unit's two capabilities, `no_new_privs`) are started the ways systemd starts them:
+//! with the socket passed as fd 3 (`LISTEN_FDS`/`LISTEN_PID`), with `NOTIFY_SOCKET` and
+//! `WATCHDOG_USEC`, with `JOURNAL_STREAM` but no journal. Also: `check-config`'s exit
+//! codes, the refusal to start without a required layer, the group allow-list
+//! (`SO_PEERGROUPS`), `codejail-client status` as a monitoring check, and the unit's
+//! hardening directives emulated around a real jail.
+//!
+//! Tests that switch uids need root; they skip with a reason, or fail under
+//! `CODEJAIL_REQUIRE_PRIVILEGED=1`. Tools missing from the machine (`systemd-analyze`,
+//! `apparmor_parser`, both installed by `scripts/test.sh`) are handled the same way.
+
+// Test code: a failed step must stop the test with a message.
+#![allow(clippy::expect_used)]
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use codejail_tests::{
+    bin, bin_dir, python, reachable_by_others, require_privileged, skip_or_fail, wait_until,
+};
+
+/// The variables systemd sets for a service; never inherited from the test runner.
+const SYSTEMD_VARS: [&str; 7] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
+/// The notice apparmor_parser prints on a kernel without AppArmor, even with -Q -K.
+const AA_NO_KERNEL_NOTICE: &str = "Cache read/write disabled: interface file missing";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Where `tool` is: on PATH, or in an sbin directory a non-login PATH may lack.
+fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// `tool`'s path; when it is missing, skip or fail (it is a test dependency that
+/// `scripts/test.sh` installs) and `None`.
+fn require_tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found = find_tool(tool);
+    if found.is_none() {
+        skip_or_fail(&format!("{tool} is missing (Debian package {package})"));
+    }
+    found
+}
+
+/// A directory outside /tmp (a jail mounts its root over /tmp, hiding anything there
+/// that a run must read), readable by the brokers' uids.
+fn work_dir(tag: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("codejail-ops-{tag}-"))
+        .tempdir_in("/var/tmp")
+        .expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// Distinct ids for each production broker of this test process: its own uid, and
+/// a run uid range no other broker (of this or a concurrent test process) uses.
+struct Ids {
+    broker_uid: u32,
+    run_first: u32,
+}
+
+fn next_ids() -> Ids {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) % 16;
+    let spread = std::process::id() % 1000;
+    Ids {
+        broker_uid: 190_000 + spread * 16 + n,
+        run_first: 3_000_000 + spread * 1024 + n * 64,
+    }
+}
+
+/// The socket of the broker in `dir`, in a directory the broker's uid owns (it binds
+/// there unless systemd-style activation passes the socket).
+fn sock(dir: &Path) -> PathBuf {
+    dir.join("run").join("b.sock")
+}
+
+/// A production config for a broker under test. `top` holds extra top-level keys;
+/// `cgroup` replaces the default `[cgroup]` table (none, not required: the machines
+/// tests run on have no delegated cgroup).
+fn broker_config(dir: &Path, ids: &Ids, top: &str, cgroup: Option<&str>) -> PathBuf {
+    let our_uid = nix::unistd::getuid().as_raw();
+    let text = format!(
+        "allowed_uids = [0, {our_uid}]\n\
+         run_ids = {{ first = {first}, count = 8 }}\n\
+         {top}\n\
+         [socket]\npath = \"{socket}\"\nmode = \"0666\"\n\
+         [commands.python]\nbin = \"{python}\"\n\
+         {cgroup}\n",
+        first = ids.run_first,
+        socket = sock(dir).display(),
+        python = python().display(),
+        cgroup = cgroup.unwrap_or("[cgroup]\nmode = \"none\"\nrequired = false\n"),
+    );
+    let run = dir.join("run");
+    fs::create_dir_all(&run).expect("mkdir run");
+    nix::unistd::chown(
+        &run,
+        Some(ids.broker_uid.into()),
+        Some(ids.broker_uid.into()),
+    )
+    .expect("chown run dir");
+    let path = dir.join("broker.toml");
+    fs::write(&path, text).expect("write config");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    path
+}
+
+/// How a production broker under test is started.
+#[derive(Default)]
+struct Launch {
+    /// Passed as fd 3 with LISTEN_FDS=1 and LISTEN_PID set to the broker's pid.
+    listener: Option<UnixListener>,
+    /// Extra environment.
+    env: Vec<(String, String)>,
+    /// The broker's arguments (default: `--config <dir>/broker.toml`).
+    args: Vec<String>,
+}
+
+/// A production broker: `codejail-broker --config`, run as its own uid with only
+/// CAP_SETUID and CAP_SETGID (ambient, bounding set too) and no_new_privs, as
+/// codejail-broker.service runs it.
+struct Prod {
+    child: Child,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+/// The unit's credentials, for `setpriv`: the broker's uid, CAP_SETUID and CAP_SETGID
+/// ambient and nothing else in the bounding set, no_new_privs.
+fn unit_credentials(uid: u32) -> Vec<String> {
+    vec![
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "--inh-caps=+setuid,+setgid".into(),
+        "--ambient-caps=+setuid,+setgid".into(),
+        "--bounding-set=-all,+setuid,+setgid".into(),
+        "--no-new-privs".into(),
+    ]
+}
+
+impl Prod {
+    fn spawn(dir: &Path, ids: &Ids, launch: Launch) -> Prod {
+        for path in [bin("codejail-broker"), bin("codejail-jail"), python()] {
+            if let Err(why) = reachable_by_others(&path) {
+                panic!(
+                    "the broker runs as uid {} and cannot reach {}: {why} (run scripts/test.sh)",
+                    ids.broker_uid,
+                    path.display()
+                );
+            }
+        }
+        let log = dir.join(format!("broker-{}.log", ids.broker_uid));
+        let log_file = fs::File::create(&log).expect("log file");
+        // What systemd does between fork and exec, in sh: put the socket on fd 3 and
+        // name the broker's own pid (sh's, which exec keeps) in LISTEN_PID.
+        let script = if launch.listener.is_some() {
+            "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$@\""
+        } else {
+            "exec \"$@\""
+        };
+        let args = if launch.args.is_empty() {
+            vec![
+                "--config".to_string(),
+                dir.join("broker.toml").display().to_string(),
+            ]
+        } else {
+            launch.args
+        };
+        let mut cmd = Command::new("setpriv");
+        cmd.args(unit_credentials(ids.broker_uid))
+            .args(["sh", "-c", script, "sh"])
+            .arg(bin("codejail-broker"))
+            .args(&args)
+            .current_dir(dir)
+            .env("CODEJAIL_LOG", "info")
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file);
+        for v in SYSTEMD_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        match launch.listener {
+            Some(l) => cmd.stdin(Stdio::from(OwnedFd::from(l))),
+            None => cmd.stdin(Stdio::null()),
+        };
+        let child = cmd.spawn().expect("spawn setpriv codejail-broker");
+        Prod {
+            child,
+            log,
+            exit: None,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until the log says `serving` (panics with the log if it exits first).
+    fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(" serving") {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                panic!("the broker exited ({st}) during start-up:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `serving` within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Wait for the broker to exit by itself.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(st);
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker should have exited:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGTERM, and its exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Prod {
+    fn drop(&mut self) {
+        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let stopped = wait_until(Duration::from_secs(10), || {
+                self.child.try_wait().ok().flatten().is_some()
+            });
+            if !stopped {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        // The broker runs as another uid and must be allowed to send.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).expect("chmod");
+        NotifySocket { sock, path }
+    }
+
+    /// The next message, or `None` within `timeout`.
+    fn recv(&self, timeout: Duration) -> Option<String> {
+        self.sock
+            .set_read_timeout(Some(timeout))
+            .expect("set timeout");
+        let mut buf = vec![0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => None,
+        }
+    }
+}
+
+fn client(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("codejail-client"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run codejail-client")
+}
+
+fn check_config(file: &Path) -> Output {
+    Command::new(bin("codejail-broker"))
+        .arg("check-config")
+        .arg(file)
+        .env("CODEJAIL_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run codejail-broker check-config")
+}
+
+/// The listening socket systemd would create, mode 0666 so any test uid connects.
+fn listening_socket(path: &Path) -> UnixListener {
+    let l = UnixListener::bind(path).expect("bind the listening socket");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).expect("chmod");
+    l
+}
+
+// --------------------------------------------------------------------------------
+// Units, profiles, installer.
+
+/// The unit files as installed, with ExecStart pointing at a broker binary that
+/// exists here (`systemd-analyze verify` checks that it does).
+fn units_for_verify(dir: &Path, broker: &Path) -> (PathBuf, PathBuf) {
+    let src = repo().join("systemd");
+    let socket = dir.join("codejail-broker.socket");
+    let service = dir.join("codejail-broker.service");
+    fs::copy(src.join("codejail-broker.socket"), &socket).expect("copy socket unit");
+    let text = fs::read_to_string(src.join("codejail-broker.service")).expect("service unit");
+    let exec = "ExecStart=/usr/local/bin/codejail-broker ";
+    assert!(
+        text.contains(exec),
+        "the unit starts /usr/local/bin/codejail-broker"
+    );
+    fs::write(
+        &service,
+        text.replace(exec, &format!("ExecStart={} ", broker.display())),
+    )
+    .expect("write service unit");
+    (socket, service)
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let Some(analyze) = require_tool("systemd-analyze", "systemd") else {
+        return;
+    };
+    let dir = work_dir("units");
+    let (socket, service) = units_for_verify(dir.path(), &bin("codejail-broker"));
+    let out = Command::new(analyze)
+        .arg("verify")
+        .args([&socket, &service])
+        .output()
+        .expect("systemd-analyze verify");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify must pass without a warning: {}",
+        describe(&out)
+    );
+
+    // What the issue asks of the units, and what the broker relies on.
+    let service_text = fs::read_to_string(&service).expect("read");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "User=sandbox",
+        "AmbientCapabilities=CAP_SETUID CAP_SETGID",
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID",
+        "Delegate=yes",
+        "MemoryMax=",
+        "TasksMax=",
+        "NoNewPrivileges=yes",
+        "Requires=codejail-broker.socket",
+    ] {
+        assert!(
+            service_text.lines().any(|l| l.starts_with(line)),
+            "service: {line}"
+        );
+    }
+    // Directives that break jails must never be set (see the unit's comments).
+    for forbidden in [
+        "PrivateUsers=",
+        "ProtectProc=",
+        "ProcSubset=",
+        "ProtectKernelTunables=",
+        "ProtectKernelLogs=",
+        "ProtectKernelModules=",
+        "ProtectControlGroups=",
+        "SystemCallFilter=",
+        "RestrictNamespaces=",
+        "RestrictAddressFamilies=",
+        "MemoryDenyWriteExecute=",
+        "ProtectHostname=",
+        "DelegateSubgroup=",
+    ] {
+        assert!(
+            !service_text.lines().any(|l| l.starts_with(forbidden)),
+            "service must not set {forbidden}"
+        );
+    }
+    let socket_text = fs::read_to_string(&socket).expect("read");
+    for line in [
+        "ListenStream=/run/codejail/broker.sock",
+        "SocketUser=sandbox",
+        "SocketGroup=codejail",
+        "SocketMode=0660",
+    ] {
+        assert!(socket_text.lines().any(|l| l == line), "socket: {line}");
+    }
+}
+
+#[test]
+fn sysusers_and_tmpfiles_apply_to_a_root() {
+    let (Some(sysusers), Some(tmpfiles)) = (
+        require_tool("systemd-sysusers", "systemd"),
+        require_tool("systemd-tmpfiles", "systemd"),
+    ) else {
+        return;
+    };
+    if !require_privileged("systemd-tmpfiles --root chowns to the sandbox user") {
+        return;
+    }
+    let root = work_dir("sysusers");
+    fs::create_dir_all(root.path().join("etc")).expect("etc");
+    let conf = repo().join("systemd");
+    let out = Command::new(sysusers)
+        .arg(format!("--root={}", root.path().display()))
+        .arg(conf.join("sysusers.d/codejail.conf"))
+        .output()
+        .expect("systemd-sysusers");
+    assert!(out.status.success(), "{}", describe(&out));
+    let passwd = fs::read_to_string(root.path().join("etc/passwd")).expect("passwd");
+    let group = fs::read_to_string(root.path().join("etc/group")).expect("group");
+    let sandbox = passwd
+        .lines()
+        .find(|l| l.starts_with("sandbox:"))
+        .expect("a sandbox user");
+    assert!(
+        sandbox.ends_with(":/var/lib/codejail:/usr/sbin/nologin"),
+        "{sandbox}"
+    );
+    let field = |line: &str, i: usize| -> u32 {
+        line.split(':')
+            .nth(i)
+            .and_then(|f| f.parse().ok())
+            .expect("numeric id")
+    };
+    assert!(field(sandbox, 2) < 1000, "a system user: {sandbox}");
+    let callers = group
+        .lines()
+        .find(|l| l.starts_with("codejail:"))
+        .expect("a codejail group");
+    assert!(field(callers, 2) < 1000, "a system group: {callers}");
+    assert!(
+        callers.ends_with(":sandbox"),
+        "the broker's user is in the callers' group (to hand it a socket it binds): {callers}"
+    );
+
+    let out = Command::new(tmpfiles)
+        .arg("--create")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(conf.join("tmpfiles.d/codejail.conf"))
+        .output()
+        .expect("systemd-tmpfiles");
+    assert!(out.status.success(), "{}", describe(&out));
+    let state = fs::metadata(root.path().join("var/lib/codejail")).expect("state dir");
+    assert_eq!(state.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(state.uid(), field(sandbox, 2), "owned by sandbox");
+    let run = fs::metadata(root.path().join("run/codejail")).expect("socket dir");
+    assert_eq!(run.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        (run.uid(), run.gid()),
+        (field(sandbox, 2), field(callers, 2))
+    );
+}
+
+/// `apparmor_parser -Q -K` of `profile`, with `includes` searched first.
+fn parse_profile(profile: &Path, includes: &[&Path]) -> Output {
+    let parser = find_tool("apparmor_parser").expect("apparmor_parser (checked by the caller)");
+    let mut cmd = Command::new(parser);
+    cmd.args(["-Q", "-K"]);
+    for i in includes {
+        cmd.arg("-I").arg(i);
+    }
+    cmd.arg(profile).output().expect("apparmor_parser")
+}
+
+fn assert_parses(profile: &Path, includes: &[&Path]) {
+    let out = parse_profile(profile, includes);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let unexpected: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains(AA_NO_KERNEL_NOTICE))
+        .collect();
+    assert!(
+        out.status.success() && unexpected.is_empty(),
+        "{} must parse without warnings: {}",
+        profile.display(),
+        describe(&out)
+    );
+}
+
+fn parser_knows_userns() -> bool {
+    let dir = work_dir("userns-probe");
+    let probe = dir.path().join("probe");
+    fs::write(&probe, "profile codejail-userns-probe { userns, }\n").expect("write");
+    find_tool("apparmor_parser").is_some() && parse_profile(&probe, &[]).status.success()
+}
+
+#[test]
+fn apparmor_profiles_parse() {
+    if require_tool("apparmor_parser", "apparmor").is_none() {
+        return;
+    }
+    let aa = repo().join("apparmor");
+    // Each file starts with its abi and ends with the site include of its last
+    // profile (codejail-broker holds the broker's and the stage's).
+    for (name, last_local) in [
+        ("codejail-sandbox", "codejail-sandbox"),
+        ("codejail-broker", "codejail-jail"),
+    ] {
+        let text = fs::read_to_string(aa.join(name)).expect("profile");
+        let rules: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert_eq!(
+            rules.first(),
+            Some(&"abi <abi/3.0>,"),
+            "{name} starts with abi"
+        );
+        let include = format!("include if exists <local/{last_local}>");
+        assert_eq!(
+            rules[rules.len().saturating_sub(2)..],
+            [include.as_str(), "}"],
+            "{name} ends with its local include"
+        );
+        assert_parses(&aa.join(name), &[&aa]);
+    }
+    let broker = fs::read_to_string(aa.join("codejail-broker")).expect("profile");
+    assert!(broker.contains("include if exists <local/codejail-broker>"));
+    assert!(broker.contains("include if exists <abstractions/codejail-userns>"));
+    let userns = fs::read_to_string(aa.join("optional/codejail-userns")).expect("snippet");
+    assert!(userns.lines().any(|l| l.trim() == "userns,"));
+    let sandbox = fs::read_to_string(aa.join("codejail-sandbox")).expect("profile");
+    for rule in ["deny network,", "owner /tmp/codejail-[0-9]*/tmp/** rwk,"] {
+        assert!(sandbox.contains(rule), "sandbox profile: {rule}");
+    }
+    // Where the parser has the userns rule (AppArmor >= 4), with it included.
+    if parser_knows_userns() {
+        let with = work_dir("userns");
+        fs::create_dir_all(with.path().join("abstractions")).expect("mkdir");
+        fs::copy(
+            aa.join("optional/codejail-userns"),
+            with.path().join("abstractions/codejail-userns"),
+        )
+        .expect("copy");
+        assert_parses(&aa.join("codejail-broker"), &[with.path(), &aa]);
+    }
+}
+
+fn run_installer(args: &[&str], destdir: &Path) -> Output {
+    Command::new(repo().join("scripts/install.sh"))
+        .args(args)
+        .arg("--destdir")
+        .arg(destdir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/install.sh")
+}
+
+/// Every file below `root` (relative, sorted), not descending into `skip`.
+fn files_below(root: &Path, skip: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, skip: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).expect("read_dir").filter_map(Result::ok) {
+            let p = e.path();
+            if p == skip {
+                out.push(format!(
+                    "{}/",
+                    p.strip_prefix(root).expect("below").display()
+                ));
+                continue;
+            }
+            if e.file_type().expect("type").is_dir() {
+                walk(&p, root, skip, out);
+            } else {
+                out.push(p.strip_prefix(root).expect("below").display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, skip, &mut out);
+    out.sort();
+    out
+}
+
+/// The sandbox environment the tests use, when it is a virtualenv (it is under
+/// scripts/test.sh): copied into a staging root, the installer finds it up to date.
+fn test_venv() -> Option<PathBuf> {
+    let prefix = python().parent()?.parent()?.to_path_buf();
+    prefix.join("pyvenv.cfg").is_file().then_some(prefix)
+}
+
+#[test]
+fn installer_stages_every_file_and_uninstalls() {
+    let dest = work_dir("install");
+    let root = dest.path();
+    let sandenv = root.join("usr/local/lib/codejail/sandbox");
+    let bins = bin_dir();
+    let mut args = vec!["--bin-dir", bins.to_str().expect("utf-8 path")];
+    match test_venv() {
+        Some(venv) => {
+            fs::create_dir_all(sandenv.parent().expect("parent")).expect("mkdir");
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(&venv)
+                .arg(&sandenv)
+                .output()
+                .expect("cp");
+            assert!(out.status.success(), "{}", describe(&out));
+        }
+        None => args.push("--skip-venv"),
+    }
+
+    // A dry run changes nothing.
+    let dry = work_dir("install-dry");
+    let out = run_installer(&[&args[..], &["--dry-run"]].concat(), dry.path());
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        files_below(dry.path(), Path::new("/nonexistent")).is_empty(),
+        "--dry-run wrote files"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("install -D -m 0755") && said.contains("allowed_gids"),
+        "a dry run shows the steps and the config: {said}"
+    );
+
+    let out = run_installer(&args, root);
+    assert!(out.status.success(), "{}", describe(&out));
+    let userns = parser_knows_userns();
+    let mut expected = vec![
+        "etc/apparmor.d/abstractions/codejail-stage",
+        "etc/apparmor.d/codejail-broker",
+        "etc/apparmor.d/codejail-sandbox",
+        "etc/apparmor.d/local/codejail-broker",
+        "etc/apparmor.d/local/codejail-jail",
+        "etc/apparmor.d/local/codejail-sandbox",
+        "etc/codejail/broker.toml",
+        "etc/systemd/system/codejail-broker.service",
+        "etc/systemd/system/codejail-broker.socket",
+        "etc/sysusers.d/codejail.conf",
+        "etc/tmpfiles.d/codejail.conf",
+        "usr/local/bin/codejail-broker",
+        "usr/local/bin/codejail-client",
+        "usr/local/lib/codejail/codejail-jail",
+        "usr/local/share/doc/codejail/README.md",
+    ];
+    if userns {
+        expected.push("etc/apparmor.d/abstractions/codejail-userns");
+    }
+    if test_venv().is_some() {
+        expected.push("usr/local/lib/codejail/sandbox/");
+    }
+    expected.sort_unstable();
+    assert_eq!(files_below(root, &sandenv), expected, "installed files");
+
+    // File by file: binaries executable by everyone, the rest world-readable, the
+    // sources installed as they are in the repository.
+    let r = repo();
+    for (installed, source, mode) in [
+        (
+            "usr/local/bin/codejail-broker",
+            bin("codejail-broker"),
+            0o755,
+        ),
+        (
+            "usr/local/bin/codejail-client",
+            bin("codejail-client"),
+            0o755,
+        ),
+        (
+            "usr/local/lib/codejail/codejail-jail",
+            bin("codejail-jail"),
+            0o755,
+        ),
+        (
+            "etc/systemd/system/codejail-broker.service",
+            r.join("systemd/codejail-broker.service"),
+            0o644,
+        ),
+        (
+            "etc/systemd/system/codejail-broker.socket",
+            r.join("systemd/codejail-broker.socket"),
+            0o644,
+        ),
+        (
+            "etc/sysusers.d/codejail.conf",
+            r.join("systemd/sysusers.d/codejail.conf"),
+            0o644,
+        ),
+        (
+            "etc/tmpfiles.d/codejail.conf",
+            r.join("systemd/tmpfiles.d/codejail.conf"),
+            0o644,
+        ),
+        (
+            "etc/apparmor.d/codejail-broker",
+            r.join("apparmor/codejail-broker"),
+            0o644,
+        ),
+        (
+            "etc/apparmor.d/codejail-sandbox",
+            r.join("apparmor/codejail-sandbox"),
+            0o644,
+        ),
+        (
+            "etc/apparmor.d/abstractions/codejail-stage",
+            r.join("apparmor/abstractions/codejail-stage"),
+            0o644,
+        ),
+        (
+            "usr/local/share/doc/codejail/README.md",
+            r.join("README.md"),
+            0o644,
+        ),
+    ] {
+        let path = root.join(installed);
+        let meta = fs::metadata(&path).expect("installed");
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{installed}");
+        assert!(
+            fs::read(&path).expect("read") == fs::read(&source).expect("read source"),
+            "{installed} is {}",
+            source.display()
+        );
+    }
+    for local in ["codejail-broker", "codejail-jail", "codejail-sandbox"] {
+        let text = fs::read_to_string(root.join("etc/apparmor.d/local").join(local))
+            .expect("local override");
+        assert!(
+            text.lines().all(|l| l.starts_with('#')),
+            "{local}: comments only"
+        );
+    }
+    if test_venv().is_some() {
+        let py = sandenv.join("bin/python");
+        assert!(
+            !fs::symlink_metadata(&py)
+                .expect("python")
+                .file_type()
+                .is_symlink(),
+            "a --copies virtualenv"
+        );
+        let out = Command::new(&py)
+            .args(["-E", "-B", "-c", "import numpy"])
+            .output()
+            .expect("run the sandbox python");
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    // The config: every key it sets is one the broker knows (check-config would say
+    // exit 2 otherwise), commented, pointing at the installed paths.
+    let config = root.join("etc/codejail/broker.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    for key in [
+        "allowed_uids = []",
+        "allowed_gids = [",
+        "jail_stage = \"/usr/local/lib/codejail/codejail-jail\"",
+        "run_ids = { first = 1879048192, count = 64 }",
+        "apparmor_profile = \"codejail-sandbox\"",
+        "bin = \"/usr/local/lib/codejail/sandbox/bin/python\"",
+        "path = \"/run/codejail/broker.sock\"",
+        "[limits.defaults]",
+        "[limits.ceilings]",
+        "[cgroup]",
+    ] {
+        assert!(text.contains(key), "config has {key}:\n{text}");
+    }
+    assert!(
+        text.lines().filter(|l| l.starts_with('#')).count() > 20,
+        "commented"
+    );
+
+    // The installed units verify with the installed broker.
+    if let Some(analyze) = require_tool("systemd-analyze", "systemd") {
+        let units = work_dir("installed-units");
+        let (socket, service) =
+            units_for_verify(units.path(), &root.join("usr/local/bin/codejail-broker"));
+        let out = Command::new(analyze)
+            .arg("verify")
+            .args([&socket, &service])
+            .output()
+            .expect("systemd-analyze");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            describe(&out)
+        );
+    }
+    // The installed profiles parse with the installed abstractions.
+    if require_tool("apparmor_parser", "apparmor").is_some() {
+        let aa = root.join("etc/apparmor.d");
+        for p in ["codejail-sandbox", "codejail-broker"] {
+            assert_parses(&aa.join(p), &[&aa]);
+        }
+    }
+
+    // A reinstall keeps an edited config.
+    fs::write(&config, format!("{text}\n# edited by the operator\n")).expect("edit");
+    let out = run_installer(&args, root);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(fs::read_to_string(&config)
+        .expect("config")
+        .contains("# edited by the operator"));
+
+    // Uninstall: everything but the config and the local overrides; --purge: all.
+    let out = run_installer(&["--uninstall"], root);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        files_below(root, Path::new("/nonexistent")),
+        [
+            "etc/apparmor.d/local/codejail-broker",
+            "etc/apparmor.d/local/codejail-jail",
+            "etc/apparmor.d/local/codejail-sandbox",
+            "etc/codejail/broker.toml",
+        ],
+        "left after --uninstall"
+    );
+    let out = run_installer(&["--uninstall", "--purge"], root);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        files_below(root, Path::new("/nonexistent")).is_empty(),
+        "left after --uninstall --purge: {:?}",
+        files_below(root, Path::new("/nonexistent"))
+    );
+}
+
+// --------------------------------------------------------------------------------
+// check-config.
+
+#[test]
+fn check_config_rejects_bad_keys_and_accepts_the_installed_default() {
+    let dir = work_dir("check");
+    let py = format!("[commands.python]\nbin = \"{}\"\n", python().display());
+    for (text, key) in [
+        (format!("bogus_key = 1\n{py}"), "bogus_key"),
+        (
+            format!("allowed_gids = [\"www-data\"]\n{py}"),
+            "allowed_gids",
+        ),
+        (
+            format!("apparmor_profile = \"a b\"\n{py}"),
+            "apparmor_profile",
+        ),
+        (
+            format!("apparmor_required = true\n{py}"),
+            "apparmor_required",
+        ),
+        (format!("{py}[limits.defaults]\nCPUS = 1\n"), "CPUS"),
+        (format!("{py}[socket]\nmode = \"999\"\n"), "socket.mode"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        fs::write(&path, &text).expect("write");
+        let out = check_config(&path);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "the error names `{key}`: {err}");
+    }
+
+    // The installer's default config is valid here (exit 0 or 1: whether every
+    // required layer holds depends on the host; never 2).
+    let staged = work_dir("check-default");
+    let out = run_installer(
+        &[
+            "--skip-venv",
+            "--bin-dir",
+            bin_dir().to_str().expect("utf-8"),
+        ],
+        staged.path(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let installed = staged.path().join("etc/codejail/broker.toml");
+    let out = check_config(&installed);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "the installed default is valid: {}",
+        describe(&out)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("confinement:"), "{report}");
+
+    // And with this machine's paths and ranges in it (and without cgroups, which the
+    // test machines do not delegate), every required layer holds: exit 0.
+    if !require_privileged("check-config with run_ids needs CAP_SETUID and CAP_SETGID") {
+        return;
+    }
+    let ids = next_ids();
+    let text = fs::read_to_string(&installed).expect("read");
+    let local = text
+        .replace(
+            "/usr/local/lib/codejail/sandbox/bin/python",
+            &python().display().to_string(),
+        )
+        .replace(
+            "\"/usr/local/lib/codejail/codejail-jail\"",
+            &format!("\"{}\"", bin("codejail-jail").display()),
+        )
+        .replace("first = 1879048192", &format!("first = {}", ids.run_first))
+        .replace("mode = \"auto\"", "mode = \"none\"")
+        .replace("required = true", "required = false");
+    let path = dir.path().join("local.toml");
+    fs::write(&path, local).expect("write");
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+// --------------------------------------------------------------------------------
+// Production brokers, started as systemd starts them.
+
+#[test]
+fn socket_activated_broker_serves_a_run() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let dir = work_dir("activation");
+    let ids = next_ids();
+    // The config names the same path as the socket unit does, as in production: the
+    // broker must neither refuse ("another broker is serving") nor bind it again.
+    broker_config(dir.path(), &ids, "", None);
+    let socket = sock(dir.path());
+    let listener = listening_socket(&socket);
+    let notify = NotifySocket::bind(dir.path());
+    let mut b = Prod::spawn(
+        dir.path(),
+        &ids,
+        Launch {
+            listener: Some(listener),
+            env: vec![("NOTIFY_SOCKET".into(), notify.path.display().to_string())],
+            ..Launch::default()
+        },
+    );
+    let ready = notify.recv(Duration::from_secs(30));
+    assert!(
+        ready.as_deref().is_some_and(|m| m.starts_with("READY=1\n")),
+        "READY=1 expected, got {ready:?}:\n{}",
+        b.log()
+    );
+    let out = client(&socket, &["exec", "-c", "print('via fd 3')"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via fd 3\n",
+        "{}\n{}",
+        describe(&out),
+        b.log()
+    );
+    // fd 3 is the socket systemd passed, made close-on-exec (no jail stage inherits it).
+    let fdinfo = fs::read_to_string(format!("/proc/{}/fdinfo/3", b.pid())).expect("fdinfo");
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("flags");
+    assert_ne!(
+        flags & libc::O_CLOEXEC as u32,
+        0,
+        "fd 3 close-on-exec: {fdinfo}"
+    );
+    let link = fs::read_link(format!("/proc/{}/fd/3", b.pid())).expect("fd 3");
+    assert!(link.to_string_lossy().starts_with("socket:"), "{link:?}");
+    let log = b.log();
+    assert!(log.contains("socket_activated=true"), "{log}");
+    // The log carries the confinement report before serving.
+    let report_at = log.find("confinement:").expect("a report line");
+    assert!(report_at < log.find(" serving").expect("serving"), "{log}");
+
+    let status = b.terminate();
+    assert!(status.success(), "SIGTERM: exit 0 ({status}):\n{}", b.log());
+    assert!(
+        notify
+            .recv(Duration::from_secs(5))
+            .is_some_and(|m| m.starts_with("STOPPING=1")),
+        "STOPPING=1 on SIGTERM"
+    );
+    // The socket file is systemd's: still there for the next start.
+    assert!(
+        fs::symlink_metadata(&socket).is_ok(),
+        "the broker removed the socket systemd owns"
+    );
+}
+
+#[test]
+fn listen_pid_of_another_process_is_ignored() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    // LISTEN_PID names another process (a variable inherited from a socket-activated
+    // parent): the fds are not ours; the broker binds its own socket.
+    let dir = work_dir("not-ours");
+    let ids = next_ids();
+    broker_config(dir.path(), &ids, "", None);
+    let mut b = Prod::spawn(
+        dir.path(),
+        &ids,
+        Launch {
+            env: vec![
+                ("LISTEN_PID".into(), "1".into()),
+                ("LISTEN_FDS".into(), "1".into()),
+            ],
+            ..Launch::default()
+        },
+    );
+    b.wait_serving();
+    assert!(b.log().contains("socket_activated=false"), "{}", b.log());
+    let out = client(&sock(dir.path()), &["exec", "-c", "print(1)"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        describe(&out)
+    );
+    assert!(b.terminate().success());
+    assert!(
+        !sock(dir.path()).exists(),
+        "a socket the broker bound is removed on exit"
+    );
+}
+
+#[test]
+fn ready_only_after_the_self_test_then_watchdog_pings() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let dir = work_dir("ready");
+    let ids = next_ids();
+    broker_config(dir.path(), &ids, "", None);
+    let notify = NotifySocket::bind(dir.path());
+    let mut b = Prod::spawn(
+        dir.path(),
+        &ids,
+        Launch {
+            env: vec![
+                ("NOTIFY_SOCKET".into(), notify.path.display().to_string()),
+                // 300 ms: pings every 150 ms.
+                ("WATCHDOG_USEC".into(), "300000".into()),
+            ],
+            ..Launch::default()
+        },
+    );
+    let first = notify.recv(Duration::from_secs(30));
+    // By the time READY=1 arrives, the self-test has passed (the report is logged
+    // after it) and the socket accepts.
+    let log = b.log();
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|m| m.starts_with("READY=1\nSTATUS=serving on ")),
+        "the first notification is READY=1, got {first:?}:\n{log}"
+    );
+    assert!(log.contains("namespaces") && log.contains("full"), "{log}");
+    assert!(std::os::unix::net::UnixStream::connect(sock(dir.path())).is_ok());
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 && started.elapsed() < Duration::from_secs(10) {
+        if notify
+            .recv(Duration::from_secs(2))
+            .is_some_and(|m| m == "WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    assert_eq!(
+        pings,
+        3,
+        "WATCHDOG=1 at half of WATCHDOG_USEC:\n{}",
+        b.log()
+    );
+    assert!(b.terminate().success());
+}
+
+#[test]
+fn refuses_to_start_without_a_required_layer() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    // AppArmor required on a kernel without it; cgroups required with v1 parents that
+    // do not exist. Each: check-config exits 1 naming the layer; the broker exits
+    // non-zero naming it, never reports READY=1, and tells systemd why (STATUS=).
+    let has_apparmor = Path::new("/sys/kernel/security/apparmor").exists();
+    let mut cases = vec![(
+        "cgroups",
+        String::new(),
+        Some(
+            "[cgroup]\nmode = \"v1\"\nrequired = true\nv1_memory = \"/nonexistent/memory/codejail\"\nv1_pids = \"/nonexistent/pids/codejail\"\n",
+        ),
+    )];
+    if has_apparmor {
+        eprintln!("this kernel has AppArmor: the `apparmor required` case is not checked");
+    } else {
+        cases.push((
+            "apparmor",
+            "apparmor_profile = \"codejail-sandbox\"\napparmor_required = true\n".into(),
+            None,
+        ));
+    }
+    for (layer, top, cgroup) in cases {
+        let dir = work_dir(&format!("refuse-{layer}"));
+        let ids = next_ids();
+        let cfg = broker_config(dir.path(), &ids, &top, cgroup);
+        let out = check_config(&cfg);
+        assert_eq!(out.status.code(), Some(1), "{layer}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(layer),
+            "{layer}: {}",
+            describe(&out)
+        );
+
+        let notify = NotifySocket::bind(dir.path());
+        let mut b = Prod::spawn(
+            dir.path(),
+            &ids,
+            Launch {
+                env: vec![("NOTIFY_SOCKET".into(), notify.path.display().to_string())],
+                ..Launch::default()
+            },
+        );
+        let status = b.wait_exit(Duration::from_secs(30));
+        assert!(
+            !status.success(),
+            "{layer}: must refuse to start:\n{}",
+            b.log()
+        );
+        let log = b.log();
+        assert!(
+            log.contains(layer) && log.contains("required"),
+            "{layer}: the refusal names the layer:\n{log}"
+        );
+        let mut messages = Vec::new();
+        while let Some(m) = notify.recv(Duration::from_millis(200)) {
+            messages.push(m);
+        }
+        assert!(
+            !messages.iter().any(|m| m.contains("READY=1")),
+            "{layer}: READY=1 sent by a broker that refused: {messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("STATUS=refusing to serve")),
+            "{layer}: {messages:?}"
+        );
+        assert!(
+            !sock(dir.path()).exists(),
+            "{layer}: a refusing broker never listens"
+        );
+    }
+}
+
+#[test]
+fn journal_stream_without_journald_falls_back_to_stderr() {
+    if Path::new("/run/systemd/journal/socket").exists() {
+        eprintln!("this machine has journald: the fallback cannot be observed here");
+        return;
+    }
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let dir = work_dir("journal");
+    let ids = next_ids();
+    broker_config(dir.path(), &ids, "", None);
+    // JOURNAL_STREAM names the broker's stderr (the log file), as systemd's
+    // StandardError=journal would, but there is no journal socket to send to.
+    let log = dir.path().join(format!("broker-{}.log", ids.broker_uid));
+    fs::File::create(&log).expect("create log");
+    let meta = fs::metadata(&log).expect("stat log");
+    let mut b = Prod::spawn(
+        dir.path(),
+        &ids,
+        Launch {
+            env: vec![(
+                "JOURNAL_STREAM".into(),
+                format!("{}:{}", meta.dev(), meta.ino()),
+            )],
+            ..Launch::default()
+        },
+    );
+    b.wait_serving();
+    let out = client(&sock(dir.path()), &["exec", "-c", "print(2)"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2\n",
+        "{}",
+        describe(&out)
+    );
+    assert!(b.terminate().success());
+    let text = b.log();
+    assert!(
+        text.contains("journal socket is not reachable: logging to stderr"),
+        "{text}"
+    );
+    assert!(
+        text.contains("run ended") && text.contains("stopped"),
+        "{text}"
+    );
+}
+
+#[test]
+fn group_allow_list_admits_supplementary_groups() {
+    if !require_privileged("clients with other uids and groups") {
+        return;
+    }
+    let dir = work_dir("groups");
+    let ids = next_ids();
+    let callers_gid = 190_999;
+    let cfg = broker_config(
+        dir.path(),
+        &ids,
+        &format!("allowed_gids = [{callers_gid}]"),
+        None,
+    );
+    // No uid of the clients below is allowed by uid.
+    let text = fs::read_to_string(&cfg).expect("read");
+    fs::write(
+        &cfg,
+        text.replace("allowed_uids = [0, ", "allowed_uids = [1, "),
+    )
+    .expect("write");
+    let mut b = Prod::spawn(dir.path(), &ids, Launch::default());
+    b.wait_serving();
+    let socket = sock(dir.path());
+    let status_as = |uid: u32, gid: u32, groups: &[u32]| -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"));
+        if groups.is_empty() {
+            cmd.arg("--clear-groups");
+        } else {
+            let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+            cmd.arg(format!("--groups={}", g.join(",")));
+        }
+        cmd.arg(bin("codejail-client"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv codejail-client")
+    };
+    // A supplementary group (SO_PEERGROUPS), then the primary gid (SO_PEERCRED).
+    let out = status_as(190_998, 190_998, &[4242, callers_gid]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "supplementary group: {}",
+        describe(&out)
+    );
+    let out = status_as(190_998, callers_gid, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "primary group: {}",
+        describe(&out)
+    );
+    // Neither: refused, 125, with the reason.
+    let out = status_as(190_998, 190_998, &[4242]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not allowed"), "{err}");
+    assert!(b.log().contains("connection refused"), "{}", b.log());
+}
+
+/// A fake broker answering the handshake and one Status request with `report`.
+fn serve_report_once(listener: UnixListener, report: codejail_protocol::StatusReport) {
+    use bytes::Bytes;
+    use futures::{SinkExt, StreamExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut tx, mut rx) = codejail_protocol::framed(stream, 1 << 20).split();
+        let _hello = rx.next().await;
+        let welcome = codejail_protocol::Welcome {
+            protocol_version: codejail_protocol::PROTOCOL_VERSION,
+            broker_version: "fake".into(),
+            refused: None,
+            status: report.clone(),
+        };
+        let body = codejail_protocol::encode(&welcome).expect("encode");
+        tx.send(Bytes::from(body)).await.expect("send welcome");
+        if rx.next().await.is_some() {
+            let resp = codejail_protocol::Response::Status(report);
+            let body = codejail_protocol::encode(&resp).expect("encode");
+            let _ = tx.send(Bytes::from(body)).await;
+        }
+    });
+}
+
+#[test]
+fn status_exit_codes_serve_as_a_monitoring_check() {
+    // 125: nothing listening.
+    let dir = work_dir("status");
+    let out = client(&dir.path().join("none.sock"), &["status"]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+
+    // 1: serving, but a required layer is not full (a fake broker says so).
+    let mut layers = std::collections::BTreeMap::new();
+    layers.insert(
+        "cgroups".to_string(),
+        codejail_protocol::Layer {
+            state: codejail_protocol::LayerState::Partial,
+            required: true,
+            detail: "pids only".into(),
+        },
+    );
+    let report = codejail_protocol::StatusReport {
+        broker_version: "fake".into(),
+        protocol_version: codejail_protocol::PROTOCOL_VERSION,
+        mode: codejail_protocol::Mode::Confined,
+        layers,
+        load: codejail_protocol::Load::default(),
+    };
+    let path = dir.path().join("fake.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || serve_report_once(listener, report));
+    let out = client(&path, &["status"]);
+    server.join().expect("fake broker");
+    assert_eq!(out.status.code(), Some(1), "degraded: {}", describe(&out));
+
+    // 0: a production broker with every required layer.
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let ids = next_ids();
+    broker_config(dir.path(), &ids, "", None);
+    let mut b = Prod::spawn(dir.path(), &ids, Launch::default());
+    b.wait_serving();
+    let out = client(&sock(dir.path()), &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let obj: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(obj["mode"], "confined");
+    assert_eq!(obj["layers"]["identity"]["state"], "full", "{obj}");
+    assert_eq!(obj["layers"]["apparmor"]["required"], false, "{obj}");
+    assert!(b.terminate().success());
+}
+
+// --------------------------------------------------------------------------------
+// The unit's hardening, emulated.
+
+/// Run `codejail-broker check-config` (a full jailed probe run) with the unit's
+/// credentials, inside new mount, network and IPC namespaces prepared by `setup` (a
+/// shell fragment run as root first).
+fn check_config_hardened(cfg: &Path, ids: &Ids, setup: &str) -> Output {
+    let cred = unit_credentials(ids.broker_uid).join(" ");
+    let script = format!(
+        "set -e\n{setup}\nexec setpriv {cred} \"$@\" check-config {cfg}",
+        cfg = cfg.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--net", "--ipc", "--propagation", "private"])
+        .args(["sh", "-c", &script, "sh"])
+        .arg(bin("codejail-broker"))
+        .env("CODEJAIL_LOG", "warn")
+        .stdin(Stdio::null());
+    for v in SYSTEMD_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.output().expect("unshare")
+}
+
+#[test]
+fn unit_hardening_keeps_jails_working() {
+    if !require_privileged("emulating the unit's sandboxing needs root (mount namespaces)") {
+        return;
+    }
+    let dir = work_dir("hardening");
+    let ids = next_ids();
+    let cfg = broker_config(dir.path(), &ids, "", None);
+    // What the unit keeps, as systemd sets it up (systemd.exec(5)):
+    //  ProtectSystem=strict: every mount read-only but /dev, /proc, /sys;
+    //  PrivateTmp=yes: a fresh /tmp (the venv and the config are under /var/tmp);
+    //  ProtectHome=yes: /home inaccessible;
+    //  PrivateNetwork=yes, PrivateIPC=yes: the unshare above;
+    //  NoNewPrivileges=yes, User=, the two capabilities: setpriv.
+    let hardened = r#"
+for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+    case $mp in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
+    mount -o remount,bind,ro "$mp" 2>/dev/null || mount --bind -o remount,ro "$mp"
+done
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+if [ -d /home ]; then mount -t tmpfs -o mode=000,ro tmpfs /home; fi
+"#;
+    let out = check_config_hardened(&cfg, &ids, hardened);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the unit's hardening must leave jails working: {}",
+        describe(&out)
+    );
+
+    // The control: ProtectKernelTunables-style read-only mounts over parts of /proc
+    // lock them in a jail's user namespace, and the kernel refuses the jail a fresh
+    // /proc; which is why the unit leaves those directives out.
+    let out = check_config_hardened(&cfg, &ids, "mount --bind -o ro /proc/sys /proc/sys");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a covered /proc must fail the self-test: {}",
+        describe(&out)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("mount proc"), "{report}");
+}
