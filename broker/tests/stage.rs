@@ -451,7 +451,7 @@ fn environment_is_only_tmpdir_and_the_plan() {
     };
     out.assert_ok();
     let expected = format!(
-        "b'TMPDIR=/tmp/{}/tmp\\x00OPENBLAS_NUM_THREADS=1\\x00'\n",
+        "b'TMPDIR=/workspace/{}/tmp\\x00OPENBLAS_NUM_THREADS=1\\x00'\n",
         plan.workdir_name
     );
     assert_eq!(out.stdout, expected);
@@ -635,9 +635,11 @@ fn hostile_names_are_refused_before_anything_is_built() {
             "{bad:?}: the stage went on"
         );
         assert_eq!(out.status.code(), Some(1));
-        assert!(!std::path::Path::new("/tmp")
-            .join(&plan.workdir_name)
-            .exists());
+        for host_dir in ["/tmp", "/workspace"] {
+            assert!(!std::path::Path::new(host_dir)
+                .join(&plan.workdir_name)
+                .exists());
+        }
     }
     let mut plan = python_plan("print('never')");
     plan.extra_files = vec![("sub/extra".into(), vec![])];
@@ -717,12 +719,14 @@ fn files_directories_and_extra_files_are_copied_into_a_private_tmpfs() {
         lines[4],
         "['extra.txt', 'jailed_code', 'pkg', 'run.sh', 'tmp']"
     );
-    assert!(
-        !std::path::Path::new("/tmp")
-            .join(&plan.workdir_name)
-            .exists(),
-        "the workspace must live only in the run's mount namespace"
-    );
+    for host_dir in ["/tmp", "/workspace"] {
+        assert!(
+            !std::path::Path::new(host_dir)
+                .join(&plan.workdir_name)
+                .exists(),
+            "the workspace must live only in the run's mount namespace"
+        );
+    }
 }
 
 #[test]

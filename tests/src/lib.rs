@@ -209,6 +209,28 @@ macro_rules! broker {
     };
 }
 
+/// How a broker under test is started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// `--dev` as a plain uid with no capabilities (a unique non-root uid when the tests
+    /// run as root, else the caller): every run maps the broker's own uid, no cgroups.
+    #[default]
+    Dev,
+    /// As production runs it (needs root to set up): the broker as a unique non-root uid
+    /// holding only CAP_SETUID and CAP_SETGID, ambient (what systemd's
+    /// `AmbientCapabilities=` gives; nothing else in its bounding set), started with
+    /// `setpriv`; per-run outside uids from a range of its own (`--run-ids`, see
+    /// [`TestBroker::run_ids`]); v1 memory and pids cgroup parents created and chowned
+    /// for it, required (`--cgroup-v1 ... --require-cgroups`), removed on drop.
+    Production,
+}
+
+/// How many per-run ids a production-shape broker gets.
+pub const PRODUCTION_RUN_IDS: u32 = 32;
+/// First per-run id of production-shape brokers: far above the broker uids, so that no
+/// broker's start-up sweep of its range can touch another test's broker or runs.
+const RUN_IDS_BASE: u32 = 1_000_000;
+
 /// Extra command-line options for a broker under test.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerOpts {
@@ -216,12 +238,27 @@ pub struct BrokerOpts {
     pub args: Vec<String>,
     /// Extra environment variables of the broker process.
     pub env: Vec<(String, String)>,
+    /// How the broker is started (default [`Shape::Dev`]).
+    pub shape: Shape,
 }
 
 impl BrokerOpts {
     /// No extra options.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Start the broker in this shape.
+    pub fn shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+
+    /// [`Shape::Production`]: ambient CAP_SETUID/CAP_SETGID only, per-run uids, v1
+    /// cgroups. Tests using it skip without root (fail under
+    /// `CODEJAIL_REQUIRE_PRIVILEGED=1`).
+    pub fn production_shape(self) -> Self {
+        self.shape(Shape::Production)
     }
 
     /// Append raw arguments.
@@ -282,6 +319,11 @@ pub struct TestBroker {
     socket: PathBuf,
     log: PathBuf,
     uid: Option<u32>,
+    shape: Shape,
+    /// Per-run outside ids `(first, count)` (production shape).
+    run_ids: Option<(u32, u32)>,
+    /// Dropped after the broker is stopped (fields drop after `Drop::drop`).
+    cgroups: Option<V1CgroupParents>,
 }
 
 impl TestBroker {
@@ -289,7 +331,7 @@ impl TestBroker {
     /// one; under `CODEJAIL_REQUIRE_PRIVILEGED=1` that is a failure instead.
     pub fn start_or_skip(opts: BrokerOpts) -> Option<TestBroker> {
         let uid = is_root().then(next_broker_uid);
-        if let Err(reason) = namespaces_usable(uid) {
+        if let Err(reason) = namespaces_usable(uid).and_then(|()| shape_usable(opts.shape)) {
             skip_or_fail(&reason);
             return None;
         }
@@ -305,7 +347,7 @@ impl TestBroker {
     /// exited (within [`START_TIMEOUT`]). `None` (a skip) as in [`Self::start_or_skip`].
     pub fn start_expecting_failure(opts: BrokerOpts) -> Option<(ExitStatus, String)> {
         let uid = is_root().then(next_broker_uid);
-        if let Err(reason) = namespaces_usable(uid) {
+        if let Err(reason) = namespaces_usable(uid).and_then(|()| shape_usable(opts.shape)) {
             skip_or_fail(&reason);
             return None;
         }
@@ -362,16 +404,52 @@ impl TestBroker {
         let log = root.path().join("broker.log");
         let log_file = File::create(&log).expect("create the broker log");
         let our_uid = nix::unistd::getuid().as_raw();
+        let (run_ids, cgroups) = match opts.shape {
+            Shape::Dev => (None, None),
+            Shape::Production => {
+                let uid = uid.expect("the production shape needs root (checked by shape_usable)");
+                let parents = V1CgroupParents::create(uid)
+                    .unwrap_or_else(|e| panic!("production shape: {e}"));
+                (Some(production_run_ids(uid)), Some(parents))
+            }
+        };
 
-        let mut cmd = Command::new(&broker);
+        let mut cmd = match (opts.shape, uid) {
+            (Shape::Production, Some(uid)) => {
+                // setpriv changes the ids itself, keeping exactly these two capabilities
+                // (inheritable, ambient, bounding), as systemd's AmbientCapabilities=
+                // does; it re-arms the parent-death signal after changing the ids.
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .args([
+                        "--inh-caps=-all,+setuid,+setgid",
+                        "--ambient-caps=-all,+setuid,+setgid",
+                        "--bounding-set=-all,+setuid,+setgid",
+                        "--pdeathsig",
+                        "SIGKILL",
+                    ])
+                    .arg(&broker);
+                c
+            }
+            _ => Command::new(&broker),
+        };
         cmd.arg("--dev")
             .arg("--socket")
             .arg(&socket)
             .arg("--python")
             .arg(python())
             .args(["--allow-uid", "0", "--allow-uid"])
-            .arg(our_uid.to_string())
-            .args(&opts.args)
+            .arg(our_uid.to_string());
+        if let (Some((first, count)), Some(parents)) = (run_ids, &cgroups) {
+            cmd.arg("--run-ids")
+                .arg(format!("{first}:{count}"))
+                .arg("--cgroup-v1")
+                .arg(parents.arg())
+                .arg("--require-cgroups");
+        }
+        cmd.args(&opts.args)
             .current_dir(&state_dir)
             // Anything the broker writes to a temp dir must show up here (the cleanup
             // tests check that nothing is left).
@@ -388,7 +466,7 @@ impl TestBroker {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup the log file"))
             .stderr(log_file);
-        if let Some(uid) = uid {
+        if let (Some(uid), Shape::Dev) = (uid, opts.shape) {
             // std clears the supplementary groups when it sets the uid as root.
             cmd.uid(uid).gid(uid);
         }
@@ -415,6 +493,9 @@ impl TestBroker {
             socket,
             log,
             uid,
+            shape: opts.shape,
+            run_ids,
+            cgroups,
         }
     }
 
@@ -455,6 +536,21 @@ impl TestBroker {
     /// The uid the broker runs as, when the harness chose one (running as root).
     pub fn uid(&self) -> Option<u32> {
         self.uid
+    }
+
+    /// How the broker was started.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The per-run outside uids/gids `first..first+count` (production shape only).
+    pub fn run_ids(&self) -> Option<std::ops::Range<u32>> {
+        self.run_ids.map(|(first, count)| first..first + count)
+    }
+
+    /// The v1 cgroup parents of its runs (production shape only).
+    pub fn cgroup_parents(&self) -> Option<&V1CgroupParents> {
+        self.cgroups.as_ref()
     }
 
     /// The broker's process id.
@@ -523,16 +619,20 @@ impl TestBroker {
         status
     }
 
-    /// Processes that run as the broker's uid besides the broker itself (its runs).
-    /// Empty when the broker runs as the caller (no uid of its own to scan).
+    /// Processes that run as the broker's uid besides the broker itself (its runs), or
+    /// (production shape) as one of its per-run uids. Empty when the broker runs as the
+    /// caller (no uid of its own to scan).
     pub fn stray_processes(&self) -> Vec<ProcInfo> {
         let Some(uid) = self.uid else {
             return Vec::new();
         };
         let me = self.child.id() as i32;
+        let range = self.run_ids();
         processes()
             .into_iter()
-            .filter(|p| p.uid == uid && p.pid != me)
+            .filter(|p| {
+                (p.uid == uid || range.as_ref().is_some_and(|r| r.contains(&p.uid))) && p.pid != me
+            })
             .collect()
     }
 
@@ -557,6 +657,149 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.terminate_within(Duration::from_secs(10));
+    }
+}
+
+/// Whether brokers of this shape can run here: the production shape needs root (to
+/// start the broker with `setpriv` and create its cgroup parents) and the v1 memory and
+/// pids hierarchies (what this project's hybrid hosts have).
+fn shape_usable(shape: Shape) -> Result<(), String> {
+    match shape {
+        Shape::Dev => Ok(()),
+        Shape::Production if !is_root() => Err(
+            "the production shape needs root (setpriv with ambient capabilities, chowned cgroup parents)"
+                .into(),
+        ),
+        Shape::Production => V1CgroupParents::own("memory")
+            .and(V1CgroupParents::own("pids"))
+            .map(|_| ())
+            .ok_or_else(|| {
+                "the production shape needs the v1 memory and pids cgroup hierarchies, which this host lacks"
+                    .into()
+            }),
+    }
+}
+
+/// The per-run id range of a production-shape broker of `uid`: its own, so that the
+/// start-up sweeps of concurrent brokers never meet.
+fn production_run_ids(uid: u32) -> (u32, u32) {
+    let slot = uid.saturating_sub(BROKER_UID_BASE);
+    (RUN_IDS_BASE + slot * PRODUCTION_RUN_IDS, PRODUCTION_RUN_IDS)
+}
+
+/// v1 memory and pids cgroup parents for one production-shape broker, created under
+/// this test process's own cgroups and owned by the broker's uid, as an operator sets
+/// them up (see `broker/tests/cgroup.rs`). Removed (with whatever run cgroups are left,
+/// their tasks killed) on drop.
+#[derive(Debug)]
+pub struct V1CgroupParents {
+    /// The memory parent.
+    pub memory: PathBuf,
+    /// The pids parent.
+    pub pids: PathBuf,
+}
+
+impl V1CgroupParents {
+    /// The directory of `controller`'s v1 hierarchy that holds this process.
+    fn own(controller: &str) -> Option<PathBuf> {
+        let mount = Path::new("/sys/fs/cgroup").join(controller);
+        let cgroup = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = cgroup.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+            list.split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })?;
+        let dir = mount.join(rel.trim_start_matches('/'));
+        dir.join("cgroup.procs").exists().then_some(dir)
+    }
+
+    /// Create both parents for a broker running as `uid` (needs root).
+    pub fn create(uid: u32) -> Result<V1CgroupParents, String> {
+        let (Some(memory), Some(pids)) = (Self::own("memory"), Self::own("pids")) else {
+            return Err("no v1 memory and pids hierarchies here".into());
+        };
+        let name = format!("codejail-test-{}-{uid}", std::process::id());
+        let parents = V1CgroupParents {
+            memory: memory.join(&name),
+            pids: pids.join(&name),
+        };
+        for dir in [&parents.memory, &parents.pids] {
+            // A leftover of a killed earlier test process with the same pid.
+            if dir.exists() {
+                remove_cgroup(dir);
+            }
+            fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+            // The broker creates the run cgroups itself; the parent's own files are
+            // chowned as `chown -R` would.
+            let id = Some(uid.into());
+            nix::unistd::chown(dir, id, Some(uid.into()))
+                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+            for entry in fs::read_dir(dir)
+                .map_err(|e| format!("read {}: {e}", dir.display()))?
+                .flatten()
+            {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    nix::unistd::chown(&entry.path(), id, Some(uid.into()))
+                        .map_err(|e| format!("chown {}: {e}", entry.path().display()))?;
+                }
+            }
+        }
+        Ok(parents)
+    }
+
+    /// The `--cgroup-v1` argument.
+    pub fn arg(&self) -> String {
+        format!("{},{}", self.memory.display(), self.pids.display())
+    }
+
+    /// Run cgroups (`run-*`) left under either parent.
+    pub fn leftover_runs(&self) -> Vec<PathBuf> {
+        [&self.memory, &self.pids]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+impl Drop for V1CgroupParents {
+    fn drop(&mut self) {
+        for dir in [&self.memory, &self.pids] {
+            let children: Vec<PathBuf> = fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            for child in children.iter().chain(std::iter::once(dir)) {
+                remove_cgroup(child);
+            }
+        }
+    }
+}
+
+/// Kill whatever is in a cgroup and rmdir it (test clean-up; retries while tasks exit).
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() && Instant::now() < deadline {
+        for pid in fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -577,7 +577,10 @@ fn apparmor_profiles_parse() {
     let userns = fs::read_to_string(aa.join("optional/codejail-userns")).expect("snippet");
     assert!(userns.lines().any(|l| l.trim() == "userns,"));
     let sandbox = fs::read_to_string(aa.join("codejail-sandbox")).expect("profile");
-    for rule in ["deny network,", "owner /tmp/codejail-[0-9]*/tmp/** rwk,"] {
+    for rule in [
+        "deny network,",
+        "owner /workspace/codejail-[0-9]*/tmp/** rwk,",
+    ] {
         assert!(sandbox.contains(rule), "sandbox profile: {rule}");
     }
     // Where the parser has the userns rule (AppArmor >= 4), with it included.

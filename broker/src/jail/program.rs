@@ -205,9 +205,9 @@ mod tests {
             .collect();
         assert_eq!(
             env,
-            ["TMPDIR=/tmp/codejail-7/tmp", "OPENBLAS_NUM_THREADS=1"]
+            ["TMPDIR=/workspace/codejail-7/tmp", "OPENBLAS_NUM_THREADS=1"]
         );
-        assert_eq!(spec.workdir.to_str(), Ok("/tmp/codejail-7"));
+        assert_eq!(spec.workdir.to_str(), Ok("/workspace/codejail-7"));
         assert_eq!(spec.argv.len(), 4);
     }
 

@@ -9,7 +9,14 @@
 //! | `/etc` | the host's, read-only, so that reading `/etc/passwd` gives upstream's `EACCES` from Landlock rather than `ENOENT` (only `ld.so.cache` and `localtime` get a Landlock rule) |
 //! | `/dev/{null,zero,random,urandom}` | bind mounts of the host's nodes, and the usual `/dev/fd`, `/dev/std*` links |
 //! | `/proc` | a fresh procfs of the run's pid namespace (mounted by the init) |
-//! | `/tmp` | the run's workspace tmpfs, size and inodes capped (`workspace`) |
+//! | `/workspace` | the run's workspace tmpfs, size and inodes capped (`workspace`) |
+//! | anything else the host has beside these | an empty directory with mode 0 |
+//!
+//! The masks make every host path outside the view fail with `EACCES` at lookup,
+//! as upstream's AppArmor profile makes them fail: reading through a copied symlink
+//! to a host file that was not copied, or listing `/tmp` or `/home`, gives
+//! "Permission denied" rather than "No such file or directory". The program cannot
+//! chmod them (the skeleton is read-only), and Landlock denies them anyway.
 //!
 //! The skeleton tmpfs is remounted read-only once the workspace is populated. Mount
 //! flags the kernel locked on the host's mounts (nosuid, nodev, noexec, atime) must be
@@ -26,8 +33,14 @@ use nix::unistd::{chdir, pivot_root};
 use super::error::JailError;
 use super::plan::Plan;
 
-/// Where the workspace tmpfs is mounted inside the new root.
-pub(crate) const WORKSPACE_MOUNT: &str = "/tmp";
+/// Where the workspace tmpfs is mounted inside the new root. Not `/tmp`: the host's
+/// `/tmp` is masked like every host path outside the view (see [`mask_host_entries`]),
+/// so a copied symlink into it fails with upstream's `EACCES`.
+pub(crate) const WORKSPACE_MOUNT: &str = "/workspace";
+
+/// At most this many host entries of one directory are masked (the skeleton tmpfs
+/// has 4096 inodes); past that, the rest are simply absent (`ENOENT`).
+const MASK_LIMIT: usize = 512;
 
 /// Top-level host entries exposed when they exist: directories are bound read-only,
 /// symlinks (merged /usr: `/lib -> usr/lib`) are recreated as the same symlinks.
@@ -141,7 +154,7 @@ pub(crate) fn extra_ro_paths(plan: &Plan) -> Vec<PathBuf> {
 }
 
 /// Build the skeleton at the plan's mount point (a host directory, hidden by it in the
-/// run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`, and
+/// run's namespace), bind everything in, mount the workspace tmpfs on its `/workspace`, and
 /// `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
 pub(crate) fn build_and_enter(
     plan: &Plan,
@@ -201,12 +214,22 @@ pub(crate) fn build_and_enter(
         let dst = dev.join(name);
         std::os::unix::fs::symlink(target, &dst).map_err(io_err("symlink", &dst))?;
     }
-    for dir in ["proc", "tmp"] {
-        let dst = root.join(dir);
+    let ws = root.join(WORKSPACE_MOUNT.trim_start_matches('/'));
+    for dst in [root.join("proc"), ws.clone()] {
         std::fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
     }
+    // Mask what the host has beside the view: at the top, and beside each directory
+    // on the way to a read-only path (`/var/tmp/venv` masks `/var/log`, ...).
+    mask_host_entries(Path::new("/"), &root)?;
+    for host in extra_ro_paths(plan) {
+        for ancestor in host.ancestors().skip(1) {
+            if ancestor != Path::new("/") {
+                let rel = ancestor.strip_prefix("/").unwrap_or(ancestor);
+                mask_host_entries(ancestor, &root.join(rel))?;
+            }
+        }
+    }
     // The workspace: its own capped tmpfs.
-    let ws = root.join(WORKSPACE_MOUNT.trim_start_matches('/'));
     mount_workspace(&ws.to_string_lossy())?;
     // procfs now, while the host's /proc is still in this namespace (see `mounts`).
     mount_proc(&root.join("proc").to_string_lossy())?;
@@ -216,6 +239,26 @@ pub(crate) fn build_and_enter(
     pivot_root(".", ".").map_err(mount_err("pivot_root", &root))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(mount_err("detach old root", Path::new("/")))?;
     chdir("/").map_err(mount_err("chdir", Path::new("/")))?;
+    Ok(())
+}
+
+/// For each entry of the host directory `host` that the skeleton directory `skel`
+/// lacks, create an empty directory with mode 0 in `skel`: a lookup through it fails
+/// with `EACCES` (no search permission, and no capability to override it).
+fn mask_host_entries(host: &Path, skel: &Path) -> Result<(), JailError> {
+    let Ok(entries) = std::fs::read_dir(host) else {
+        // Unreadable to the run's uid: nothing to mask by name.
+        return Ok(());
+    };
+    for entry in entries.flatten().take(MASK_LIMIT) {
+        let dst = skel.join(entry.file_name());
+        if std::fs::symlink_metadata(&dst).is_ok() {
+            continue;
+        }
+        std::fs::create_dir(&dst).map_err(io_err("mkdir mask", &dst))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o000))
+            .map_err(io_err("chmod mask", &dst))?;
+    }
     Ok(())
 }
 
