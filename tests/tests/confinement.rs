@@ -837,6 +837,7 @@ async fn broker_and_host_processes_are_invisible_and_unsignalable(shape: Shape) 
             except OSError:
                 pass
         R["broker visible"] = repr(any(b"codejail-broker" in c for c in cmdlines))
+        R["init cmdline"] = repr(open("/proc/1/cmdline", "rb").read())
         R["ppid"] = repr(os.getppid())
         attempt("probe broker", lambda: os.kill(@BPID@, 0))
         attempt("kill broker", lambda: os.kill(@BPID@, signal.SIGKILL))
@@ -857,6 +858,8 @@ async fn broker_and_host_processes_are_invisible_and_unsignalable(shape: Shape) 
     // The run's init (PID 1) and the program (PID 2), nothing of the host.
     expect(&r, "pids", &["[1, 2]"]);
     expect(&r, "broker visible", &["False"]);
+    // The init's argv is a plain name, not the host path of the stage binary.
+    expect(&r, "init cmdline", &["b'codejail-jail\\x00'"]);
     expect(&r, "ppid", &["1"]);
     expect(&r, "probe broker", &["ESRCH"]);
     expect(&r, "kill broker", &["ESRCH"]);

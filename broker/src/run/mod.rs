@@ -175,7 +175,10 @@ async fn execute_in(
     let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
 
     let mut cmd = tokio::process::Command::new(&spec.stage);
-    cmd.env_clear()
+    // The run's init keeps this argv: a plain name, not the host path of the binary,
+    // is what the program sees in /proc/1/cmdline.
+    cmd.arg0("codejail-jail")
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
