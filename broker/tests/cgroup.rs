@@ -384,11 +384,23 @@ async fn exec(b: &Broker, code: &str, limits: &[(&str, u64)]) -> Outcome {
                 Response::Stdout(c) => stdout.extend(c),
                 Response::Stderr(c) => stderr.extend(c),
                 Response::Finished(fin) => {
+                    // The broker takes the next request of a connection only once the
+                    // previous run is cleaned up (cgroup removed, uid returned): a
+                    // Status round trip makes the checks after this call exact.
+                    f.send(Bytes::from(encode(&Request::Status).expect("encode")))
+                        .await
+                        .expect("send status");
+                    loop {
+                        let frame = f.next().await.expect("a response").expect("a frame");
+                        if let Response::Status(_) = decode(&frame).expect("decode") {
+                            break;
+                        }
+                    }
                     return Outcome {
                         stdout: String::from_utf8_lossy(&stdout).into_owned(),
                         stderr: String::from_utf8_lossy(&stderr).into_owned(),
                         fin,
-                    }
+                    };
                 }
                 Response::Error { kind, message } => {
                     panic!("run failed: {kind:?}: {message}\nbroker log:\n{}", b.log())

@@ -8,8 +8,11 @@
 //! 1. client -> broker: [`Hello`] (frozen forever: any version can read it);
 //! 2. broker -> client: [`Welcome`] (its first three fields are frozen forever, so any
 //!    client can read the broker's version and a refusal, see [`WelcomeHead`]);
-//! 3. then any number of [`Request`]s, each answered by a stream of [`Response`]s that
-//!    ends with [`Response::Finished`], [`Response::Error`] or [`Response::Status`].
+//! 3. then any number of [`Request`]s, one at a time, each answered by a stream of
+//!    [`Response`]s that ends with [`Response::Finished`], [`Response::Error`] or
+//!    [`Response::Status`]. The broker reads a connection's next request only once the
+//!    previous run is cleaned up (its cgroup removed, its uid back in the pool); a
+//!    frame sent while a run is in progress cancels that run.
 
 use std::collections::BTreeMap;
 use std::fmt;

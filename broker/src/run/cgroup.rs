@@ -857,6 +857,16 @@ pub struct RunCgroup {
     removed: bool,
 }
 
+/// Write `pid` to `cgroup.procs` of each directory.
+fn move_into(fs: &dyn CgroupFs, dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
+    for dir in dirs {
+        let path = dir.join("cgroup.procs");
+        fs.write(&path, &pid.to_string())
+            .map_err(|source| CgroupError::MoveProcess { pid, path, source })?;
+    }
+    Ok(())
+}
+
 impl RunCgroup {
     /// The run's cgroup directories.
     pub fn dirs(&self) -> &[PathBuf] {
@@ -866,13 +876,23 @@ impl RunCgroup {
     /// Move process `pid` (the just-spawned stage, still blocked on its control pipe)
     /// into the run's cgroup(s). The whole thread group moves (`cgroup.procs`).
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        for dir in &self.dirs {
-            let path = dir.join("cgroup.procs");
-            self.fs
-                .write(&path, &pid.to_string())
-                .map_err(|source| CgroupError::MoveProcess { pid, path, source })?;
-        }
-        Ok(())
+        move_into(self.fs.as_ref(), &self.dirs, pid)
+    }
+
+    /// [`RunCgroup::add_process`] off the async runtime's threads: a migration waits
+    /// for an RCU grace period in the kernel (about 10 ms measured on v1 memory here),
+    /// which must not stall every other connection served by that thread.
+    pub async fn add_process_async(&self, pid: u32) -> Result<(), CgroupError> {
+        let (fs, dirs) = (self.fs.clone(), self.dirs.clone());
+        tokio::task::spawn_blocking(move || move_into(fs.as_ref(), &dirs, pid))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CgroupError::MoveProcess {
+                    pid,
+                    path: PathBuf::from("cgroup.procs"),
+                    source: io::Error::other(e.to_string()),
+                })
+            })
     }
 
     /// SIGKILL every process of the run: v2 writes `cgroup.kill`, which the kernel

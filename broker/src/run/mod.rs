@@ -136,32 +136,61 @@ impl OutputCap {
     }
 }
 
+/// What is left of a run once its result is known: its cgroup, to be removed (which
+/// also checks that no task is left in it). Kept apart from [`execute`]'s result so the
+/// caller can answer its client first and clean up after, before it frees the run's
+/// slot and uid.
+#[must_use = "a run's cgroup is removed by Cleanup::finish"]
+#[derive(Debug)]
+pub struct Cleanup {
+    run_id: u64,
+    cgroup: Option<RunCgroup>,
+}
+
+impl Cleanup {
+    /// Remove the run's cgroup (kill what is left, rmdir, retrying while exiting tasks
+    /// still hold it).
+    pub async fn finish(self) {
+        if let Some(cg) = self.cgroup {
+            // The run's processes are gone once the cgroup can be removed (rmdir fails
+            // with EBUSY while any task is left): this is the check, not an assumption.
+            if let Err(e) = cg.remove().await {
+                tracing::error!(run_id = self.run_id, error = %e, "run cgroup not removed");
+            }
+        }
+    }
+}
+
 /// Run one program in a fresh jail. Output chunks go to `out` as they are read;
 /// `cancel` resolving (e.g. the client went away) ends the run at once. Returns once
-/// the stage has been reaped and the run's cgroup (if any) is empty and removed.
+/// the stage has been reaped (so every process of the run's pid namespace is gone),
+/// with the [`Cleanup`] still to do.
 pub async fn execute(
     spec: RunSpec,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
-) -> Result<RunResult, RunError> {
+) -> (Result<RunResult, RunError>, Cleanup) {
     // The cgroup first, caps written, so that the stage is charged from its start.
     let limits = spec.cgroups.limits_for(
         spec.limits.effective(LimitName::Memory),
         spec.limits.effective(LimitName::Nproc),
     );
-    let cgroup = spec
-        .cgroups
-        .create_run(spec.run_id, limits)
-        .map_err(RunError::Cgroup)?;
-    let result = execute_in(&spec, cgroup.as_ref(), out, cancel).await;
-    if let Some(cg) = cgroup {
-        // The run's processes are gone once the cgroup can be removed (rmdir fails
-        // with EBUSY while any task is left): this is the check, not an assumption.
-        if let Err(e) = cg.remove().await {
-            tracing::error!(run_id = spec.run_id, error = %e, "run cgroup not removed");
+    let cgroup = match spec.cgroups.create_run(spec.run_id, limits) {
+        Ok(cg) => cg,
+        Err(e) => {
+            let none = Cleanup {
+                run_id: spec.run_id,
+                cgroup: None,
+            };
+            return (Err(RunError::Cgroup(e)), none);
         }
-    }
-    result
+    };
+    let result = execute_in(&spec, cgroup.as_ref(), out, cancel).await;
+    let cleanup = Cleanup {
+        run_id: spec.run_id,
+        cgroup,
+    };
+    (result, cleanup)
 }
 
 async fn execute_in(
@@ -203,7 +232,7 @@ async fn execute_in(
     // Into the run's cgroup while the stage is still blocked on its control pipe
     // (nothing sent yet): everything the run does from here on is charged there.
     if let Some(cg) = cgroup {
-        if let Err(e) = cg.add_process(pid) {
+        if let Err(e) = cg.add_process_async(pid).await {
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(RunError::Cgroup(e));

@@ -358,7 +358,7 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
     let run = run::execute(spec, out_tx, cancel.clone().cancelled_owned());
     tokio::pin!(run);
     let mut client_alive = true;
-    let result = loop {
+    let (result, cleanup) = loop {
         tokio::select! {
             r = &mut run => break r,
             Some(chunk) = out_rx.recv() => {
@@ -414,9 +414,11 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
             client_alive && send_error(tx, ErrorKind::JailFailed, e.to_string()).await
         }
     };
-    // The uid goes back to the pool once none of its processes is left (checked, and
-    // leftovers killed), and before the slot is freed at the end of this function, so
-    // that a slot always finds a free uid.
+    // The client has its answer; the cgroup goes now, then the uid goes back to the
+    // pool once none of its processes is left (checked, and leftovers killed), both
+    // before the slot is freed at the end of this function, so that a slot always
+    // finds a free uid.
+    cleanup.finish().await;
     if let Some(l) = lease {
         l.release().await;
     }

@@ -57,7 +57,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("private tmpfs as the run's /tmp, size and inodes capped by TMP; workdir read-only to the program, tmp/ writable"),
+            probe_detail("private tmpfs at /workspace in the run's view, size and inodes capped by TMP; workdir read-only to the program, tmp/ writable"),
         ),
     );
     layers.insert(

@@ -84,8 +84,9 @@ pub async fn probe(shared: &Shared) -> Probe {
         }
         (out, err)
     };
-    let (result, (out, err)) =
+    let ((result, cleanup), (out, err)) =
         tokio::join!(run::execute(spec, tx, std::future::pending()), collect);
+    cleanup.finish().await;
     if let Some(l) = lease {
         l.release().await;
     }
