@@ -68,21 +68,22 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
         Ok(Some(Err(e))) => Some(format!("malformed Hello frame: {e}")),
         Ok(Some(Ok(body))) => check_hello(&body, &peer, &shared.settings),
     };
+    // Logged before the answer, so the log line exists by the time the peer hears it.
+    if let Some(reason) = &refusal {
+        tracing::warn!(peer_uid, %reason, "connection refused");
+    }
+    let refused = refusal.is_some();
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
         broker_version: env!("CARGO_PKG_VERSION").to_string(),
-        refused: refusal.clone(),
+        refused: refusal,
         status: shared.status(),
     };
     let sent = match encode(&welcome) {
         Ok(body) => tx.send(Bytes::from(body)).await.is_ok(),
         Err(_) => false,
     };
-    if let Some(reason) = refusal {
-        tracing::warn!(peer_uid, %reason, "connection refused");
-        return;
-    }
-    if !sent {
+    if refused || !sent {
         return;
     }
 
