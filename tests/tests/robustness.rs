@@ -585,6 +585,37 @@ async fn client_disconnecting_mid_run_cancels_it() {
     assert_still_serving(&b).await;
 }
 
+/// A client that stops reading cannot stretch its run past REALTIME: the run is killed
+/// on time while the client still holds its connection (its frames back up in the
+/// socket), and the broker keeps serving others.
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_outlast_realtime() {
+    let b = broker!();
+    let marker = unique_marker("stalled");
+    let (mut conn, _) = RawConn::handshake(b.socket()).await;
+    let mut exec = raw_python(
+        "
+        import sys
+        chunk = b'x' * 65536
+        while True:
+            sys.stdout.buffer.write(chunk)
+    ",
+    );
+    exec.argv = vec![marker.clone()];
+    // OUTPUT 0: no cap, so the output backs up to the program instead of being dropped.
+    exec.limits = limits(&[("REALTIME", 2), ("CPU", 30), ("OUTPUT", 0)]);
+    conn.exec(exec).await;
+    // From here on the client never reads.
+    assert!(
+        wait_until(Duration::from_secs(5), || !processes_with(&marker)
+            .is_empty()),
+        "the running program should be visible in /proc"
+    );
+    assert_nothing_left(&b, &marker);
+    assert_still_serving(&b).await;
+    drop(conn);
+}
+
 #[tokio::test]
 async fn daemonized_grandchild_dies_with_the_run() {
     let b = broker!();

@@ -473,7 +473,10 @@ fn limit_hit(
     truncated: bool,
     stats: &CgroupStats,
 ) -> Option<&'static str> {
-    let cpu_limit_ms = spec.limits.effective(LimitName::Cpu).map(|s| s * 1000);
+    let cpu_limit_ms = spec
+        .limits
+        .effective(LimitName::Cpu)
+        .map(|s| s.saturating_mul(1000));
     let failed = status != 0;
     let hit = match (ended, signal) {
         (Some(Ended::Realtime), _) => LimitName::Realtime,

@@ -37,9 +37,18 @@ type Rx = SplitStream<Framed<UnixStream, LengthDelimitedCodec>>;
 /// An error to send to the peer.
 pub(crate) struct Refuse(pub(crate) ErrorKind, pub(crate) String);
 
+/// How long one frame may take to reach a client. A client that stops reading is
+/// treated as gone (its run is cancelled) rather than holding a slot, a uid and a
+/// cgroup for as long as it likes.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Send one response; `false` when the client is gone or not reading.
 async fn send(tx: &mut Tx, resp: &Response) -> bool {
     match encode(resp) {
-        Ok(body) => tx.send(Bytes::from(body)).await.is_ok(),
+        Ok(body) => matches!(
+            tokio::time::timeout(SEND_TIMEOUT, tx.send(Bytes::from(body))).await,
+            Ok(Ok(()))
+        ),
         Err(_) => false,
     }
 }
@@ -234,8 +243,8 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             nproc: limits.effective(LimitName::Nproc),
             // The tmpfs holds the copied files too: the TMP limit is what the program
             // may add on top of them.
-            tmp_bytes: tmp.map(|t| t + file_bytes),
-            tmp_inodes: tmp.map(|t| (t / 4096).max(1024) + entries),
+            tmp_bytes: tmp.map(|t| t.saturating_add(file_bytes)),
+            tmp_inodes: tmp.map(|t| (t / 4096).max(1024).saturating_add(entries)),
         },
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
@@ -356,10 +365,12 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
     let run_uid = spec.identity.outer_uid;
     let cancel = shared.kill_runs.child_token();
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
-    let run = run::execute(spec, out_tx, cancel.clone().cancelled_owned());
-    tokio::pin!(run);
+    // The run goes on in its own task, so that its REALTIME timer and output pumps
+    // never wait on this client: a slow or stalled reader delays only its own frames
+    // (and is dropped after SEND_TIMEOUT), never the enforcement of its limits.
+    let mut run = tokio::spawn(run::execute(spec, out_tx, cancel.clone().cancelled_owned()));
     let mut client_alive = true;
-    let (result, cleanup) = loop {
+    let joined = loop {
         tokio::select! {
             r = &mut run => break r,
             Some(chunk) = out_rx.recv() => {
@@ -382,6 +393,23 @@ async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer
             client_alive = false;
         }
     }
+    let (result, cleanup) = match joined {
+        Ok(done) => done,
+        Err(e) => {
+            // The run task panicked: a bug, answered as an internal error.
+            tracing::error!(run_id, slug, peer_uid, error = %e, "run task failed");
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            return client_alive
+                && send_error(
+                    tx,
+                    ErrorKind::Internal,
+                    "the run failed inside the broker".into(),
+                )
+                .await;
+        }
+    };
     let alive = match result {
         Ok(result) => {
             let fin = result.finished;
