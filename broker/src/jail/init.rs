@@ -97,18 +97,23 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Forked::Parent(pid) => pid,
     };
     // The stage asks us to end the run (REALTIME, cancel) with SIGTERM, so that we
-    // can reap the run's processes ourselves and report what they used.
-    sys::install_terminate_handler().map_err(JailError::Reap)?;
-    // Reap everything (orphans are re-parented to us) until the program itself ends.
+    // can reap the run's processes ourselves and report what they used. SIGTERM and
+    // SIGCHLD are blocked and taken synchronously, so neither can be missed.
+    sys::block_init_signals().map_err(JailError::Reap)?;
     loop {
-        if sys::terminate_requested() {
-            return terminate_run();
+        // Reap everything that has ended (orphans are re-parented to us) until the
+        // program itself has.
+        loop {
+            match sys::wait4_nohang() {
+                Ok(Some(reaped)) if reaped.pid == program => return Ok(exit_report(&reaped)),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(JailError::Reap(e)),
+            }
         }
-        match sys::wait4_once() {
-            Ok(reaped) if reaped.pid == program => return Ok(exit_report(&reaped)),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(JailError::Reap(e)),
+        if sys::wait_init_signal().map_err(JailError::Reap)? {
+            return terminate_run();
         }
     }
 }

@@ -190,33 +190,45 @@ pub(crate) fn wait4_pid(which: libc::pid_t) -> io::Result<Reaped> {
     }
 }
 
-/// Set by the init's SIGTERM handler: the stage asks the init to end the run.
-static TERMINATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_terminate(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    TERMINATE.store(true, std::sync::atomic::Ordering::SeqCst);
+/// The signals the init takes synchronously: the stage's request to end the run
+/// (SIGTERM) and a child's end (SIGCHLD).
+fn init_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGCHLD);
+    set
 }
 
-/// Install the init's SIGTERM handler, without SA_RESTART so that a blocking `wait4`
-/// returns `EINTR` when it fires. (PID 1 of a namespace gets no signal it has no
-/// handler for, so before this the stage's SIGTERM is simply ignored.)
-pub(crate) fn install_terminate_handler() -> io::Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_terminate),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGTERM, &action) }
-        .map(|_| ())
-        .map_err(io::Error::from)
+/// Block SIGTERM and SIGCHLD in the init, to be taken with [`wait_init_signal`]: a
+/// blocked signal stays pending, so none can slip between a check and a wait. (PID 1
+/// of a namespace discards signals it neither handles nor blocks.)
+pub(crate) fn block_init_signals() -> io::Result<()> {
+    init_signals().thread_block().map_err(io::Error::from)
 }
 
-/// Whether the stage has asked the init to end the run.
-pub(crate) fn terminate_requested() -> bool {
-    TERMINATE.load(std::sync::atomic::Ordering::SeqCst)
+/// Wait for SIGTERM or SIGCHLD (blocked by [`block_init_signals`]); `true` for SIGTERM.
+pub(crate) fn wait_init_signal() -> io::Result<bool> {
+    let sig = init_signals().wait().map_err(io::Error::from)?;
+    Ok(sig == nix::sys::signal::Signal::SIGTERM)
+}
+
+/// `wait4(-1, WNOHANG)`: a child that has ended, if any (`None` when none has).
+pub(crate) fn wait4_nohang() -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    let mut rusage = zeroed_rusage();
+    // SAFETY: `status` and `rusage` are valid, writable and correctly typed for the
+    // duration of the call.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut rusage) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(Reaped {
+            pid,
+            status,
+            rusage,
+        })),
+    }
 }
 
 /// One `wait4(-1)`, returning `EINTR` (as `ErrorKind::Interrupted`) instead of retrying.
