@@ -91,9 +91,23 @@ impl fmt::Display for LimitName {
 }
 
 /// A limit name that is not known.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown limit {0:?} (known: CPU, REALTIME, VMEM, FSIZE, NPROC, OUTPUT, TMP, MEMORY)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownLimit(pub String);
+
+impl fmt::Display for UnknownLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown limit {:?} (known: ", self.0)?;
+        for (i, name) in LimitName::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name.as_str())?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for UnknownLimit {}
 
 impl FromStr for LimitName {
     type Err = UnknownLimit;

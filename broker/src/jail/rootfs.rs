@@ -48,6 +48,10 @@ const SYSTEM_ENTRIES: [&str; 8] = [
     "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
 ];
 
+/// The system entries the program may read and execute (all but `etc`, which is in
+/// the view only to be denied): the bind mounts and the Landlock rules agree.
+const EXEC_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
 /// Device nodes bound from the host. Everything else in /dev is absent.
 pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 
@@ -187,9 +191,10 @@ pub(crate) fn build_and_enter(
         }
     }
     // The sandbox environment and package dirs outside /usr.
-    for host in extra_ro_paths(plan) {
-        let dst = make_dirs(&root, &host)?;
-        bind_read_only(&host, &dst)?;
+    let extra = extra_ro_paths(plan);
+    for host in &extra {
+        let dst = make_dirs(&root, host)?;
+        bind_read_only(host, &dst)?;
     }
     // A minimal /dev: four nodes bound from the host (mknod is not allowed in a user
     // namespace, and a tmpfs mounted there is nodev anyway), plus the usual links.
@@ -221,7 +226,7 @@ pub(crate) fn build_and_enter(
     // Mask what the host has beside the view: at the top, and beside each directory
     // on the way to a read-only path (`/var/tmp/venv` masks `/var/log`, ...).
     mask_host_entries(Path::new("/"), &root)?;
-    for host in extra_ro_paths(plan) {
+    for host in &extra {
         for ancestor in host.ancestors().skip(1) {
             if ancestor != Path::new("/") {
                 let rel = ancestor.strip_prefix("/").unwrap_or(ancestor);
@@ -277,7 +282,7 @@ pub(crate) fn seal_root() -> Result<(), JailError> {
 
 /// The Landlock rules for this view (paths as the program sees them).
 pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rules {
-    let mut read_exec: Vec<PathBuf> = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+    let mut read_exec: Vec<PathBuf> = EXEC_ENTRIES
         .iter()
         .map(|e| Path::new("/").join(e))
         .collect();
