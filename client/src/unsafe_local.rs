@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use codejail_protocol::validate::check_exec_names;
-use codejail_protocol::{EntryKind, Exec};
+use codejail_protocol::{upstream_status, EntryKind, Exec};
 
 use crate::pyjson::{Dict, Value};
 use crate::safe_exec::{
@@ -149,11 +149,7 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
         child.wait_with_output()
     })
     .map_err(local(format!("wait for {}", python.display())))?;
-    let status = match (output.status.code(), output.status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => -signal,
-        (None, None) => -1,
-    };
+    let status = upstream_status(output.status.code(), output.status.signal());
     Ok(JailResult {
         stdout: output.stdout,
         stderr: output.stderr,

@@ -26,7 +26,7 @@ mod rlimits;
 mod rootfs;
 pub mod seccomp;
 pub mod stage;
-mod sys;
+pub(crate) mod sys;
 mod userns;
 mod workspace;
 

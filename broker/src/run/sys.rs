@@ -83,18 +83,8 @@ pub fn is_dumpable() -> io::Result<bool> {
     Ok(r != 0)
 }
 
-/// A pidfd for `pid` (pidfd_open(2), Linux 5.3): a handle that keeps naming the same
-/// process even if the pid is reused after it died.
-pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a raw syscall with integer arguments; on success the kernel returns a
-    // new fd that nothing else owns.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pidfd_open just returned this fd (it fits an int: fds are ints).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
+/// A pidfd for `pid` (pidfd_open(2)): the jail stage's wrapper, one for the crate.
+pub(crate) use crate::jail::sys::pidfd_open;
 
 /// Send `signal` to the process a pidfd names (pidfd_send_signal(2), Linux 5.1).
 /// `ESRCH` when it has exited meanwhile.
