@@ -170,6 +170,10 @@ pub struct CommandConfig {
     /// Extra host directories the program may read (e.g. sandbox packages); the
     /// interpreter's own environment is always included.
     pub ro_paths: Option<Vec<PathBuf>>,
+    /// Let the program's processes exec other programs after its start (default
+    /// false: every later `execve` fails with `EACCES`, as under upstream's AppArmor
+    /// profile). For graders that legitimately spawn.
+    pub allow_exec: Option<bool>,
 }
 
 /// `[limits]`.
@@ -198,6 +202,8 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     /// Host directories exposed read-only in the run's view (besides /usr, /lib*).
     pub ro_paths: Vec<PathBuf>,
+    /// Whether the program may exec after its own start.
+    pub allow_exec: bool,
 }
 
 impl CommandSpec {
@@ -209,6 +215,7 @@ impl CommandSpec {
             bin,
             args: vec!["-E".into(), "-B".into()],
             env: python_env(),
+            allow_exec: false,
         }
     }
 }
@@ -237,6 +244,36 @@ fn python_env() -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// Refuse commands whose interpreter or read-only paths the jail cannot show: inside
+/// each jail `/tmp` is the run's private workspace, and on the host the run's root is
+/// built over `tmpfs_mount`, which hides what lies below it in the run's mount
+/// namespace. Either would make every run fail at `execve` ("Permission denied");
+/// saying so at start-up names the cause and the fix instead.
+fn check_ro_paths_visible(
+    commands: &BTreeMap<String, CommandSpec>,
+    tmpfs_mount: &Path,
+) -> Result<(), ConfigError> {
+    for (name, spec) in commands {
+        let hidden = std::iter::once(&spec.bin)
+            .chain(&spec.ro_paths)
+            .find(|p| p.starts_with("/tmp") || p.starts_with(tmpfs_mount));
+        if let Some(p) = hidden {
+            return Err(invalid(
+                format!("commands.{name}"),
+                format!(
+                    "{} is under /tmp or tmpfs_mount ({}): inside the jail /tmp is the run's \
+                     private workspace and the host's view below tmpfs_mount is hidden, so \
+                     the program could not be run; put the interpreter's environment \
+                     elsewhere (e.g. /var/tmp or /opt) or set tmpfs_mount to another directory",
+                    p.display(),
+                    tmpfs_mount.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why a request's limits were refused.
@@ -645,8 +682,10 @@ impl Settings {
                     bin: c.bin.clone(),
                     args: vec![],
                     env: vec![],
+                    allow_exec: false,
                 }
             };
+            spec.allow_exec = c.allow_exec.unwrap_or(false);
             if let Some(args) = &c.args {
                 spec.args = args.clone();
             }
@@ -673,6 +712,11 @@ impl Settings {
             }
             commands.insert(name.clone(), spec);
         }
+        let tmpfs_mount = cfg
+            .tmpfs_mount
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        check_ro_paths_visible(&commands, &tmpfs_mount)?;
         if commands.is_empty() {
             return Err(invalid(
                 "commands",
@@ -716,10 +760,7 @@ impl Settings {
             identity,
             run_ids,
             cgroup,
-            tmpfs_mount: cfg
-                .tmpfs_mount
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/tmp")),
+            tmpfs_mount,
             commands,
             limits: LimitPolicy::new(&cfg.limits)?,
             allowed_gids: cfg.allowed_gids.iter().copied().collect(),

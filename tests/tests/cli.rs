@@ -437,3 +437,56 @@ fn status_json_shape_and_exit_code() {
     assert_eq!(plain.status.code(), Some(expected), "{}", describe(&plain));
     assert!(!plain.stdout.is_empty(), "status prints a report");
 }
+
+/// An interpreter under the host's `/tmp` cannot be shown in a jail (there `/tmp` is
+/// the run's private workspace): the broker refuses it at start-up, naming the path,
+/// the reason and the fix, instead of failing every run at `execve`. Both from a
+/// config (`check-config`: 2, invalid, the key named) and with `--dev --python`.
+#[test]
+fn an_interpreter_under_tmp_is_refused_at_start_up_with_the_fix() {
+    let dir = tempfile::Builder::new()
+        .prefix("codejail-venv-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).expect("mkdir");
+    let python = bin_dir.join("python");
+    std::os::unix::fs::symlink(codejail_tests::python(), &python).expect("symlink");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[commands.python]\nbin = \"{}\"\n[cgroup]\nmode = \"none\"\nrequired = false\n",
+            python.display()
+        ),
+    )
+    .expect("write config");
+    let check = |out: &Output, what: &str| {
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("commands.python")
+                && stderr.contains(&python.display().to_string())
+                && stderr.contains("private workspace")
+                && stderr.contains("/var/tmp"),
+            "{what}: {}",
+            describe(out)
+        );
+    };
+    let out = std::process::Command::new(bin("codejail-broker"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    check(&out, "check-config");
+    let out = std::process::Command::new(bin("codejail-broker"))
+        .args(["--dev", "--socket"])
+        .arg(dir.path().join("b.sock"))
+        .arg("--python")
+        .arg(&python)
+        .output()
+        .expect("run the broker");
+    assert!(!out.status.success(), "{}", describe(&out));
+    check(&out, "--dev --python");
+    assert!(!dir.path().join("b.sock").exists(), "it must not serve");
+}

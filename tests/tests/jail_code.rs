@@ -436,6 +436,8 @@ const EXPECTED_ENV: &[(&str, &str)] = &[
     ("MKL_NUM_THREADS", "'1'"),
     ("OMP_NUM_THREADS", "'1'"),
     ("OPENBLAS_NUM_THREADS", "'1'"),
+    // Upstream's runs get sudo's PATH; callers' tests check there is one.
+    ("PATH", "'/usr/local/bin:/usr/bin:/bin'"),
 ];
 
 #[tokio::test]

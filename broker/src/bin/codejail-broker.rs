@@ -74,6 +74,10 @@ struct Cli {
     /// production does.
     #[arg(long, requires = "dev")]
     require_cgroups: bool,
+    /// Dev: the python command may exec other programs after its start (config
+    /// `allow_exec = true`); by default every later exec fails with EACCES.
+    #[arg(long, requires = "dev")]
+    allow_exec: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -147,6 +151,7 @@ fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
             args: None,
             env: None,
             ro_paths: None,
+            allow_exec: cli.allow_exec.then_some(true),
         },
     );
     if let Some(r) = &cli.run_ids {

@@ -145,9 +145,12 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
-    /// Mounting a fresh `/proc` for the run's pid namespace failed.
-    #[error("mount proc at /proc")]
-    MountProc(#[source] io::Error),
+    /// Installing the exec filter and its listener in the init failed.
+    #[error("install the exec-denial seccomp listener")]
+    InstallExecGuard(#[source] io::Error),
+    /// Receiving or answering an exec notification failed.
+    #[error("answer an exec notification")]
+    AnswerExec(#[source] io::Error),
     /// Reaping children in the init failed.
     #[error("reap the run's processes")]
     Reap(#[source] io::Error),
@@ -258,7 +261,8 @@ impl JailError {
             JailError::CreateDir { .. } => "create directory",
             JailError::WriteFile { .. } => "write file",
             JailError::CreateSymlink { .. } => "create symlink",
-            JailError::MountProc(_) => "mount proc",
+            JailError::InstallExecGuard(_) => "install exec guard",
+            JailError::AnswerExec(_) => "answer exec notification",
             JailError::Reap(_) => "reap",
             JailError::EnterWorkdir { .. } => "enter workdir",
             JailError::ResetSignals(_) => "reset signals",

@@ -1,6 +1,6 @@
 //! The init: PID 1 of the run's pid namespace, forked by the stage. It builds the
-//! run's filesystem view (it must: procfs shows the pid namespace of the process that
-//! mounts it), forks the program as PID 2, reaps everything that dies in the
+//! run's filesystem view, installs the exec guard (`execguard`), forks the program as
+//! PID 2, answers the run's exec notifications, reaps everything that dies in the
 //! namespace, and relays the program's wait status and usage to the broker.
 //!
 //! The program is never PID 1: PID 1 of a namespace gets only the signals it has
@@ -12,12 +12,15 @@
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
+use nix::sys::signalfd::SignalFd;
+
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 
 use super::error::{report_failure, JailError};
-use super::mounts::{make_mounts_private, mount_proc};
+use super::execguard::{install_exec_guard, ExecGuard};
+use super::mounts::make_mounts_private;
 use super::plan::{write_frame, Plan, StageReport};
 use super::program::{exec_program, ExecSpec};
 use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
@@ -78,9 +81,9 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     // Nothing mounted from here on may propagate to the host (mount_namespaces(7)).
     make_mounts_private()?;
     // The minimal read-only root, with the workspace (a fresh tmpfs, capped, dying
-    // with the mount namespace) on its /tmp and a /proc of the run's own pid namespace
-    // (the init is its PID 1); pivot_root leaves the host behind.
-    build_and_enter(plan, |at| mount_workspace_tmpfs(plan, at), mount_proc)?;
+    // with the mount namespace) on its /tmp and no procfs; pivot_root leaves the host
+    // behind.
+    build_and_enter(plan, |at| mount_workspace_tmpfs(plan, at))?;
     // Files are written by the init, before any code of the user's runs.
     populate_workspace(plan, WORKSPACE_MOUNT)?;
     // Nothing more is mounted: the skeleton becomes read-only.
@@ -88,18 +91,38 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     // The seccomp filter is compiled now, by trusted code with memory to spare,
     // before rlimits can starve it; the program only installs it.
     let filters = seccomp::compile().map_err(JailError::CompileSeccomp)?;
+    // Exec denial, on ourselves before the fork, so every process of the run inherits
+    // the filter and no untrusted code exists yet; we hold its listener.
+    let guard = if plan.allow_exec {
+        None
+    } else {
+        Some(install_exec_guard()?)
+    };
     // The program is PID 2, never PID 1 (see the module doc).
     let program = match sys::fork().map_err(|source| JailError::Fork {
         what: "program",
         source,
     })? {
-        Forked::Child => exec_program(plan, spec, &filters, report),
+        Forked::Child => {
+            // The program holds the sentinel until its exec, and never the listener.
+            let sentinel = guard.map(|(guard, sentinel)| {
+                drop(guard);
+                sentinel
+            });
+            exec_program(plan, spec, &filters, report, sentinel)
+        }
         Forked::Parent(pid) => pid,
     };
+    // Only the program may hold the sentinel's write end, or it would never hang up.
+    let mut guard = guard.map(|(mut guard, sentinel)| {
+        drop(sentinel);
+        guard.set_program(program);
+        guard
+    });
     // The stage asks us to end the run (REALTIME, cancel) with SIGTERM, so that we
     // can reap the run's processes ourselves and report what they used. SIGTERM and
     // SIGCHLD are blocked and taken synchronously, so neither can be missed.
-    sys::block_init_signals().map_err(JailError::Reap)?;
+    let signals = sys::init_signal_fd().map_err(JailError::Reap)?;
     loop {
         // Reap everything that has ended (orphans are re-parented to us) until the
         // program itself has.
@@ -112,8 +135,61 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
                 Err(e) => return Err(JailError::Reap(e)),
             }
         }
-        if sys::wait_init_signal().map_err(JailError::Reap)? {
-            return terminate_run();
+        match wait_event(&signals, guard.as_ref())? {
+            Event::Terminate => return terminate_run(),
+            Event::ChildEnded => {}
+            Event::Exec => {
+                if let Some(guard) = guard.as_mut() {
+                    guard.answer()?;
+                }
+            }
+        }
+    }
+}
+
+/// What woke the init.
+enum Event {
+    /// The stage asks to end the run (SIGTERM).
+    Terminate,
+    /// A child ended (SIGCHLD): reap.
+    ChildEnded,
+    /// An exec notification is pending.
+    Exec,
+}
+
+/// Wait for a signal or an exec notification. Signals first: a SIGTERM is never
+/// delayed by a stream of notifications.
+fn wait_event(signals: &SignalFd, guard: Option<&ExecGuard>) -> Result<Event, JailError> {
+    loop {
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(guard) = guard {
+            fds.push(PollFd::new(guard.listener(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(JailError::Reap(e.into())),
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let (signalled, notified) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        if signalled {
+            let mut terminate = false;
+            loop {
+                match signals.read_signal() {
+                    Ok(Some(info)) => terminate |= info.ssi_signo == libc::SIGTERM as u32,
+                    Ok(None) => break,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(JailError::Reap(e.into())),
+                }
+            }
+            return Ok(if terminate {
+                Event::Terminate
+            } else {
+                Event::ChildEnded
+            });
+        }
+        if notified {
+            return Ok(Event::Exec);
         }
     }
 }

@@ -22,7 +22,7 @@ const TESTED_ABI: ABI = ABI::V7;
 pub struct Rules {
     /// Read and execute: the interpreter and the system libraries.
     pub read_exec: Vec<PathBuf>,
-    /// Read only: the workspace (the code and copied files), /proc, random devices.
+    /// Read only: the run's directory (the code and copied files), random devices.
     pub read: Vec<PathBuf>,
     /// Read and write existing files only: /dev/null.
     pub read_write_files: Vec<PathBuf>,

@@ -8,13 +8,15 @@
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
 //! - [`userns`] (+ [`idmap`], written by the broker): user namespace, run identity;
 //! - [`namespaces`]: mount, pid, net, ipc, uts namespaces and the host name;
-//! - [`init`]: PID 1 of the run: [`mounts`], [`workspace`], fork and reap the program;
+//! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
+//!   [`execguard`], fork and reap the program;
 //! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
 pub mod apparmor;
 pub mod error;
+mod execguard;
 pub mod idmap;
 mod init;
 pub mod landlock;

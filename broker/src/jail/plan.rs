@@ -91,6 +91,9 @@ pub struct Plan {
     /// The AppArmor profile the program's exec stacks on, where the kernel has
     /// AppArmor and one is configured.
     pub apparmor_profile: Option<String>,
+    /// Let the program's processes exec after the program's own start (the command's
+    /// `allow_exec`); otherwise every later exec fails with `EACCES` (`execguard`).
+    pub allow_exec: bool,
 }
 
 /// What the stage (and the init inside the jail) tells the broker.

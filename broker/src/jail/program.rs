@@ -9,6 +9,7 @@ use nix::sys::prctl;
 use nix::unistd::{chdir, execve};
 
 use super::error::{report_failure, JailError};
+use super::execguard::ExecSentinel;
 use super::plan::Plan;
 use super::plan::{write_frame, StageReport};
 use super::rlimits::apply_rlimits;
@@ -32,6 +33,9 @@ fn drop_capabilities() -> Result<(), JailError> {
     Ok(())
 }
 
+/// The program's `PATH` unless its command configures one.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Exit status of the program process when a step before `execve` failed (as a
 /// shell's "command not found"); a `Failed` report precedes it.
 pub const EXIT_EXEC_FAILED: i32 = 127;
@@ -46,7 +50,8 @@ pub(crate) struct ExecSpec {
     pub(crate) program: CString,
     /// `argv`.
     pub(crate) argv: Vec<CString>,
-    /// The whole environment: `TMPDIR` then the plan's variables.
+    /// The whole environment: `TMPDIR`, `PATH` (unless the plan sets it), then the
+    /// plan's variables.
     pub(crate) env: Vec<CString>,
     /// The workdir (the program's cwd).
     pub(crate) workdir: CString,
@@ -74,6 +79,11 @@ impl ExecSpec {
         let workdir_shown = workdir_path(plan);
         let tmpdir = format!("{workdir_shown}/{TMP_DIR}");
         let mut env = vec![c("environment variable", &format!("TMPDIR={tmpdir}"))?];
+        // Upstream's programs run under sudo, which sets a PATH; callers' tests check
+        // that there is one. Nothing else of any outside environment is passed on.
+        if !plan.env.iter().any(|(key, _)| key == "PATH") {
+            env.push(c("environment variable", &format!("PATH={DEFAULT_PATH}"))?);
+        }
         for (key, value) in &plan.env {
             if key.is_empty() || key.contains('=') || key == "TMPDIR" {
                 return Err(invalid(format!(
@@ -98,13 +108,17 @@ impl ExecSpec {
 }
 
 /// The program's checklist, run in the forked PID 2; never returns. On failure it
-/// reports the step and exits with [`EXIT_EXEC_FAILED`].
+/// reports the step and exits with [`EXIT_EXEC_FAILED`]. `sentinel` (when exec is
+/// denied) is held, close-on-exec, until the `execve` at the end: its hang-up tells
+/// the init that the one allowed exec has happened (see `execguard`).
 pub(crate) fn exec_program(
     plan: &Plan,
     spec: &ExecSpec,
     filters: &Filters,
     report: &mut File,
+    sentinel: Option<ExecSentinel>,
 ) -> ! {
+    let _sentinel = sentinel;
     let error = match program_steps(plan, spec, filters, report) {
         Ok(never) => match never {},
         Err(error) => error,
@@ -192,6 +206,7 @@ mod tests {
             ro_paths: vec![],
             require_landlock: false,
             apparmor_profile: None,
+            allow_exec: false,
         }
     }
 
@@ -205,9 +220,26 @@ mod tests {
             .collect();
         assert_eq!(
             env,
-            ["TMPDIR=/workspace/codejail-7/tmp", "OPENBLAS_NUM_THREADS=1"]
+            [
+                "TMPDIR=/tmp/codejail-7/tmp",
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "OPENBLAS_NUM_THREADS=1"
+            ]
         );
-        assert_eq!(spec.workdir.to_str(), Ok("/workspace/codejail-7"));
+        assert_eq!(spec.workdir.to_str(), Ok("/tmp/codejail-7"));
+        let mut p = plan();
+        p.env.push(("PATH".into(), "/opt/bin".into()));
+        let spec = ExecSpec::from_plan(&p).expect("spec");
+        let paths: Vec<&str> = spec
+            .env
+            .iter()
+            .filter_map(|e| e.to_str().ok()?.strip_prefix("PATH="))
+            .collect();
+        assert_eq!(
+            paths,
+            ["/opt/bin"],
+            "a configured PATH replaces the default"
+        );
         assert_eq!(spec.argv.len(), 4);
     }
 

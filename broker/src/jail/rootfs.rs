@@ -7,16 +7,18 @@
 //! | `/usr`, `/bin`, `/lib*`, `/sbin` | the system's interpreter and libraries (symlinks kept as symlinks on merged-/usr hosts) |
 //! | the plan's `ro_paths` | the sandbox environment (`<SANDENV>`) and configured package dirs |
 //! | `/etc` | the host's, read-only, so that reading `/etc/passwd` gives upstream's `EACCES` from Landlock rather than `ENOENT` (only `ld.so.cache` and `localtime` get a Landlock rule) |
-//! | `/dev/{null,zero,random,urandom}` | bind mounts of the host's nodes, and the usual `/dev/fd`, `/dev/std*` links |
-//! | `/proc` | a fresh procfs of the run's pid namespace (mounted by the init) |
-//! | `/workspace` | the run's workspace tmpfs, size and inodes capped (`workspace`) |
+//! | `/dev/{null,zero,random,urandom}` | bind mounts of the host's nodes (no `/dev/fd` or `/dev/std*`: they would point into a procfs) |
+//! | `/proc` | an empty directory with mode 0: no procfs for the program (`mounts`) |
+//! | `/tmp` | the run's workspace tmpfs, size and inodes capped, holding only the run's directory `/tmp/codejail-XXXXXXXX` (`workspace`) |
 //! | anything else the host has beside these | an empty directory with mode 0 |
 //!
 //! The masks make every host path outside the view fail with `EACCES` at lookup,
 //! as upstream's AppArmor profile makes them fail: reading through a copied symlink
-//! to a host file that was not copied, or listing `/tmp` or `/home`, gives
+//! to a host file that was not copied, or listing `/home` or `/proc`, gives
 //! "Permission denied" rather than "No such file or directory". The program cannot
-//! chmod them (the skeleton is read-only), and Landlock denies them anyway.
+//! chmod them (the skeleton is read-only), and Landlock denies them anyway. Inside
+//! `/tmp` (writable: a create there must meet Landlock's `EACCES`, not `EROFS`),
+//! `workspace` masks the targets of copied symlinks the same way.
 //!
 //! The skeleton tmpfs is remounted read-only once the workspace is populated. Mount
 //! flags the kernel locked on the host's mounts (nosuid, nodev, noexec, atime) must be
@@ -33,10 +35,14 @@ use nix::unistd::{chdir, pivot_root};
 use super::error::JailError;
 use super::plan::Plan;
 
-/// Where the workspace tmpfs is mounted inside the new root. Not `/tmp`: the host's
-/// `/tmp` is masked like every host path outside the view (see [`mask_host_entries`]),
-/// so a copied symlink into it fails with upstream's `EACCES`.
-pub(crate) const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where the workspace tmpfs is mounted inside the new root: the run's directory is
+/// `/tmp/codejail-XXXXXXXX`, as upstream's (`tempfile.mkdtemp(prefix="codejail-")`),
+/// whose callers' tests match tracebacks against it.
+pub(crate) const WORKSPACE_MOUNT: &str = "/tmp";
+
+/// Where the program finds no procfs: a mode-0 directory (so `/proc/1/cmdline` gives
+/// `EACCES`, as upstream, not `ENOENT`).
+const PROC_MASK: &str = "proc";
 
 /// At most this many host entries of one directory are masked (the skeleton tmpfs
 /// has 4096 inodes); past that, the rest are simply absent (`ENOENT`).
@@ -54,14 +60,6 @@ const EXEC_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", 
 
 /// Device nodes bound from the host. Everything else in /dev is absent.
 pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
-
-/// Links every program expects in /dev.
-const DEV_LINKS: [(&str, &str); 4] = [
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-];
 
 /// Options of the skeleton tmpfs: it holds only directories, links and mount points.
 const SKELETON_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=4096";
@@ -158,12 +156,11 @@ pub(crate) fn extra_ro_paths(plan: &Plan) -> Vec<PathBuf> {
 }
 
 /// Build the skeleton at the plan's mount point (a host directory, hidden by it in the
-/// run's namespace), bind everything in, mount the workspace tmpfs on its `/workspace`, and
+/// run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`, and
 /// `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
 pub(crate) fn build_and_enter(
     plan: &Plan,
     mount_workspace: impl FnOnce(&str) -> Result<(), JailError>,
-    mount_proc: impl FnOnce(&str) -> Result<(), JailError>,
 ) -> Result<(), JailError> {
     let root = PathBuf::from(&plan.tmpfs_mount);
     // A small tmpfs as the new root: only directories, links and mount points.
@@ -215,14 +212,12 @@ pub(crate) fn build_and_enter(
         )
         .map_err(mount_err("bind device", &dst))?;
     }
-    for (name, target) in DEV_LINKS {
-        let dst = dev.join(name);
-        std::os::unix::fs::symlink(target, &dst).map_err(io_err("symlink", &dst))?;
-    }
     let ws = root.join(WORKSPACE_MOUNT.trim_start_matches('/'));
-    for dst in [root.join("proc"), ws.clone()] {
-        std::fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
-    }
+    std::fs::create_dir(&ws).map_err(io_err("mkdir", &ws))?;
+    let proc = root.join(PROC_MASK);
+    std::fs::create_dir(&proc).map_err(io_err("mkdir mask", &proc))?;
+    std::fs::set_permissions(&proc, std::fs::Permissions::from_mode(0o000))
+        .map_err(io_err("chmod mask", &proc))?;
     // Mask what the host has beside the view: at the top, and beside each directory
     // on the way to a read-only path (`/var/tmp/venv` masks `/var/log`, ...).
     mask_host_entries(Path::new("/"), &root)?;
@@ -236,8 +231,6 @@ pub(crate) fn build_and_enter(
     }
     // The workspace: its own capped tmpfs.
     mount_workspace(&ws.to_string_lossy())?;
-    // procfs now, while the host's /proc is still in this namespace (see `mounts`).
-    mount_proc(&root.join("proc").to_string_lossy())?;
     // pivot_root(".", ".") stacks the old root on the new one; detaching it then
     // leaves no path back to the host (pivot_root(2), "NOTES").
     chdir(&root).map_err(mount_err("chdir", &root))?;
@@ -267,7 +260,7 @@ fn mask_host_entries(host: &Path, skel: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Make the skeleton itself read-only (after the workspace and /proc are mounted on it).
+/// Make the skeleton itself read-only (after the workspace is mounted on it).
 pub(crate) fn seal_root() -> Result<(), JailError> {
     let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(
@@ -289,7 +282,6 @@ pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rul
     read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
     let mut read = vec![
         PathBuf::from(workdir),
-        PathBuf::from("/proc"),
         PathBuf::from("/etc/ld.so.cache"),
         PathBuf::from("/etc/localtime"),
     ];

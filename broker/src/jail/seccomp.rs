@@ -29,10 +29,11 @@ pub enum SeccompError {
     Install(String),
 }
 
-/// What a denied call returns.
+/// When a listed call is denied. A denied call fails with `EPERM` (Python's
+/// `PermissionError`), except those of [`EACCES_CALLS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Deny {
-    /// EPERM: what Python reports as `PermissionError`/`OSError`.
+    /// Every time.
     Always,
     /// Only when the first argument is not `AF_UNIX` (sockets, socketpair).
     UnlessArg0IsAfUnix,
@@ -64,8 +65,8 @@ const TERMINAL_INJECTION: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u6
 /// The reviewed deny list: (syscall, condition, why).
 #[rustfmt::skip]
 const DENIED: &[(i64, Deny, &str)] = &[
-    (libc::SYS_socket, Deny::UnlessArg0IsAfUnix, "no network: only AF_UNIX sockets (the net namespace has only a down loopback anyway)"),
-    (libc::SYS_socketpair, Deny::UnlessArg0IsAfUnix, "as socket"),
+    (libc::SYS_socket, Deny::UnlessArg0IsAfUnix, "no network: only AF_UNIX sockets (the net namespace has only a down loopback anyway); EACCES"),
+    (libc::SYS_socketpair, Deny::UnlessArg0IsAfUnix, "as socket; EACCES"),
     (libc::SYS_ptrace, Deny::Always, "no debugging of anything, including the init and other run processes"),
     (libc::SYS_process_vm_readv, Deny::Always, "reads another process's memory"),
     (libc::SYS_process_vm_writev, Deny::Always, "writes another process's memory"),
@@ -123,8 +124,19 @@ const DENIED: &[(i64, Deny, &str)] = &[
     (libc::SYS_memfd_secret, Deny::Always, "memory hidden from the kernel: no use here"),
 ];
 
-/// `EPERM` as seccompiler wants it.
-const EPERM: u32 = libc::EPERM as u32;
+/// The denied calls that fail with `EACCES` rather than `EPERM`: an AppArmor-confined
+/// upstream denies socket families with `EACCES` ("[Errno 13] Permission denied"), and
+/// its callers' deployment tests match that errno.
+const EACCES_CALLS: [i64; 2] = [libc::SYS_socket, libc::SYS_socketpair];
+
+/// The errno a denied call `nr` gets.
+fn errno_for(nr: i64) -> u32 {
+    if EACCES_CALLS.contains(&nr) {
+        libc::EACCES as u32
+    } else {
+        libc::EPERM as u32
+    }
+}
 
 fn arch() -> TargetArch {
     #[cfg(target_arch = "aarch64")]
@@ -166,9 +178,16 @@ fn rules_for(deny: Deny) -> Result<Vec<SeccompRule>, SeccompError> {
 pub struct Filters {
     /// x32 and clone3 guards.
     prefix: BpfProgram,
-    /// The reviewed deny list.
-    policy: BpfProgram,
+    /// The reviewed deny list, one filter per errno (a seccompiler filter has one
+    /// match action).
+    policy: Vec<BpfProgram>,
 }
+
+/// `AUDIT_ARCH_*` of the native ABI (`struct seccomp_data.arch`).
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+#[cfg(not(target_arch = "aarch64"))]
+const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
 
 /// Build a BPF statement (seccompiler's own helpers are private).
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -193,10 +212,6 @@ fn prefix_filter() -> BpfProgram {
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
     const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
-    #[cfg(not(target_arch = "aarch64"))]
-    const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
     const X32_BIT: u32 = 0x4000_0000;
     vec![
         stmt(LD_W_ABS, ARCH),
@@ -211,22 +226,67 @@ fn prefix_filter() -> BpfProgram {
     ]
 }
 
+/// The exec filter of [`super::execguard`], installed by the init on itself before it
+/// forks the program (so every process of the run inherits it): `execve` and `execveat`
+/// go to the init's listener ([`libc::SECCOMP_RET_USER_NOTIF`]); a foreign arch or an
+/// x32 call number kills (the prefix filter, installed later, says the same; this
+/// filter must hold on its own, since it is in force first); everything else passes.
+pub(crate) fn exec_filter() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+    const X32_BIT: u32 = 0x4000_0000;
+    [
+        stmt(LD_W_ABS, ARCH),
+        jump(JEQ_K, AUDIT_ARCH, 1, 0),
+        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(LD_W_ABS, NR),
+        jump(JSET_K, X32_BIT, 0, 1),
+        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        jump(JEQ_K, libc::SYS_execve as u32, 2, 0),
+        jump(JEQ_K, libc::SYS_execveat as u32, 1, 0),
+        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+    ]
+    .into_iter()
+    .map(|f| libc::sock_filter {
+        code: f.code,
+        jt: f.jt,
+        jf: f.jf,
+        k: f.k,
+    })
+    .collect()
+}
+
 /// Compile the policy (in the stage, before rlimits).
 pub fn compile() -> Result<Filters, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut by_errno: BTreeMap<u32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     for (nr, deny, _why) in DENIED {
-        rules.entry(*nr).or_default().extend(rules_for(*deny)?);
+        by_errno
+            .entry(errno_for(*nr))
+            .or_default()
+            .entry(*nr)
+            .or_default()
+            .extend(rules_for(*deny)?);
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(EPERM),
-        arch(),
-    )
-    .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    let policy: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?;
+    let mut policy = Vec::with_capacity(by_errno.len());
+    for (errno, rules) in by_errno {
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno),
+            arch(),
+        )
+        .map_err(|e| SeccompError::Compile(e.to_string()))?;
+        policy.push(
+            filter
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?,
+        );
+    }
     Ok(Filters {
         prefix: prefix_filter(),
         policy,
@@ -236,8 +296,10 @@ pub fn compile() -> Result<Filters, SeccompError> {
 /// Install both filters on the calling thread. Needs `no_new_privs` (or
 /// CAP_SYS_ADMIN); the program sets it just before. The last step before exec.
 pub fn install(filters: &Filters) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(&filters.prefix).map_err(|e| SeccompError::Install(e.to_string()))?;
-    seccompiler::apply_filter(&filters.policy).map_err(|e| SeccompError::Install(e.to_string()))
+    for filter in std::iter::once(&filters.prefix).chain(&filters.policy) {
+        seccompiler::apply_filter(filter).map_err(|e| SeccompError::Install(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// How many deny entries the policy has (for the confinement report).
@@ -324,7 +386,7 @@ mod tests {
             }
         });
         let (inet, unix, ptrace, unshare, clone3, clone_ns, bpf, tiocsti, getpid) = results;
-        assert_eq!(inet, libc::EPERM, "AF_INET socket");
+        assert_eq!(inet, libc::EACCES, "AF_INET socket: upstream's errno 13");
         assert!(unix >= 0, "AF_UNIX socket must work");
         assert_eq!(ptrace, libc::EPERM, "ptrace");
         assert_eq!(unshare, libc::EPERM, "unshare");

@@ -200,17 +200,95 @@ fn init_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Block SIGTERM and SIGCHLD in the init, to be taken with [`wait_init_signal`]: a
-/// blocked signal stays pending, so none can slip between a check and a wait. (PID 1
-/// of a namespace discards signals it neither handles nor blocks.)
-pub(crate) fn block_init_signals() -> io::Result<()> {
-    init_signals().thread_block().map_err(io::Error::from)
+/// Block SIGTERM and SIGCHLD in the init and return a non-blocking signalfd that
+/// delivers them: a blocked signal stays pending, so none can slip between a check
+/// and a wait, and the init can `poll` it beside the exec listener. (PID 1 of a
+/// namespace discards signals it neither handles nor blocks.)
+pub(crate) fn init_signal_fd() -> io::Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let set = init_signals();
+    set.thread_block().map_err(io::Error::from)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(io::Error::from)
 }
 
-/// Wait for SIGTERM or SIGCHLD (blocked by [`block_init_signals`]); `true` for SIGTERM.
-pub(crate) fn wait_init_signal() -> io::Result<bool> {
-    let sig = init_signals().wait().map_err(io::Error::from)?;
-    Ok(sig == nix::sys::signal::Signal::SIGTERM)
+/// Install `filter` on the calling thread with a user-notification listener
+/// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`), whose notifications wait killably
+/// (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`: once received, only a fatal signal
+/// interrupts the notifying call, so an `execve` cannot be restarted behind the
+/// supervisor's back). Returns the listener (close-on-exec, as the kernel makes it).
+/// Without `no_new_privs` this needs CAP_SYS_ADMIN in the caller's user namespace,
+/// which the init has (seccomp(2)).
+pub(crate) fn install_listener_filter(filter: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+    let len = u16::try_from(filter.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let flags =
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    // SAFETY: `prog` points at `filter`, `len` instructions long, alive for the whole
+    // call; the kernel copies the program and reads nothing of ours afterwards.
+    let fd = cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    })?;
+    let fd = RawFd::try_from(fd)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listener fd out of range"))?;
+    // SAFETY: on success seccomp(2) returns a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`: take the next pending notification from `listener`.
+/// `ENOENT` means its caller died (or was killed) before it could be received.
+pub(crate) fn notif_recv(listener: BorrowedFd<'_>) -> io::Result<libc::seccomp_notif> {
+    // SAFETY: seccomp_notif is plain data; the kernel requires it zeroed.
+    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: `notif` is a valid, writable seccomp_notif for the duration of the call,
+    // the size the ioctl number encodes.
+    cvt(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut notif as *mut libc::seccomp_notif,
+        )
+    })?;
+    Ok(notif)
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SEND`: answer notification `id`: let the call go on
+/// (`allow`) or fail it with `errno`. `ENOENT` means its caller is gone.
+pub(crate) fn notif_send(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    allow: bool,
+    errno: i32,
+) -> io::Result<()> {
+    let resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: if allow { 0 } else { -errno },
+        flags: if allow {
+            libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+        } else {
+            0
+        },
+    };
+    // SAFETY: `resp` is a valid seccomp_notif_resp for the duration of the call; the
+    // kernel only reads it.
+    cvt(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &resp as *const libc::seccomp_notif_resp,
+        )
+    })
+    .map(drop)
 }
 
 /// `wait4(-1, WNOHANG)`: a child that has ended, if any (`None` when none has).

@@ -132,13 +132,85 @@ pub(crate) fn populate_workspace(plan: &Plan, at: &str) -> Result<(), JailError>
         write_new_file(workdir.as_fd(), name, name, contents, FILE_MODE)?;
     }
     let tmp = c_name(TMP_DIR)?;
-    super::sys::mkdir_at(workdir.as_fd(), &tmp, TMP_MODE).map_err(|source| JailError::CreateDir {
-        path: TMP_DIR.to_string(),
-        source,
-    })
+    super::sys::mkdir_at(workdir.as_fd(), &tmp, TMP_MODE).map_err(|source| {
+        JailError::CreateDir {
+            path: TMP_DIR.to_string(),
+            source,
+        }
+    })?;
+    mask_symlink_targets(root.as_fd(), plan)
 }
 
-/// The workdir's absolute path as the program sees it.
+/// At most this many masks for symlink targets (each costs an inode of the tmpfs).
+const MAX_TARGET_MASKS: usize = 64;
+
+/// Mask the targets of copied symlinks that leave the run's directory into the jail's
+/// `/tmp` (the workspace tmpfs, where nothing but the run's directory exists): the
+/// first component below `/tmp` gets an empty mode-0 directory, so following the link
+/// fails with `EACCES` ("Permission denied", upstream's error for a link to a file
+/// that was not copied, which its tests point into the caller's own `/tmp/tmpXXXX/`),
+/// not `ENOENT`. Outside `/tmp` the skeleton's masks do the same (`rootfs`).
+fn mask_symlink_targets(tmpfs_root: BorrowedFd<'_>, plan: &Plan) -> Result<(), JailError> {
+    let mut masked = Vec::new();
+    for entry in &plan.files {
+        let EntryKind::Symlink { target } = &entry.kind else {
+            continue;
+        };
+        let Some(name) = masked_component(plan, &entry.path, target) else {
+            continue;
+        };
+        if masked.contains(&name) || masked.len() >= MAX_TARGET_MASKS {
+            continue;
+        }
+        match super::sys::mkdir_at(tmpfs_root, &c_name(&name)?, 0) {
+            Ok(()) => {}
+            // Already there, or a name the kernel refuses: the link then fails with
+            // ENOENT or ENAMETOOLONG, which leaks nothing either.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENAMETOOLONG)) => {}
+            Err(source) => {
+                return Err(JailError::CreateDir {
+                    path: format!("{WORKSPACE_MOUNT}/{name}"),
+                    source,
+                })
+            }
+        }
+        masked.push(name);
+    }
+    Ok(())
+}
+
+/// For a symlink at `link` (relative to the run's directory) pointing at `target`:
+/// the name to mask in the jail's `/tmp` when the target, resolved lexically as the
+/// program would see it, lies in `/tmp` but outside the run's directory.
+fn masked_component(plan: &Plan, link: &str, target: &str) -> Option<String> {
+    let mut path: Vec<&str> = Vec::new();
+    if !target.starts_with('/') {
+        path.extend(WORKSPACE_MOUNT.split('/').filter(|c| !c.is_empty()));
+        path.push(&plan.workdir_name);
+        path.extend(link.split('/').filter(|c| !c.is_empty()));
+        path.pop(); // the link itself
+    }
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                path.pop();
+            }
+            c => path.push(c),
+        }
+    }
+    let mount: Vec<&str> = WORKSPACE_MOUNT
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let below = path.strip_prefix(mount.as_slice())?;
+    match below.first() {
+        Some(first) if *first != plan.workdir_name => Some((*first).to_string()),
+        _ => None,
+    }
+}
+
+/// The run's directory (the program's cwd) as the program sees it.
 pub(crate) fn workdir_path(plan: &Plan) -> String {
     format!("{WORKSPACE_MOUNT}/{}", plan.workdir_name)
 }
@@ -281,7 +353,46 @@ mod tests {
             ro_paths: vec![],
             require_landlock: false,
             apparmor_profile: None,
+            allow_exec: false,
         }
+    }
+
+    #[test]
+    fn symlinks_out_of_the_run_into_tmp_are_masked_by_their_first_component() {
+        let p = plan();
+        let m = |link: &str, target: &str| masked_component(&p, link, target);
+        assert_eq!(m("l", "/tmp/tmpab12/secret"), Some("tmpab12".into()));
+        assert_eq!(m("l", "../tmpab12/x"), Some("tmpab12".into()));
+        assert_eq!(m("sub/l", "../../other"), Some("other".into()));
+        assert_eq!(m("l", "/tmp/./x/../y"), Some("y".into()));
+        // Inside the run's directory, the host outside /tmp, or /tmp itself: no mask.
+        assert_eq!(m("l", "sibling.txt"), None);
+        assert_eq!(m("l", "/tmp/codejail-1/sibling"), None);
+        assert_eq!(m("sub/l", "../x"), None);
+        assert_eq!(m("l", "/etc/passwd"), None);
+        assert_eq!(m("l", "/tmp"), None);
+        assert_eq!(m("l", "../../../../etc"), None);
+    }
+
+    /// Masks are created as mode-0 directories beside the run's directory.
+    #[test]
+    fn masks_are_mode_zero_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = plan();
+        p.files = vec![FileEntry {
+            path: "out".into(),
+            kind: EntryKind::Symlink {
+                target: "/tmp/tmpcaller/secret".into(),
+            },
+        }];
+        let root = open_absolute_dir(dir.path().to_str().expect("utf-8")).expect("open");
+        mask_symlink_targets(root.as_fd(), &p).expect("mask");
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(dir.path().join("tmpcaller")).expect("mask exists");
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0);
+        // Twice is fine (an existing entry is left alone).
+        mask_symlink_targets(root.as_fd(), &p).expect("mask again");
     }
 
     #[test]

@@ -235,7 +235,12 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect(),
-        workdir_name: format!("codejail-{run_id}"),
+        workdir_name: workdir_name().map_err(|e| {
+            Refuse(
+                ErrorKind::Internal,
+                format!("no randomness for the run's directory name: {e}"),
+            )
+        })?,
         limits: RunLimits {
             cpu_secs: limits.effective(LimitName::Cpu),
             vmem_bytes: limits.effective(LimitName::Vmem),
@@ -253,6 +258,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         apparmor_profile: crate::jail::apparmor::profile_for_runs(
             settings.apparmor_profile.as_deref(),
         ),
+        allow_exec: command.allow_exec,
     };
     let spec = RunSpec {
         run_id,
@@ -459,4 +465,29 @@ fn to_response(chunk: Output) -> Response {
         Output::Stdout(b) => Response::Stdout(b),
         Output::Stderr(b) => Response::Stderr(b),
     }
+}
+
+/// The characters of the run directory's random part, as upstream's
+/// `tempfile.mkdtemp` draws them.
+const WORKDIR_CHARS: &[u8; 37] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
+
+/// A fresh run directory name, `codejail-` and 8 random characters of
+/// [`WORKDIR_CHARS`], as upstream's (its callers' tests match
+/// `/tmp/codejail-[0-9a-zA-Z_]+/`). Unpredictable, from the kernel's CSPRNG: the name
+/// is all that keeps one run from guessing another's directory (codejail-service's
+/// process-table tests).
+pub(crate) fn workdir_name() -> Result<String, getrandom::Error> {
+    let mut name = String::from("codejail-");
+    let mut buf = [0u8; 32];
+    while name.len() < "codejail-".len() + 8 {
+        getrandom::fill(&mut buf)?;
+        // Rejection sampling keeps the draw uniform: 222 = 6 * 37.
+        for b in buf.iter().filter(|b| **b < 222) {
+            if name.len() == "codejail-".len() + 8 {
+                break;
+            }
+            name.push(char::from(WORKDIR_CHARS[usize::from(*b % 37)]));
+        }
+    }
+    Ok(name)
 }

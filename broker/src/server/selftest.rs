@@ -1,8 +1,9 @@
 //! The start-up self-test: one real run through the normal path, checking that the
-//! layers the report claims actually hold: its own pid namespace with our init as
-//! PID 1 and /proc showing only the run, the inner run uid, and that reading a host
-//! file, creating a network socket and listing `/` all fail (as codejail-service's
-//! start-up checks do).
+//! layers the report claims actually hold: its own pid namespace (the program is PID 2,
+//! its parent our init, PID 1), the inner run uid, and that reading a host file,
+//! creating a network socket, listing `/` and `/proc` and starting a subprocess all
+//! fail with `EACCES` (as codejail-service's start-up checks demand), the subprocess
+//! unless the command allows exec.
 
 use std::collections::BTreeMap;
 
@@ -13,22 +14,27 @@ use super::Shared;
 use crate::jail::landlock::Achieved;
 use crate::run::{self, Output};
 
-/// What the probe prints when the jail holds.
-const EXPECTED: &str = "2 1000 ['1', '2'] denied denied denied";
+/// What the probe prints when the jail holds (the last word: the subprocess).
+fn expected(allow_exec: bool) -> String {
+    let exec = if allow_exec { "ALLOWED" } else { "denied" };
+    format!("2 1 1000 denied denied denied denied {exec}")
+}
 
-const PROBE: &str = r#"import os, socket
+const PROBE: &str = r#"import os, socket, subprocess
 def attempt(f):
     try:
         f()
         return 'ALLOWED'
-    except PermissionError:
-        return 'denied'
+    except PermissionError as e:
+        return 'denied' if e.errno == 13 else 'errno%d' % e.errno
     except OSError as e:
         return 'errno%d' % e.errno
-print(os.getpid(), os.getuid(), sorted(p for p in os.listdir('/proc') if p.isdigit()),
+print(os.getpid(), os.getppid(), os.getuid(),
       attempt(lambda: open('/etc/passwd').read()),
       attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
-      attempt(lambda: os.listdir('/')))
+      attempt(lambda: os.listdir('/')),
+      attempt(lambda: os.listdir('/proc')),
+      attempt(lambda: subprocess.run(['/usr/bin/true'], check=True)))
 "#;
 
 /// What the probe established.
@@ -46,9 +52,10 @@ pub async fn probe(shared: &Shared) -> Probe {
         verdict: Err(e),
         landlock: None,
     };
-    if !shared.settings.commands.contains_key("python") {
+    let Some(python) = shared.settings.commands.get("python") else {
         return failed("no `python` command configured to probe with".into());
-    }
+    };
+    let expected = expected(python.allow_exec);
     let exec = Exec {
         command: "python".into(),
         code: Some(PROBE.as_bytes().to_vec()),
@@ -95,9 +102,9 @@ pub async fn probe(shared: &Shared) -> Probe {
         Err(e) => return failed(e.to_string()),
     };
     let out = String::from_utf8_lossy(&out);
-    let verdict = if result.finished.status != 0 || out.trim() != EXPECTED {
+    let verdict = if result.finished.status != 0 || out.trim() != expected {
         Err(format!(
-            "probe run gave status {} stdout {:?} stderr {:?}; expected {EXPECTED:?}",
+            "probe run gave status {} stdout {:?} stderr {:?}; expected {expected:?}",
             result.finished.status,
             out.trim(),
             String::from_utf8_lossy(&err).trim()
