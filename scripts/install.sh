@@ -200,7 +200,8 @@ $socket_gid
 [commands.python]
 bin = "$SANDENV/bin/python"
 # args = ["-E", "-B"]                            # the default
-# env = { OPENBLAS_NUM_THREADS = "1" }           # default: thread caps, LC_ALL
+# env = { OPENBLAS_NUM_THREADS = "1" }           # default: thread caps, LC_ALL, MPLCONFIGDIR = "\$TMPDIR"
+# allow_exec = false                             # true: the program may exec others (default: EACCES)
 # ro_paths = ["/opt/course-packages"]            # more read-only directories
 
 # Limits: upstream's names and units (CPU, REALTIME seconds; VMEM, FSIZE bytes;

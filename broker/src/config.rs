@@ -165,7 +165,8 @@ pub struct CommandConfig {
     pub bin: PathBuf,
     /// Arguments before the program (python default: `["-E", "-B"]`).
     pub args: Option<Vec<String>>,
-    /// Extra environment for the program (python default: thread caps).
+    /// Extra environment for the program (python default: thread caps, a UTF-8 locale,
+    /// `MPLCONFIGDIR`). A value `$TMPDIR` or `$TMPDIR/...` names the run's tmp/.
     pub env: Option<BTreeMap<String, String>>,
     /// Extra host directories the program may read (e.g. sandbox packages); the
     /// interpreter's own environment is always included.
@@ -240,6 +241,9 @@ fn python_env() -> Vec<(String, String)> {
         ("OMP_NUM_THREADS", "1"),
         ("MKL_NUM_THREADS", "1"),
         ("LC_ALL", "C.UTF-8"),
+        // matplotlib's config and font cache in the run's own tmp/: without it,
+        // matplotlib makes a temporary one there anyway and warns on stderr.
+        ("MPLCONFIGDIR", "$TMPDIR"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -434,6 +434,8 @@ async fn test_cant_fork() {
 const EXPECTED_ENV: &[(&str, &str)] = &[
     ("LC_ALL", "'C.UTF-8'"),
     ("MKL_NUM_THREADS", "'1'"),
+    // matplotlib's cache goes to the run's own tmp/ (checked below).
+    ("MPLCONFIGDIR", "<the run's tmp/>"),
     ("OMP_NUM_THREADS", "'1'"),
     ("OPENBLAS_NUM_THREADS", "'1'"),
     // Upstream's runs get sudo's PATH; callers' tests check there is one.
@@ -469,6 +471,12 @@ async fn test_cant_see_environment_variables() {
         .expect("TMPDIR is set");
     let (_, value) = env.remove(tmpdir);
     assert!(value.ends_with("/tmp'"), "TMPDIR: {value}");
+    for (name, v) in env.iter_mut() {
+        if *name == "MPLCONFIGDIR" {
+            assert_eq!(*v, value, "MPLCONFIGDIR is the run's tmp/");
+            *v = "<the run's tmp/>";
+        }
+    }
     assert_eq!(env, EXPECTED_ENV, "the jail's whole environment");
 }
 

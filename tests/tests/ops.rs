@@ -579,7 +579,8 @@ fn apparmor_profiles_parse() {
     let sandbox = fs::read_to_string(aa.join("codejail-sandbox")).expect("profile");
     for rule in [
         "deny network,",
-        "owner /workspace/codejail-[0-9]*/tmp/** rwk,",
+        "owner /tmp/codejail-*/tmp/** rwk,",
+        "deny @{PROC}/** rwklx,",
     ] {
         assert!(sandbox.contains(rule), "sandbox profile: {rule}");
     }

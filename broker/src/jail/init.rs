@@ -18,6 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 
+use super::apparmor::open_host_proc;
 use super::error::{report_failure, JailError};
 use super::execguard::{install_exec_guard, ExecGuard};
 use super::mounts::make_mounts_private;
@@ -80,6 +81,12 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     drop(control);
     // Nothing mounted from here on may propagate to the host (mount_namespaces(7)).
     make_mounts_private()?;
+    // AppArmor's exec attribute is in a procfs, which the run's root has none of: the
+    // host's, opened now, is the program's way to it (see `apparmor`).
+    let host_proc = match &plan.apparmor_profile {
+        Some(_) => Some(open_host_proc()?),
+        None => None,
+    };
     // The minimal read-only root, with the workspace (a fresh tmpfs, capped, dying
     // with the mount namespace) on its /tmp and no procfs; pivot_root leaves the host
     // behind.
@@ -109,10 +116,11 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
                 drop(guard);
                 sentinel
             });
-            exec_program(plan, spec, &filters, report, sentinel)
+            exec_program(plan, spec, &filters, report, sentinel, host_proc)
         }
         Forked::Parent(pid) => pid,
     };
+    drop(host_proc);
     // Only the program may hold the sentinel's write end, or it would never hang up.
     let mut guard = guard.map(|(mut guard, sentinel)| {
         drop(sentinel);

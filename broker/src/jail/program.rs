@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 
 use nix::sys::prctl;
 use nix::unistd::{chdir, execve};
@@ -51,7 +52,7 @@ pub(crate) struct ExecSpec {
     /// `argv`.
     pub(crate) argv: Vec<CString>,
     /// The whole environment: `TMPDIR`, `PATH` (unless the plan sets it), then the
-    /// plan's variables.
+    /// plan's variables (a value `$TMPDIR` or `$TMPDIR/...` names the run's tmp/).
     pub(crate) env: Vec<CString>,
     /// The workdir (the program's cwd).
     pub(crate) workdir: CString,
@@ -90,6 +91,12 @@ impl ExecSpec {
                     "environment variable name {key:?} is empty, has a '=' or is TMPDIR"
                 )));
             }
+            // A value naming the run's tmp/ (which only the stage knows the path of):
+            // `$TMPDIR` or `$TMPDIR/...`.
+            let value = match value.strip_prefix("$TMPDIR") {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{tmpdir}{rest}"),
+                _ => value.clone(),
+            };
             env.push(c("environment variable", &format!("{key}={value}"))?);
         }
         Ok(ExecSpec {
@@ -117,9 +124,10 @@ pub(crate) fn exec_program(
     filters: &Filters,
     report: &mut File,
     sentinel: Option<ExecSentinel>,
+    host_proc: Option<OwnedFd>,
 ) -> ! {
     let _sentinel = sentinel;
-    let error = match program_steps(plan, spec, filters, report) {
+    let error = match program_steps(plan, spec, filters, report, host_proc) {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -132,6 +140,7 @@ fn program_steps(
     spec: &ExecSpec,
     filters: &Filters,
     report: &mut File,
+    host_proc: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible, JailError> {
     // Start in the workspace, as upstream does (`jailed_code` is run by relative name).
     chdir(spec.workdir.as_c_str()).map_err(|e| JailError::EnterWorkdir {
@@ -154,8 +163,9 @@ fn program_steps(
     sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
     // AppArmor (where configured and present): the exec transition is requested
     // before no_new_privs, stacked so it can only narrow.
-    if let Some(profile) = &plan.apparmor_profile {
-        apparmor::request_exec_transition(profile)?;
+    // The host's procfs fd (the run has none) is closed by it.
+    if let (Some(profile), Some(proc)) = (&plan.apparmor_profile, host_proc) {
+        apparmor::request_exec_transition(profile, proc)?;
     }
     // no_new_privs before exec: no setuid bit or file capability (honoured inside a
     // user namespace for files owned by host root) can raise privileges again.
@@ -239,6 +249,22 @@ mod tests {
             paths,
             ["/opt/bin"],
             "a configured PATH replaces the default"
+        );
+        let mut p = plan();
+        p.env = vec![
+            ("MPLCONFIGDIR".into(), "$TMPDIR".into()),
+            ("CACHE".into(), "$TMPDIR/cache".into()),
+            ("OTHER".into(), "$TMPDIRX".into()),
+        ];
+        let spec = ExecSpec::from_plan(&p).expect("spec");
+        let env: Vec<&str> = spec.env.iter().filter_map(|e| e.to_str().ok()).collect();
+        assert_eq!(
+            &env[2..],
+            [
+                "MPLCONFIGDIR=/tmp/codejail-7/tmp",
+                "CACHE=/tmp/codejail-7/tmp/cache",
+                "OTHER=$TMPDIRX"
+            ]
         );
         assert_eq!(spec.argv.len(), 4);
     }

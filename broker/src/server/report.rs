@@ -57,7 +57,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("private tmpfs at /workspace in the run's view, size and inodes capped by TMP; workdir read-only to the program, tmp/ writable"),
+            probe_detail("private tmpfs at /tmp in the run's view holding only the run's directory /tmp/codejail-XXXXXXXX (random), size and inodes capped by TMP; the directory read-only to the program, its tmp/ writable"),
         ),
     );
     layers.insert(
@@ -65,7 +65,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, /etc (Landlock-denied), 4 device nodes, a fresh /proc showing only the run"),
+            probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, /etc (Landlock-denied), 4 device nodes; no procfs (/proc denied: EACCES)"),
         ),
     );
     let (ll_state, ll_detail) = match (probe_ok, probe.landlock) {
@@ -81,11 +81,12 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             held(probe_ok),
             true,
             probe_detail(&format!(
-                "deny list of {} reviewed entries (non-AF_UNIX sockets, ptrace, namespaces, mount, bpf, io_uring, keyrings, ...), clone3 -> ENOSYS, x32 and foreign ABIs killed",
+                "deny list of {} reviewed entries (non-AF_UNIX sockets: EACCES; ptrace, namespaces, mount, bpf, io_uring, keyrings, ...: EPERM), clone3 -> ENOSYS, x32 and foreign ABIs killed",
                 crate::jail::seccomp::policy_len()
             )),
         ),
     );
+    layers.insert("exec".into(), exec_layer(settings, probe_ok, &probe_detail));
     layers.insert(
         "capabilities".into(),
         layer(
@@ -138,6 +139,37 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         mode: settings.mode,
         layers,
         load: Load::default(),
+    }
+}
+
+/// Exec denial: full when no command allows exec (the self-test saw a subprocess
+/// denied); partial, and then not required, when some command opts out.
+fn exec_layer(settings: &Settings, probe_ok: bool, probe_detail: &dyn Fn(&str) -> String) -> Layer {
+    let allowing: Vec<&str> = settings
+        .commands
+        .iter()
+        .filter(|(_, c)| c.allow_exec)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let denied = "after the program's own start every execve/execveat of the run fails with EACCES (a seccomp user-notification filter answered by the run's init)";
+    if !probe_ok {
+        return layer(
+            LayerState::Unavailable,
+            allowing.is_empty(),
+            probe_detail(denied),
+        );
+    }
+    if allowing.is_empty() {
+        layer(LayerState::Full, true, denied)
+    } else {
+        layer(
+            LayerState::Partial,
+            false,
+            format!(
+                "{denied}, except for commands with allow_exec = true: {}",
+                allowing.join(", ")
+            ),
+        )
     }
 }
 
