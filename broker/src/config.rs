@@ -286,6 +286,9 @@ pub enum LimitError {
     /// Unknown name.
     #[error(transparent)]
     Unknown(#[from] codejail_protocol::limits::UnknownLimit),
+    /// Not a possible value of the limit (e.g. NOFILE=0).
+    #[error("{0}")]
+    OutOfRange(String),
     /// Above the ceiling.
     #[error("limit {name}={value} is above its ceiling of {ceiling}{zero}", zero = if *.value == 0 { " (0 would mean unlimited)" } else { "" })]
     AboveCeiling {
@@ -345,7 +348,9 @@ impl LimitPolicy {
         Ok(policy)
     }
 
+    /// `value` is possible for `name` and within its ceiling.
     fn check_ceiling(&self, name: LimitName, value: u64) -> Result<(), LimitError> {
+        name.check_value(value).map_err(LimitError::OutOfRange)?;
         let Some(&ceiling) = self.ceilings.get(&name) else {
             return Ok(());
         };

@@ -62,6 +62,7 @@ fn python_plan(code: &str) -> Plan {
             vmem_bytes: None,
             fsize_bytes: 0,
             nproc: None,
+            nofile: 256,
             tmp_bytes: Some(16 << 20),
             tmp_inodes: Some(1000),
         },

@@ -1,5 +1,5 @@
 //! Limit names, units and upstream defaults (ARCHITECTURE §7). Names are upstream's
-//! uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`).
+//! uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`, `NOFILE`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,11 +30,19 @@ pub enum LimitName {
     /// (status -SIGKILL, limit_hit `MEMORY`). Only enforced where the broker has the
     /// memory cgroup controller (the `cgroups` layer of its report).
     Memory,
+    /// Open files of each process of the run: `RLIMIT_NOFILE`, soft = hard, so the
+    /// program cannot raise it. Never "unlimited" and never the broker's own: 0 is
+    /// refused, as is anything below [`NOFILE_MIN`].
+    Nofile,
 }
+
+/// The smallest `NOFILE` accepted: stdio and the few descriptors an interpreter opens
+/// to start (its binary, libraries, `jailed_code`).
+pub const NOFILE_MIN: u64 = 16;
 
 impl LimitName {
     /// Every limit, in display order.
-    pub const ALL: [LimitName; 8] = [
+    pub const ALL: [LimitName; 9] = [
         LimitName::Cpu,
         LimitName::Realtime,
         LimitName::Vmem,
@@ -43,6 +51,7 @@ impl LimitName {
         LimitName::Output,
         LimitName::Tmp,
         LimitName::Memory,
+        LimitName::Nofile,
     ];
 
     /// The upstream-style uppercase name.
@@ -56,6 +65,7 @@ impl LimitName {
             LimitName::Output => "OUTPUT",
             LimitName::Tmp => "TMP",
             LimitName::Memory => "MEMORY",
+            LimitName::Nofile => "NOFILE",
         }
     }
 
@@ -74,13 +84,30 @@ impl LimitName {
             // and a few helper processes fit besides; four runs at once (the default
             // max_running) still stay within 2 GiB of host memory.
             LimitName::Memory => 512 * 1024 * 1024,
+            // The soft limit programs are usually written against (select(2)'s
+            // FD_SETSIZE); Python with numpy and matplotlib opens a few dozen. Without
+            // it a run would inherit the broker's limit, whose hard value under
+            // systemd is 524288, and could pin that many open files.
+            LimitName::Nofile => 1024,
+        }
+    }
+
+    /// Why `value` is not a possible value of this limit, if it is not (only NOFILE
+    /// has a range: 0 would mean "unlimited", and too few fds cannot start anything).
+    pub fn check_value(self, value: u64) -> Result<(), String> {
+        match self {
+            LimitName::Nofile if value < NOFILE_MIN => Err(format!(
+                "limit NOFILE={value} is below its minimum of {NOFILE_MIN} (open files are \
+                 always capped: 0 does not mean unlimited)"
+            )),
+            _ => Ok(()),
         }
     }
 
     /// Whether 0 means "no limit" (true for all but FSIZE, where 0 means nothing
-    /// may be written, as upstream).
+    /// may be written, as upstream, and NOFILE, where 0 is refused).
     pub fn zero_disables(self) -> bool {
-        self != LimitName::Fsize
+        !matches!(self, LimitName::Fsize | LimitName::Nofile)
     }
 }
 

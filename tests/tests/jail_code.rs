@@ -597,3 +597,46 @@ async fn test_usage_is_reported_for_a_run_killed_by_realtime() {
     );
     assert!(res.usage.max_rss_kib > 0, "{:?}", res.usage);
 }
+
+/// NOFILE (default 1024) is the program's RLIMIT_NOFILE with soft = hard: it cannot
+/// raise it towards the broker's own hard limit (under systemd 524288), opening past
+/// it fails with EMFILE, a request may set it, and 0 (which would mean "unlimited",
+/// i.e. the broker's) is refused with the reason.
+#[tokio::test]
+async fn test_open_files_are_capped_by_nofile() {
+    let b = broker!();
+    let code = r#"
+        import errno, os, resource
+        print(resource.getrlimit(resource.RLIMIT_NOFILE))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+            print("raised")
+        except ValueError as e:
+            print("not raised")
+        fds = []
+        try:
+            for _ in range(5000):
+                fds.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            print(errno.errorcode[e.errno], len(fds) + 3 <= resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    "#;
+    let res = b.run(&py(code)).await;
+    assert_ok(&res);
+    assert_eq!(text(&res.stdout), "(1024, 1024)\nnot raised\nEMFILE True\n");
+    let res = b.run(&with_limit(py(code), "NOFILE", 64)).await;
+    assert_ok(&res);
+    assert_eq!(text(&res.stdout), "(64, 64)\nnot raised\nEMFILE True\n");
+    for bad in [0, 3] {
+        let err = b
+            .try_run(&with_limit(py("print(1)"), "NOFILE", bad))
+            .await
+            .expect_err("NOFILE below its minimum must be refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("NOFILE") && message.contains("minimum"),
+            "{message}"
+        );
+    }
+    // The broker keeps serving.
+    assert_ok(&b.run(&py("print(1)")).await);
+}

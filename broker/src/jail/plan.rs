@@ -34,7 +34,7 @@ pub const MAX_REPORT_FRAME: usize = 64 * 1024;
 pub const INNER_RUN_ID: u32 = 1000;
 
 /// Resource limits as the stage applies them (`None` = not limited).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunLimits {
     /// RLIMIT_CPU seconds (soft n, hard n+1).
     pub cpu_secs: Option<u64>,
@@ -46,6 +46,8 @@ pub struct RunLimits {
     /// stage itself and the init, which share the run's uid and are counted (since
     /// Linux 5.14 the count is per user namespace and uid, so it is per run).
     pub nproc: Option<u64>,
+    /// RLIMIT_NOFILE, soft = hard (never the broker's own: always set).
+    pub nofile: u64,
     /// tmpfs `size=` of the workspace, bytes.
     pub tmp_bytes: Option<u64>,
     /// tmpfs `nr_inodes=` of the workspace.
@@ -94,6 +96,22 @@ pub struct Plan {
     /// Let the program's processes exec after the program's own start (the command's
     /// `allow_exec`); otherwise every later exec fails with `EACCES` (`execguard`).
     pub allow_exec: bool,
+}
+
+impl Default for RunLimits {
+    /// Nothing limited but what is always set: no file may be written (FSIZE 0, as
+    /// upstream) and NOFILE at its default.
+    fn default() -> Self {
+        RunLimits {
+            cpu_secs: None,
+            vmem_bytes: None,
+            fsize_bytes: 0,
+            nproc: None,
+            nofile: codejail_protocol::limits::LimitName::Nofile.default_value(),
+            tmp_bytes: None,
+            tmp_inodes: None,
+        }
+    }
 }
 
 /// What the stage (and the init inside the jail) tells the broker.

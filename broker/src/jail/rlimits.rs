@@ -6,6 +6,7 @@
 //! | VMEM n | `RLIMIT_AS` n |
 //! | FSIZE n | `RLIMIT_FSIZE` n, always set: 0 means no file may be written |
 //! | NPROC n | `RLIMIT_NPROC` n + [`NPROC_SHARED`] |
+//! | NOFILE n | `RLIMIT_NOFILE` n, soft = hard, always set: the program can neither raise it nor keep the broker's |
 //! | (always) | `RLIMIT_CORE` 0: no core dumps of untrusted code |
 //!
 //! `RLIMIT_NPROC` counts the processes and threads of a *(user namespace, real uid)*
@@ -46,7 +47,7 @@ pub(crate) fn rlimit_settings(limits: &RunLimits) -> Vec<RlimitSetting> {
         soft,
         hard,
     };
-    let mut settings = Vec::with_capacity(5);
+    let mut settings = Vec::with_capacity(6);
     if let Some(secs) = limits.cpu_secs {
         settings.push(set(
             Resource::RLIMIT_CPU,
@@ -68,6 +69,12 @@ pub(crate) fn rlimit_settings(limits: &RunLimits) -> Vec<RlimitSetting> {
         let n = n.saturating_add(NPROC_SHARED);
         settings.push(set(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", n, n));
     }
+    settings.push(set(
+        Resource::RLIMIT_NOFILE,
+        "RLIMIT_NOFILE",
+        limits.nofile,
+        limits.nofile,
+    ));
     settings.push(set(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0, 0));
     settings
 }
@@ -114,6 +121,7 @@ mod tests {
             vmem_bytes: Some(1 << 30),
             fsize_bytes: 0,
             nproc: Some(15),
+            nofile: 1024,
             tmp_bytes: None,
             tmp_inodes: None,
         };
@@ -122,6 +130,7 @@ mod tests {
         assert_eq!(find(&s, Resource::RLIMIT_AS), Some((1 << 30, 1 << 30)));
         assert_eq!(find(&s, Resource::RLIMIT_FSIZE), Some((0, 0)));
         assert_eq!(find(&s, Resource::RLIMIT_NPROC), Some((17, 17)));
+        assert_eq!(find(&s, Resource::RLIMIT_NOFILE), Some((1024, 1024)));
         assert_eq!(find(&s, Resource::RLIMIT_CORE), Some((0, 0)));
     }
 

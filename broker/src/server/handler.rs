@@ -196,6 +196,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         .map_err(|e| match e {
             LimitError::Unknown(_) => Refuse(ErrorKind::UnknownLimit, e.to_string()),
             LimitError::AboveCeiling { .. } => Refuse(ErrorKind::LimitAboveCeiling, e.to_string()),
+            LimitError::OutOfRange(_) => Refuse(ErrorKind::InvalidRequest, e.to_string()),
         })?;
     if exec.code.is_none() && exec.argv.is_empty() {
         return Err(Refuse(
@@ -246,6 +247,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             vmem_bytes: limits.effective(LimitName::Vmem),
             fsize_bytes: limits.get(LimitName::Fsize),
             nproc: limits.effective(LimitName::Nproc),
+            nofile: limits.get(LimitName::Nofile),
             // The tmpfs holds the copied files too: the TMP limit is what the program
             // may add on top of them.
             tmp_bytes: tmp.map(|t| t.saturating_add(file_bytes)),
