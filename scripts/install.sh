@@ -16,7 +16,10 @@
 #   --skip-venv      do not build the sandbox virtualenv (it is managed elsewhere)
 #   --uninstall      remove what an install put in place
 #   --purge          with --uninstall: also /etc/codejail, /var/lib/codejail, the
-#                    AppArmor local overrides, the sandbox user and the codejail group
+#                    AppArmor local overrides, and the sandbox user and codejail group
+#                    if this installer created them (recorded at install time in
+#                    /var/lib/codejail/installed-accounts; accounts that existed before
+#                    are kept, and it says so)
 #
 # What an install does, in order (each step says so as it runs):
 #   1. build the binaries (unless --bin-dir);
@@ -273,16 +276,18 @@ if $uninstall; then
         run systemctl daemon-reload
     fi
     if $purge; then
+        # Accounts first: their record is in $STATEDIR. Only those the installer
+        # created go (a `sandbox` user may belong to another system).
+        if $live; then
+            run "$repo/scripts/install-accounts.sh" remove "$STATEDIR" "$BROKER_USER" "$CALLERS_GROUP"
+        else
+            note "accounts: only those recorded in $STATEDIR/installed-accounts would be removed"
+        fi
         remove "$CONFDIR" "$STATEDIR" /run/codejail \
             "$APPARMORDIR/local/codejail-broker" "$APPARMORDIR/local/codejail-jail" \
             "$APPARMORDIR/local/codejail-sandbox"
-        if $live; then
-            getent passwd "$BROKER_USER" >/dev/null && run userdel "$BROKER_USER"
-            getent group "$BROKER_USER" >/dev/null && run groupdel "$BROKER_USER"
-            getent group "$CALLERS_GROUP" >/dev/null && run groupdel "$CALLERS_GROUP"
-        fi
     else
-        note "kept: $CONFDIR, $STATEDIR, $APPARMORDIR/local/codejail-*, user $BROKER_USER, group $CALLERS_GROUP (--purge removes them)"
+        note "kept: $CONFDIR, $STATEDIR, $APPARMORDIR/local/codejail-*, user $BROKER_USER, group $CALLERS_GROUP (--purge removes them, the accounts only if the installer created them)"
     fi
     log "uninstalled"
     exit 0
@@ -310,16 +315,9 @@ done
 # 2. The broker's user and the callers' group.
 if $live; then
     log "2. user $BROKER_USER and group $CALLERS_GROUP"
-    if command -v systemd-sysusers >/dev/null; then
-        # Works without systemd as PID 1: it only edits /etc/passwd and friends.
-        run systemd-sysusers "$repo/systemd/sysusers.d/codejail.conf"
-    else
-        getent group "$CALLERS_GROUP" >/dev/null || run groupadd --system "$CALLERS_GROUP"
-        getent passwd "$BROKER_USER" >/dev/null ||
-            run useradd --system --user-group --home-dir "$STATEDIR" --no-create-home \
-                --shell /usr/sbin/nologin --comment "codejail broker" "$BROKER_USER"
-        run usermod -a -G "$CALLERS_GROUP" "$BROKER_USER"
-    fi
+    # What it creates is recorded, so that --purge removes only that.
+    run "$repo/scripts/install-accounts.sh" create "$STATEDIR" "$BROKER_USER" "$CALLERS_GROUP" \
+        "$repo/systemd/sysusers.d/codejail.conf"
 else
     log "2. accounts: skipped (staging root or dry run); would create user $BROKER_USER, group $CALLERS_GROUP"
 fi

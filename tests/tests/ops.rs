@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use codejail_tests::{
-    bin, bin_dir, python, reachable_by_others, require_privileged, skip_or_fail, wait_until,
+    bin, bin_dir, python, reachable_by_others, require_privileged, skip_or_fail, text, wait_until,
 };
 
 /// The variables systemd sets for a service; never inherited from the test runner.
@@ -870,6 +870,128 @@ fn installer_stages_every_file_and_uninstalls() {
         files_below(root, Path::new("/nonexistent")).is_empty(),
         "left after --uninstall --purge: {:?}",
         files_below(root, Path::new("/nonexistent"))
+    );
+}
+
+// --------------------------------------------------------------------------------
+// Accounts: --purge removes only what the installer created.
+
+/// Run `script` (sh, as root) in a private mount namespace whose /etc is a copy of
+/// the host's, so that creating and deleting accounts never touches the host.
+fn with_private_etc(tag: &str, script: &str) -> Output {
+    let dir = work_dir(tag);
+    let etc = dir.path().join("etc");
+    let wrapped = format!(
+        "set -e\ncp -a /etc/. {etc}/\nmount --bind {etc} /etc\n{script}",
+        etc = etc.display()
+    );
+    fs::create_dir(&etc).expect("mkdir etc");
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &wrapped])
+        .env("ACCOUNTS", repo().join("scripts/install-accounts.sh"))
+        .env("SYSUSERS", repo().join("systemd/sysusers.d/codejail.conf"))
+        .env("STATE", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare")
+}
+
+#[test]
+fn purge_removes_only_the_accounts_the_installer_created() {
+    if !require_privileged("creating accounts in a private copy of /etc needs root") {
+        return;
+    }
+    // A host where upstream CodeJail's `sandbox` user (and its group) already exist,
+    // with a member in its group: the installer adds the `codejail` group, and purge
+    // removes that group only.
+    let out = with_private_etc(
+        "accounts-existing",
+        r#"
+        useradd --system --user-group --no-create-home --shell /usr/sbin/nologin sandbox
+        useradd --system --no-create-home --shell /usr/sbin/nologin -G sandbox cjmember
+        "$ACCOUNTS" create "$STATE" sandbox codejail "$SYSUSERS"
+        echo "record: $(tr '\n' ';' < "$STATE/installed-accounts")"
+        echo "member: $(id -nG sandbox | tr ' ' '\n' | grep -cx codejail)"
+        "$ACCOUNTS" remove "$STATE" sandbox codejail
+        echo "sandbox user: $(getent passwd sandbox | cut -d: -f1)"
+        echo "sandbox group: $(getent group sandbox | cut -d: -f1,4)"
+        echo "codejail group: $(getent group codejail | cut -d: -f1)"
+        echo "record left: $(ls "$STATE")"
+        "#,
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout.contains("record: group codejail;member sandbox codejail;"),
+        "only what it created is recorded: {}",
+        describe(&out)
+    );
+    assert!(stdout.contains("member: 1\n"), "{}", describe(&out));
+    assert!(
+        stdout.contains("sandbox user: sandbox\n")
+            && stdout.contains("sandbox group: sandbox:cjmember\n"),
+        "the existing user, its group and the group's member must survive: {}",
+        describe(&out)
+    );
+    assert!(stdout.contains("codejail group: \n"), "{}", describe(&out));
+    assert!(stdout.contains("record left: \n"), "{}", describe(&out));
+    assert!(
+        stderr.contains("kept user sandbox: it existed before codejail was installed"),
+        "purge says what it kept and why: {stderr}"
+    );
+
+    // A fresh host: both are created, recorded, and removed by purge; a second install
+    // (the accounts now exist) keeps the record of the first.
+    let out = with_private_etc(
+        "accounts-fresh",
+        r#"
+        if getent passwd sandbox >/dev/null || getent group codejail >/dev/null; then
+            echo "this host has the accounts already"; exit 3
+        fi
+        "$ACCOUNTS" create "$STATE" sandbox codejail "$SYSUSERS"
+        "$ACCOUNTS" create "$STATE" sandbox codejail "$SYSUSERS"
+        echo "record: $(tr '\n' ';' < "$STATE/installed-accounts")"
+        "$ACCOUNTS" remove "$STATE" sandbox codejail
+        echo "after: [$(getent passwd sandbox)] [$(getent group sandbox)] [$(getent group codejail)]"
+        "#,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    for line in [
+        "user sandbox",
+        "group sandbox",
+        "group codejail",
+        "member sandbox codejail",
+    ] {
+        assert!(
+            stdout.contains(&format!("{line};")),
+            "{line}: {}",
+            describe(&out)
+        );
+    }
+    assert!(stdout.contains("after: [] [] []\n"), "{}", describe(&out));
+
+    // No record (an older install, or accounts made by hand): purge keeps everything.
+    let out = with_private_etc(
+        "accounts-norecord",
+        r#"
+        useradd --system --user-group --no-create-home --shell /usr/sbin/nologin sandbox
+        groupadd --system codejail
+        "$ACCOUNTS" remove "$STATE" sandbox codejail
+        echo "after: [$(getent passwd sandbox | cut -d: -f1)] [$(getent group codejail | cut -d: -f1)]"
+        "#,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("after: [sandbox] [codejail]\n"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text(&out.stderr).contains("no record of the installer creating them"),
+        "{}",
+        describe(&out)
     );
 }
 
