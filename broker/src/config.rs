@@ -39,6 +39,20 @@ pub enum ConfigError {
     },
 }
 
+/// Default connection cap: an LMS host keeps one connection per app thread that runs
+/// code (e.g. 16 gunicorn workers x 8 threads = 128 through the Python package) plus
+/// the HTTP front's in-flight requests; 1024 leaves room for several such apps on one
+/// host and, with max_running runs, still fits the NOFILE the unit sets (checked at
+/// start-up).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default idle timeout between requests on a connection: long enough for an app's
+/// kept connection to serve the next request of a busy thread, short enough that
+/// abandoned connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Default budget of request bytes held at once (all connections): 16 of the largest
+/// requests (32 MiB frames), an eighth of the unit's MemoryMax=4G.
+pub const DEFAULT_REQUEST_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -60,6 +74,14 @@ pub struct FileConfig {
     pub max_running: Option<u32>,
     /// Requests that may wait for a slot.
     pub max_queue: Option<u32>,
+    /// Open connections at most (default 1024); at the cap the one idle the longest
+    /// is closed.
+    pub max_connections: Option<u32>,
+    /// Seconds a connection may stay idle between requests (default 60).
+    pub idle_timeout_secs: Option<u64>,
+    /// Bytes of requests held in memory at once, all connections together (default
+    /// 512 MiB); a request over it is answered busy before its body is read.
+    pub request_budget_bytes: Option<u64>,
     /// Largest frame accepted, bytes.
     pub max_frame: Option<usize>,
     /// Seconds running runs get on SIGTERM before they are killed.
@@ -576,6 +598,12 @@ pub struct Settings {
     pub max_running: u32,
     /// Queue length.
     pub max_queue: u32,
+    /// Connection cap.
+    pub max_connections: u32,
+    /// Idle timeout between requests.
+    pub idle_timeout: Duration,
+    /// Budget of request bytes held at once.
+    pub request_budget_bytes: u64,
     /// Frame cap.
     pub max_frame: usize,
     /// Grace on SIGTERM.
@@ -740,6 +768,23 @@ impl Settings {
         if !(4096..=1 << 30).contains(&max_frame) {
             return Err(invalid("max_frame", "must be between 4096 and 1073741824"));
         }
+        let max_connections = cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        let idle_timeout_secs = cfg.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        if idle_timeout_secs == 0 {
+            return Err(invalid("idle_timeout_secs", "must be at least 1"));
+        }
+        let request_budget_bytes = cfg
+            .request_budget_bytes
+            .unwrap_or(DEFAULT_REQUEST_BUDGET_BYTES);
+        if request_budget_bytes < max_frame as u64 {
+            return Err(invalid(
+                "request_budget_bytes",
+                format!("must be at least max_frame ({max_frame}): one request of the largest size must fit"),
+            ));
+        }
         let identity = identity_for(uid, gid, cfg.run_uid, cfg.run_gid);
         if identity.outer_uid == 0 || identity.outer_gid == 0 {
             return Err(invalid("run_uid", "runs must never be root (0)"));
@@ -763,6 +808,9 @@ impl Settings {
             allowed_uids: cfg.allowed_uids.iter().copied().collect(),
             max_running,
             max_queue: cfg.max_queue.unwrap_or(16),
+            max_connections,
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            request_budget_bytes,
             max_frame,
             shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs.unwrap_or(5)),
             jail_stage: cfg.jail_stage.clone().unwrap_or_else(default_jail_stage),

@@ -155,7 +155,7 @@ impl Client {
         let body = encode_request(&Request::Status, self.max_frame)?;
         let conn = self.begin()?;
         let outcome = async {
-            total.run(conn.send(body)).await??;
+            send_request(conn, body, total).await?;
             match recv(conn, total).await? {
                 Response::Status(report) => Ok(report),
                 Response::Error { kind, message } => Err(ClientError::Broker { kind, message }),
@@ -186,7 +186,7 @@ impl Client {
         let queue = Deadline::after(self.queue_timeout, "queue").earliest(total);
         let conn = self.begin()?;
         let outcome = async {
-            queue.run(conn.send(body)).await??;
+            send_request(conn, body, queue).await?;
             let run_id = loop {
                 match recv(conn, queue).await? {
                     Response::Queued { .. } => continue,
@@ -314,6 +314,29 @@ async fn next_frame(conn: &mut Conn) -> Result<Option<bytes::BytesMut>, ClientEr
 }
 
 /// The next response, before `deadline`.
+/// Send a request. The broker may refuse a big one (busy) after reading only its length
+/// prefix, answer, and close: the write then fails (EPIPE, ECONNRESET) with the answer
+/// already waiting to be read, so it is read and returned instead of the write error.
+async fn send_request(conn: &mut Conn, body: Bytes, deadline: Deadline) -> Result<(), ClientError> {
+    let sent = deadline.run(conn.send(body)).await?;
+    let Err(write_error) = sent else {
+        return Ok(());
+    };
+    let answer = Deadline::after(REFUSAL_READ_TIMEOUT, "reading the broker's answer")
+        .earliest(deadline)
+        .run(next_frame(conn))
+        .await;
+    if let Ok(Ok(Some(frame))) = answer {
+        if let Ok(Response::Error { kind, message }) = decode::<Response>(&frame) {
+            return Err(ClientError::Broker { kind, message });
+        }
+    }
+    Err(write_error.into())
+}
+
+/// How long to look for the broker's answer after a failed write.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn recv(conn: &mut Conn, deadline: Deadline) -> Result<Response, ClientError> {
     let body = deadline
         .run(next_frame(conn))

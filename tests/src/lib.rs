@@ -240,6 +240,8 @@ pub struct BrokerOpts {
     pub env: Vec<(String, String)>,
     /// How the broker is started (default [`Shape::Dev`]).
     pub shape: Shape,
+    /// RLIMIT_NOFILE (soft = hard) of the broker process, when set.
+    pub nofile: Option<u64>,
 }
 
 impl BrokerOpts {
@@ -299,6 +301,12 @@ impl BrokerOpts {
     /// `--max-frame BYTES`.
     pub fn max_frame(self, bytes: usize) -> Self {
         self.args(["--max-frame".to_string(), bytes.to_string()])
+    }
+
+    /// Start the broker with this open-file limit (soft = hard).
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
     }
 
     /// Set an environment variable of the broker process.
@@ -470,14 +478,25 @@ impl TestBroker {
             // std clears the supplementary groups when it sets the uid as root.
             cmd.uid(uid).gid(uid);
         }
+        let nofile = opts.nofile;
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // prctl(2), which is async-signal-safe and allocates nothing. It runs after std
-        // changed the uid, which would otherwise clear the parent-death signal.
+        // prctl(2) and setrlimit(2), which are async-signal-safe and allocate nothing.
+        // It runs after std changed the uid, which would otherwise clear the
+        // parent-death signal.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // A test process killed outright must not leave its broker behind.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -42,6 +42,16 @@ struct Cli {
     /// Dev: largest frame accepted, bytes.
     #[arg(long, requires = "dev")]
     max_frame: Option<usize>,
+    /// Dev: open connections at most (config max_connections).
+    #[arg(long, requires = "dev")]
+    max_connections: Option<u32>,
+    /// Dev: seconds a connection may stay idle between requests (config
+    /// idle_timeout_secs).
+    #[arg(long, requires = "dev")]
+    idle_timeout_secs: Option<u64>,
+    /// Dev: bytes of requests held at once (config request_budget_bytes).
+    #[arg(long, requires = "dev")]
+    request_budget: Option<u64>,
     /// Dev: a default limit value, NAME=VALUE (repeatable).
     #[arg(long = "default", value_name = "NAME=VALUE", requires = "dev")]
     defaults: Vec<String>,
@@ -141,6 +151,9 @@ fn dev_config(cli: &Cli) -> anyhow::Result<FileConfig> {
         max_running: cli.max_running,
         max_queue: cli.max_queue,
         max_frame: cli.max_frame,
+        max_connections: cli.max_connections,
+        idle_timeout_secs: cli.idle_timeout_secs,
+        request_budget_bytes: cli.request_budget,
         shutdown_grace_secs: cli.shutdown_grace_secs,
         ..FileConfig::default()
     };

@@ -114,6 +114,16 @@ impl Default for RunLimits {
     }
 }
 
+impl Plan {
+    /// Drop what the plan carries of the request (code, files, extra files), once it
+    /// has been serialised for the stage: the broker need not hold it for the run.
+    pub fn drop_payload(&mut self) {
+        self.code = None;
+        self.files = Vec::new();
+        self.extra_files = Vec::new();
+    }
+}
+
 /// What the stage (and the init inside the jail) tells the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageReport {
@@ -158,18 +168,22 @@ pub enum StageReport {
     },
 }
 
+/// One frame (length + postcard body), serialised once into its buffer (a plan
+/// carries the run's files: no second copy).
+pub fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut buf = postcard::to_extend(value, vec![0u8; 4])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let len = u32::try_from(buf.len() - 4)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
 /// Write one frame (length + postcard body) to a blocking writer.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
-    let body =
-        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = u32::try_from(body.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&body);
     // One write: report frames are below PIPE_BUF, so concurrent writers (stage and
     // init) never interleave (pipe(7)).
-    w.write_all(&buf)
+    w.write_all(&encode_frame(value)?)
 }
 
 /// Read one frame from a blocking reader. `Ok(None)` on a clean EOF before the frame.

@@ -56,7 +56,7 @@ pub enum Output {
 }
 
 /// What the broker decided for one run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunSpec {
     /// The run's id (logs, workspace name).
     pub run_id: u64,
@@ -72,6 +72,9 @@ pub struct RunSpec {
     pub identity: RunIdentity,
     /// Where the run's cgroup is made (MEMORY and NPROC are read here).
     pub cgroups: Arc<Cgroups>,
+    /// The request's bytes under the broker's budget, given back once the plan (which
+    /// holds them) has been sent to the stage.
+    pub held: Option<crate::server::budget::Reservation>,
 }
 
 /// A run that could not run.
@@ -166,7 +169,7 @@ impl Cleanup {
 /// the stage has been reaped (so every process of the run's pid namespace is gone),
 /// with the [`Cleanup`] still to do.
 pub async fn execute(
-    spec: RunSpec,
+    mut spec: RunSpec,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> (Result<RunResult, RunError>, Cleanup) {
@@ -185,7 +188,7 @@ pub async fn execute(
             return (Err(RunError::Cgroup(e)), none);
         }
     };
-    let result = execute_in(&spec, cgroup.as_ref(), out, cancel).await;
+    let result = execute_in(&mut spec, cgroup.as_ref(), out, cancel).await;
     let cleanup = Cleanup {
         run_id: spec.run_id,
         cgroup,
@@ -194,7 +197,7 @@ pub async fn execute(
 }
 
 async fn execute_in(
-    spec: &RunSpec,
+    spec: &mut RunSpec,
     cgroup: Option<&RunCgroup>,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
@@ -245,13 +248,18 @@ async fn execute_in(
     let stderr = child.stderr.take();
 
     // Handshake with the stage: plan, then maps when it asks, then go.
+    // The plan, serialised once; its files then leave memory (the frame has them),
+    // and the frame itself once it is in the pipe.
+    let frame = plan::encode_frame(&spec.plan).map_err(RunError::Pipes)?;
+    spec.plan.drop_payload();
+    let held = spec.held.take();
     let setup = async {
-        let mut frame = Vec::new();
-        plan::write_frame(&mut frame, &spec.plan).map_err(RunError::Pipes)?;
         control
             .write_all(&frame)
             .await
             .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
+        drop(frame);
+        drop(held);
         match read_report(&mut reports).await? {
             Some(StageReport::NeedMaps) => {}
             Some(StageReport::Failed { step, message }) => {

@@ -99,6 +99,12 @@ impl Admission {
         self.slots.close();
     }
 
+    /// Whether a request could be admitted now (a free slot or a free queue place),
+    /// asked before a big request's body is read.
+    pub fn has_room(&self) -> bool {
+        self.slots.available_permits() > 0 || self.queued.load(Ordering::SeqCst) < self.max_queue
+    }
+
     /// Current load.
     pub fn load(&self) -> Load {
         Load {

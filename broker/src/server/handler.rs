@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use codejail_protocol::validate::{self, NameError};
 use codejail_protocol::{
-    decode, decode_head, encode, framed, EntryKind, ErrorKind, Exec, Hello, LimitName, Limits,
-    Request, Response, Welcome, HELLO_MAGIC, PROTOCOL_VERSION,
+    decode, decode_head, encode, EntryKind, ErrorKind, Exec, Hello, LimitName, Limits, Request,
+    Response, Welcome, HELLO_MAGIC, PROTOCOL_VERSION,
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -20,6 +20,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
+use super::budget::{Inbound, RequestCodec, Reservation};
+use super::connections::Slot;
 use super::Shared;
 use crate::config::{LimitError, Settings};
 use crate::jail::plan::{Plan, RunLimits};
@@ -31,8 +33,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Output chunks buffered between a run and a slow client.
 const OUTPUT_BUFFER: usize = 16;
 
-type Tx = SplitSink<Framed<UnixStream, LengthDelimitedCodec>, Bytes>;
-type Rx = SplitStream<Framed<UnixStream, LengthDelimitedCodec>>;
+type Tx = SplitSink<Framed<UnixStream, RequestCodec>, Bytes>;
+type Rx = SplitStream<Framed<UnixStream, RequestCodec>>;
 
 /// An error to send to the peer.
 pub(crate) struct Refuse(pub(crate) ErrorKind, pub(crate) String);
@@ -57,8 +59,28 @@ async fn send_error(tx: &mut Tx, kind: ErrorKind, message: String) -> bool {
     send(tx, &Response::Error { kind, message }).await
 }
 
-/// Serve one connection to its end.
-pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationToken) {
+/// Answer a connection the cap has no room for: a `Welcome` that refuses it, with the
+/// reason (the peer sends its `Hello` first and reads the answer; it is not read
+/// here), within a short time whatever the peer does.
+pub async fn refuse(stream: UnixStream, reason: String, status: codejail_protocol::StatusReport) {
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+        refused: Some(reason),
+        status,
+    };
+    let mut framed = Framed::new(stream, LengthDelimitedCodec::new());
+    if let Ok(body) = encode(&welcome) {
+        let _ = tokio::time::timeout(REFUSE_TIMEOUT, framed.send(Bytes::from(body))).await;
+    }
+}
+
+/// How long a refused connection may take to hear why.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serve one connection to its end. `slot` is its place under the connection cap: the
+/// connection is idle (closable to make room) except while it serves a request.
+pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationToken, slot: Slot) {
     // SO_PEERCRED and SO_PEERGROUPS, as at connect(2).
     let peer = match super::peer::Peer::of(&stream) {
         Ok(p) => p,
@@ -68,14 +90,28 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
         }
     };
     let peer_uid = peer.uid;
-    let (mut tx, mut rx) = framed(stream, shared.settings.max_frame).split();
+    let room = shared.clone();
+    let codec = RequestCodec::new(
+        shared.settings.max_frame,
+        shared.budget.clone(),
+        move || room.admission.has_room(),
+    );
+    let (mut tx, mut rx) = Framed::new(stream, codec).split();
 
-    // Handshake: a Hello, then a Welcome (which may be a refusal).
-    let refusal = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next()).await {
+    // Handshake: a Hello, then a Welcome (which may be a refusal). A connection the
+    // cap closes to make room meanwhile just ends.
+    let hello = tokio::select! {
+        () = slot.evicted() => return,
+        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next()) => h,
+    };
+    let refusal = match hello {
         Err(_) => Some("no Hello within 10 s".to_string()),
         Ok(None) => return,
         Ok(Some(Err(e))) => Some(format!("malformed Hello frame: {e}")),
-        Ok(Some(Ok(body))) => check_hello(&body, &peer, &shared.settings),
+        Ok(Some(Ok(Inbound::Refused { len, .. }))) => {
+            Some(format!("a Hello of {len} bytes is no Hello"))
+        }
+        Ok(Some(Ok(Inbound::Frame(body, _held)))) => check_hello(&body, &peer, &shared.settings),
     };
     // Logged before the answer, so the log line exists by the time the peer hears it.
     if let Some(reason) = &refusal {
@@ -96,17 +132,50 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
         return;
     }
 
+    let idle_timeout = shared.settings.idle_timeout;
     loop {
+        slot.idle();
         let frame = tokio::select! {
             () = stop.cancelled() => {
                 let _ = send_error(&mut tx, ErrorKind::ShuttingDown, "the broker is shutting down".into()).await;
                 return;
             }
+            // Closed silently: no request is in flight, so the client loses nothing
+            // and reconnects for its next one.
+            () = slot.evicted() => {
+                tracing::info!(peer_uid, "idle connection closed to make room under the connection cap");
+                return;
+            }
+            () = tokio::time::sleep(idle_timeout) => {
+                tracing::debug!(peer_uid, "idle connection closed after {idle_timeout:?}");
+                return;
+            }
             f = rx.next() => f,
         };
-        let body = match frame {
+        slot.busy();
+        let (body, held) = match frame {
             None => return,
-            Some(Ok(body)) => body,
+            Some(Ok(Inbound::Frame(body, held))) => (body, held),
+            Some(Ok(Inbound::Refused { len, queue_full })) => {
+                // Answered before the body is read, then closed: the client reads the
+                // answer even though its write of the body fails.
+                let message = if queue_full {
+                    let load = shared.admission.load();
+                    format!(
+                        "busy: {} runs running and {} queued (the maximum); this request ({len} bytes) was not read; try again later",
+                        load.running, load.queued
+                    )
+                } else {
+                    format!(
+                        "busy: the broker holds {} of its {} bytes for requests; this request ({len} bytes) was not read; try again later",
+                        shared.budget.held(),
+                        shared.budget.limit()
+                    )
+                };
+                tracing::warn!(peer_uid, len, queue_full, "busy before reading a request");
+                let _ = send_error(&mut tx, ErrorKind::Busy, message).await;
+                return;
+            }
             Some(Err(e)) => {
                 // The framing is broken (e.g. a frame over the cap): this connection
                 // cannot be resynchronised, so answer and close it.
@@ -120,7 +189,10 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
                 return;
             }
         };
-        let request = match decode::<Request>(&body) {
+        let decoded = decode::<Request>(&body);
+        // One copy of the request in memory: the frame goes as soon as it is decoded.
+        drop(body);
+        let request = match decoded {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(peer_uid, error = %e, "malformed request");
@@ -138,7 +210,9 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
         };
         let alive = match request {
             Request::Status => send(&mut tx, &Response::Status(shared.status())).await,
-            Request::Exec(exec) => handle_exec(&mut tx, &mut rx, &shared, *exec, peer_uid).await,
+            Request::Exec(exec) => {
+                handle_exec(&mut tx, &mut rx, &shared, *exec, peer_uid, held).await
+            }
             _ => {
                 send_error(
                     &mut tx,
@@ -270,6 +344,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         limits,
         identity: settings.identity,
         cgroups: shared.cgroups.clone(),
+        held: None,
     };
     Ok((spec, limits))
 }
@@ -305,11 +380,22 @@ fn page_round(n: usize) -> u64 {
 }
 
 /// Serve one Exec. Returns whether the connection is still usable.
-async fn handle_exec(tx: &mut Tx, rx: &mut Rx, shared: &Shared, exec: Exec, peer_uid: u32) -> bool {
+async fn handle_exec(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    shared: &Shared,
+    exec: Exec,
+    peer_uid: u32,
+    held: Reservation,
+) -> bool {
     let slug = exec.slug.clone().unwrap_or_default();
     let command = exec.command.clone();
     let (mut spec, limits) = match prepare(shared, exec) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            // The request's bytes stay counted until the plan has reached the stage.
+            s.0.held = Some(held);
+            s
+        }
         Err(Refuse(kind, message)) => {
             tracing::warn!(peer_uid, slug, %kind, %message, "request refused");
             return send_error(tx, kind, message).await;

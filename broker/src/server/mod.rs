@@ -18,6 +18,8 @@ use crate::run::cgroup::Cgroups;
 use crate::run::uidpool::UidPool;
 
 pub mod admission;
+pub mod budget;
+pub mod connections;
 pub mod handler;
 pub mod peer;
 pub mod report;
@@ -42,6 +44,10 @@ pub struct Shared {
     /// Per-run outside ids (production), `None` when runs share
     /// [`Settings::identity`].
     pub uid_pool: Option<UidPool>,
+    /// Open connections, capped.
+    pub connections: Arc<connections::Connections>,
+    /// Bytes of requests held, capped.
+    pub budget: Arc<budget::Budget>,
 }
 
 impl Shared {
@@ -139,11 +145,20 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    let stop = stop_accepting.clone();
-                    conns.spawn(async move { handler::serve(stream, shared, stop).await });
-                }
+                // The cap is enforced here, at accept: at it, the connection idle the
+                // longest is closed to make room; only when all are busy is the new
+                // one refused (with the reason).
+                Ok((stream, _)) => match shared.connections.admit() {
+                    Ok(slot) => {
+                        let shared = shared.clone();
+                        let stop = stop_accepting.clone();
+                        conns.spawn(async move { handler::serve(stream, shared, stop, slot).await });
+                    }
+                    Err(full) => {
+                        tracing::warn!(%full, "connection refused");
+                        conns.spawn(handler::refuse(stream, full.to_string(), shared.status()));
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: log, back off a little, keep serving.
                     tracing::warn!(error = %e, "accept failed");

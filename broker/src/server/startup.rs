@@ -10,6 +10,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
@@ -29,6 +30,9 @@ pub enum StartupError {
     /// Leftover processes in the uid range could not be removed.
     #[error("layer `identity`: start-up sweep of the run uid range: {0}")]
     SweepStrays(PoolError),
+    /// The open-file limit cannot hold the connection cap and the runs.
+    #[error("open files: {0}")]
+    Nofile(String),
     /// The config requires memory and pids cgroups and they are not both available.
     #[error("layer `cgroups` is required but {state}: {detail}")]
     RequireCgroups {
@@ -52,6 +56,8 @@ pub struct Host {
 /// the processes left in the uid range, remove leftover run cgroups. Errors name the
 /// layer, the reason and the fix.
 pub fn prepare_host(settings: &Settings) -> Result<Host, StartupError> {
+    let nofile = raise_nofile().map_err(StartupError::Nofile)?;
+    check_nofile(settings, nofile).map_err(StartupError::Nofile)?;
     let uid_pool = check_uid_pool(settings)?;
     if let Some(pool) = &uid_pool {
         let killed = uidpool::sweep_strays(pool.range()).map_err(StartupError::SweepStrays)?;
@@ -69,11 +75,53 @@ pub fn prepare_host(settings: &Settings) -> Result<Host, StartupError> {
 /// checked but no pool is returned: a probe run must not take (and then clean up)
 /// a uid a serving broker's run may hold; it runs with the shared identity.
 pub fn inspect_host(settings: &Settings) -> Result<Host, StartupError> {
+    // What serving would reach: the soft limit raised to the hard one.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| StartupError::Nofile(format!("getrlimit: {e}")))?;
+    check_nofile(settings, hard).map_err(StartupError::Nofile)?;
     check_uid_pool(settings)?;
     Ok(Host {
         uid_pool: None,
         cgroups: Cgroups::inspect(&settings.cgroup),
     })
+}
+
+/// Descriptors the broker holds for one running run: the stage's stdin, stdout,
+/// stderr, control and report pipes, a pidfd, the run's cgroup directories, and the
+/// client's connection is counted under the connection cap.
+pub const FDS_PER_RUN: u64 = 12;
+/// Descriptors of the broker itself: the listener, the runtime (epoll, eventfds),
+/// stdio, the journal, and headroom for start-up files.
+pub const FDS_BASE: u64 = 64;
+
+/// Raise the soft open-file limit to the hard one (allowed without any capability:
+/// setrlimit(2)) and return it. The unit sets `LimitNOFILE=`; elsewhere the soft limit
+/// inherited is often 1024, which the connection cap alone may exceed.
+fn raise_nofile() -> Result<u64, String> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| format!("raising the soft limit {soft} to the hard limit {hard}: {e}"))?;
+    }
+    Ok(hard)
+}
+
+/// The cap on connections, plus what each running run holds, plus the broker's own,
+/// must fit in `nofile`: otherwise accept would fail with EMFILE under load, which is
+/// exactly the lockout the cap prevents.
+pub fn check_nofile(settings: &Settings, nofile: u64) -> Result<(), String> {
+    let needed = u64::from(settings.max_connections)
+        + u64::from(settings.max_running) * FDS_PER_RUN
+        + FDS_BASE;
+    if needed > nofile {
+        return Err(format!(
+            "max_connections ({}) + max_running ({}) x {FDS_PER_RUN} + {FDS_BASE} = {needed} \
+             descriptors do not fit the open-file limit of {nofile}: raise it (the unit's \
+             LimitNOFILE=, or ulimit -n) or lower max_connections",
+            settings.max_connections, settings.max_running
+        ));
+    }
+    Ok(())
 }
 
 fn check_uid_pool(settings: &Settings) -> Result<Option<UidPool>, StartupError> {
@@ -114,6 +162,8 @@ pub fn shared_for(settings: Settings, host: Host) -> Shared {
         kill_runs: CancellationToken::new(),
         cgroups: Arc::new(host.cgroups),
         uid_pool: host.uid_pool,
+        connections: super::connections::Connections::new(settings.max_connections as usize),
+        budget: super::budget::Budget::new(settings.request_budget_bytes),
         settings,
     }
 }

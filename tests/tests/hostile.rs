@@ -1,0 +1,256 @@
+//! Hostile allowed peers (issue 13): what one caller with an allowed uid can do to the
+//! others, each case asserting the outcome that counts: no allowed peer can make
+//! another peer's run fail or wait beyond its queue turn, and the broker's memory and
+//! descriptors stay bounded.
+//!
+//! - idle connections: a cap on connections, enforced at accept by closing the one
+//!   idle the longest; a clear refusal when every connection is busy; an idle timeout;
+//!   the open-file limit checked against the cap at start-up;
+//! - big requests: a budget of request bytes held, spent before a frame's body is
+//!   read (the length prefix says how big it is), answered `Busy` otherwise;
+//! - the program's open files (NOFILE) is in `jail_code.rs`.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use codejail_client::ErrorKind as ClientErrorKind;
+use codejail_protocol::{EntryKind, ErrorKind, FileEntry};
+use codejail_tests::{
+    broker, py, raw_python, text, with_limit, BrokerOpts, ClientError, Ending, RawConn, TestBroker,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How many descriptors the broker has open now.
+fn broker_fds(b: &TestBroker) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A normal client's run, with its wall time.
+async fn normal_run(b: &TestBroker) -> (Result<codejail_tests::JailResult, ClientError>, Duration) {
+    let started = Instant::now();
+    let res = b.try_run(&py("print('served')")).await;
+    (res, started.elapsed())
+}
+
+/// Whether the broker has closed `conn` (EOF or reset) within `within`.
+async fn closed_within(conn: &mut RawConn, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, conn.stream_mut().read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// One uid opens far more idle, handshaken connections than the broker's open-file
+/// limit could hold (the lockout of issue 13: with 1024 fds and 1,100 idle
+/// connections a normal client timed out). With the cap, the connections idle the
+/// longest are closed to make room and a normal client is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_lock_out_a_normal_client() {
+    let b = broker!(BrokerOpts::new()
+        .nofile(256)
+        .args(["--max-connections", "100"]));
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        let (conn, welcome) = RawConn::handshake(b.socket()).await;
+        assert!(welcome.refused.is_none(), "{:?}", welcome.refused);
+        idle.push(conn);
+    }
+    let (res, took) = normal_run(&b).await;
+    let res = res.unwrap_or_else(|e| panic!("a normal client failed: {e}; log:\n{}", b.log()));
+    assert_eq!(text(&res.stdout), "served\n");
+    assert!(took < Duration::from_secs(5), "served only after {took:?}");
+    // The oldest idle connections were closed; the broker holds at most the cap.
+    assert!(closed_within(&mut idle[0], Duration::from_secs(5)).await);
+    assert!(
+        broker_fds(&b) <= 100 + 64,
+        "the broker holds {} fds",
+        broker_fds(&b)
+    );
+    assert!(
+        !b.log().contains("Too many open files"),
+        "accept ran out of fds:\n{}",
+        b.log()
+    );
+    // The newest connection is still usable.
+    let last = idle.last_mut().expect("connections");
+    last.exec(raw_python("print('kept')")).await;
+    let out = last.collect().await;
+    out.expect_finished("the newest idle connection");
+    assert_eq!(text(&out.stdout), "kept\n");
+}
+
+/// When every connection is inside a request, a new one is refused at once with the
+/// reason, not left hanging; the runs in progress are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_with_all_busy_is_refused_with_the_reason() {
+    let b = broker!(BrokerOpts::new()
+        .max_running(2)
+        .args(["--max-connections", "2"]));
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let (mut conn, _) = RawConn::handshake(b.socket()).await;
+        let mut exec = raw_python("import time; time.sleep(2); print('done')");
+        exec.limits = codejail_tests::limits(&[("REALTIME", 10)]);
+        conn.exec(exec).await;
+        busy.push(conn);
+    }
+    // Both are running (their Started came) before the third connects.
+    for conn in &mut busy {
+        loop {
+            match conn.recv().await {
+                Some(codejail_protocol::Response::Started { .. }) => break,
+                Some(codejail_protocol::Response::Queued { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let started = Instant::now();
+    let err = b
+        .try_run(&py("print(1)"))
+        .await
+        .expect_err("over the cap with every connection busy");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a refusal, not a hang"
+    );
+    let message = err.to_string();
+    assert!(message.contains("cap of 2 connections"), "{message}");
+    for conn in &mut busy {
+        let out = conn.collect().await;
+        assert_eq!(out.expect_finished("a busy connection").status, 0);
+        assert_eq!(text(&out.stdout), "done\n");
+    }
+}
+
+/// A connection idle between requests longer than the idle timeout is closed; one
+/// that keeps working is not.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let b = broker!(BrokerOpts::new().args(["--idle-timeout-secs", "1"]));
+    let (mut idle, _) = RawConn::handshake(b.socket()).await;
+    let (mut working, _) = RawConn::handshake(b.socket()).await;
+    for _ in 0..3 {
+        working.exec(raw_python("print('x')")).await;
+        working
+            .collect()
+            .await
+            .expect_finished("a working connection");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(closed_within(&mut idle, Duration::from_secs(3)).await);
+    working.exec(raw_python("print('still')")).await;
+    let out = working.collect().await;
+    out.expect_finished("the working connection, after the idle one was closed");
+    assert_eq!(text(&out.stdout), "still\n");
+}
+
+/// A broker whose open-file limit cannot hold its connection cap plus its runs
+/// refuses to start, naming the numbers and the fix.
+#[test]
+fn an_open_file_limit_below_the_connection_cap_refuses_start_up() {
+    let Some((status, log)) = TestBroker::start_expecting_failure(BrokerOpts::new().nofile(512))
+    else {
+        return;
+    };
+    assert!(!status.success());
+    assert!(
+        log.contains("max_connections (1024)") && log.contains("LimitNOFILE"),
+        "{log}"
+    );
+}
+
+/// A frame whose declared length is over the broker's request budget is answered
+/// `Busy` before its body is sent at all (only the 4-byte length prefix is), and the
+/// connection is then closed.
+#[tokio::test]
+async fn a_request_over_the_budget_is_busy_before_its_body_is_read() {
+    let b = broker!(BrokerOpts::new()
+        .max_frame(8 << 20)
+        .args(["--request-budget", &(8u64 << 20).to_string()]));
+    // Two queued requests of 5 MiB would exceed 8 MiB: hold the budget with one
+    // request whose body is half sent, then announce another.
+    let (mut first, _) = RawConn::handshake(b.socket()).await;
+    let declared: u32 = 5 << 20;
+    first
+        .stream_mut()
+        .write_all(&declared.to_be_bytes())
+        .await
+        .expect("length prefix");
+    first
+        .stream_mut()
+        .write_all(&vec![0u8; 1 << 20])
+        .await
+        .expect("part of the body");
+    let (mut second, _) = RawConn::handshake(b.socket()).await;
+    second
+        .stream_mut()
+        .write_all(&declared.to_be_bytes())
+        .await
+        .expect("length prefix");
+    match second.ending(Duration::from_secs(5)).await {
+        Ending::Error(ErrorKind::Busy, message) => {
+            assert!(message.contains("was not read"), "{message}")
+        }
+        other => panic!("expected Busy before the body, got {other:?}"),
+    }
+    assert!(closed_within(&mut second, Duration::from_secs(3)).await);
+    // Others are still served (a small request always fits).
+    let (res, _) = normal_run(&b).await;
+    assert_eq!(text(&res.expect("a small request").stdout), "served\n");
+}
+
+/// Through the client library: with one run in the only slot and a big request
+/// queued (holding its bytes), another big request gets `Busy` (a typed error the
+/// caller can retry on), though its write of the body fails once the broker closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_busy_even_when_its_write_fails() {
+    let b = broker!(BrokerOpts::new()
+        .max_running(1)
+        .max_queue(4)
+        .max_frame(8 << 20)
+        .args(["--request-budget", &(8u64 << 20).to_string()]));
+    let big = |code: &str| {
+        let mut exec = raw_python(code);
+        exec.files = vec![FileEntry {
+            path: "big.bin".into(),
+            kind: EntryKind::File {
+                contents: vec![1u8; 5 << 20],
+                executable: false,
+            },
+        }];
+        exec.limits = codejail_tests::limits(&[("REALTIME", 10)]);
+        exec
+    };
+    // The running one: its bytes are given back once its plan reached the stage.
+    let (mut running, _) = RawConn::handshake(b.socket()).await;
+    running.exec(big("import time; time.sleep(3)")).await;
+    loop {
+        if let Some(codejail_protocol::Response::Started { .. }) = running.recv().await {
+            break;
+        }
+    }
+    // The queued one holds 5 MiB of the 8.
+    let (mut queued, _) = RawConn::handshake(b.socket()).await;
+    queued.exec(big("print('queued ran')")).await;
+    loop {
+        if let Some(codejail_protocol::Response::Queued { .. }) = queued.recv().await {
+            break;
+        }
+    }
+    let mut req = with_limit(py("print('never')"), "REALTIME", 10);
+    req.extra_files = vec![("big.bin".into(), vec![2u8; 5 << 20])];
+    match b.try_run(&req).await {
+        Err(ClientError::Broker { kind, message }) => {
+            assert_eq!(kind, ClientErrorKind::Busy, "{message}");
+            assert!(message.contains("was not read"), "{message}");
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(running.collect().await.expect_finished("running").status, 0);
+    let out = queued.collect().await;
+    out.expect_finished("queued");
+    assert_eq!(text(&out.stdout), "queued ran\n");
+}
