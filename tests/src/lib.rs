@@ -332,6 +332,8 @@ pub struct TestBroker {
     run_ids: Option<(u32, u32)>,
     /// Dropped after the broker is stopped (fields drop after `Drop::drop`).
     cgroups: Option<V1CgroupParents>,
+    /// How it was started, for [`TestBroker::crash_and_restart`].
+    opts: BrokerOpts,
 }
 
 impl TestBroker {
@@ -411,7 +413,6 @@ impl TestBroker {
         let socket = state_dir.join(SOCKET_NAME);
         let log = root.path().join("broker.log");
         let log_file = File::create(&log).expect("create the broker log");
-        let our_uid = nix::unistd::getuid().as_raw();
         let (run_ids, cgroups) = match opts.shape {
             Shape::Dev => (None, None),
             Shape::Production => {
@@ -421,7 +422,64 @@ impl TestBroker {
                 (Some(production_run_ids(uid)), Some(parents))
             }
         };
+        let child = Self::spawn_child(
+            &opts,
+            uid,
+            &state_dir,
+            &socket,
+            run_ids,
+            cgroups.as_ref(),
+            log_file,
+        );
+        TestBroker {
+            child,
+            exit: None,
+            root,
+            state_dir,
+            socket,
+            log,
+            uid,
+            shape: opts.shape,
+            run_ids,
+            cgroups,
+            opts,
+        }
+    }
 
+    /// Kill the broker outright (SIGKILL, as a crash or the OOM killer would), then
+    /// start it again as it was started (same uid, socket, state directory, per-run
+    /// ids and cgroup parents), appending to the same log; returns once it listens.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log_file = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("reopen the broker log");
+        self.child = Self::spawn_child(
+            &self.opts,
+            self.uid,
+            &self.state_dir,
+            &self.socket,
+            self.run_ids,
+            self.cgroups.as_ref(),
+            log_file,
+        );
+        self.exit = None;
+        self.wait_listening();
+    }
+
+    fn spawn_child(
+        opts: &BrokerOpts,
+        uid: Option<u32>,
+        state_dir: &Path,
+        socket: &Path,
+        run_ids: Option<(u32, u32)>,
+        cgroups: Option<&V1CgroupParents>,
+        log_file: File,
+    ) -> Child {
+        let broker = bin("codejail-broker");
+        let our_uid = nix::unistd::getuid().as_raw();
         let mut cmd = match (opts.shape, uid) {
             (Shape::Production, Some(uid)) => {
                 // setpriv changes the ids itself, keeping exactly these two capabilities
@@ -445,12 +503,12 @@ impl TestBroker {
         };
         cmd.arg("--dev")
             .arg("--socket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--python")
             .arg(python())
             .args(["--allow-uid", "0", "--allow-uid"])
             .arg(our_uid.to_string());
-        if let (Some((first, count)), Some(parents)) = (run_ids, &cgroups) {
+        if let (Some((first, count)), Some(parents)) = (run_ids, cgroups) {
             cmd.arg("--run-ids")
                 .arg(format!("{first}:{count}"))
                 .arg("--cgroup-v1")
@@ -458,10 +516,10 @@ impl TestBroker {
                 .arg("--require-cgroups");
         }
         cmd.args(&opts.args)
-            .current_dir(&state_dir)
+            .current_dir(state_dir)
             // Anything the broker writes to a temp dir must show up here (the cleanup
             // tests check that nothing is left).
-            .env("TMPDIR", &state_dir)
+            .env("TMPDIR", state_dir)
             // test_cant_see_environment_variables: the broker's environment must never
             // reach a run.
             .env("HONEY_BOO_BOO", "Look!")
@@ -501,21 +559,8 @@ impl TestBroker {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", broker.display()));
-        TestBroker {
-            child,
-            exit: None,
-            root,
-            state_dir,
-            socket,
-            log,
-            uid,
-            shape: opts.shape,
-            run_ids,
-            cgroups,
-        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", broker.display()))
     }
 
     fn wait_listening(&mut self) {

@@ -254,3 +254,137 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
     out.expect_finished("queued");
     assert_eq!(text(&out.stdout), "queued ran\n");
 }
+
+/// The broker's resident memory, KiB.
+fn broker_rss_kib(b: &TestBroker) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", b.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Many runs in a row (two callers at once) against a production-shape broker (per-run
+/// uids, v1 cgroups): every run succeeds, and afterwards nothing is left: no process
+/// of the run uids, no file in the broker's directory, no run cgroup, no descriptor
+/// beyond those of the warm-up, no uid lease (a leaked one would exhaust the pool of 8
+/// within a few runs and fail them), and the broker's RSS grew by at most 2 MiB.
+/// `CODEJAIL_SOAK_RUNS` sets the count (default 400; 2000 for the full soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_leaves_nothing_behind() {
+    let runs: usize = std::env::var("CODEJAIL_SOAK_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let b = broker!(BrokerOpts::new().production_shape().max_running(2));
+    let req = with_limit(py("import os; print(os.getpid())"), "REALTIME", 20);
+    let batch = |n: usize| {
+        let cfg = b.cfg();
+        let req = req.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for lane in 0..2 {
+                let (cfg, req) = (cfg.clone(), req.clone());
+                tasks.push(tokio::spawn(async move {
+                    for i in (lane..n).step_by(2) {
+                        let res = codejail_client::jail_code(&cfg, &req)
+                            .await
+                            .unwrap_or_else(|e| panic!("run {i}: {e}"));
+                        assert_eq!(
+                            (res.status, text(&res.stdout)),
+                            (0, "2\n".into()),
+                            "run {i}"
+                        );
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("lane");
+            }
+        }
+    };
+    batch(50).await;
+    let settle = |b: &TestBroker| {
+        codejail_tests::wait_until(Duration::from_secs(10), || b.stray_processes().is_empty())
+    };
+    assert!(settle(&b), "runs left processes: {:?}", b.stray_processes());
+    let (fds, rss) = (broker_fds(&b), broker_rss_kib(&b));
+    let started = Instant::now();
+    batch(runs).await;
+    let took = started.elapsed();
+    assert!(settle(&b), "runs left processes: {:?}", b.stray_processes());
+    assert_eq!(b.state_dir_leftovers(), Vec::<String>::new());
+    let parents = b.cgroup_parents().expect("production shape has cgroups");
+    assert!(
+        codejail_tests::wait_until(Duration::from_secs(5), || parents
+            .leftover_runs()
+            .is_empty()),
+        "run cgroups left: {:?}",
+        parents.leftover_runs()
+    );
+    assert!(
+        codejail_tests::wait_until(Duration::from_secs(5), || broker_fds(&b) <= fds),
+        "fds {} -> {}",
+        fds,
+        broker_fds(&b)
+    );
+    let grown = broker_rss_kib(&b).saturating_sub(rss);
+    eprintln!("soak: {runs} runs in {took:?}; broker fds {fds}, RSS {rss} KiB, grew {grown} KiB");
+    assert!(
+        grown <= 2048,
+        "the broker's RSS grew {grown} KiB over {runs} runs"
+    );
+}
+
+/// `kill -9` of the broker with runs in progress: every process of those runs dies at
+/// once (each stage sees its control pipe close), the restarted broker's start-up
+/// sweep removes the runs' cgroups, and a new run works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_broker_mid_run_then_restart() {
+    let mut b = broker!(BrokerOpts::new().production_shape().max_running(4));
+    let marker = codejail_tests::unique_marker("crash");
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let (mut conn, _) = RawConn::handshake(b.socket()).await;
+        let mut exec = raw_python("import time; print('up', flush=True); time.sleep(60)");
+        exec.argv = vec![marker.clone()];
+        exec.limits = codejail_tests::limits(&[("REALTIME", 120)]);
+        conn.exec(exec).await;
+        conns.push(conn);
+    }
+    for conn in &mut conns {
+        loop {
+            match conn.recv().await {
+                Some(codejail_protocol::Response::Stdout(_)) => break,
+                Some(_) => {}
+                None => panic!("the run ended early; log:\n{}", b.log()),
+            }
+        }
+    }
+    assert_eq!(codejail_tests::processes_with(&marker).len(), 4);
+    let killed = Instant::now();
+    b.crash_and_restart();
+    assert!(
+        codejail_tests::wait_until(Duration::from_secs(5), || codejail_tests::processes_with(
+            &marker
+        )
+        .is_empty()),
+        "runs of the killed broker survive: {:?}",
+        codejail_tests::processes_with(&marker)
+    );
+    eprintln!("runs gone {:?} after the kill", killed.elapsed());
+    // The restarted broker swept the old runs' cgroups before serving.
+    let parents = b.cgroup_parents().expect("cgroups");
+    assert_eq!(parents.leftover_runs(), Vec::<std::path::PathBuf>::new());
+    let res = b.run(&py("print('after the crash')")).await;
+    assert_eq!(text(&res.stdout), "after the crash\n");
+    assert!(
+        b.stray_processes().is_empty()
+            || codejail_tests::wait_until(Duration::from_secs(5), || b
+                .stray_processes()
+                .is_empty())
+    );
+}
