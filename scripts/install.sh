@@ -176,6 +176,15 @@ max_running = 4
 max_queue = 16
 # Largest request accepted, bytes (code + files + stdin).
 max_frame = 33554432
+# Open connections at most: at the cap the connection idle the longest is closed to
+# make room (clients reconnect); all busy, a new one is refused with the reason.
+# max_connections + max_running x 12 + 64 must fit the unit's LimitNOFILE (checked).
+max_connections = 1024
+# A connection idle this long between requests is closed.
+idle_timeout_secs = 60
+# Bytes of requests held in memory at once, all connections together; a request
+# that would exceed it is answered "busy" before its body is read.
+request_budget_bytes = 536870912
 # On stop, running runs get this many seconds before they are killed.
 shutdown_grace_secs = 5
 
