@@ -626,7 +626,7 @@ pub struct Settings {
     /// Peer gids allowed (primary or supplementary).
     pub allowed_gids: HashSet<u32>,
     /// The AppArmor profile programs stack on, as configured (see
-    /// [`crate::jail::apparmor::profile_for_runs`] for where it applies).
+    /// [`crate::apparmor::profile_for_runs`] for where it applies).
     pub apparmor_profile: Option<String>,
     /// Whether the `apparmor` layer is required.
     pub apparmor_required: bool,
@@ -663,7 +663,7 @@ pub fn identity_for(uid: u32, gid: u32, run_uid: Option<u32>, run_gid: Option<u3
 /// `apparmor_profile` and `apparmor_required`, checked.
 fn apparmor_from_config(cfg: &FileConfig) -> Result<(Option<String>, bool), ConfigError> {
     if let Some(p) = &cfg.apparmor_profile {
-        crate::jail::apparmor::check_profile_name(p).map_err(|e| invalid("apparmor_profile", e))?;
+        crate::apparmor::check_profile_name(p).map_err(|e| invalid("apparmor_profile", e))?;
     }
     let required = cfg.apparmor_required.unwrap_or(false);
     if required && cfg.apparmor_profile.is_none() {

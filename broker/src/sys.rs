@@ -1,12 +1,17 @@
-//! The daemon front's few raw kernel calls (the jail and the run supervision keep
-//! theirs in `jail::sys` and `run::sys`): taking ownership of the listening socket
-//! systemd passed as fd 3, and reading a peer's supplementary groups with
-//! `SO_PEERGROUPS`, which neither std nor nix wraps. Each `unsafe` block states its
-//! invariant; callers get safe functions.
+//! Every raw kernel call of the broker (the jail stage has its own, in
+//! `codejail_jail::sys`), each `unsafe` block with the invariant it relies on, behind
+//! safe functions: for the daemon front, taking ownership of the listening socket
+//! systemd passed as fd 3 and reading a peer's supplementary groups with
+//! `SO_PEERGROUPS` (neither std nor nix wraps them); for the runs, pipes for the
+//! stage's fds 3 and 4 and the dup2s that install them between fork and exec, pidfds
+//! (to signal a process of a run without racing pid reuse), and the broker's own
+//! protection (not dumpable).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use codejail_plan::{CONTROL_FD, REPORT_FD};
 
 /// Set once the inherited fd has been adopted: a second [`OwnedFd`] for the same
 /// number would close it twice.
@@ -65,6 +70,111 @@ pub(crate) fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
         }
         groups.resize(needed, 0);
     }
+}
+
+/// The lowest fd number the stage pipes are moved to in the broker, so that the child's
+/// stdio set-up (fds 0–2) and our dup2 onto 3 and 4 cannot clobber them.
+const HIGH_FD: RawFd = 10;
+
+/// A close-on-exec pipe whose two ends are both numbered >= 10.
+pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((dup_high(&r)?, dup_high(&w)?))
+}
+
+fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let raw = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD),
+    )?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) just returned this new fd, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// In the child between fork and exec: put the control pipe on fd 3 and the report
+/// pipe on fd 4 (dup2 clears FD_CLOEXEC on the new fd, so exactly these survive
+/// exec), and clear the ambient capabilities, so that the stage does not inherit the
+/// broker's CAP_SETUID/CAP_SETGID across exec (capabilities(7): ambient capabilities
+/// are kept over execve of an unprivileged program). The stage needs no capability
+/// in the initial namespace: it only creates a user namespace, which is unprivileged.
+/// Only async-signal-safe calls, no allocation (STYLE.md §4).
+pub fn install_stage_fds(control: RawFd, report: RawFd) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
+    // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2 on fds the parent keeps open across fork; no memory is touched.
+    if unsafe { libc::dup2(control, CONTROL_FD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::dup2(report, REPORT_FD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `PR_SET_DUMPABLE 0` for the broker: no core dumps, and a process that is not
+/// dumpable cannot be ptraced, nor its `/proc/<pid>/{environ,mem,maps,fd}` read, by
+/// processes with the same uid unless they hold CAP_SYS_PTRACE over the broker's user
+/// namespace (ptrace(2) "ptrace access mode checking", proc(5)). In dev mode a run's
+/// uid *is* the broker's, so this is what keeps a run off the broker.
+pub fn make_undumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the broker is dumpable (`PR_GET_DUMPABLE`).
+pub fn is_dumpable() -> io::Result<bool> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r != 0)
+}
+
+/// A pidfd for `pid` (pidfd_open(2), Linux 5.3), close-on-exec as the kernel makes it.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and touches no memory of ours.
+    match unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) } {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: on success the kernel returned a new fd that nothing else owns.
+        fd => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+    }
+}
+
+/// Send `signal` to the process a pidfd names (pidfd_send_signal(2), Linux 5.1).
+/// `ESRCH` when it has exited meanwhile.
+pub fn pidfd_kill(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: a raw syscall on a pidfd we own, with a null siginfo (the kernel then
+    // fills it in as for kill(2)) and no flags; no memory of ours is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

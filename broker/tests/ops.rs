@@ -3,8 +3,8 @@
 
 #![allow(clippy::expect_used)]
 
+use codejail_broker::apparmor;
 use codejail_broker::config::{FileConfig, Settings};
-use codejail_broker::jail::apparmor;
 use codejail_protocol::Mode;
 
 fn parse(extra: &str) -> Result<Settings, String> {

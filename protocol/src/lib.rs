@@ -172,34 +172,7 @@ impl StatusReport {
     }
 }
 
-/// One entry of the run's workspace, sent by the client (the broker never reads
-/// caller paths). Paths are relative, `/`-separated, validated by the broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Relative path inside the workspace, e.g. `pylib/module.py`.
-    pub path: String,
-    /// What to create there.
-    pub kind: EntryKind,
-}
-
-/// The kind of a [`FileEntry`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EntryKind {
-    /// A regular file with these contents.
-    File {
-        /// The file's bytes.
-        contents: Vec<u8>,
-        /// Whether any execute bit was set on the caller's side.
-        executable: bool,
-    },
-    /// A directory (its contents come as further entries).
-    Dir,
-    /// A symbolic link, kept as a link and never followed by the broker.
-    Symlink {
-        /// The link's target, verbatim.
-        target: String,
-    },
-}
+pub use codejail_plan::{EntryKind, FileEntry};
 
 /// Run a program in a fresh jail (upstream's `jail_code`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

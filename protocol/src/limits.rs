@@ -88,7 +88,7 @@ impl LimitName {
             // FD_SETSIZE); Python with numpy and matplotlib opens a few dozen. Without
             // it a run would inherit the broker's limit, whose hard value under
             // systemd is 524288, and could pin that many open files.
-            LimitName::Nofile => 1024,
+            LimitName::Nofile => codejail_plan::DEFAULT_NOFILE,
         }
     }
 

@@ -34,15 +34,15 @@ use std::time::{Duration, Instant};
 
 use codejail_protocol::LayerState;
 
-use super::sys;
 use crate::config::{CgroupMode, CgroupSettings};
+use crate::sys;
 
 /// Prefix of the run cgroups' names; the start-up sweep removes every cgroup named so.
 pub const RUN_PREFIX: &str = "run-";
 /// The v2 leaf the broker moves itself into.
 pub const BROKER_LEAF: &str = "broker";
 /// Processes of a run's cgroup that are not the program's: the jail stage and the
-/// run's init (the same two the stage adds to RLIMIT_NPROC, see `jail::rlimits`).
+/// run's init (the same two the stage adds to RLIMIT_NPROC, see `codejail_jail::rlimits`).
 pub const PIDS_SHARED: u64 = 2;
 /// How long removing a run cgroup may take (exiting tasks leave it asynchronously).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -17,11 +17,13 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::config::RunIdentity;
-use crate::jail::landlock::Achieved;
-use crate::jail::plan::{self, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
+use crate::sys;
+use codejail_plan::Achieved;
+use codejail_plan::{self as plan, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
 
 pub mod cgroup;
-pub(crate) mod sys;
+pub mod idmap;
+
 pub mod uidpool;
 
 use cgroup::{CgroupError, CgroupStats, Cgroups, RunCgroup};
@@ -272,7 +274,7 @@ async fn execute_in(
             }
         }
         let id = spec.identity;
-        crate::jail::idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
+        idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
             .map_err(RunError::IdMaps)?;
         control
             .write_all(&[GO_BYTE])
@@ -308,7 +310,13 @@ async fn execute_in(
                     // init relaying the failed program's exit) do not override it.
                     seen.failed.get_or_insert((step, message));
                 }
-                Some(StageReport::Confined { landlock }) => seen.landlock = Some(landlock),
+                Some(StageReport::Confined {
+                    landlock,
+                    seccomp_denied,
+                }) => {
+                    seen.landlock = Some(landlock);
+                    seen.seccomp_denied = Some(seccomp_denied);
+                }
                 Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
                 Some(StageReport::Killed {
                     cpu_user_us,
@@ -379,6 +387,7 @@ fn kill_cgroup(cgroup: Option<&RunCgroup>, run_id: u64) {
 struct Reports {
     failed: Option<(String, String)>,
     landlock: Option<Achieved>,
+    seccomp_denied: Option<u32>,
     exited: Option<StageReport>,
     /// CPU user/sys (µs) and peak RSS (KiB) of a run the broker ended.
     killed_usage: Option<(u64, u64, u64)>,
@@ -391,6 +400,8 @@ pub struct RunResult {
     pub finished: Finished,
     /// What Landlock achieved in the program (None when it never got that far).
     pub landlock: Option<Achieved>,
+    /// Entries of the seccomp deny list the program got (None likewise).
+    pub seccomp_denied: Option<u32>,
 }
 
 /// Turn what the run left into its `Finished`.
@@ -466,6 +477,7 @@ fn finish(
             truncated,
         },
         landlock: reports.landlock,
+        seccomp_denied: reports.seccomp_denied,
     })
 }
 

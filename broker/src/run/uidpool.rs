@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::sys;
 use crate::config::{IdRange, RunIdentity};
+use crate::sys;
 
 /// How long killed leftovers get to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);

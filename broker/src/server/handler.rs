@@ -24,9 +24,9 @@ use super::budget::{Inbound, RequestCodec, Reservation};
 use super::connections::Slot;
 use super::Shared;
 use crate::config::{LimitError, Settings};
-use crate::jail::plan::{Plan, RunLimits};
 use crate::run::uidpool::Lease;
 use crate::run::{self, Output, RunSpec};
+use codejail_plan::{Plan, RunLimits};
 
 /// How long a peer has to send its `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -331,9 +331,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         hostname: "codejail".into(),
         require_landlock: settings.mode == codejail_protocol::Mode::Confined,
         // Stacked at the program's exec, where the kernel has AppArmor.
-        apparmor_profile: crate::jail::apparmor::profile_for_runs(
-            settings.apparmor_profile.as_deref(),
-        ),
+        apparmor_profile: crate::apparmor::profile_for_runs(settings.apparmor_profile.as_deref()),
         allow_exec: command.allow_exec,
     };
     let spec = RunSpec {

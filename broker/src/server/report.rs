@@ -8,8 +8,8 @@ use codejail_protocol::{Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VE
 
 use super::selftest::Probe;
 use crate::config::Settings;
-use crate::jail::landlock::Achieved;
 use crate::run::cgroup::CgroupStatus;
+use codejail_plan::Achieved;
 
 fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer {
     Layer {
@@ -82,7 +82,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             true,
             probe_detail(&format!(
                 "deny list of {} reviewed entries (non-AF_UNIX sockets: EACCES; ptrace, namespaces, mount, bpf, io_uring, keyrings, ...: EPERM), clone3 -> ENOSYS, x32 and foreign ABIs killed",
-                crate::jail::seccomp::policy_len()
+                probe.seccomp_denied.map_or_else(|| "?".to_string(), |n| n.to_string())
             )),
         ),
     );
@@ -121,9 +121,9 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             },
         ),
     );
-    let apparmor = crate::jail::apparmor::layer_detail(
+    let apparmor = crate::apparmor::layer_detail(
         settings.apparmor_profile.as_deref(),
-        crate::jail::apparmor::kernel_has_apparmor_cached(),
+        crate::apparmor::kernel_has_apparmor_cached(),
         probe_ok,
     );
     layers.insert(

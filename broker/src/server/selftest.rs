@@ -11,8 +11,8 @@ use codejail_protocol::Exec;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::jail::landlock::Achieved;
 use crate::run::{self, Output};
+use codejail_plan::Achieved;
 
 /// What the probe prints when the jail holds (the last word: the subprocess).
 fn expected(allow_exec: bool) -> String {
@@ -44,6 +44,8 @@ pub struct Probe {
     pub verdict: Result<(), String>,
     /// What Landlock achieved in the probe run.
     pub landlock: Option<Achieved>,
+    /// Entries of the seccomp deny list the probe run got.
+    pub seccomp_denied: Option<u32>,
 }
 
 /// Run the probe.
@@ -51,6 +53,7 @@ pub async fn probe(shared: &Shared) -> Probe {
     let failed = |e: String| Probe {
         verdict: Err(e),
         landlock: None,
+        seccomp_denied: None,
     };
     let Some(python) = shared.settings.commands.get("python") else {
         return failed("no `python` command configured to probe with".into());
@@ -123,5 +126,6 @@ pub async fn probe(shared: &Shared) -> Probe {
     Probe {
         verdict,
         landlock: result.landlock,
+        seccomp_denied: result.seccomp_denied,
     }
 }

@@ -153,6 +153,7 @@ pub fn shared_for(settings: Settings, host: Host) -> Shared {
         &selftest::Probe {
             verdict: Err("not run yet".into()),
             landlock: None,
+            seccomp_denied: None,
         },
     );
     Shared {

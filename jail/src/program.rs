@@ -11,13 +11,13 @@ use nix::unistd::{chdir, execve};
 
 use super::error::{report_failure, JailError};
 use super::execguard::ExecSentinel;
-use super::plan::Plan;
-use super::plan::{write_frame, StageReport};
 use super::rlimits::apply_rlimits;
 use super::seccomp::{self, Filters};
 use super::sys;
 use super::workspace::{workdir_path, TMP_DIR};
 use super::{apparmor, landlock, rootfs};
+use codejail_plan::Plan;
+use codejail_plan::{write_frame, StageReport};
 
 /// Clear every capability set of this process (bounding and ambient included).
 fn drop_capabilities() -> Result<(), JailError> {
@@ -175,12 +175,18 @@ fn program_steps(
     // rules name the run's own view.
     let achieved = landlock::restrict_self(&rootfs::landlock_rules(plan, &spec.workdir_shown))
         .map_err(JailError::Landlock)?;
-    if plan.require_landlock && achieved != landlock::Achieved::Full {
+    if plan.require_landlock && achieved != codejail_plan::Achieved::Full {
         return Err(JailError::LandlockNotEnforced(achieved));
     }
     // Tell the broker what was achieved, for its confinement report.
-    write_frame(report, &StageReport::Confined { landlock: achieved })
-        .map_err(JailError::Report)?;
+    write_frame(
+        report,
+        &StageReport::Confined {
+            landlock: achieved,
+            seccomp_denied: seccomp::policy_len() as u32,
+        },
+    )
+    .map_err(JailError::Report)?;
     // seccomp last: it may forbid calls made above.
     seccomp::install(filters).map_err(JailError::InstallSeccomp)?;
     // Exec the interpreter with exactly the planned environment.
@@ -193,7 +199,7 @@ fn program_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jail::plan::RunLimits;
+    use codejail_plan::RunLimits;
 
     fn plan() -> Plan {
         Plan {

@@ -1,8 +1,12 @@
-//! The Plan: everything the jail stage needs to build one run, decided by the broker
-//! and sent to the stage on a pipe. Declarative data only; the code that applies it is
-//! in the sibling modules (STYLE.md: config types apart from the code that applies them).
+//! The contract between the broker and its jail stage (`codejail-jail`), the one thing
+//! both sides of that trust boundary share: the [`Plan`] the broker decides for a run
+//! and sends to the stage on a pipe, the [`StageReport`]s the stage sends back, their
+//! blocking framing, and the rules for peer-supplied names ([`names`]) that the client,
+//! the broker and the stage all apply. Declarative data only: the code that applies a
+//! plan is the stage's (STYLE.md: config types apart from the code that applies them).
+//! No async runtime, no sockets, no processes: the stage must never link tokio.
 //!
-//! # The stage's file descriptors (set up by the broker, see `run::spawn`)
+//! # The stage's file descriptors (set up by the broker, see `codejail_broker::run`)
 //!
 //! | fd | direction | what |
 //! |----|-----------|------|
@@ -16,8 +20,11 @@
 
 use std::io::{self, Read, Write};
 
-use codejail_protocol::FileEntry;
 use serde::{Deserialize, Serialize};
+
+pub mod names;
+
+pub use names::NameError;
 
 /// The control pipe fd in the stage.
 pub const CONTROL_FD: i32 = 3;
@@ -29,6 +36,51 @@ pub const GO_BYTE: u8 = b'G';
 pub const MAX_PLAN_FRAME: usize = 256 * 1024 * 1024;
 /// Largest report frame (reports are small; anything bigger is a bug or an attack).
 pub const MAX_REPORT_FRAME: usize = 64 * 1024;
+
+/// The open-file limit of a run's program when nothing else is asked (the `NOFILE`
+/// limit's default).
+pub const DEFAULT_NOFILE: u64 = 1024;
+
+/// One entry of the run's workspace, sent by the client (the broker never reads
+/// caller paths). Paths are relative, `/`-separated, validated by the broker and again
+/// by the stage ([`names::check_relative_path`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path inside the workspace, e.g. `pylib/module.py`.
+    pub path: String,
+    /// What to create there.
+    pub kind: EntryKind,
+}
+
+/// The kind of a [`FileEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file with these contents.
+    File {
+        /// The file's bytes.
+        contents: Vec<u8>,
+        /// Whether any execute bit was set on the caller's side.
+        executable: bool,
+    },
+    /// A directory (its contents come as further entries).
+    Dir,
+    /// A symbolic link, kept as a link and never followed by the broker.
+    Symlink {
+        /// The link's target, verbatim.
+        target: String,
+    },
+}
+
+/// What Landlock achieved for a run (reported by the stage, shown by the broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Achieved {
+    /// Every requested restriction holds.
+    Full,
+    /// Some hold (an older kernel ABI): the detail is the ABI.
+    Partial,
+    /// The kernel has no Landlock.
+    None,
+}
 
 /// The uid and gid the program has inside its user namespace (never 0).
 pub const INNER_RUN_ID: u32 = 1000;
@@ -107,7 +159,7 @@ impl Default for RunLimits {
             vmem_bytes: None,
             fsize_bytes: 0,
             nproc: None,
-            nofile: codejail_protocol::limits::LimitName::Nofile.default_value(),
+            nofile: DEFAULT_NOFILE,
             tmp_bytes: None,
             tmp_inodes: None,
         }
@@ -140,7 +192,9 @@ pub enum StageReport {
     /// The program's last layers are in place; sent just before exec.
     Confined {
         /// What Landlock achieved.
-        landlock: super::landlock::Achieved,
+        landlock: Achieved,
+        /// Entries of the seccomp deny list installed.
+        seccomp_denied: u32,
     },
     /// The broker ended the run (REALTIME, cancel): the stage killed the init and
     /// reaped it, whose usage covers every process of the run (the kernel reaps them

@@ -33,7 +33,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::error::JailError;
-use super::plan::Plan;
+use codejail_plan::Plan;
 
 /// Where the workspace tmpfs is mounted inside the new root: the run's directory is
 /// `/tmp/codejail-XXXXXXXX`, as upstream's (`tempfile.mkdtemp(prefix="codejail-")`),

@@ -1,5 +1,5 @@
 //! The run's user namespace: enter it, wait for the broker to write its id maps (see
-//! [`super::idmap`]), then take the run's inner identity.
+//! the broker, `codejail_broker::run::idmap`), then take the run's inner identity.
 //!
 //! Why this order works (capabilities(7), user_namespaces(7)): `unshare(CLONE_NEWUSER)`
 //! gives the stage every capability *in the new namespace*. `setresuid` away from uid 0
@@ -16,7 +16,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 use super::error::JailError;
-use super::plan::{GO_BYTE, INNER_RUN_ID};
+use codejail_plan::{GO_BYTE, INNER_RUN_ID};
 
 /// Enter a new user namespace (the process must be single-threaded: unshare(2)).
 pub(crate) fn enter_user_namespace() -> Result<(), JailError> {

@@ -9,7 +9,7 @@
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`, `mkdirat` or `symlinkat`, so no symlink (including one
 //! the caller sent) is ever followed and nothing is written outside the workdir.
 //!
-//! Everything is created by the init as [`INNER_RUN_ID`](super::plan::INNER_RUN_ID),
+//! Everything is created by the init as [`INNER_RUN_ID`](codejail_plan::INNER_RUN_ID),
 //! a uid mapped in the run's user namespace: a tmpfs refuses to create inodes owned
 //! by an unmapped id (`EOVERFLOW`).
 
@@ -19,13 +19,13 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use codejail_protocol::validate::check_relative_path;
-use codejail_protocol::EntryKind;
+use codejail_plan::names::check_relative_path;
+use codejail_plan::EntryKind;
 use nix::mount::{mount, MsFlags};
 
 use super::error::JailError;
-use super::plan::{Plan, RunLimits};
 use super::rootfs::WORKSPACE_MOUNT;
+use codejail_plan::{Plan, RunLimits};
 
 /// The file the code is written to, as upstream.
 pub(crate) const CODE_FILE: &str = "jailed_code";
@@ -335,7 +335,7 @@ fn c_name(name: &str) -> Result<CString, JailError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codejail_protocol::FileEntry;
+    use codejail_plan::FileEntry;
 
     fn plan() -> Plan {
         Plan {

@@ -12,7 +12,6 @@ use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, RestrictionStatus,
     Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
-use serde::{Deserialize, Serialize};
 
 /// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes).
 const TESTED_ABI: ABI = ABI::V7;
@@ -30,16 +29,7 @@ pub struct Rules {
     pub full: Vec<PathBuf>,
 }
 
-/// What Landlock achieved for a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Achieved {
-    /// Every requested restriction holds.
-    Full,
-    /// Some hold (an older kernel ABI): the detail is the ABI.
-    Partial,
-    /// The kernel has no Landlock.
-    None,
-}
+pub use codejail_plan::Achieved;
 
 /// Landlock could not be applied.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use super::error::JailError;
-use super::plan::RunLimits;
+use codejail_plan::RunLimits;
 
 /// Processes of the run's user namespace with the run's uid that are not the
 /// program's: the stage and the init.

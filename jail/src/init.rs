@@ -22,12 +22,12 @@ use super::apparmor::open_host_proc;
 use super::error::{report_failure, JailError};
 use super::execguard::{install_exec_guard, ExecGuard};
 use super::mounts::make_mounts_private;
-use super::plan::{write_frame, Plan, StageReport};
 use super::program::{exec_program, ExecSpec};
 use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
 use super::seccomp;
 use super::sys::{self, Forked, Reaped};
 use super::workspace::{mount_workspace_tmpfs, populate_workspace};
+use codejail_plan::{write_frame, Plan, StageReport};
 
 /// What the init needs from the stage, besides the plan.
 pub(crate) struct InitContext<'a> {

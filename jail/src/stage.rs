@@ -21,11 +21,11 @@ use nix::unistd::{pipe2, Pid};
 use super::error::{report_failure, JailError};
 use super::init::{run_init, InitContext};
 use super::namespaces::{set_hostname, unshare_run_namespaces};
-use super::plan::{read_frame, write_frame, Plan, StageReport, MAX_PLAN_FRAME, REPORT_FD};
 use super::program::ExecSpec;
 use super::sys::{self, Forked};
 use super::userns::{enter_user_namespace, switch_to_run_identity, wait_for_id_maps, IdMapsSignal};
 use super::workspace::check_names;
+use codejail_plan::{read_frame, write_frame, Plan, StageReport, MAX_PLAN_FRAME, REPORT_FD};
 
 /// Exit status of the stage when the run was built and has ended (however the
 /// program ended: the reports say how).

@@ -1,11 +1,10 @@
 //! The id maps of a run's user namespace, written from *outside* by the broker (which
 //! holds `CAP_SETUID`/`CAP_SETGID` in the initial namespace, or in dev mode maps only
-//! its own ids) after the stage reported `NeedMaps`. Plain file writes, no `unsafe`:
-//! this is the one part of `jail` the tokio broker calls.
+//! its own ids) after the stage reported `NeedMaps`. Plain file writes, no `unsafe`.
 
 use std::io;
 
-use super::plan::INNER_RUN_ID;
+use codejail_plan::INNER_RUN_ID;
 
 /// Map the run's outer uid and gid to [`INNER_RUN_ID`] in the user namespace of the
 /// process `pid` (the jail stage), writing `uid_map`, then `setgroups`, then

@@ -1,12 +1,14 @@
 //! The jail stage: a separate, single-threaded exec (`codejail-jail`) that reads a
-//! [`plan::Plan`] and builds the run's jail. Never touches tokio.
+//! [`codejail_plan::Plan`] and builds the run's jail. Never touches tokio: this crate
+//! depends on no async runtime (checked in CI with `cargo tree`).
 //!
-//! The broker uses only [`plan`] (the data it sends), [`write_id_maps`] (it writes
-//! the run's id maps when the stage reports `NeedMaps`) and spawns the stage binary,
-//! whose `main` is [`run_stage`]. One module per mechanism, in the order they apply:
+//! The trust boundary: the broker (a tokio daemon) shares only the plan crate with
+//! this one (the plan it sends, the reports it reads); it spawns the stage binary,
+//! whose `main` is [`run_stage`], and writes the run's id maps when the stage reports
+//! `NeedMaps`. One module per mechanism, in the order they apply:
 //!
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
-//! - [`userns`] (+ [`idmap`], written by the broker): user namespace, run identity;
+//! - [`userns`]: user namespace (id maps written by the broker), run identity;
 //! - [`namespaces`]: mount, pid, net, ipc, uts namespaces and the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
@@ -14,15 +16,13 @@
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
-pub mod apparmor;
+mod apparmor;
 pub mod error;
 mod execguard;
-pub mod idmap;
 mod init;
 pub mod landlock;
 mod mounts;
 mod namespaces;
-pub mod plan;
 pub mod program;
 mod rlimits;
 mod rootfs;
@@ -33,5 +33,4 @@ mod userns;
 mod workspace;
 
 pub use error::JailError;
-pub use idmap::write_id_maps;
 pub use stage::run_stage;

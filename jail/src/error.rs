@@ -1,15 +1,15 @@
 //! The jail stage's one error type: every variant is named after the step that failed
 //! and carries what that step was working on (a path, a name) and the `io::Error`.
 //! [`JailError::step`] and [`JailError::message`] turn it into a
-//! [`StageReport::Failed`](super::plan::StageReport::Failed) for the broker.
+//! [`StageReport::Failed`](codejail_plan::StageReport::Failed) for the broker.
 
 use std::error::Error as _;
 use std::fs::File;
 use std::io;
 
-use codejail_protocol::validate::NameError;
+use codejail_plan::names::NameError;
 
-use super::plan::{write_frame, StageReport, CONTROL_FD, REPORT_FD};
+use codejail_plan::{write_frame, StageReport, CONTROL_FD, REPORT_FD};
 
 /// A step of the jail stage (or of the init or program inside it) that failed.
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +210,7 @@ pub enum JailError {
     Landlock(#[source] super::landlock::LandlockError),
     /// Landlock is required by the plan but the kernel enforces less.
     #[error("landlock is required but only {0:?} is enforced by this kernel")]
-    LandlockNotEnforced(super::landlock::Achieved),
+    LandlockNotEnforced(codejail_plan::Achieved),
     /// The AppArmor exec transition could not be requested.
     #[error("request AppArmor profile {profile:?} on exec")]
     AppArmor {

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codejail_broker::jail::plan::{
+use codejail_broker::run::idmap::write_id_maps;
+use codejail_plan::{
     read_frame, write_frame, Plan, RunLimits, StageReport, GO_BYTE, MAX_REPORT_FRAME,
 };
-use codejail_broker::jail::write_id_maps;
-use codejail_protocol::{EntryKind, FileEntry};
+use codejail_plan::{EntryKind, FileEntry};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{getgid, getuid, pipe2};
 
