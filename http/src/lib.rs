@@ -34,7 +34,7 @@ use codejail_client::ClientConfig;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use checks::Readiness;
 pub use config::Config;
@@ -114,7 +114,11 @@ pub fn routes(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs_f64(
             state.config.body_timeout_secs,
         )))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers (not ready, busy) are expected states, logged as warnings.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
         .with_state(state)
 }
 
