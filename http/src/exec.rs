@@ -43,11 +43,12 @@ pub async fn code_exec(State(state): State<AppState>, req: Request) -> Response 
     match handle(&state, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            state.metrics.count(match e {
-                ApiError::NotConfigured => Outcome::NotReady,
-                ApiError::Busy { .. } => Outcome::Busy,
-                _ => Outcome::Rejected,
-            });
+            match e {
+                ApiError::NotConfigured => state.metrics.count(Outcome::NotReady),
+                // Counted where it was decided, with who was busy (count_busy).
+                ApiError::Busy { .. } => {}
+                _ => state.metrics.count(Outcome::Rejected),
+            }
             axum::response::IntoResponse::into_response(e)
         }
     }

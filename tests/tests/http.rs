@@ -349,6 +349,10 @@ fn busy_broker_is_retried_then_503_and_the_in_flight_cap_too() {
         text.contains("codejail_http_busy_rejections_total{source=\"Broker\"} 2"),
         "{text}"
     );
+    assert!(
+        text.contains("codejail_http_requests_total{outcome=\"Busy\"} 3"),
+        "each busy answer counted once: {text}"
+    );
 }
 
 #[test]
