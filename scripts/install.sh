@@ -270,6 +270,9 @@ broker_socket = "/run/codejail/broker.sock"
 # (codejail-http.service's IPAddressAllow=, a firewall, a network policy).
 # listen = "127.0.0.1:8550"
 # allow_non_loopback = false
+# false: every code-exec answers 500 "Codejail service not enabled" (upstream's
+# CODEJAIL_ENABLED switch).
+# enabled = true
 
 # Keep these equal to broker.toml's [limits]: a request's deadline is its effective
 # REALTIME plus deadline_slack_secs (edx-platform gives up after 3.5 s).

@@ -17,6 +17,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8550";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Serve code-exec at all (codejail-service's `CODEJAIL_ENABLED`). Default true:
+    /// installing the front is the opt-in; false answers 500 "Codejail service not
+    /// enabled" to every code-exec.
+    pub enabled: bool,
     /// Where to listen. Default [`DEFAULT_LISTEN`].
     pub listen: SocketAddr,
     /// Listen on a non-loopback address. There is no authentication (as upstream's
@@ -54,6 +58,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            enabled: true,
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
             allow_non_loopback: false,
             broker_socket: None,

@@ -15,6 +15,9 @@ pub const JSON: &str = "application/json";
 /// Why a request was not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// `enabled = false` in the config.
+    #[error("Codejail service not enabled")]
+    NotEnabled,
     /// The safety checks have not passed (yet, or since the broker came back).
     #[error("Codejail service is not correctly configured")]
     NotConfigured,
@@ -60,7 +63,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotEnabled | ApiError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MissingPayload
             | ApiError::Payload(_)
             | ApiError::PythonPath
@@ -127,6 +130,10 @@ mod tests {
 
     #[test]
     fn upstream_messages_are_exact() {
+        assert_eq!(
+            ApiError::NotEnabled.to_string(),
+            "Codejail service not enabled"
+        );
         assert_eq!(
             ApiError::NotConfigured.to_string(),
             "Codejail service is not correctly configured"

@@ -1,5 +1,5 @@
 //! `POST /api/v0/code-exec`: codejail-service's view, check for check (COMPAT.md):
-//! ready, then the form (urlencoded or multipart), `payload`, its JSON and schema,
+//! enabled, ready, then the form (urlencoded or multipart), `payload`, its JSON and schema,
 //! `python_path`, the uploaded file names, `unsafely`; then `safe_exec` through the
 //! broker, retried while the broker is busy for up to `queue_wait`.
 //!
@@ -44,7 +44,9 @@ pub async fn code_exec(State(state): State<AppState>, req: Request) -> Response 
         Ok(resp) => resp,
         Err(e) => {
             match e {
-                ApiError::NotConfigured => state.metrics.count(Outcome::NotReady),
+                ApiError::NotEnabled | ApiError::NotConfigured => {
+                    state.metrics.count(Outcome::NotReady)
+                }
                 // Counted where it was decided, with who was busy (count_busy).
                 ApiError::Busy { .. } => {}
                 _ => state.metrics.count(Outcome::Rejected),
@@ -55,6 +57,9 @@ pub async fn code_exec(State(state): State<AppState>, req: Request) -> Response 
 }
 
 async fn handle(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    if !state.config.enabled {
+        return Err(ApiError::NotEnabled);
+    }
     if !state.readiness.is_ready() {
         return Err(ApiError::NotConfigured);
     }

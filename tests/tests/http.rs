@@ -107,6 +107,16 @@ fn without_a_broker_it_is_not_ready_but_alive() {
     front
         .get("/nowhere")
         .assert_refusal(404, "detail", "Not found.");
+
+    // Disabled comes first of all (codejail-service's CODEJAIL_ENABLED).
+    let off = TestFront::start(&dir.path().join("none.sock"), "enabled = false");
+    off.code_exec(&edx_payload("x = 1", "{}")).assert_refusal(
+        500,
+        "error",
+        "Codejail service not enabled",
+    );
+    off.post(CODE_EXEC, Some("text/plain"), b"x")
+        .assert_refusal(500, "error", "Codejail service not enabled");
 }
 
 #[test]
