@@ -54,7 +54,7 @@ pub fn parse(text: &str) -> Result<Payload, PayloadError> {
     let Value::Dict(root) = value else {
         return Err(schema(
             "$",
-            format!("{} is not of type 'object'", py_repr(&value)),
+            format!("{} is not of type 'object'", shown(&value)),
         ));
     };
     for key in ["code", "globals_dict"] {
@@ -85,8 +85,8 @@ pub fn parse(text: &str) -> Result<Payload, PayloadError> {
                             format!(
                                 "{} is not valid under any of the given schemas \
                                  (item {i}: {} is not of type 'string')",
-                                py_repr(&Value::List(items.clone())),
-                                py_repr(other)
+                                shown(&Value::List(items.clone())),
+                                shown(other)
                             ),
                         ))
                     }
@@ -122,7 +122,7 @@ fn optional_string(root: &Dict, key: &str) -> Result<Option<String>, PayloadErro
 }
 
 fn not_of_type(path: &str, value: &Value, ty: &str) -> PayloadError {
-    schema(path, format!("{} is not of type '{ty}'", py_repr(value)))
+    schema(path, format!("{} is not of type '{ty}'", shown(value)))
 }
 
 fn not_any_of(path: &str, value: &Value) -> PayloadError {
@@ -130,9 +130,22 @@ fn not_any_of(path: &str, value: &Value) -> PayloadError {
         path,
         format!(
             "{} is not valid under any of the given schemas",
-            py_repr(value)
+            shown(value)
         ),
     )
+}
+
+/// The longest value repr put in a message: a 10 MiB payload must not come back as a
+/// 10 MiB error.
+pub const MAX_SHOWN: usize = 200;
+
+/// [`py_repr`], cut at [`MAX_SHOWN`] characters (then ending in `...`).
+fn shown(value: &Value) -> String {
+    let repr = py_repr(value);
+    match repr.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!("{}...", &repr[..cut]),
+        None => repr,
+    }
 }
 
 /// Python's `repr` of a decoded JSON value (what jsonschema puts in its messages).
@@ -285,6 +298,16 @@ mod tests {
         let e = err(r#"{"code": "", "globals_dict": {}, "unsafely": "yes"}"#);
         assert!(
             e.ends_with("at path $.unsafely: 'yes' is not of type 'boolean'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let big = format!("[{}]", vec!["1"; 100_000].join(", "));
+        let e = err(&big);
+        assert!(
+            e.len() < 400 && e.ends_with("... is not of type 'object'"),
             "{e}"
         );
     }
