@@ -59,7 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             enabled: true,
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8550)),
             allow_non_loopback: false,
             broker_socket: None,
             queue_wait_secs: 0.5,
@@ -209,7 +209,7 @@ fn location(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
         return String::new();
     };
-    let before = &text[..span.start.min(text.len())];
+    let before = text.get(..span.start).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!(" (at line {line} column {column})")
@@ -224,7 +224,7 @@ mod tests {
     fn defaults() {
         let c = Config::from_toml("").expect("empty is valid");
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8550");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(c.queue_wait(), Duration::from_millis(500));
         assert_eq!(c.run_deadline(None), Duration::from_secs(2));

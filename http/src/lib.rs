@@ -58,7 +58,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for this configuration, not ready until [`checks::monitor`] says so.
+    /// State for this configuration (checked with [`Config::validate`] first: its
+    /// durations must be in range), not ready until [`checks::monitor`] says so.
     pub fn new(config: Config) -> AppState {
         let socket = config
             .broker_socket

@@ -59,18 +59,18 @@ pub fn parse(text: &str) -> Result<Payload, PayloadError> {
     };
     for key in ["code", "globals_dict"] {
         if !root.contains_key(key) {
-            return Err(schema("$", format!("'{key}' is a required property")));
+            return Err(required(key));
         }
     }
     let code = match root.get("code") {
         Some(Value::Str(s)) => s.to_string_lossy().into_owned(),
         Some(other) => return Err(not_of_type("$.code", other, "string")),
-        None => unreachable!("checked above"),
+        None => return Err(required("code")),
     };
     let globals = match root.get("globals_dict") {
         Some(Value::Dict(d)) => d.clone(),
         Some(other) => return Err(not_of_type("$.globals_dict", other, "object")),
-        None => unreachable!("checked above"),
+        None => return Err(required("globals_dict")),
     };
     let python_path = match root.get("python_path") {
         None | Some(Value::Null) => Vec::new(),
@@ -111,6 +111,10 @@ pub fn parse(text: &str) -> Result<Payload, PayloadError> {
         slug,
         unsafely,
     })
+}
+
+fn required(key: &str) -> PayloadError {
+    schema("$", format!("'{key}' is a required property"))
 }
 
 fn optional_string(root: &Dict, key: &str) -> Result<Option<String>, PayloadError> {
