@@ -289,7 +289,8 @@ broker_socket = "/run/codejail/broker.sock"
 # max_in_flight = 64
 # max_body_bytes = 10485760
 # body_timeout_secs = 10.0
-# How often the broker is polled for /health/.
+# How often the broker is polled for /health/ (at most 30: below the broker's
+# idle_timeout_secs).
 # health_interval_secs = 1.0
 EOF
 }

@@ -148,10 +148,17 @@ impl Config {
                 });
             }
         }
-        if self.health_interval_secs < 0.05 {
+        // The monitor's connection must never sit idle long enough for the broker to
+        // close it (idle_timeout_secs, 60 by default): a closed connection reads as a
+        // broker restart and re-runs the checks.
+        if !(0.05..=30.0).contains(&self.health_interval_secs) {
             return Err(ConfigError::Invalid {
                 key: "health_interval_secs",
-                reason: "must be at least 0.05".into(),
+                reason: format!(
+                    "{} is not between 0.05 and 30 (the broker closes connections idle \
+                     for idle_timeout_secs, 60 by default)",
+                    self.health_interval_secs
+                ),
             });
         }
         if self.max_in_flight == 0 {
@@ -271,5 +278,10 @@ mod tests {
             .validate()
             .expect_err("negative");
         assert!(e.to_string().contains("queue_wait_secs"), "{e}");
+        let e = Config::from_toml("health_interval_secs = 90")
+            .expect("parses")
+            .validate()
+            .expect_err("longer than the broker's idle timeout");
+        assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
     }
 }
