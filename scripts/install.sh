@@ -11,7 +11,8 @@
 #   --dry-run        print what would be done, do nothing
 #   --destdir DIR    install below DIR (same as DESTDIR=DIR): files only; accounts,
 #                    profile loading, cgroups and systemctl are skipped
-#   --bin-dir DIR    take codejail-broker, codejail-jail and codejail-client from DIR
+#   --bin-dir DIR    take codejail-broker, codejail-jail, codejail-client and
+#                    codejail-http from DIR
 #                    instead of building them (cargo build --release)
 #   --skip-venv      do not build the sandbox virtualenv (it is managed elsewhere)
 #   --uninstall      remove what an install put in place
@@ -27,14 +28,16 @@
 #      or useradd/groupadd where it is missing);
 #   3. build the sandbox interpreter: a --copies virtualenv from
 #      requirements/sandbox.txt (scripts/setup-sandbox-venv.sh) in $SANDENV;
-#   4. install the binaries, the systemd units, sysusers.d and tmpfiles.d files, the
-#      AppArmor profiles, the README;
-#   5. write a commented /etc/codejail/broker.toml (an existing one is kept);
+#   4. install the binaries, the systemd units (the broker's and codejail-http's),
+#      sysusers.d and tmpfiles.d files, the AppArmor profiles, the README;
+#   5. write a commented /etc/codejail/broker.toml and /etc/codejail/http.toml (an
+#      existing one is kept);
 #   6. load the AppArmor profiles, only where the kernel has AppArmor;
 #   7. without systemd as PID 1 on a cgroup v1 host: make the v1 cgroup parents;
 #   8. check the config (codejail-broker check-config: prints the confinement);
 #   9. enable and start the socket (systemctl enable --now codejail-broker.socket),
 #      only where PID 1 is systemd; elsewhere print how to start the broker.
+#      codejail-http.service is installed, not enabled (README, "Run it as a service").
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -251,6 +254,47 @@ required = true
 EOF
 }
 
+# The default http.toml. Keys: http/src/config.rs; CONTRACTS.md, codejail-http.
+default_http_config() {
+    cat <<EOF
+# codejail-http configuration (written by scripts/install.sh; kept on reinstall).
+# Unknown keys are errors. Restart after a change: systemctl restart codejail-http
+# The commented values are the defaults.
+
+# The broker's socket (the service's user is in group $CALLERS_GROUP to reach it).
+broker_socket = "/run/codejail/broker.sock"
+
+# Where edx-platform's CODE_JAIL_REST_SERVICE_HOST points. There is NO authentication:
+# anyone who reaches this port can run code in the jail. A non-loopback address is
+# refused unless allow_non_loopback = true; then also restrict who can reach it
+# (codejail-http.service's IPAddressAllow=, a firewall, a network policy).
+# listen = "127.0.0.1:8550"
+# allow_non_loopback = false
+# false: every code-exec answers 500 "Codejail service not enabled" (upstream's
+# CODEJAIL_ENABLED switch).
+# enabled = true
+
+# Keep these equal to broker.toml's [limits]: a request's deadline is its effective
+# REALTIME plus deadline_slack_secs (edx-platform gives up after 3.5 s).
+# realtime_secs = 1
+# deadline_slack_secs = 1.0
+# [context_realtime_secs]
+# "course-v1:edX+Demo+2024" = 10
+
+# A request the broker answers busy is retried this long, then answered 503 with
+# Retry-After: retry_after_secs.
+# queue_wait_secs = 0.5
+# retry_after_secs = 1
+# Requests handled at once (more: 503 at once); the largest body, bytes.
+# max_in_flight = 64
+# max_body_bytes = 10485760
+# body_timeout_secs = 10.0
+# How often the broker is polled for /health/ (at most 30: below the broker's
+# idle_timeout_secs).
+# health_interval_secs = 1.0
+EOF
+}
+
 # Whether this apparmor_parser accepts the userns rule (AppArmor >= 4).
 parser_knows_userns() {
     command -v apparmor_parser >/dev/null || return 1
@@ -262,7 +306,7 @@ parser_knows_userns() {
 if $uninstall; then
     log "uninstalling codejail${destdir:+ from $destdir}"
     if $live && systemd_pid1; then
-        run systemctl disable --now codejail-broker.socket codejail-broker.service || true
+        run systemctl disable --now codejail-http.service codejail-broker.socket codejail-broker.service || true
     fi
     if $live && kernel_has_apparmor && command -v apparmor_parser >/dev/null; then
         for p in codejail-broker codejail-sandbox; do
@@ -271,8 +315,10 @@ if $uninstall; then
             fi
         done
     fi
-    remove "$BINDIR/codejail-broker" "$BINDIR/codejail-client" "$LIBEXECDIR" "$DOCDIR" \
+    remove "$BINDIR/codejail-broker" "$BINDIR/codejail-client" "$BINDIR/codejail-http" \
+        "$LIBEXECDIR" "$DOCDIR" \
         "$UNITDIR/codejail-broker.socket" "$UNITDIR/codejail-broker.service" \
+        "$UNITDIR/codejail-http.service" \
         "$SYSUSERSDIR/codejail.conf" "$TMPFILESDIR/codejail.conf" \
         "$APPARMORDIR/codejail-broker" "$APPARMORDIR/codejail-sandbox" \
         "$APPARMORDIR/abstractions/codejail-stage" "$APPARMORDIR/abstractions/codejail-userns"
@@ -317,7 +363,7 @@ if [ -z "$bin_dir" ]; then
 else
     log "1. binaries from $bin_dir"
 fi
-for b in codejail-broker codejail-jail codejail-client; do
+for b in codejail-broker codejail-jail codejail-client codejail-http; do
     $dry || [ -x "$bin_dir/$b" ] || die "$bin_dir/$b is missing"
 done
 
@@ -345,9 +391,11 @@ fi
 log "4. files"
 install_file 0755 "$bin_dir/codejail-broker" "$BINDIR/codejail-broker"
 install_file 0755 "$bin_dir/codejail-client" "$BINDIR/codejail-client"
+install_file 0755 "$bin_dir/codejail-http" "$BINDIR/codejail-http"
 install_file 0755 "$bin_dir/codejail-jail" "$LIBEXECDIR/codejail-jail"
 install_file 0644 "$repo/systemd/codejail-broker.socket" "$UNITDIR/codejail-broker.socket"
 install_file 0644 "$repo/systemd/codejail-broker.service" "$UNITDIR/codejail-broker.service"
+install_file 0644 "$repo/systemd/codejail-http.service" "$UNITDIR/codejail-http.service"
 install_file 0644 "$repo/systemd/sysusers.d/codejail.conf" "$SYSUSERSDIR/codejail.conf"
 install_file 0644 "$repo/systemd/tmpfiles.d/codejail.conf" "$TMPFILESDIR/codejail.conf"
 install_file 0644 "$repo/apparmor/codejail-broker" "$APPARMORDIR/codejail-broker"
@@ -378,6 +426,12 @@ else
     default_config "$(callers_gid)" | write_file 0644 "$CONFDIR/broker.toml"
 fi
 $dry && default_config "$(callers_gid)" | sed 's/^/    | /' >&2
+log "5. config $CONFDIR/http.toml"
+if [ -e "$destdir$CONFDIR/http.toml" ]; then
+    note "$CONFDIR/http.toml exists: kept"
+else
+    default_http_config | write_file 0644 "$CONFDIR/http.toml"
+fi
 
 # 6. AppArmor.
 if $live && kernel_has_apparmor; then
@@ -436,6 +490,7 @@ if $live && systemd_pid1; then
     run systemctl daemon-reload
     run systemctl enable --now codejail-broker.socket
     note "callers: usermod -aG $CALLERS_GROUP <app user>; then: codejail-client status"
+    note "the HTTP front (codejail-service's API on 127.0.0.1:8550): systemctl enable --now codejail-http.service"
 else
     if $live; then
         log "9. socket not enabled (PID 1 is not systemd)"

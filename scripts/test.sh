@@ -69,7 +69,7 @@ if $is_root; then
             test -x "$target/debug/codejail-broker"; then
         staged=$(mktemp -d /var/tmp/codejail-test-bin.XXXXXX)
         chmod 755 "$staged"
-        cp "$target"/debug/{codejail-broker,codejail-jail,codejail-client} "$staged/"
+        cp "$target"/debug/{codejail-broker,codejail-jail,codejail-client,codejail-http} "$staged/"
         chmod 755 "$staged"/*
         export CODEJAIL_TEST_BIN_DIR=$staged
         log "$repo is not reachable by other uids: binaries staged in $staged"

@@ -21,6 +21,8 @@
 // what `expect` does.
 #![allow(clippy::expect_used)]
 
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;

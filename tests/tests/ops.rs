@@ -373,6 +373,74 @@ fn units_for_verify(dir: &Path, broker: &Path) -> (PathBuf, PathBuf) {
     (socket, service)
 }
 
+/// codejail-http's unit as installed, with ExecStart pointing at a binary that exists.
+fn http_unit_for_verify(dir: &Path, front: &Path) -> PathBuf {
+    let text = fs::read_to_string(repo().join("systemd/codejail-http.service")).expect("unit");
+    let exec = "ExecStart=/usr/local/bin/codejail-http ";
+    assert!(
+        text.contains(exec),
+        "the unit starts /usr/local/bin/codejail-http"
+    );
+    let unit = dir.join("codejail-http.service");
+    fs::write(
+        &unit,
+        text.replace(exec, &format!("ExecStart={} ", front.display())),
+    )
+    .expect("write the unit");
+    unit
+}
+
+#[test]
+fn http_unit_passes_systemd_analyze_verify_and_holds_no_capability() {
+    let Some(analyze) = require_tool("systemd-analyze", "systemd") else {
+        return;
+    };
+    let dir = work_dir("http-unit");
+    let unit = http_unit_for_verify(dir.path(), &bin("codejail-http"));
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze verify");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify must pass without a warning: {}",
+        describe(&out)
+    );
+    let text = fs::read_to_string(&unit).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    for line in [
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "DynamicUser=yes",
+        "SupplementaryGroups=codejail",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "IPAddressDeny=any",
+        "RestrictNamespaces=yes",
+        "SystemCallFilter=@system-service",
+        "Wants=codejail-broker.socket",
+    ] {
+        assert!(lines.contains(&line), "codejail-http.service: {line}");
+    }
+    // Exactly empty capability sets, and never root or a broker dependency that would
+    // stop the front when the broker restarts.
+    for forbidden in ["User=root", "Requires=codejail-broker", "BindsTo="] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(forbidden)),
+            "codejail-http.service must not set {forbidden}"
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("AmbientCapabilities=CAP")
+                || l.starts_with("CapabilityBoundingSet=CAP")),
+        "no capability"
+    );
+}
+
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let Some(analyze) = require_tool("systemd-analyze", "systemd") else {
@@ -685,12 +753,15 @@ fn installer_stages_every_file_and_uninstalls() {
         "etc/apparmor.d/local/codejail-jail",
         "etc/apparmor.d/local/codejail-sandbox",
         "etc/codejail/broker.toml",
+        "etc/codejail/http.toml",
         "etc/systemd/system/codejail-broker.service",
         "etc/systemd/system/codejail-broker.socket",
+        "etc/systemd/system/codejail-http.service",
         "etc/sysusers.d/codejail.conf",
         "etc/tmpfiles.d/codejail.conf",
         "usr/local/bin/codejail-broker",
         "usr/local/bin/codejail-client",
+        "usr/local/bin/codejail-http",
         "usr/local/lib/codejail/codejail-jail",
         "usr/local/share/doc/codejail/README.md",
     ];
@@ -721,6 +792,12 @@ fn installer_stages_every_file_and_uninstalls() {
             "usr/local/lib/codejail/codejail-jail",
             bin("codejail-jail"),
             0o755,
+        ),
+        ("usr/local/bin/codejail-http", bin("codejail-http"), 0o755),
+        (
+            "etc/systemd/system/codejail-http.service",
+            r.join("systemd/codejail-http.service"),
+            0o644,
         ),
         (
             "etc/systemd/system/codejail-broker.service",
@@ -819,6 +896,18 @@ fn installer_stages_every_file_and_uninstalls() {
         "commented"
     );
 
+    // The front's default config is valid and points at the broker's socket.
+    let http_cfg = codejail_http::Config::from_file(&root.join("etc/codejail/http.toml"))
+        .unwrap_or_else(|e| panic!("the installed http.toml: {e}"));
+    http_cfg
+        .validate()
+        .expect("the installed http.toml validates");
+    assert_eq!(
+        http_cfg.broker_socket.as_deref(),
+        Some(Path::new("/run/codejail/broker.sock"))
+    );
+    assert_eq!(http_cfg.listen.to_string(), "127.0.0.1:8550");
+
     // The installed units verify with the installed broker.
     if let Some(analyze) = require_tool("systemd-analyze", "systemd") {
         let units = work_dir("installed-units");
@@ -827,6 +916,17 @@ fn installer_stages_every_file_and_uninstalls() {
         let out = Command::new(analyze)
             .arg("verify")
             .args([&socket, &service])
+            .output()
+            .expect("systemd-analyze");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            describe(&out)
+        );
+        let unit = http_unit_for_verify(units.path(), &root.join("usr/local/bin/codejail-http"));
+        let out = Command::new(require_tool("systemd-analyze", "systemd").expect("found above"))
+            .arg("verify")
+            .arg(&unit)
             .output()
             .expect("systemd-analyze");
         assert!(
@@ -861,6 +961,7 @@ fn installer_stages_every_file_and_uninstalls() {
             "etc/apparmor.d/local/codejail-jail",
             "etc/apparmor.d/local/codejail-sandbox",
             "etc/codejail/broker.toml",
+            "etc/codejail/http.toml",
         ],
         "left after --uninstall"
     );

@@ -1,0 +1,485 @@
+//! End-to-end tests of `codejail-http` against a real broker: every status code and
+//! message of codejail-service's API (COMPAT.md, the remote path), edx-platform's exact
+//! request shapes, busy and the in-flight cap, deadlines, disconnects, health following
+//! the broker, metrics and graceful shutdown. Loopback only, ephemeral ports.
+//!
+//! Every test that needs a ready front (`TestFront::start_ready`) depends on the
+//! jail passing codejail-service's safety checks (exec denied with EACCES, `AF_INET`
+//! sockets denied with EACCES, `/` unlistable).
+
+#![allow(clippy::expect_used)]
+
+use std::os::unix::fs::symlink;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use codejail_client::pyjson::Value;
+use codejail_tests::http::{multipart, zip_of, HttpResponse, TestFront};
+use codejail_tests::{bin, broker, wait_until, BrokerOpts, TestBroker};
+
+const CODE_EXEC: &str = "/api/v0/code-exec";
+
+/// edx-platform's payload (`xmodule.capa.safe_exec.remote_exec`): every key present,
+/// `None` where it has no value.
+fn edx_payload(code: &str, globals: &str) -> String {
+    format!(
+        "{{\"code\": {}, \"globals_dict\": {globals}, \"python_path\": null, \
+         \"limit_overrides_context\": null, \"slug\": \"problem-1\", \"unsafely\": false}}",
+        Value::from(code).to_json()
+    )
+}
+
+fn globals_of(r: &HttpResponse) -> Value {
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+        .as_dict()
+        .and_then(|d| d.get("globals_dict"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no globals_dict: {r:?}"))
+}
+
+fn running(b: &TestBroker) -> u32 {
+    codejail_client::blocking::status(&b.cfg())
+        .map(|s| s.load.running)
+        .unwrap_or(u32::MAX)
+}
+
+#[test]
+fn refuses_non_loopback_and_names_bad_config_keys() {
+    let out = Command::new(bin("codejail-http"))
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--broker-socket",
+            "/nonexistent.sock",
+        ])
+        .output()
+        .expect("run codejail-http");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0") && err.contains("allow_non_loopback"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nmax_body_byte = 5\n").expect("write");
+    let out = Command::new(bin("codejail-http"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run codejail-http");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_body_byte") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_broker_it_is_not_ready_but_alive() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let front = TestFront::start(&dir.path().join("none.sock"), "");
+    let r = front.code_exec(&edx_payload("x = 1", "{}"));
+    r.assert_refusal(500, "error", "Codejail service is not correctly configured");
+    let h = front.get("/health/");
+    assert_eq!(h.status, 503, "{h:?}");
+    assert_eq!(h.json().to_json(), r#"{"status": "UNAVAILABLE"}"#);
+    let live = front.get("/live");
+    assert_eq!(live.status, 200, "{live:?}");
+    assert_eq!(live.json().to_json(), r#"{"status": "OK"}"#);
+    // Wrong method: DRF's 405 with `detail`, before anything else.
+    front
+        .get(CODE_EXEC)
+        .assert_refusal(405, "detail", "Method \"GET\" not allowed.");
+    let m = front.get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    for needle in [
+        "codejail_http_broker_up 0",
+        "codejail_http_ready 0",
+        "codejail_http_requests_total{outcome=\"NotReady\"} 1",
+    ] {
+        assert!(text.contains(needle), "{needle} not in:\n{text}");
+    }
+    front
+        .get("/nowhere")
+        .assert_refusal(404, "detail", "Not found.");
+
+    // Disabled comes first of all (codejail-service's CODEJAIL_ENABLED).
+    let off = TestFront::start(&dir.path().join("none.sock"), "enabled = false");
+    off.code_exec(&edx_payload("x = 1", "{}")).assert_refusal(
+        500,
+        "error",
+        "Codejail service not enabled",
+    );
+    off.post(CODE_EXEC, Some("text/plain"), b"x")
+        .assert_refusal(500, "error", "Codejail service not enabled");
+}
+
+#[test]
+fn edx_platform_shapes_run_and_round_trip_nan() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "");
+
+    // urlencoded, no files, NaN and a big integer in the globals.
+    let r = front.code_exec(&edx_payload(
+        "x = x + 1\ny = str(f)",
+        r#"{"x": 16, "f": NaN, "big": 123456789012345678901234567890}"#,
+    ));
+    let g = globals_of(&r);
+    let g = g.as_dict().expect("dict");
+    assert_eq!(g.get("x").and_then(Value::as_i64), Some(17), "{r:?}");
+    assert_eq!(g.get("y").and_then(Value::as_str), Some("nan"));
+    assert!(g.get("f").and_then(Value::as_f64).is_some_and(f64::is_nan));
+    assert_eq!(
+        g.get("big").map(Value::to_json).as_deref(),
+        Some("123456789012345678901234567890")
+    );
+    assert!(!r.json().as_dict().expect("dict").contains_key("emsg"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("NaN"),
+        "NaN goes back as NaN"
+    );
+
+    // multipart with python_lib.zip, as requests sends files=[("python_lib.zip", ...)].
+    let zip = zip_of(&[("course_helpers.py", "def answer():\n    return 42\n")]);
+    let payload = "{\"code\": \"import course_helpers\\nx = course_helpers.answer()\", \
+         \"globals_dict\": {}, \"python_path\": [\"python_lib.zip\"], \
+         \"limit_overrides_context\": \"course-v1:edX+Demo+2024\", \"slug\": \"p\", \"unsafely\": false}";
+    let r = front.code_exec_multipart(payload, &[("python_lib.zip", &zip)]);
+    let g = globals_of(&r);
+    assert_eq!(
+        g.as_dict().and_then(|d| d.get("x")).and_then(Value::as_i64),
+        Some(42),
+        "{r:?}"
+    );
+
+    // The code fails: 200, the input globals unchanged, upstream's exact message.
+    let r = front.code_exec(&edx_payload(
+        "x = 2\nraise ValueError('nope')",
+        r#"{"x": 1}"#,
+    ));
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let d = v.as_dict().expect("dict");
+    assert_eq!(
+        d.get("globals_dict").map(Value::to_json).as_deref(),
+        Some(r#"{"x": 1}"#)
+    );
+    let emsg = r.json_str("emsg");
+    assert!(
+        emsg.starts_with("Couldn't execute jailed code: stdout: b'', stderr: b'Traceback")
+            && emsg.ends_with("ValueError: nope\\n' with status code: 1"),
+        "{emsg}"
+    );
+
+    // Killed by REALTIME: upstream's -9 message.
+    let r = front.code_exec(&edx_payload("while True: pass", "{}"));
+    assert_eq!(
+        r.json_str("emsg"),
+        "Couldn't execute jailed code: stdout: b'', stderr: b'' with status code: -9"
+    );
+
+    // Output that is not globals.
+    let r = front.code_exec(&edx_payload(
+        "import sys\nsys.__stdout__.write('garbage')\nsys.__stdout__.flush()",
+        "{}",
+    ));
+    assert_eq!(
+        r.json_str("emsg"),
+        "Sandboxed code produced corrupted stdout."
+    );
+}
+
+#[test]
+fn every_refusal_in_upstreams_order() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "max_body_bytes = 65536");
+    let bad = |r: HttpResponse, msg: &str| r.assert_refusal(400, "error", msg);
+
+    bad(
+        front.post_form(&[("other", "1")]),
+        "Missing 'payload' parameter in POST body",
+    );
+    bad(
+        front.post(CODE_EXEC, None, b""),
+        "Missing 'payload' parameter in POST body",
+    );
+    bad(
+        front.code_exec(""),
+        "Unable to parse payload JSON: Expecting value: line 1 column 1 (char 0)",
+    );
+    let r = front.code_exec("{\"code\": ");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json_str("error")
+            .starts_with("Unable to parse payload JSON: "),
+        "{r:?}"
+    );
+    bad(
+        front.code_exec("{\"globals_dict\": {}}"),
+        "Payload JSON did not match schema at path $: 'code' is a required property",
+    );
+    bad(
+        front.code_exec("{\"code\": 5, \"globals_dict\": {}}"),
+        "Payload JSON did not match schema at path $.code: 5 is not of type 'string'",
+    );
+    // python_path before files before unsafely.
+    let all_wrong =
+        "{\"code\": \"\", \"globals_dict\": {}, \"python_path\": [\"/etc\"], \"unsafely\": true}";
+    bad(
+        front.code_exec_multipart(all_wrong, &[("evil.py", b"x")]),
+        "Only allowed entry in 'python_path' is 'python_lib.zip'",
+    );
+    let files_wrong = "{\"code\": \"\", \"globals_dict\": {}, \"unsafely\": true}";
+    bad(
+        front.code_exec_multipart(files_wrong, &[("../evil.py", b"x")]),
+        "Only allowed name for uploaded file is 'python_lib.zip'",
+    );
+    bad(
+        front.code_exec(files_wrong),
+        "Refusing codejail execution with unsafely=true",
+    );
+
+    // HTTP-level refusals, with DRF's `detail`.
+    front
+        .post(CODE_EXEC, Some("text/plain"), b"payload=x")
+        .assert_refusal(
+            415,
+            "detail",
+            "Unsupported media type \"text/plain\" in request.",
+        );
+    front
+        .post(CODE_EXEC, Some("application/json"), b"{}")
+        .assert_refusal(
+            415,
+            "detail",
+            "Unsupported media type \"application/json\" in request.",
+        );
+    let r = front.post(
+        CODE_EXEC,
+        Some("multipart/form-data; boundary=zzz"),
+        b"--zzz\r\nContent-Disposition: form-data\r\n\r\nunterminated",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.json_str("detail").starts_with("Form parse error - "),
+        "{r:?}"
+    );
+    let big = format!("payload={}", "a".repeat(70_000));
+    let r = front.post(
+        CODE_EXEC,
+        Some("application/x-www-form-urlencoded"),
+        big.as_bytes(),
+    );
+    r.assert_refusal(
+        413,
+        "detail",
+        "Request body too large: the limit is 65536 bytes",
+    );
+    let (ct, body) = multipart("{}", &[("python_lib.zip", &[0u8; 70_000])]);
+    let r = front.post(CODE_EXEC, Some(&ct), &body);
+    r.assert_refusal(
+        413,
+        "detail",
+        "Request body too large: the limit is 65536 bytes",
+    );
+    front
+        .send(b"PUT /api/v0/code-exec HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        .expect("PUT")
+        .assert_refusal(405, "detail", "Method \"PUT\" not allowed.");
+
+    // Garbage on the socket gets an answer or a close, and the front keeps serving.
+    let _ = front.send(b"\x00\x01garbage\r\n\r\n");
+    let r = front.code_exec(&edx_payload("x = 1", "{}"));
+    assert_eq!(globals_of(&r).to_json(), r#"{"x": 1}"#);
+}
+
+#[test]
+fn busy_broker_is_retried_then_503_and_the_in_flight_cap_too() {
+    let b = broker!(BrokerOpts::new()
+        .max_running(1)
+        .max_queue(0)
+        .default_limit("REALTIME", 10));
+    let front = TestFront::start_ready(
+        b.socket(),
+        "realtime_secs = 10\nqueue_wait_secs = 1.0\nretry_after_secs = 2\nmax_in_flight = 2",
+    );
+    std::thread::scope(|s| {
+        let long =
+            s.spawn(|| front.code_exec(&edx_payload("import time\ntime.sleep(4)\nx = 1", "{}")));
+        assert!(
+            wait_until(Duration::from_secs(10), || running(&b) == 1),
+            "the long run started"
+        );
+        let t = Instant::now();
+        let r = front.code_exec(&edx_payload("x = 2", "{}"));
+        let waited = t.elapsed();
+        r.assert_refusal(503, "error", "Codejail service is busy, try again later");
+        assert_eq!(r.header("retry-after"), Some("2"));
+        assert!(
+            waited >= Duration::from_secs(1),
+            "retried for queue_wait: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "then answered: {waited:?}");
+        assert_eq!(
+            globals_of(&long.join().expect("thread")).to_json(),
+            r#"{"x": 1}"#
+        );
+    });
+
+    // The front's own cap (2 in flight): a third request is refused at once.
+    std::thread::scope(|s| {
+        let slow = || front.code_exec(&edx_payload("import time\ntime.sleep(3)", "{}"));
+        let first = s.spawn(slow);
+        assert!(wait_until(Duration::from_secs(10), || running(&b) == 1));
+        // The second waits on the busy broker inside the front (in flight, retrying).
+        let second = s.spawn(|| front.code_exec(&edx_payload("x = 3", "{}")));
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                String::from_utf8_lossy(&front.get("/metrics").body)
+                    .contains("codejail_http_in_flight 2")
+            }),
+            "two requests in flight"
+        );
+        let t = Instant::now();
+        let third = front.code_exec(&edx_payload("x = 4", "{}"));
+        third.assert_refusal(503, "error", "Codejail service is busy, try again later");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "refused at once: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(first.join().expect("thread").status, 200);
+        assert_eq!(second.join().expect("thread").status, 503);
+    });
+    let text = String::from_utf8_lossy(&front.get("/metrics").body).into_owned();
+    assert!(
+        text.contains("codejail_http_busy_rejections_total{source=\"Front\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("codejail_http_busy_rejections_total{source=\"Broker\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("codejail_http_requests_total{outcome=\"Busy\"} 3"),
+        "each busy answer counted once: {text}"
+    );
+}
+
+#[test]
+fn deadline_and_disconnect_end_the_run() {
+    let b = broker!(BrokerOpts::new().default_limit("REALTIME", 30));
+    // The front believes REALTIME is 1: its deadline (1 s + 1 s) ends the call first.
+    let front = TestFront::start_ready(b.socket(), "realtime_secs = 1\ndeadline_slack_secs = 1");
+    let t = Instant::now();
+    let r = front.code_exec(&edx_payload("import time\ntime.sleep(20)", "{}"));
+    r.assert_refusal(503, "error", "Codejail service is busy, try again later");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(5), || running(&b) == 0),
+        "the abandoned run was cancelled; broker log:\n{}",
+        b.log()
+    );
+
+    // A client that goes away mid-run cancels it.
+    let front = TestFront::start_ready(b.socket(), "realtime_secs = 30");
+    let mut s = std::net::TcpStream::connect(front.addr()).expect("connect");
+    let payload = edx_payload("import time\ntime.sleep(25)", "{}");
+    let body = codejail_tests::http::urlencode(&[("payload", &payload)]);
+    std::io::Write::write_all(
+        &mut s,
+        &TestFront::request_bytes(
+            "POST",
+            CODE_EXEC,
+            Some("application/x-www-form-urlencoded"),
+            body.as_bytes(),
+        ),
+    )
+    .expect("send");
+    assert!(
+        wait_until(Duration::from_secs(10), || running(&b) == 1),
+        "the run started"
+    );
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(5), || running(&b) == 0),
+        "the disconnect cancelled the run; front log:\n{}",
+        front.log()
+    );
+}
+
+#[test]
+fn health_follows_the_broker_down_and_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let link = dir.path().join("broker.sock");
+    let mut first = broker!();
+    symlink(first.socket(), &link).expect("link");
+    let front = TestFront::start_ready(&link, "");
+    assert_eq!(
+        front.get("/health/").json().to_json(),
+        r#"{"status": "OK"}"#
+    );
+
+    first.terminate_within(Duration::from_secs(10));
+    assert!(
+        front.wait_health(503, Duration::from_secs(5)),
+        "{}",
+        front.log()
+    );
+    front.code_exec(&edx_payload("x = 1", "{}")).assert_refusal(
+        500,
+        "error",
+        "Codejail service is not correctly configured",
+    );
+    assert_eq!(
+        front.get("/live").status,
+        200,
+        "alive while the broker is down"
+    );
+
+    let second = TestBroker::start(BrokerOpts::new());
+    std::fs::remove_file(&link).expect("unlink");
+    symlink(second.socket(), &link).expect("relink");
+    assert!(
+        front.wait_health(200, Duration::from_secs(20)),
+        "ready again after the checks re-ran:\n{}",
+        front.log()
+    );
+    let checks_passed = front.log().matches("startup safety checks passed").count();
+    assert_eq!(checks_passed, 2, "the checks ran again for the new broker");
+    assert_eq!(
+        globals_of(&front.code_exec(&edx_payload("x = 5", "{}"))).to_json(),
+        r#"{"x": 5}"#
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight() {
+    let b = broker!(BrokerOpts::new().default_limit("REALTIME", 10));
+    let mut front = TestFront::start_ready(b.socket(), "realtime_secs = 10");
+    let addr = front.addr();
+    let pid = front.pid();
+    std::thread::scope(|s| {
+        let slow =
+            s.spawn(|| front.code_exec(&edx_payload("import time\ntime.sleep(2)\nx = 9", "{}")));
+        assert!(wait_until(Duration::from_secs(10), || running(&b) == 1));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let r = slow.join().expect("thread");
+        assert_eq!(globals_of(&r).to_json(), r#"{"x": 9}"#);
+    });
+    let status = front.wait_within(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", front.log());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+}
