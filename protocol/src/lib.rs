@@ -166,9 +166,14 @@ pub struct StatusReport {
 impl StatusReport {
     /// True when every required layer is fully applied.
     pub fn required_layers_hold(&self) -> bool {
+        self.missing_required().next().is_none()
+    }
+
+    /// The required layers not fully applied, by name.
+    pub fn missing_required(&self) -> impl Iterator<Item = (&String, &Layer)> {
         self.layers
-            .values()
-            .all(|l| !l.required || l.state == LayerState::Full)
+            .iter()
+            .filter(|(_, l)| l.required && l.state != LayerState::Full)
     }
 }
 

@@ -16,7 +16,6 @@ use codejail_client::{
     json, socket_from_env, Client, ClientConfig, Executor, JailRequest, OutputChunk, SafeExecError,
     SafeExecOptions, StatusReport, UnsafeLocal,
 };
-use codejail_protocol::LayerState;
 
 /// Exit code for a failure of the client or the broker itself.
 const EXIT_FAILURE: u8 = 125;
@@ -482,12 +481,7 @@ fn status_table(r: &StatusReport) -> String {
             layer.detail
         ));
     }
-    let missing: Vec<&str> = r
-        .layers
-        .iter()
-        .filter(|(_, l)| l.required && l.state != LayerState::Full)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let missing: Vec<&str> = r.missing_required().map(|(n, _)| n.as_str()).collect();
     if r.required_layers_hold() {
         s.push_str("verdict   OK: serving with every required layer\n");
     } else {
