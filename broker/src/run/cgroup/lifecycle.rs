@@ -188,7 +188,7 @@ impl RunCgroup {
     /// SIGKILL every process of the run: v2 writes `cgroup.kill`, which the kernel
     /// applies to the whole cgroup atomically, forks in flight included; v1 (or a v2
     /// kernel before 5.14) signals each pid listed in `cgroup.procs` through a pidfd
-    /// (see [`kill_listed`]). Returns without waiting for them to be gone.
+    /// (see `kill_listed`). Returns without waiting for them to be gone.
     pub fn kill(&self) -> Result<(), CgroupError> {
         for dir in &self.dirs {
             let result = if self.v2_kill {

@@ -1,0 +1,160 @@
+//! Config parsing and validation: every key named in its error.
+
+use super::*;
+use codejail_protocol::LimitName;
+use std::collections::BTreeMap;
+
+fn parse(s: &str) -> Result<Settings, ConfigError> {
+    let cfg: FileConfig = toml::from_str(s).map_err(|e| ConfigError::Parse {
+        path: "t.toml".into(),
+        message: e.to_string(),
+    })?;
+    Settings::from_config(&cfg, Mode::Confined)
+}
+
+const PY: &str = "[commands.python]\nbin = \"/usr/bin/python3\"\n";
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse(&format!("{PY}bogus_key = 1\n")).expect_err("unknown key");
+    assert!(err.to_string().contains("bogus_key"), "{err}");
+    let err = parse(&format!("{PY}[limits.defaults]\nCPUS = 1\n")).expect_err("unknown limit");
+    assert!(err.to_string().contains("limits.defaults.CPUS"), "{err}");
+}
+
+#[test]
+fn defaults_above_ceiling_fail_start_up() {
+    let err = parse(&format!(
+        "{PY}[limits.ceilings]\nCPU = 3\n[limits.defaults]\nCPU = 5\n"
+    ))
+    .expect_err("above");
+    assert!(err.to_string().contains("limits.defaults.CPU"), "{err}");
+    // VMEM default 0 = unlimited, which a VMEM ceiling forbids.
+    let err = parse(&format!("{PY}[limits.ceilings]\nVMEM = 1000\n")).expect_err("unlimited");
+    assert!(err.to_string().contains("VMEM"), "{err}");
+    let err = parse(&format!(
+        "{PY}[limits.ceilings]\nNPROC = 20\n[limits.contexts.c1]\nNPROC = 30\n"
+    ))
+    .expect_err("context above");
+    assert!(err.to_string().contains("NPROC"), "{err}");
+}
+
+#[test]
+fn resolve_layers_defaults_context_request() {
+    let s = parse(&format!(
+        "{PY}[limits.defaults]\nCPU = 2\n[limits.ceilings]\nCPU = 10\n[limits.contexts.\"course-v1:X\"]\nCPU = 5\nREALTIME = 7\n"
+    ))
+    .expect("valid");
+    let none = BTreeMap::new();
+    let l = s.limits.resolve(None, &none).expect("ok");
+    assert_eq!(l.get(LimitName::Cpu), 2);
+    let l = s.limits.resolve(Some("course-v1:X"), &none).expect("ok");
+    assert_eq!((l.get(LimitName::Cpu), l.get(LimitName::Realtime)), (5, 7));
+    let l = s.limits.resolve(Some("unknown course"), &none).expect("ok");
+    assert_eq!(l.get(LimitName::Cpu), 2, "unknown context = no overrides");
+    let req = [("CPU".to_string(), 3u64)].into_iter().collect();
+    let l = s.limits.resolve(Some("course-v1:X"), &req).expect("ok");
+    assert_eq!(l.get(LimitName::Cpu), 3, "request wins");
+    let req = [("CPU".to_string(), 11u64)].into_iter().collect();
+    let err = s.limits.resolve(None, &req).expect_err("above ceiling");
+    assert!(err.to_string().contains("CPU=11"), "{err}");
+    let req = [("CPU".to_string(), 0u64)].into_iter().collect();
+    assert!(
+        s.limits.resolve(None, &req).is_err(),
+        "0 = unlimited is above a ceiling"
+    );
+    let req = [("NOPE".to_string(), 1u64)].into_iter().collect();
+    assert!(s.limits.resolve(None, &req).is_err());
+}
+
+#[test]
+fn root_never_runs_programs_as_root() {
+    let id = identity_for(0, 0, None, None);
+    assert_eq!(
+        (id.outer_uid, id.outer_gid),
+        (DEV_ROOT_RUN_ID, DEV_ROOT_RUN_ID)
+    );
+    assert!(id.clear_groups);
+    let id = identity_for(4242, 4242, None, None);
+    assert_eq!((id.outer_uid, id.clear_groups), (4242, false));
+    assert!(parse(&format!("{PY}run_uid = 0\n")).is_err());
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let err = parse(&format!("{PY}[socket]\nmode = \"999\"\n")).expect_err("mode");
+    assert!(err.to_string().contains("socket.mode"), "{err}");
+    let err = parse("[commands.python]\nbin = \"python3\"\n").expect_err("relative");
+    assert!(err.to_string().contains("commands.python.bin"), "{err}");
+    let err = parse(&format!("{PY}max_running = 0\n")).expect_err("zero");
+    assert!(err.to_string().contains("max_running"), "{err}");
+}
+
+#[test]
+fn cgroup_and_run_ids_errors_name_their_key() {
+    let err = parse(&format!("{PY}[cgroup]\nmode = \"v3\"\n")).expect_err("mode");
+    assert!(
+        err.to_string().contains("v3") && err.to_string().contains("mode"),
+        "{err}"
+    );
+    let err = parse(&format!("{PY}[cgroup]\nbogus = 1\n")).expect_err("unknown");
+    assert!(err.to_string().contains("bogus"), "{err}");
+    let err = parse(&format!("{PY}[cgroup]\nmode = \"none\"\n")).expect_err("required by default");
+    assert!(err.to_string().contains("cgroup.required"), "{err}");
+    parse(&format!(
+        "{PY}[cgroup]\nmode = \"none\"\nrequired = false\n"
+    ))
+    .expect("explicitly not required");
+    let err =
+        parse(&format!("{PY}[cgroup]\nv1_memory = \"memory/codejail\"\n")).expect_err("relative");
+    assert!(err.to_string().contains("cgroup.v1_memory"), "{err}");
+    let err = parse(&format!("{PY}[cgroup]\nunlimited_pids = 2\n")).expect_err("too few");
+    assert!(err.to_string().contains("cgroup.unlimited_pids"), "{err}");
+
+    let err = parse(&format!(
+        "max_running = 8\nrun_ids = {{ first = 300000, count = 4 }}\n{PY}"
+    ))
+    .expect_err("count < max_running");
+    assert!(
+        err.to_string().contains("run_ids.count") && err.to_string().contains("max_running (8)"),
+        "{err}"
+    );
+    let err = parse(&format!("run_ids = {{ first = 0, count = 4 }}\n{PY}")).expect_err("root");
+    assert!(err.to_string().contains("run_ids.first"), "{err}");
+    let err = parse(&format!(
+        "run_ids = {{ first = 4294967290, count = 10 }}\n{PY}"
+    ))
+    .expect_err("overflow");
+    assert!(err.to_string().contains("run_ids.count"), "{err}");
+    let err = parse(&format!(
+        "run_ids = {{ first = 65000, count = 1000 }}\n{PY}"
+    ))
+    .expect_err("nobody");
+    assert!(err.to_string().contains("65534"), "{err}");
+    let err = parse(&format!(
+        "run_uid = 5000\nrun_ids = {{ first = 300000, count = 4 }}\n{PY}"
+    ))
+    .expect_err("both");
+    assert!(err.to_string().contains("run_ids"), "{err}");
+    let err =
+        parse(&format!("run_ids = {{ first = 300000, cnt = 4 }}\n{PY}")).expect_err("unknown key");
+    assert!(err.to_string().contains("cnt"), "{err}");
+    let s = parse(&format!("run_ids = {{ first = 300000, count = 64 }}\n{PY}")).expect("valid");
+    let r = s.run_ids.expect("range");
+    assert_eq!(
+        (r.first, r.last(), r.to_string()),
+        (300000, 300063, "300000-300063".to_string())
+    );
+    assert!(r.overlaps(300063, 1) && !r.overlaps(300064, 5) && !r.overlaps(0, 300000));
+    assert!(s.cgroup.required, "production requires cgroups by default");
+    assert_eq!(s.cgroup.mode, CgroupMode::Auto);
+}
+
+#[test]
+fn memory_is_a_limit_with_a_default() {
+    let s = parse(PY).expect("valid");
+    assert_eq!(s.limits.defaults.get(LimitName::Memory), 512 << 20);
+    let s =
+        parse(&format!("{PY}[limits.defaults]\nMEMORY = 0\n")).expect("0 = no cgroup memory cap");
+    assert_eq!(s.limits.defaults.effective(LimitName::Memory), None);
+}
