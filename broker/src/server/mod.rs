@@ -1,4 +1,4 @@
-//! The daemon's front (mini-redis shape): a [`Listener`] accepting on the Unix socket,
+//! The daemon's front (mini-redis shape): [`run`] accepting on the Unix socket,
 //! one [`handler`] task per connection, shutdown injected as a future so tests can
 //! drive it. Per-connection errors are logged and answered, never fatal to the broker.
 

@@ -1,0 +1,102 @@
+//! `/proc` scans: what is left of a run on the host.
+
+use std::fs::{self};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// One process, as seen in `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Process id (in our pid namespace).
+    pub pid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// State letter (`R`, `S`, `Z`, ...).
+    pub state: String,
+    /// Command line, arguments joined by spaces (empty for zombies).
+    pub cmdline: String,
+}
+
+/// Every process visible in `/proc` (processes that vanish mid-scan are skipped).
+pub fn processes() -> Vec<ProcInfo> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in rd.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|rest| rest.trim().to_string())
+                .unwrap_or_default()
+        };
+        let uid = field("Uid:")
+            .split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(u32::MAX);
+        let cmdline = fs::read(entry.path().join("cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .split('\0')
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push(ProcInfo {
+            pid,
+            uid,
+            state: field("State:"),
+            cmdline,
+        });
+    }
+    out
+}
+
+/// Processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<ProcInfo> {
+    processes()
+        .into_iter()
+        .filter(|p| p.cmdline.contains(marker))
+        .collect()
+}
+
+/// Poll `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A unique marker for a test's processes (put in their argv, found in `/proc`).
+pub fn unique_marker(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "cjmark_{tag}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
