@@ -79,7 +79,8 @@ fn build_jail(mut control: File, report: &mut File) -> Result<Outcome, JailError
     check_names(&plan)?;
     // C strings for execve now, so a bad plan fails before any namespace exists.
     let spec = ExecSpec::from_plan(&plan)?;
-    // Later: cgroup placement (the broker writes our pid) before anything is charged.
+    // (The broker has already moved us into the run's cgroup, before sending the plan:
+    // everything from here on is charged to the run.)
     // The user namespace first: it grants the capabilities every later step needs.
     enter_user_namespace()?;
     // Only the broker, outside, can write our id maps: ask, then wait for them.

@@ -245,24 +245,33 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     max: usize,
 ) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_be_bytes(len) as usize;
+    let mut body = vec![0u8; frame_len(head, max)?];
+    r.read_exact(&mut body)?;
+    decode_body(&body).map(Some)
+}
+
+/// The body length a frame's 4-byte header declares, refused over `max` before
+/// anything is allocated (for readers of either kind: this one, the broker's async one).
+pub fn frame_len(head: [u8; 4], max: usize) -> io::Result<usize> {
+    let len = u32::from_be_bytes(head) as usize;
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {len} bytes over the cap of {max}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(len)
+}
+
+/// Decode a frame's body.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// v1 memory and pids cgroup parents for one production-shape broker, created under
 /// this test process's own cgroups and owned by the broker's uid, as an operator sets
-/// them up (see `broker/tests/cgroup.rs`). Removed (with whatever run cgroups are left,
+/// them up (see `tests/tests/cgroup.rs`). Removed (with whatever run cgroups are left,
 /// their tasks killed) on drop.
 #[derive(Debug)]
 pub struct V1CgroupParents {

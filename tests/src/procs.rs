@@ -17,52 +17,37 @@ pub struct ProcInfo {
     pub cmdline: String,
 }
 
-/// Every process visible in `/proc` (processes that vanish mid-scan are skipped).
+/// Every process visible in `/proc` (processes that vanish mid-scan are skipped), from
+/// the broker's own scan.
 pub fn processes() -> Vec<ProcInfo> {
-    let Ok(rd) = fs::read_dir("/proc") else {
+    let Ok(statuses) = codejail_broker::run::uidpool::proc_statuses() else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in rd.filter_map(Result::ok) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
+    statuses
+        .into_iter()
+        .map(|(pid, status)| {
+            let state = status
                 .lines()
-                .find_map(|l| l.strip_prefix(name))
+                .find_map(|l| l.strip_prefix("State:"))
                 .map(|rest| rest.trim().to_string())
-                .unwrap_or_default()
-        };
-        let uid = field("Uid:")
-            .split_whitespace()
-            .next()
-            .and_then(|u| u.parse().ok())
-            .unwrap_or(u32::MAX);
-        let cmdline = fs::read(entry.path().join("cmdline"))
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .split('\0')
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        out.push(ProcInfo {
-            pid,
-            uid,
-            state: field("State:"),
-            cmdline,
-        });
-    }
-    out
+                .unwrap_or_default();
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .split('\0')
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            ProcInfo {
+                pid,
+                uid: codejail_broker::run::uidpool::real_uid(&status).unwrap_or(u32::MAX),
+                state,
+                cmdline,
+            }
+        })
+        .collect()
 }
 
 /// Processes whose command line contains `marker`.

@@ -1,4 +1,4 @@
-//! Confinement attacks (issue 3): what a jailed program tries in order to reach the
+//! Confinement attacks: what a jailed program tries in order to reach the
 //! host, the broker or another run, and the layer that stops each attempt, through a
 //! real broker started in both shapes:
 //!

@@ -1,4 +1,4 @@
-//! Hostile allowed peers (issue 13): what one caller with an allowed uid can do to the
+//! Hostile allowed peers: what one caller with an allowed uid can do to the
 //! others, each case asserting the outcome that counts: no allowed peer can make
 //! another peer's run fail or wait beyond its queue turn, and the broker's memory and
 //! descriptors stay bounded.

@@ -1,4 +1,4 @@
-//! The Kubernetes path (issue 10): the kustomize base validates strictly and lists its
+//! The Kubernetes path: the kustomize base validates strictly and lists its
 //! resources, the pod's security contexts are what the design needs and each field
 //! says why, the ConfigMap's configs are valid for the broker and the front, the
 //! seccomp profile lets the jail build namespaces, and the image's build script

@@ -1,4 +1,4 @@
-//! Operating the broker (issue 5): the systemd units and the AppArmor profiles are
+//! Operating the broker: the systemd units and the AppArmor profiles are
 //! checked by their own tools, the installer is run into a staging root and checked
 //! file by file, and production-mode brokers (`--config`, as the unit's user with the
 //! unit's two capabilities, `no_new_privs`) are started the ways systemd starts them:

@@ -546,24 +546,18 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
+/// Read one report frame (the async side of [`plan::read_frame`]). `Ok(None)` at EOF.
 async fn read_report(r: &mut pipe::Receiver) -> Result<Option<StageReport>, RunError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
+    let protocol = |e: std::io::Error| RunError::Protocol(format!("reading a report: {e}"));
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(RunError::Protocol(format!("reading a report: {e}"))),
+        Err(e) => return Err(protocol(e)),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_REPORT_FRAME {
-        return Err(RunError::Protocol(format!("report frame of {len} bytes")));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .await
-        .map_err(|e| RunError::Protocol(format!("reading a report: {e}")))?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| RunError::Protocol(format!("malformed report: {e}")))
+    let mut body = vec![0u8; plan::frame_len(head, MAX_REPORT_FRAME).map_err(protocol)?];
+    r.read_exact(&mut body).await.map_err(protocol)?;
+    plan::decode_body(&body).map(Some).map_err(protocol)
 }
 
 #[cfg(test)]

@@ -223,8 +223,10 @@ fn is_zombie(status: &str) -> bool {
         .is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
 }
 
-/// Live processes (pid, real uid) whose real uid satisfies `wanted`, from `/proc`.
-pub fn processes_with_uid(wanted: impl Fn(u32) -> bool) -> io::Result<Vec<(i32, u32)>> {
+/// Every process in `/proc`: its pid and its `status` text (one that exits between the
+/// listing and the read is skipped). The one `/proc` scan of the project (the broker's
+/// sweeps, and the tests' checks that nothing is left).
+pub fn proc_statuses() -> io::Result<Vec<(i32, String)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -235,20 +237,22 @@ pub fn processes_with_uid(wanted: impl Fn(u32) -> bool) -> io::Result<Vec<(i32, 
         else {
             continue;
         };
-        // A process may exit between the listing and the read: skip it.
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        // A zombie has released everything but its pid and exit status; it waits for
-        // its parent (or the host's init) to reap it, and no signal changes that.
-        if is_zombie(&status) {
-            continue;
-        }
-        if let Some(uid) = real_uid(&status).filter(|u| wanted(*u)) {
-            found.push((pid, uid));
+        if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
+            found.push((pid, status));
         }
     }
     Ok(found)
+}
+
+/// Live processes (pid, real uid) whose real uid satisfies `wanted`, from `/proc`.
+pub fn processes_with_uid(wanted: impl Fn(u32) -> bool) -> io::Result<Vec<(i32, u32)>> {
+    Ok(proc_statuses()?
+        .into_iter()
+        // A zombie has released everything but its pid and exit status; it waits for
+        // its parent (or the host's init) to reap it, and no signal changes that.
+        .filter(|(_, status)| !is_zombie(status))
+        .filter_map(|(pid, status)| real_uid(&status).filter(|u| wanted(*u)).map(|u| (pid, u)))
+        .collect())
 }
 
 /// SIGKILL every process whose real uid satisfies `wanted` and wait until none is

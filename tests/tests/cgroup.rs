@@ -27,146 +27,42 @@ use bytes::Bytes;
 use codejail_protocol::{
     decode, encode, framed, Exec, Finished, Hello, Request, Response, Welcome, DEFAULT_MAX_FRAME,
 };
+use codejail_tests::{bin, is_root, python, reachable_by_others, skip_or_fail, V1CgroupParents};
 use futures::{SinkExt, StreamExt};
 
-const ENV_REQUIRE_PRIVILEGED: &str = "CODEJAIL_REQUIRE_PRIVILEGED";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Skip (print why, `false`) or, under `CODEJAIL_REQUIRE_PRIVILEGED=1`, fail.
-fn skip_or_fail(reason: &str) -> bool {
-    if std::env::var(ENV_REQUIRE_PRIVILEGED).is_ok_and(|v| v == "1") {
-        panic!("{ENV_REQUIRE_PRIVILEGED}=1 but this test cannot run: {reason}");
-    }
-    eprintln!("SKIPPED: {reason} (set {ENV_REQUIRE_PRIVILEGED}=1 to make this a failure)");
-    false
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("CODEJAIL_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
-}
-
-/// The broker binary (the jail stage is found next to it), staged by
-/// `scripts/test.sh` in `$CODEJAIL_TEST_BIN_DIR` when the build directory is not
-/// reachable by other uids.
+/// The broker binary (the jail stage is found next to it).
 fn broker_bin() -> PathBuf {
-    match std::env::var_os("CODEJAIL_TEST_BIN_DIR") {
-        Some(d) => PathBuf::from(d).join("codejail-broker"),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_codejail-broker")),
+    bin("codejail-broker")
+}
+
+/// v1 memory and pids parents for one test's broker, owned by `uid`; `None` (a skip,
+/// or a failure under `CODEJAIL_REQUIRE_PRIVILEGED=1`) without root or without the v1
+/// memory and pids hierarchies.
+fn v1_parents(uid: u32) -> Option<V1CgroupParents> {
+    if !is_root() {
+        skip_or_fail("creating cgroup parents for the broker's uid needs root");
+        return None;
     }
-}
-
-/// Whether `uid` can execute `path` (every ancestor searchable and the file
-/// executable by others).
-fn reachable_by_others(path: &Path) -> Result<(), String> {
-    let mut p = Some(path);
-    while let Some(d) = p {
-        let mode = fs::metadata(d)
-            .map_err(|e| format!("{}: {e}", d.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o001 == 0 {
-            return Err(format!(
-                "{} is not searchable/executable by others",
-                d.display()
-            ));
-        }
-        p = d.parent();
-    }
-    Ok(())
-}
-
-/// The directory of `controller`'s v1 hierarchy that holds this test process.
-fn own_v1_cgroup(controller: &str) -> Option<PathBuf> {
-    let mount = Path::new("/sys/fs/cgroup").join(controller);
-    let cgroup = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cgroup.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, list, path) = (f.next()?, f.next()?, f.next()?);
-        list.split(',')
-            .any(|c| c == controller)
-            .then(|| path.to_string())
-    })?;
-    let dir = mount.join(rel.trim_start_matches('/'));
-    dir.join("cgroup.procs").exists().then_some(dir)
-}
-
-/// v1 memory and pids parents for one test's broker, created under this test
-/// process's own cgroups (so the host's accounting of the test still holds) and
-/// owned by the broker's uid, as an operator would set them up.
-struct V1Parents {
-    memory: PathBuf,
-    pids: PathBuf,
-}
-
-impl V1Parents {
-    /// `None` (skip) without root or without the v1 memory and pids hierarchies.
-    fn create(uid: u32, tag: &str) -> Option<V1Parents> {
-        if !is_root() {
-            skip_or_fail("creating cgroup parents for the broker's uid needs root");
-            return None;
-        }
-        let (Some(mem), Some(pids)) = (own_v1_cgroup("memory"), own_v1_cgroup("pids")) else {
-            skip_or_fail("no v1 memory and pids hierarchies here (pure cgroup v2 host): the v1 tests cannot run");
-            return None;
-        };
-        if !mem.join("memory.limit_in_bytes").exists() {
+    match V1CgroupParents::create(uid) {
+        Ok(p) if p.memory.join("memory.limit_in_bytes").exists() => Some(p),
+        Ok(_) => {
             skip_or_fail("the v1 memory hierarchy has no memory.limit_in_bytes");
-            return None;
+            None
         }
-        let name = format!("codejail-test-{}-{tag}", std::process::id());
-        let parents = V1Parents {
-            memory: mem.join(&name),
-            pids: pids.join(&name),
-        };
-        for dir in [&parents.memory, &parents.pids] {
-            fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-            // The broker creates the run cgroups (it owns what it creates); the parent's
-            // own files are chowned as `chown -R` would.
-            chown_tree(dir, uid);
-        }
-        Some(parents)
-    }
-
-    fn arg(&self) -> String {
-        format!("{},{}", self.memory.display(), self.pids.display())
-    }
-
-    /// `run-*` cgroups under either parent.
-    fn leftover_runs(&self) -> Vec<PathBuf> {
-        [&self.memory, &self.pids]
-            .iter()
-            .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
-            .map(|e| e.path())
-            .collect()
-    }
-}
-
-impl Drop for V1Parents {
-    fn drop(&mut self) {
-        for dir in [&self.memory, &self.pids] {
-            let children: Vec<PathBuf> = fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect();
-            for child in children.iter().chain(std::iter::once(dir)) {
-                remove_cgroup(child);
-            }
+        Err(e) => {
+            skip_or_fail(&format!(
+                "{e} (pure cgroup v2 host): the v1 tests cannot run"
+            ));
+            None
         }
     }
 }
 
+/// Make `dir` and its files `uid`'s, as `chown -R` would (a planted leftover cgroup).
 fn chown_tree(dir: &Path, uid: u32) {
     let id = Some(uid.into());
     nix::unistd::chown(dir, id, Some(uid.into())).expect("chown cgroup dir");
@@ -174,27 +70,6 @@ fn chown_tree(dir: &Path, uid: u32) {
         if entry.file_type().is_ok_and(|t| t.is_file()) {
             nix::unistd::chown(&entry.path(), id, Some(uid.into())).expect("chown cgroup file");
         }
-    }
-}
-
-/// Kill whatever is in a cgroup and rmdir it (test clean-up; retries while tasks exit).
-fn remove_cgroup(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while dir.exists() && Instant::now() < deadline {
-        for pid in fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -425,35 +300,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// (pid, real uid, comm) of every process whose real uid satisfies `wanted`.
+/// (pid, real uid, comm) of every live process whose real uid satisfies `wanted`.
 fn processes(wanted: impl Fn(u32) -> bool) -> Vec<(i32, u32, String)> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
-        let Some(uid) = field("Uid:").and_then(|u| u.split_whitespace().next()?.parse().ok())
-        else {
-            continue;
-        };
-        if wanted(uid) {
-            found.push((pid, uid, field("Name:").unwrap_or_default()));
-        }
-    }
-    found
+    codejail_broker::run::uidpool::processes_with_uid(wanted)
+        .expect("/proc")
+        .into_iter()
+        .map(|(pid, uid)| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, uid, comm.trim().to_string())
+        })
+        .collect()
 }
 
 /// Touches every page: a bytes object of 200 MB is written in full.
@@ -462,7 +318,7 @@ const ALLOCATE_200MB: &str = "b = b'x' * 200_000_000\nprint(len(b))\n";
 #[test]
 fn memory_cap_oom_kills_the_run_and_peak_memory_is_reported() {
     const UID: u32 = 4301;
-    let Some(fx) = V1Parents::create(UID, "memory") else {
+    let Some(fx) = v1_parents(UID) else {
         return;
     };
     let b = Broker::start(
@@ -520,7 +376,7 @@ const FORK_BOMB: &str =
 #[test]
 fn fork_bomb_is_held_by_pids_max_and_the_broker_keeps_serving() {
     const UID: u32 = 4302;
-    let Some(fx) = V1Parents::create(UID, "pids") else {
+    let Some(fx) = v1_parents(UID) else {
         return;
     };
     let b = Broker::start(
@@ -588,7 +444,7 @@ fn production_shape_gives_concurrent_runs_distinct_uids() {
     const FIRST: u32 = 310_300;
     const COUNT: u32 = 8;
     let in_range = |u: u32| (FIRST..FIRST + COUNT).contains(&u);
-    let Some(fx) = V1Parents::create(UID, "prod") else {
+    let Some(fx) = v1_parents(UID) else {
         return;
     };
     let b = Broker::start(
@@ -742,7 +598,7 @@ fn wait_dead(child: &mut Child, what: &str) -> ExitStatus {
 fn start_up_sweep_removes_leftover_runs_and_cgroups() {
     const UID: u32 = 4304;
     const FIRST: u32 = 310_400;
-    let Some(fx) = V1Parents::create(UID, "sweep") else {
+    let Some(fx) = v1_parents(UID) else {
         return;
     };
     // A leftover run cgroup of a crashed broker, with a process of the broker's uid in
