@@ -203,27 +203,38 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// The prefix filter: wrong arch → kill; x32 syscall numbers (bit 30) → kill (no
-/// Python we run is x32, so such a call can only be an attack); clone3 → ENOSYS.
-fn prefix_filter() -> BpfProgram {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
-    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
-    const X32_BIT: u32 = 0x4000_0000;
-    vec![
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
+const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+const X32_BIT: u32 = 0x4000_0000;
+
+/// The start of both hand-written filters: a foreign arch kills, and so does an x32
+/// call number (bit 30; no Python we run is x32, so such a call can only be an
+/// attack). Leaves the call number loaded.
+fn abi_guard() -> [sock_filter; 6] {
+    [
         stmt(LD_W_ABS, ARCH),
         jump(JEQ_K, AUDIT_ARCH, 1, 0),
         stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
         stmt(LD_W_ABS, NR),
         jump(JSET_K, X32_BIT, 0, 1),
         stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+    ]
+}
+
+/// The prefix filter: wrong arch → kill; x32 syscall numbers (bit 30) → kill (no
+/// Python we run is x32, so such a call can only be an attack); clone3 → ENOSYS.
+fn prefix_filter() -> BpfProgram {
+    let mut prog = abi_guard().to_vec();
+    prog.extend([
         jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1),
         stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
         stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-    ]
+    ]);
+    prog
 }
 
 /// The exec filter of [`super::execguard`], installed by the init on itself before it
@@ -232,33 +243,21 @@ fn prefix_filter() -> BpfProgram {
 /// x32 call number kills (the prefix filter, installed later, says the same; this
 /// filter must hold on its own, since it is in force first); everything else passes.
 pub(crate) fn exec_filter() -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
-    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
-    const X32_BIT: u32 = 0x4000_0000;
-    [
-        stmt(LD_W_ABS, ARCH),
-        jump(JEQ_K, AUDIT_ARCH, 1, 0),
-        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        stmt(LD_W_ABS, NR),
-        jump(JSET_K, X32_BIT, 0, 1),
-        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        jump(JEQ_K, libc::SYS_execve as u32, 2, 0),
-        jump(JEQ_K, libc::SYS_execveat as u32, 1, 0),
-        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
-    ]
-    .into_iter()
-    .map(|f| libc::sock_filter {
-        code: f.code,
-        jt: f.jt,
-        jf: f.jf,
-        k: f.k,
-    })
-    .collect()
+    abi_guard()
+        .into_iter()
+        .chain([
+            jump(JEQ_K, libc::SYS_execve as u32, 2, 0),
+            jump(JEQ_K, libc::SYS_execveat as u32, 1, 0),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+            stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+        ])
+        .map(|f| libc::sock_filter {
+            code: f.code,
+            jt: f.jt,
+            jf: f.jf,
+            k: f.k,
+        })
+        .collect()
 }
 
 /// Compile the policy (in the stage, before rlimits).
