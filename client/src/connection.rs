@@ -210,6 +210,8 @@ impl Client {
                             limit_hit: f.limit_hit,
                             truncated: f.truncated,
                             run_id,
+                            workdir: f.workdir,
+                            pid: f.pid,
                         })
                     }
                     Response::Error { kind, message } => {
@@ -380,6 +382,7 @@ mod tests {
             mode: Mode::Dev,
             layers: BTreeMap::new(),
             load: Load::default(),
+            commands: BTreeMap::new(),
         }
     }
 
@@ -449,6 +452,8 @@ mod tests {
             },
             limit_hit: None,
             truncated: false,
+            workdir: "/tmp/codejail-fake".into(),
+            pid: 4321,
         })
     }
 
@@ -494,6 +499,8 @@ mod tests {
         assert_eq!(result.stderr, b"warn");
         assert_eq!(result.status, 3);
         assert_eq!(result.run_id, 42);
+        assert_eq!(result.workdir, "/tmp/codejail-fake");
+        assert_eq!(result.pid, 4321);
         assert_eq!(result.usage.cpu_user_ms, 11);
         assert_eq!(result.usage.peak_memory_bytes, Some(12345));
         assert_eq!(result.limit_hit, None);

@@ -26,7 +26,8 @@ pub fn jail_result(r: &JailResult) -> Value {
     })
 }
 
-/// `status --json`: `{"broker_version", "protocol_version", "mode", "layers", "load"}`.
+/// `status --json`: `{"broker_version", "protocol_version", "mode", "layers", "load",
+/// "commands"}`.
 pub fn status_report(s: &StatusReport) -> Value {
     let layers: Map<String, Value> = s
         .layers
@@ -40,6 +41,14 @@ pub fn status_report(s: &StatusReport) -> Value {
             (name.clone(), layer)
         })
         .collect();
+    let commands: Map<String, Value> = s
+        .commands
+        .iter()
+        .map(|(name, c)| {
+            let command = json!({"bin": c.bin, "allow_exec": c.allow_exec});
+            (name.clone(), command)
+        })
+        .collect();
     json!({
         "broker_version": s.broker_version,
         "protocol_version": s.protocol_version,
@@ -51,6 +60,7 @@ pub fn status_report(s: &StatusReport) -> Value {
             "max_running": s.load.max_running,
             "max_queue": s.load.max_queue,
         },
+        "commands": commands,
     })
 }
 
@@ -58,7 +68,7 @@ pub fn status_report(s: &StatusReport) -> Value {
 #[allow(clippy::expect_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-    use codejail_protocol::{Layer, LayerState, Load, Mode, Usage};
+    use codejail_protocol::{CommandInfo, Layer, LayerState, Load, Mode, Usage};
 
     fn keys(v: &Value) -> Vec<&str> {
         let mut k: Vec<&str> = v
@@ -87,6 +97,8 @@ mod tests {
             limit_hit: Some("REALTIME".into()),
             truncated: false,
             run_id: 7,
+            workdir: "/tmp/codejail-7".into(),
+            pid: 70,
         };
         let v = jail_result(&r);
         assert_eq!(
@@ -152,12 +164,22 @@ mod tests {
                 max_running: 3,
                 max_queue: 4,
             },
+            commands: [(
+                "python".to_string(),
+                CommandInfo {
+                    bin: "/sandbox/bin/python".into(),
+                    allow_exec: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
         let v = status_report(&s);
         assert_eq!(
             keys(&v),
             [
                 "broker_version",
+                "commands",
                 "layers",
                 "load",
                 "mode",
@@ -173,6 +195,10 @@ mod tests {
         assert_eq!(
             v["load"],
             json!({"running": 1, "queued": 2, "max_running": 3, "max_queue": 4})
+        );
+        assert_eq!(
+            v["commands"],
+            json!({"python": {"bin": "/sandbox/bin/python", "allow_exec": false}})
         );
     }
 }

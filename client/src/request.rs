@@ -99,6 +99,11 @@ pub struct JailResult {
     pub truncated: bool,
     /// The run's id, as in the broker's log.
     pub run_id: u64,
+    /// The run's directory (the program's cwd) as the program saw it.
+    pub workdir: String,
+    /// A pid of the run on the broker's host (the jail stage's), for logs; 0 when
+    /// unknown.
+    pub pid: u32,
 }
 
 impl JailResult {

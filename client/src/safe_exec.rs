@@ -339,6 +339,8 @@ mod tests {
             limit_hit: None,
             truncated: false,
             run_id: 1,
+            workdir: "/tmp/codejail-test".into(),
+            pid: 1,
         }
     }
 

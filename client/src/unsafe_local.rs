@@ -124,6 +124,7 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
     let root = dir.path();
     write_workspace(root, exec)?;
 
+    let workdir = root.to_string_lossy().into_owned();
     let mut child = Command::new(python)
         .args(["-E", "-B", "jailed_code"])
         .args(&exec.argv)
@@ -138,6 +139,7 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
         .map_err(local(format!("run {}", python.display())))?;
     // Feed stdin from another thread while this one drains stdout and stderr, so that
     // neither side can block the other on a full pipe.
+    let child_pid = child.id();
     let stdin = child.stdin.take();
     let output = std::thread::scope(|s| {
         s.spawn(move || {
@@ -149,6 +151,7 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
         child.wait_with_output()
     })
     .map_err(local(format!("wait for {}", python.display())))?;
+    let pid = child_pid;
     let status = upstream_status(output.status.code(), output.status.signal());
     Ok(JailResult {
         stdout: output.stdout,
@@ -158,6 +161,8 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
         limit_hit: None,
         truncated: false,
         run_id: 0,
+        workdir,
+        pid,
     })
 }
 

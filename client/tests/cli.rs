@@ -8,8 +8,8 @@ use std::process::Output;
 
 use bytes::Bytes;
 use codejail_protocol::{
-    decode, encode, framed, Exec, Finished, Hello, Layer, LayerState, Load, Mode, Request,
-    Response, StatusReport, Usage, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode, framed, CommandInfo, Exec, Finished, Hello, Layer, LayerState, Load, Mode,
+    Request, Response, StatusReport, Usage, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixListener;
@@ -35,6 +35,13 @@ fn report(required_layer_state: LayerState) -> StatusReport {
             max_running: 4,
             max_queue: 16,
         },
+        commands: BTreeMap::from([(
+            "python".to_string(),
+            CommandInfo {
+                bin: "/sandbox/bin/python".into(),
+                allow_exec: false,
+            },
+        )]),
     }
 }
 
@@ -118,6 +125,8 @@ fn finished(status: i32, limit_hit: Option<&str>) -> Response {
         },
         limit_hit: limit_hit.map(str::to_string),
         truncated: false,
+        workdir: "/tmp/codejail-fake".into(),
+        pid: 99,
     })
 }
 
@@ -283,7 +292,8 @@ async fn status_exit_codes_and_json_shape() {
                 "landlock": {"state": "full", "required": true, "detail": "detail text"},
                 "seccomp": {"state": "unavailable", "required": false, "detail": "detail text"}
             },
-            "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16}
+            "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16},
+            "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}}
         })
     );
 

@@ -28,7 +28,7 @@ pub use limits::{LimitName, Limits};
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
 /// handshake changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The magic that opens every [`Hello`]: lets the broker tell a codejail client from
 /// anything else that connects to its socket.
@@ -161,6 +161,18 @@ pub struct StatusReport {
     pub layers: BTreeMap<String, Layer>,
     /// Current load.
     pub load: Load,
+    /// The configured commands by name (`python`, ...): what each one runs.
+    pub commands: BTreeMap<String, CommandInfo>,
+}
+
+/// One configured command in the [`StatusReport`]: callers check it against their own
+/// idea of the interpreter (the Python package compares `bin` with `configure()`'s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    /// The absolute path of the program the command runs, as configured.
+    pub bin: String,
+    /// Whether the program may exec other programs after its own start.
+    pub allow_exec: bool,
 }
 
 impl StatusReport {
@@ -238,6 +250,11 @@ pub struct Finished {
     pub limit_hit: Option<String>,
     /// Output beyond the cap was discarded.
     pub truncated: bool,
+    /// The run's directory (the program's cwd) as the program saw it.
+    pub workdir: String,
+    /// A host pid of the run (the jail stage's), as upstream logs the pid of its
+    /// sandboxed process; the process is gone by the time this arrives.
+    pub pid: u32,
 }
 
 /// A broker answer.
@@ -350,6 +367,7 @@ mod tests {
                 mode: Mode::Dev,
                 layers: BTreeMap::new(),
                 load: Load::default(),
+                commands: BTreeMap::new(),
             },
         };
         let bytes = encode(&welcome).expect("encode");
@@ -411,11 +429,29 @@ mod tests {
                 },
                 limit_hit: Some("REALTIME".into()),
                 truncated: true,
+                workdir: "/tmp/codejail-x".into(),
+                pid: 4242,
             }),
             Response::Error {
                 kind: ErrorKind::Busy,
                 message: "busy".into(),
             },
+            Response::Status(StatusReport {
+                broker_version: "1".into(),
+                protocol_version: PROTOCOL_VERSION,
+                mode: Mode::Confined,
+                layers: BTreeMap::new(),
+                load: Load::default(),
+                commands: [(
+                    "python".to_string(),
+                    CommandInfo {
+                        bin: "/sandbox/bin/python".into(),
+                        allow_exec: true,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }),
         ] {
             let back: Response = decode(&encode(&resp).expect("enc")).expect("dec");
             assert_eq!(back, resp);

@@ -384,6 +384,7 @@ fn status_json_shape_and_exit_code() {
         keys(&obj),
         [
             "broker_version",
+            "commands",
             "layers",
             "load",
             "mode",
@@ -391,6 +392,14 @@ fn status_json_shape_and_exit_code() {
         ],
         "{obj:?}"
     );
+    let commands = obj["commands"].as_object().expect("commands is an object");
+    let python = commands["python"]
+        .as_object()
+        .expect("the dev broker has a python command");
+    assert_eq!(keys(python), ["allow_exec", "bin"], "{python:?}");
+    let bin = python["bin"].as_str().expect("bin is a string");
+    assert!(bin.starts_with('/'), "bin is absolute: {bin}");
+    assert!(python["allow_exec"].is_boolean(), "{python:?}");
     assert!(obj["broker_version"].is_string());
     assert_eq!(
         obj["protocol_version"],

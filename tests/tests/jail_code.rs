@@ -22,6 +22,30 @@ async fn test_hello_world() {
     assert!(!res.truncated);
 }
 
+/// `Finished` names the run's directory as the program saw it (its cwd) and a pid of
+/// the run; each run has its own directory.
+#[tokio::test]
+async fn finished_reports_the_programs_directory_and_a_pid() {
+    let b = broker!();
+    let code = "import os; print(os.getcwd())";
+    let first = b.run(&py(code)).await;
+    assert_ok(&first);
+    let cwd = text(&first.stdout).trim_end().to_string();
+    assert_eq!(
+        first.workdir, cwd,
+        "reported directory vs the program's cwd"
+    );
+    let name = cwd.rsplit('/').next().unwrap_or_default();
+    assert!(name.starts_with("codejail-"), "{cwd}");
+    assert!(first.pid > 1, "pid {}", first.pid);
+    let second = b.run(&py(code)).await;
+    assert_eq!(second.workdir, text(&second.stdout).trim_end());
+    assert_ne!(
+        first.workdir, second.workdir,
+        "each run has its own directory"
+    );
+}
+
 /// The blocking API, from a plain (non-async) test.
 #[test]
 fn test_hello_world_blocking() {

@@ -66,6 +66,8 @@ pub struct RunSpec {
     pub stage: PathBuf,
     /// The plan for the stage.
     pub plan: Plan,
+    /// The run's directory as the program sees it (reported in `Finished`).
+    pub workdir: String,
     /// The program's stdin.
     pub stdin: Vec<u8>,
     /// Effective limits (REALTIME, OUTPUT and CPU are read here).
@@ -345,7 +347,7 @@ async fn execute_in(
     tokio::pin!(io);
     let mut ended = None;
     tokio::select! {
-        r = &mut io => return finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
+        r = &mut io => return with_pid(finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup), pid),
         () = deadline => ended = Some(Ended::Realtime),
         () = cancel => ended = Some(Ended::Cancelled),
     }
@@ -373,7 +375,18 @@ async fn execute_in(
             }
         }
     };
-    finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup)
+    with_pid(
+        finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
+        pid,
+    )
+}
+
+/// `result` with the pid of the run's stage (known only to the spawner).
+fn with_pid(result: Result<RunResult, RunError>, pid: u32) -> Result<RunResult, RunError> {
+    result.map(|mut r| {
+        r.finished.pid = pid;
+        r
+    })
 }
 
 fn kill_cgroup(cgroup: Option<&RunCgroup>, run_id: u64) {
@@ -475,6 +488,9 @@ fn finish(
             usage,
             limit_hit: limit_hit.map(str::to_string),
             truncated,
+            workdir: spec.workdir.clone(),
+            // The stage's pid, filled in by `execute_in`, which spawned it.
+            pid: 0,
         },
         landlock: reports.landlock,
         seccomp_denied: reports.seccomp_denied,

@@ -297,6 +297,12 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         .sum();
     let entries = (exec.files.len() + exec.extra_files.len() + 4) as u64;
     let tmp = limits.effective(LimitName::Tmp);
+    let workdir_name = workdir_name().map_err(|e| {
+        Refuse(
+            ErrorKind::Internal,
+            format!("no randomness for the run's directory name: {e}"),
+        )
+    })?;
     let plan = Plan {
         program: command.bin.to_string_lossy().into_owned(),
         argv,
@@ -310,12 +316,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect(),
-        workdir_name: workdir_name().map_err(|e| {
-            Refuse(
-                ErrorKind::Internal,
-                format!("no randomness for the run's directory name: {e}"),
-            )
-        })?,
+        workdir_name,
         limits: RunLimits {
             cpu_secs: limits.effective(LimitName::Cpu),
             vmem_bytes: limits.effective(LimitName::Vmem),
@@ -337,6 +338,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
     let spec = RunSpec {
         run_id,
         stage: settings.jail_stage.clone(),
+        workdir: program_workdir(&plan.workdir_name),
         plan,
         stdin: exec.stdin,
         limits,
@@ -371,6 +373,16 @@ pub(crate) fn assign_identity(
     spec.identity = lease.identity();
     spec.plan.clear_groups = spec.identity.clear_groups;
     Ok(Some(lease))
+}
+
+/// Where the jail stage mounts the run's workspace in the program's view
+/// (`jail/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
+/// directory against the program's own `os.getcwd()`, so a drift fails them.
+const PROGRAM_WORKSPACE: &str = "/tmp";
+
+/// The run's directory (the program's cwd) as the program sees it.
+fn program_workdir(workdir_name: &str) -> String {
+    format!("{PROGRAM_WORKSPACE}/{workdir_name}")
 }
 
 fn page_round(n: usize) -> u64 {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use codejail_protocol::{Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VERSION};
+use codejail_protocol::{
+    CommandInfo, Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VERSION,
+};
 
 use super::selftest::Probe;
 use crate::config::Settings;
@@ -139,6 +141,17 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         mode: settings.mode,
         layers,
         load: Load::default(),
+        commands: settings
+            .commands
+            .iter()
+            .map(|(name, c)| {
+                let info = CommandInfo {
+                    bin: c.bin.to_string_lossy().into_owned(),
+                    allow_exec: c.allow_exec,
+                };
+                (name.clone(), info)
+            })
+            .collect(),
     }
 }
 

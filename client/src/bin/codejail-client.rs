@@ -746,6 +746,7 @@ mod tests {
             .into_iter()
             .collect(),
             load: Load::default(),
+            commands: Default::default(),
         };
         let t = status_table(&r);
         assert!(t.contains("mode      confined"), "{t}");
