@@ -1,0 +1,71 @@
+"""Type stubs for codejail._native, the Rust half of the package (python/src/lib.rs).
+
+Every call releases the GIL while it waits for the broker. Failures raise the
+exceptions of codejail.broker (BrokerUnavailable, BrokerBusy, BrokerRefused,
+BrokerRequestError, BrokerError), constructed as (socket, reason, kind).
+"""
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple, TypedDict
+
+class Usage(TypedDict):
+    cpu_user_ms: int
+    cpu_sys_ms: int
+    wall_ms: int
+    max_rss_kib: int
+    peak_memory_bytes: Optional[int]
+
+class RunResult(TypedDict):
+    stdout: bytes
+    stderr: bytes
+    status: int
+    limit_hit: Optional[str]
+    truncated: bool
+    run_id: int
+    workdir: str
+    pid: int
+    usage: Usage
+
+class ConnectionStats(TypedDict):
+    pid: int
+    idle: int
+    connects: int
+    reconnects: int
+
+#: The program safe_exec runs in the jail (client/src/safe_exec_wrapper.py).
+SAFE_EXEC_WRAPPER: str
+#: The broker socket used when nothing else names one.
+DEFAULT_SOCKET: str
+#: The wire protocol version this module speaks.
+PROTOCOL_VERSION: int
+
+def jail_code(
+    socket: str,
+    command: str,
+    code: Optional[str],
+    files: Sequence[str],
+    extra_files: Sequence[Tuple[str, bytes]],
+    argv: Sequence[str],
+    stdin: bytes,
+    limits: Mapping[str, int],
+    limits_context: Optional[str] = None,
+    slug: Optional[str] = None,
+    connect_timeout: Optional[float] = None,
+    queue_timeout: Optional[float] = None,
+    total_timeout: Optional[float] = None,
+) -> RunResult:
+    """Run one program on the broker at `socket`; timeouts in seconds (None: the
+    client's defaults, 2 s connect, 10 s queue, 60 s total; a negative total: none).
+    A kept connection found dead (the broker restarted) is replaced once."""
+
+def status_json(
+    socket: str,
+    connect_timeout: Optional[float] = None,
+    total_timeout: Optional[float] = None,
+) -> str:
+    """The broker's status report as JSON (codejail-client status --json's shape)."""
+
+def connection_stats() -> ConnectionStats:
+    """This process's kept connections and counters (a forked child starts at zero)."""
+
+def close_connections() -> None:
+    """Close this process's kept connections."""
