@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README): installs what the tests need, builds every binary, and runs
-# every test of the workspace. Extra arguments go to `cargo test`, e.g.
+# every test of the workspace, then the Python package's tests (scripts/python-tests.sh).
+# Extra arguments go to `cargo test`, e.g.
 #   scripts/test.sh -p codejail-tests --test jail_code -- --nocapture
 #
 # Works as root (CI: the end-to-end tests then start each broker as its own non-root
@@ -94,4 +95,17 @@ for arg in "$@"; do
     esac
 done
 log "cargo test ${scope[*]} --no-fail-fast $*"
-cargo test "${scope[@]}" --no-fail-fast "$@"
+cargo_status=0
+cargo test "${scope[@]}" --no-fail-fast "$@" || cargo_status=$?
+
+# 6. The Python package (python/, not a workspace member): built and installed into a
+#    reusable venv of /usr/bin/python3 with pytest and Django, then its pytest suite
+#    against real dev brokers (python/tests/conftest.py). Skipped only when the
+#    arguments chose other packages (-p ...). A failure here or above fails the script.
+pytest_status=0
+if [ ${#scope[@]} -gt 0 ]; then
+    scripts/python-tests.sh || pytest_status=$?
+fi
+if [ "$cargo_status" != 0 ] || [ "$pytest_status" != 0 ]; then
+    die "tests failed (cargo test: exit $cargo_status, python tests: exit $pytest_status)"
+fi
