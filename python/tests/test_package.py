@@ -36,6 +36,11 @@ def test_status_reports_the_commands(broker):
     assert python["allow_exec"] is False
 
 
+def test_status_shows_allow_exec_from_the_config(make_broker):
+    b = make_broker("--allow-exec")
+    assert broker_mod.status(b.socket)["commands"]["python"]["allow_exec"] is True
+
+
 def test_check_command_caches_success_only(broker, monkeypatch):
     calls = []
     real_status = broker_mod.status
