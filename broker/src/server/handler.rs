@@ -376,7 +376,7 @@ pub(crate) fn assign_identity(
 }
 
 /// Where the jail stage mounts the run's workspace in the program's view
-/// (`jail/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
+/// (`jail/src/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
 /// directory against the program's own `os.getcwd()`, so a drift fails them.
 const PROGRAM_WORKSPACE: &str = "/tmp";
 
