@@ -75,6 +75,9 @@ impl Drop for Reservation {
     }
 }
 
+/// Frames up to this size are not counted against the budget.
+pub const UNCOUNTED_FRAME_BYTES: usize = 4096;
+
 /// Frames above this size must also find room in the admission queue before their
 /// body is read (a Status request or a small Exec is always read: it costs nothing).
 pub const ADMIT_BEFORE_READ_BYTES: usize = 64 * 1024;
@@ -166,7 +169,14 @@ impl Decoder for RequestCodec {
                     queue_full: true,
                 }));
             }
-            match self.budget.try_reserve(len as u64) {
+            // A small frame (a Hello, a Status, a short Exec) costs nothing worth
+            // counting: it is always read, so a full budget never refuses those.
+            let counted = if len <= UNCOUNTED_FRAME_BYTES {
+                0
+            } else {
+                len as u64
+            };
+            match self.budget.try_reserve(counted) {
                 Some(r) => self.pending = Some(r),
                 None => {
                     return Ok(Some(Inbound::Refused {
@@ -222,26 +232,46 @@ mod tests {
 
     #[test]
     fn the_body_is_not_buffered_when_over_budget() {
-        let budget = Budget::new(1000);
+        let budget = Budget::new(10_000);
         let mut codec = RequestCodec::new(1 << 20, budget.clone(), || true);
         // Only the header has arrived: the refusal comes before any body byte.
-        let mut src = BytesMut::from(&(5000u32).to_be_bytes()[..]);
+        let mut src = BytesMut::from(&(50_000u32).to_be_bytes()[..]);
         match codec.decode(&mut src).expect("decode") {
             Some(Inbound::Refused { len, queue_full }) => {
-                assert_eq!((len, queue_full), (5000, false))
+                assert_eq!((len, queue_full), (50_000, false))
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert_eq!(budget.held(), 0);
         // A frame that fits is read, and holds its bytes until dropped.
-        let mut src = frame(600);
+        let mut src = frame(6000);
         let Some(Inbound::Frame(body, r)) = codec.decode(&mut src).expect("decode") else {
             panic!("expected a frame");
         };
-        assert_eq!(body.len(), 600);
-        assert_eq!(budget.held(), 600);
+        assert_eq!(body.len(), 6000);
+        assert_eq!(budget.held(), 6000);
         drop(r);
         assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn small_frames_are_read_even_with_the_budget_spent() {
+        let budget = Budget::new(10_000);
+        let _all = budget.try_reserve(10_000).expect("fits");
+        let mut codec = RequestCodec::new(1 << 20, budget.clone(), || true);
+        let mut src = frame(100);
+        assert!(matches!(
+            codec.decode(&mut src).expect("decode"),
+            Some(Inbound::Frame(..))
+        ));
+        let mut src = frame(UNCOUNTED_FRAME_BYTES + 1);
+        assert!(matches!(
+            codec.decode(&mut src).expect("decode"),
+            Some(Inbound::Refused {
+                queue_full: false,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -272,12 +302,12 @@ mod tests {
 
     #[test]
     fn a_partial_body_keeps_its_reservation_until_complete() {
-        let budget = Budget::new(1000);
+        let budget = Budget::new(10_000);
         let mut codec = RequestCodec::new(1 << 20, budget.clone(), || true);
-        let whole = frame(500);
+        let whole = frame(5000);
         let mut src = BytesMut::from(&whole[..200]);
         assert!(codec.decode(&mut src).expect("decode").is_none());
-        assert_eq!(budget.held(), 500, "reserved at the header");
+        assert_eq!(budget.held(), 5000, "reserved at the header");
         src.extend_from_slice(&whole[200..]);
         assert!(matches!(
             codec.decode(&mut src).expect("decode"),
