@@ -51,7 +51,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("CPU, VMEM (RLIMIT_AS), FSIZE, NPROC (counted per run's user namespace), core dumps off"),
+            probe_detail("CPU, VMEM (RLIMIT_AS), FSIZE, NPROC (counted per run's user namespace), NOFILE (soft = hard), core dumps off"),
         ),
     );
     layers.insert(
