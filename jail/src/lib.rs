@@ -34,3 +34,12 @@ mod workspace;
 
 pub use error::JailError;
 pub use stage::run_stage;
+
+/// The stage's checks of a decoded plan before it builds anything, in the stage's order:
+/// every peer-supplied name (`workspace::check_names`), then what `execve` needs. For
+/// the fuzz targets (`fuzz/`); the stage calls the same two functions.
+#[doc(hidden)]
+pub fn fuzz_check_plan(plan: &codejail_plan::Plan) -> Result<(), JailError> {
+    workspace::check_names(plan)?;
+    program::ExecSpec::from_plan(plan).map(drop)
+}

@@ -208,6 +208,30 @@ impl Settings {
             if !c.bin.is_absolute() {
                 return Err(invalid(format!("{key}.bin"), "must be an absolute path"));
             }
+            // execve and mount take C strings: a NUL would fail every run at the
+            // stage's plan check instead of failing start-up (found by fuzz/config).
+            let strings = std::iter::once(("bin", c.bin.as_os_str().as_encoded_bytes()))
+                .chain(c.args.iter().flatten().map(|a| ("args", a.as_bytes())))
+                .chain(
+                    c.ro_paths
+                        .iter()
+                        .flatten()
+                        .map(|p| ("ro_paths", p.as_os_str().as_encoded_bytes())),
+                )
+                .chain(
+                    c.env
+                        .iter()
+                        .flatten()
+                        .flat_map(|(k, v)| [("env", k.as_bytes()), ("env", v.as_bytes())]),
+                );
+            for (field, bytes) in strings {
+                if bytes.contains(&0) {
+                    return Err(invalid(
+                        format!("{key}.{field}"),
+                        "must not contain a NUL byte",
+                    ));
+                }
+            }
             let mut spec = if name == "python" {
                 CommandSpec::python(c.bin.clone())
             } else {
@@ -250,6 +274,12 @@ impl Settings {
             .tmpfs_mount
             .clone()
             .unwrap_or_else(|| PathBuf::from("/tmp"));
+        if !tmpfs_mount.is_absolute() || tmpfs_mount.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(invalid(
+                "tmpfs_mount",
+                "must be an absolute path without a NUL byte",
+            ));
+        }
         check_ro_paths_visible(&commands, &tmpfs_mount)?;
         if commands.is_empty() {
             return Err(invalid(

@@ -15,6 +15,46 @@ fn parse(s: &str) -> Result<Settings, ConfigError> {
 const PY: &str = "[commands.python]\nbin = \"/usr/bin/python3\"\n";
 
 #[test]
+fn nul_bytes_and_a_relative_tmpfs_mount_fail_start_up() {
+    // fuzz/config: each was accepted, then every run failed at the stage's plan
+    // check ("contains a NUL", "not an absolute path").
+    for (text, key) in [
+        (
+            "[commands.python]\nbin = \"/usr/bin/py\\u0000\"\n",
+            "commands.python.bin",
+        ),
+        (
+            &format!("{PY}args = [\"-\\u0000\"]\n"),
+            "commands.python.args",
+        ),
+        (
+            &format!("{PY}env = {{ A = \"x\\u0000\" }}\n"),
+            "commands.python.env",
+        ),
+        (
+            &format!("{PY}env = {{ \"A\\u0000\" = \"x\" }}\n"),
+            "commands.python.env",
+        ),
+        (
+            &format!("{PY}ro_paths = [\"/opt/\\u0000\"]\n"),
+            "commands.python.ro_paths",
+        ),
+        (
+            &format!("tmpfs_mount = \"/srv/\\u0000\"\n{PY}"),
+            "tmpfs_mount",
+        ),
+        (&format!("tmpfs_mount = \"srv\"\n{PY}"), "tmpfs_mount"),
+    ] {
+        let err = parse(text).expect_err(text);
+        assert!(
+            err.to_string().contains(&format!("`{key}`")),
+            "{text}: {err}"
+        );
+    }
+    parse(&format!("tmpfs_mount = \"/srv\"\n{PY}args = [\"-E\"]\n")).expect("plain");
+}
+
+#[test]
 fn unknown_key_is_named() {
     let err = parse(&format!("{PY}bogus_key = 1\n")).expect_err("unknown key");
     assert!(err.to_string().contains("bogus_key"), "{err}");

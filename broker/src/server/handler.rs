@@ -246,10 +246,14 @@ fn check_hello(body: &[u8], peer: &super::peer::Peer, settings: &Settings) -> Op
     peer.check_allowed(settings).err()
 }
 
-/// Validate an Exec into a run spec, or say what is wrong.
-pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), Refuse> {
-    let settings = &shared.settings;
-    validate::check_exec_names(&exec).map_err(|e| match e {
+/// The checks of an Exec against the settings, made before anything is allocated for
+/// it: its names, its command, its limits, something to run. Returns the command and
+/// the effective limits.
+fn check_exec<'s>(
+    settings: &'s Settings,
+    exec: &Exec,
+) -> Result<(&'s crate::config::CommandSpec, Limits), Refuse> {
+    validate::check_exec_names(exec).map_err(|e| match e {
         NameError::BadCommand(_) => Refuse(ErrorKind::UnknownCommand, e.to_string()),
         _ => Refuse(ErrorKind::BadFileName, e.to_string()),
     })?;
@@ -278,6 +282,30 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             "no code and no argv: nothing to run".into(),
         ));
     }
+    // execve takes C strings: the stage would refuse the plan, after the run had
+    // taken a slot and a uid (found by fuzz/request).
+    if let Some(arg) = exec.argv.iter().find(|a| a.contains('\0')) {
+        return Err(Refuse(
+            ErrorKind::InvalidRequest,
+            format!("argument {arg:?} contains a NUL byte"),
+        ));
+    }
+    Ok((command, limits))
+}
+
+/// [`prepare`]'s checks of a decoded Exec, for the fuzz targets (`fuzz/`): the
+/// effective limits, or the error kind and message the peer would get.
+#[doc(hidden)]
+pub fn fuzz_check_exec(settings: &Settings, exec: &Exec) -> Result<Limits, (ErrorKind, String)> {
+    check_exec(settings, exec)
+        .map(|(_, limits)| limits)
+        .map_err(|Refuse(kind, message)| (kind, message))
+}
+
+/// Validate an Exec into a run spec, or say what is wrong.
+pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), Refuse> {
+    let settings = &shared.settings;
+    let (command, limits) = check_exec(settings, &exec)?;
     let run_id = shared.next_run_id.fetch_add(1, Ordering::SeqCst);
     let mut argv = vec![command.bin.to_string_lossy().into_owned()];
     argv.extend(command.args.iter().cloned());
@@ -588,4 +616,36 @@ pub(crate) fn workdir_name() -> Result<String, getrandom::Error> {
         }
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use codejail_protocol::Mode;
+
+    fn settings() -> Settings {
+        let cfg: FileConfig =
+            toml::from_str("[commands.python]\nbin = \"/usr/bin/python3\"\n").expect("toml");
+        Settings::from_config(&cfg, Mode::Confined).expect("settings")
+    }
+
+    #[test]
+    fn argument_with_nul_is_an_invalid_request() {
+        // fuzz/request: accepted by the broker, then refused by the stage's plan check.
+        let mut exec = Exec {
+            command: "python".into(),
+            code: Some(b"print(1)".to_vec()),
+            argv: vec!["-\0\0\0ig".into(), "x".into()],
+            ..Exec::default()
+        };
+        match fuzz_check_exec(&settings(), &exec) {
+            Err((ErrorKind::InvalidRequest, message)) => {
+                assert!(message.contains("NUL"), "{message}")
+            }
+            other => panic!("argv with a NUL: {other:?}"),
+        }
+        exec.argv = vec!["-ig".into(), "x".into()];
+        fuzz_check_exec(&settings(), &exec).expect("plain argv");
+    }
 }
