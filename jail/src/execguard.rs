@@ -70,8 +70,7 @@ pub(crate) struct ExecSentinel(#[allow(dead_code)] OwnedFd);
 pub(crate) fn install_exec_guard() -> Result<(ExecGuard, ExecSentinel), JailError> {
     let (read, write) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::InstallExecGuard(e.into()))?;
-    let listener =
-        sys::install_listener_filter(&exec_filter()).map_err(JailError::InstallExecGuard)?;
+    let listener = install_filter().map_err(JailError::InstallExecGuard)?;
     Ok((
         ExecGuard {
             listener,
@@ -80,6 +79,23 @@ pub(crate) fn install_exec_guard() -> Result<(ExecGuard, ExecSentinel), JailErro
         },
         ExecSentinel(write),
     ))
+}
+
+/// Install the exec filter with a listener whose notifications wait killably
+/// (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`, Linux 5.19: once received, only a fatal
+/// signal interrupts the notifying `execve`). Kernels before 5.19 refuse the flag
+/// (`EINVAL`); the filter is then installed without it, which is still sound: a
+/// signal may interrupt and restart the program's own `execve`, which then notifies
+/// again, and the decision (the program's pid, the sentinel not yet hung up) gives the
+/// same answer both times; no counter of notifications is kept.
+fn install_filter() -> std::io::Result<OwnedFd> {
+    let filter = exec_filter();
+    match sys::install_listener_filter(&filter, libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::install_listener_filter(&filter, 0)
+        }
+        other => other,
+    }
 }
 
 impl ExecGuard {

@@ -213,21 +213,20 @@ pub(crate) fn init_signal_fd() -> io::Result<nix::sys::signalfd::SignalFd> {
 }
 
 /// Install `filter` on the calling thread with a user-notification listener
-/// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`), whose notifications wait killably
-/// (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`: once received, only a fatal signal
-/// interrupts the notifying call, so an `execve` cannot be restarted behind the
-/// supervisor's back). Returns the listener (close-on-exec, as the kernel makes it).
-/// Without `no_new_privs` this needs CAP_SYS_ADMIN in the caller's user namespace,
-/// which the init has (seccomp(2)).
-pub(crate) fn install_listener_filter(filter: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+/// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`, plus `extra_flags`). Returns the listener
+/// (close-on-exec, as the kernel makes it). Without `no_new_privs` this needs
+/// CAP_SYS_ADMIN in the caller's user namespace, which the init has (seccomp(2)).
+pub(crate) fn install_listener_filter(
+    filter: &[libc::sock_filter],
+    extra_flags: libc::c_ulong,
+) -> io::Result<OwnedFd> {
     let len = u16::try_from(filter.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
     let prog = libc::sock_fprog {
         len,
         filter: filter.as_ptr().cast_mut(),
     };
-    let flags =
-        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | extra_flags;
     // SAFETY: `prog` points at `filter`, `len` instructions long, alive for the whole
     // call; the kernel copies the program and reads nothing of ours afterwards.
     let fd = cvt_long(unsafe {
