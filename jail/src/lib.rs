@@ -43,3 +43,26 @@ pub fn fuzz_check_plan(plan: &codejail_plan::Plan) -> Result<(), JailError> {
     workspace::check_names(plan)?;
     program::ExecSpec::from_plan(plan).map(drop)
 }
+
+/// A plan for the unit tests: the python program, nothing to copy, no limits but the
+/// defaults, run directory `workdir_name`.
+#[cfg(test)]
+pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
+    codejail_plan::Plan {
+        program: "/usr/bin/python3".into(),
+        argv: vec!["python".into()],
+        env: vec![],
+        code: None,
+        files: vec![],
+        extra_files: vec![],
+        tmpfs_mount: "/tmp".into(),
+        workdir_name: workdir_name.into(),
+        limits: codejail_plan::RunLimits::default(),
+        clear_groups: false,
+        hostname: "codejail".into(),
+        ro_paths: vec![],
+        require_landlock: false,
+        apparmor_profile: None,
+        allow_exec: false,
+    }
+}

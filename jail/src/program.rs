@@ -199,11 +199,9 @@ fn program_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codejail_plan::RunLimits;
 
     fn plan() -> Plan {
         Plan {
-            program: "/usr/bin/python3".into(),
             argv: vec![
                 "python".into(),
                 "-E".into(),
@@ -211,18 +209,7 @@ mod tests {
                 "jailed_code".into(),
             ],
             env: vec![("OPENBLAS_NUM_THREADS".into(), "1".into())],
-            code: None,
-            files: vec![],
-            extra_files: vec![],
-            tmpfs_mount: "/tmp".into(),
-            workdir_name: "codejail-7".into(),
-            limits: RunLimits::default(),
-            clear_groups: false,
-            hostname: "codejail".into(),
-            ro_paths: vec![],
-            require_landlock: false,
-            apparmor_profile: None,
-            allow_exec: false,
+            ..crate::test_plan("codejail-7")
         }
     }
 

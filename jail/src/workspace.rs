@@ -338,23 +338,7 @@ mod tests {
     use codejail_plan::FileEntry;
 
     fn plan() -> Plan {
-        Plan {
-            program: "/usr/bin/python3".into(),
-            argv: vec!["python".into()],
-            env: vec![],
-            code: None,
-            files: vec![],
-            extra_files: vec![],
-            tmpfs_mount: "/tmp".into(),
-            workdir_name: "codejail-1".into(),
-            limits: RunLimits::default(),
-            clear_groups: false,
-            hostname: "codejail".into(),
-            ro_paths: vec![],
-            require_landlock: false,
-            apparmor_profile: None,
-            allow_exec: false,
-        }
+        crate::test_plan("codejail-1")
     }
 
     #[test]

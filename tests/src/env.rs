@@ -158,3 +158,21 @@ pub(crate) fn namespaces_usable(uid: Option<u32>) -> Result<(), String> {
         })
         .clone()
 }
+
+/// The repository's root (the tests crate is one of its folders).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// A finished command's exit code, stdout and stderr, for failure messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

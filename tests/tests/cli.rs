@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use codejail_tests::{bin, broker, fixture, text, TestBroker};
+use codejail_tests::{bin, broker, describe, fixture, text, TestBroker};
 use serde_json::Value;
 
 /// Run `codejail-client --socket SOCKET ARGS...` with `stdin`.
@@ -29,15 +29,6 @@ fn client(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
 
 fn run(b: &TestBroker, args: &[&str]) -> Output {
     client(b.socket(), args, b"")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// Stdout must be exactly one JSON object (a trailing newline allowed).

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use codejail_tests::{
-    bin, bin_dir, python, reachable_by_others, require_privileged, skip_or_fail, text, wait_until,
+    bin, bin_dir, describe, python, reachable_by_others, repo, require_privileged, skip_or_fail,
+    text, wait_until,
 };
 
 /// The variables systemd sets for a service; never inherited from the test runner.
@@ -41,22 +42,6 @@ const SYSTEMD_VARS: [&str; 7] = [
 
 /// The notice apparmor_parser prints on a kernel without AppArmor, even with -Q -K.
 const AA_NO_KERNEL_NOTICE: &str = "Cache read/write disabled: interface file missing";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repository")
-        .to_path_buf()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Where `tool` is: on PATH, or in an sbin directory a non-login PATH may lack.
 fn find_tool(tool: &str) -> Option<PathBuf> {

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use codejail_client::pyjson::{self, Dict, Int, Str, Value};
 use codejail_client::{Executor, SafeExecError, SafeExecOptions, UnsafeLocal};
 use codejail_tests::{
-    bin, broker, dedent, fixture, python, text, BrokerOpts, TestBroker, ENV_PYTHON,
+    bin, broker, dedent, describe, fixture, python, text, BrokerOpts, TestBroker, ENV_PYTHON,
 };
 
 /// Where a scenario runs.
@@ -769,15 +769,6 @@ fn client(socket: &std::path::Path, args: &[&str]) -> Output {
 
 /// The CLI's `--unsafe` interpreter variable.
 const ENV_PYTHON_FOR_UNSAFE: &str = "CODEJAIL_PYTHON";
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
 
 #[test]
 fn cli_safe_exec_prints_the_merged_globals() {
