@@ -32,8 +32,18 @@ if { exec 9>>"$dir.lock"; } 2>/dev/null; then
     flock 9 || true
 fi
 
+# The warm-start hook (jail/warm/): inert unless a warm jail hands the interpreter its
+# socket on fd 3. Placed in the venv's site-packages, after every other .pth file.
+install_hook() {
+    local site
+    site=$("$dir/bin/python" -E -B -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    install -m 0644 "$repo/jail/warm/_codejail_warm.py" "$site/_codejail_warm.py"
+    install -m 0644 "$repo/jail/warm/zz-codejail-warm.pth" "$site/zz-codejail-warm.pth"
+}
+
 if [ -x "$dir/bin/python" ] && "$dir/bin/python" -E -B -c 'import sys' 2>/dev/null \
     && cmp -s "$requirements" "$stamp"; then
+    install_hook
     log "up to date: $dir"
     echo "$dir/bin/python"
     exit 0
@@ -59,6 +69,7 @@ rm -rf "$dir"
     -r "$requirements" >&2
 # Byte-compile now: the jail runs with -B and a read-only interpreter.
 "$dir/bin/python" -m compileall -q "$dir/lib" >/dev/null 2>&1 || true
+install_hook
 chmod -R a+rX "$dir"
 cp "$requirements" "$stamp"
 chmod a+r "$stamp"

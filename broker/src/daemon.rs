@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use codejail_protocol::Mode;
 
 use crate::config::Settings;
+use crate::run::pool;
 use crate::server::{self, report, selftest, startup, Shared};
 use crate::systemd::Activation;
 
@@ -73,6 +74,10 @@ pub async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow
     }
     let host = startup::prepare_host(&settings).context("refusing to start")?;
     let mut shared = startup::shared_for(settings, host);
+    // The warm pools are built before the self-test, which runs in one of them too.
+    if let Err(e) = pool::fill(&shared).await {
+        bail!("refusing to start: {e}");
+    }
     if let Err(e) = self_test(&mut shared).await {
         eprint!("{}", report::render(&shared.report));
         bail!("start-up self-test failed, refusing to serve: {e}");
@@ -103,7 +108,11 @@ pub async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow
         signal.await;
         notifier.stopping();
     };
+    let stop_refill = tokio_util::sync::CancellationToken::new();
+    let refill = tokio::spawn(pool::refill(shared.clone(), stop_refill.clone()));
     server::run(listener, shared.clone(), shutdown).await;
+    stop_refill.cancel();
+    let _ = refill.await;
     if !shared.settings.socket_activated {
         server::remove_socket(&shared.settings.socket_path);
     }
@@ -160,7 +169,11 @@ pub fn check_config(file: &Path) -> ExitCode {
         }
     };
     let mut shared = startup::shared_for(settings, host);
-    let verdict = rt.block_on(self_test(&mut shared));
+    // The warm pools too: a pool whose interpreter lacks the start-up hook fails here.
+    let verdict = rt.block_on(async {
+        pool::fill(&shared).await?;
+        self_test(&mut shared).await
+    });
     print!("{}", report::render(&shared.report));
     match verdict {
         Ok(()) if shared.report.required_layers_hold() => {

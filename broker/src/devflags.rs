@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::{
-    CgroupConfig, CgroupMode, CommandConfig, FileConfig, RunIdsConfig, SocketConfig,
+    CgroupConfig, CgroupMode, CommandConfig, FileConfig, PoolConfig, RunIdsConfig, SocketConfig,
 };
 
 /// Flags that only go with `--dev`.
@@ -77,6 +77,14 @@ pub struct DevFlags {
     /// `allow_exec = true`); by default every later exec fails with EACCES.
     #[arg(long, requires = "dev")]
     pub allow_exec: bool,
+    /// Dev: warm jails kept ready for the python command (config `[pool.python]
+    /// size`; 0 = none).
+    #[arg(long, value_name = "N", requires = "dev")]
+    pub pool_size: Option<u32>,
+    /// Dev: a module the warm jails import while they wait (repeatable; config
+    /// `[pool.python] preimport`).
+    #[arg(long = "preimport", value_name = "MODULE", requires = "dev")]
+    pub preimport: Vec<String>,
 }
 
 impl DevFlags {
@@ -149,6 +157,16 @@ fn dev_config(cli: &DevFlags) -> anyhow::Result<FileConfig> {
             allow_exec: cli.allow_exec.then_some(true),
         },
     );
+    if cli.pool_size.is_some() || !cli.preimport.is_empty() {
+        cfg.pool.insert(
+            "python".into(),
+            PoolConfig {
+                size: Some(cli.pool_size.unwrap_or(1)),
+                preimport: cli.preimport.clone(),
+                max_age_secs: None,
+            },
+        );
+    }
     if let Some(r) = &cli.run_ids {
         let (first, count) = r
             .split_once(':')

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use codejail_plan::{CONTROL_FD, REPORT_FD};
+use codejail_plan::{CONTROL_FD, HANDOVER_FD, REPORT_FD};
 
 /// Set once the inherited fd has been adopted: a second [`OwnedFd`] for the same
 /// number would close it twice.
@@ -91,14 +91,14 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// In the child between fork and exec: put the control pipe on fd 3 and the report
-/// pipe on fd 4 (dup2 clears FD_CLOEXEC on the new fd, so exactly these survive
+/// In the child between fork and exec: put the control pipe on fd 3, the report
+/// pipe on fd 4 and a warm jail's hand-over pipe on fd 5 (dup2 clears FD_CLOEXEC on the new fd, so exactly these survive
 /// exec), and clear the ambient capabilities, so that the stage does not inherit the
 /// broker's CAP_SETUID/CAP_SETGID across exec (capabilities(7): ambient capabilities
 /// are kept over execve of an unprivileged program). The stage needs no capability
 /// in the initial namespace: it only creates a user namespace, which is unprivileged.
 /// Only async-signal-safe calls, no allocation (STYLE.md §4).
-pub fn install_stage_fds(control: RawFd, report: RawFd) -> io::Result<()> {
+pub fn install_stage_fds(control: RawFd, report: RawFd, handover: Option<RawFd>) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
     // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
     if unsafe {
@@ -120,6 +120,12 @@ pub fn install_stage_fds(control: RawFd, report: RawFd) -> io::Result<()> {
     // SAFETY: as above.
     if unsafe { libc::dup2(report, REPORT_FD) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if let Some(handover) = handover {
+        // SAFETY: as above.
+        if unsafe { libc::dup2(handover, HANDOVER_FD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -201,5 +207,17 @@ mod tests {
         // Far above anything a test process has open.
         let e = adopt_inherited_fd(987_654).expect_err("not open");
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+}
+
+/// Append to `buf` what can be read from the non-blocking `fd` now, at most `max`
+/// bytes (a pipe tokio already set `O_NONBLOCK` on).
+pub fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < max {
+        match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n.min(max - buf.len())]),
+        }
     }
 }

@@ -382,6 +382,7 @@ mod tests {
             mode: Mode::Dev,
             layers: BTreeMap::new(),
             load: Load::default(),
+            pool: Default::default(),
             commands: BTreeMap::new(),
         }
     }

@@ -49,6 +49,22 @@ pub fn status_report(s: &StatusReport) -> Value {
             (name.clone(), command)
         })
         .collect();
+    let pool: Map<String, Value> = s
+        .pool
+        .iter()
+        .map(|(name, p)| {
+            let pool = json!({
+                "size": p.size,
+                "ready": p.ready,
+                "preimport": p.preimport,
+                "hits": p.hits,
+                "misses": p.misses,
+                "idle_rss_kib": p.idle_rss_kib,
+                "idle_memory_bytes": p.idle_memory_bytes,
+            });
+            (name.clone(), pool)
+        })
+        .collect();
     json!({
         "broker_version": s.broker_version,
         "protocol_version": s.protocol_version,
@@ -61,6 +77,7 @@ pub fn status_report(s: &StatusReport) -> Value {
             "max_queue": s.load.max_queue,
         },
         "commands": commands,
+        "pool": pool,
     })
 }
 
@@ -164,6 +181,7 @@ mod tests {
                 max_running: 3,
                 max_queue: 4,
             },
+            pool: Default::default(),
             commands: [(
                 "python".to_string(),
                 CommandInfo {

@@ -35,6 +35,7 @@ fn report(required_layer_state: LayerState) -> StatusReport {
             max_running: 4,
             max_queue: 16,
         },
+        pool: Default::default(),
         commands: BTreeMap::from([(
             "python".to_string(),
             CommandInfo {

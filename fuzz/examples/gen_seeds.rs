@@ -94,6 +94,7 @@ fn plan() -> Plan {
         require_landlock: true,
         apparmor_profile: Some("codejail-sandbox".into()),
         allow_exec: false,
+        warm: None,
     }
 }
 

@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
                 require_landlock: true,
                 apparmor_profile: s.apparmor_profile.clone(),
                 allow_exec: spec.allow_exec,
+                warm: None,
             };
             if let Err(e) = codejail_jail::fuzz_check_plan(&plan) {
                 panic!("the broker starts with command {name:?} whose runs the stage refuses: {e}");

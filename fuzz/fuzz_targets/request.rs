@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         require_landlock: true,
         apparmor_profile: None,
         allow_exec: command.allow_exec,
+        warm: None,
     };
     if let Err(e) = codejail_jail::fuzz_check_plan(&plan) {
         panic!("the broker accepted a request whose plan the stage refuses: {e}");

@@ -75,6 +75,12 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
+    /// A step of a warm jail's protocol with its interpreter failed (`warm`).
+    #[error("warm jail: {0}")]
+    Warm(String),
+    /// The warm jail's interpreter could not import a preimport.
+    #[error("preimport: {0}")]
+    Preimport(String),
     /// Creating the lifeline pipe between the stage and the init failed.
     #[error("create the lifeline pipe")]
     CreateLifeline(#[source] io::Error),
@@ -252,6 +258,8 @@ impl JailError {
             JailError::UnshareNamespaces(_) => "unshare namespaces",
             JailError::SetHostname { .. } => "set hostname",
             JailError::CreateLifeline(_) => "create lifeline",
+            JailError::Warm(_) => "warm jail",
+            JailError::Preimport(_) => "preimport",
             JailError::Fork { what, .. } => return format!("fork {what}"),
             JailError::WatchInit(_) => "watch init",
             JailError::TieToStage(_) => "tie init to stage",

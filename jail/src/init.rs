@@ -10,7 +10,7 @@
 //! once they are all reaped: that is how the run's cleanup is verified, not assumed.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::signalfd::SignalFd;
 
@@ -26,7 +26,8 @@ use super::program::{exec_program, ExecSpec};
 use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
 use super::seccomp;
 use super::sys::{self, Forked, Reaped};
-use super::workspace::{mount_workspace_tmpfs, populate_workspace};
+use super::warm::{self, Warm};
+use super::workspace::{mount_workspace_tmpfs, populate_workspace, prepare_warm_workspace};
 use codejail_plan::{write_frame, Plan, StageReport};
 
 /// What the init needs from the stage, besides the plan.
@@ -35,8 +36,11 @@ pub(crate) struct InitContext<'a> {
     pub(crate) plan: &'a Plan,
     /// The program's exec arguments, prepared by the stage.
     pub(crate) spec: &'a ExecSpec,
-    /// The control pipe, which only the stage watches: the init closes it.
+    /// The control pipe, which only the stage watches: the init closes it (a warm
+    /// jail's puts the program's hand-over socket on its number).
     pub(crate) control: File,
+    /// A warm jail's hand-over pipe from the broker.
+    pub(crate) handover: Option<File>,
     /// The read end of the lifeline: a pipe that hangs up when the stage is gone.
     pub(crate) lifeline_read: OwnedFd,
     /// The init's copy of the lifeline's write end, closed first thing so that only
@@ -65,6 +69,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         plan,
         spec,
         control,
+        handover,
         lifeline_read,
         lifeline_write,
     } = ctx;
@@ -77,8 +82,18 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     check_stage_alive(&lifeline_read)?;
     drop(lifeline_read);
     // The control pipe is the stage's business (and the broker's kill switch); the
-    // program must not hold it.
-    drop(control);
+    // program must not hold it. A warm jail's program gets its hand-over socket on
+    // that number instead (`warm`).
+    let channel = match (&plan.warm, handover) {
+        (Some(_), Some(handover)) => {
+            let (ours, program_end) = warm::make_channel(control)?;
+            Some((ours, program_end, handover))
+        }
+        _ => {
+            drop(control);
+            None
+        }
+    };
     // Nothing mounted from here on may propagate to the host (mount_namespaces(7)).
     make_mounts_private()?;
     // AppArmor's exec attribute is in a procfs, which the run's root has none of: the
@@ -91,8 +106,13 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     // with the mount namespace) on its /tmp and no procfs; pivot_root leaves the host
     // behind.
     build_and_enter(plan, |at| mount_workspace_tmpfs(plan, at))?;
-    // Files are written by the init, before any code of the user's runs.
-    populate_workspace(plan, WORKSPACE_MOUNT)?;
+    // Files are written by the init, before any code of the user's runs (a warm
+    // jail's at its hand-over).
+    if plan.warm.is_some() {
+        prepare_warm_workspace(plan, WORKSPACE_MOUNT)?;
+    } else {
+        populate_workspace(plan, WORKSPACE_MOUNT)?;
+    }
     // Nothing more is mounted: the skeleton becomes read-only.
     seal_root()?;
     // The seccomp filter is compiled now, by trusted code with memory to spare,
@@ -121,6 +141,15 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Forked::Parent(pid) => pid,
     };
     drop(host_proc);
+    // A warm jail's program waits in its interpreter's start-up for the hand-over.
+    let mut warm = match channel {
+        Some((ours, program_end, handover)) => {
+            drop(program_end);
+            let preimport = plan.warm.as_ref().map(|w| w.preimport.as_slice());
+            Some(Warm::start(ours, handover, preimport.unwrap_or_default())?)
+        }
+        None => None,
+    };
     // Only the program may hold the sentinel's write end, or it would never hang up.
     let mut guard = guard.map(|(mut guard, sentinel)| {
         drop(sentinel);
@@ -136,16 +165,31 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         // program itself has.
         loop {
             match sys::wait4_nohang() {
-                Ok(Some(reaped)) if reaped.pid == program => return Ok(exit_report(&reaped)),
+                Ok(Some(reaped)) if reaped.pid == program => {
+                    let before = warm.as_mut().map(Warm::used_before).unwrap_or_default();
+                    return Ok(exit_report(&reaped, before));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(JailError::Reap(e)),
             }
         }
-        match wait_event(&signals, guard.as_ref())? {
-            Event::Terminate => return terminate_run(),
+        let waiting = warm.as_ref().and_then(Warm::waiting_on);
+        match wait_event(&signals, guard.as_ref(), waiting)? {
+            Event::Terminate => {
+                let before = warm.as_mut().map(Warm::used_before).unwrap_or_default();
+                return terminate_run(before);
+            }
             Event::ChildEnded => {}
+            Event::Warm => {
+                if let Some(w) = warm.as_mut() {
+                    if !w.step(plan, program, report)? {
+                        // Given up before its hand-over: end the run.
+                        return terminate_run((0, 0));
+                    }
+                }
+            }
             Event::Exec => {
                 if let Some(guard) = guard.as_mut() {
                     guard.answer()?;
@@ -163,23 +207,36 @@ enum Event {
     ChildEnded,
     /// An exec notification is pending.
     Exec,
+    /// A warm jail's awaited fd is readable.
+    Warm,
 }
 
 /// Wait for a signal or an exec notification. Signals first: a SIGTERM is never
 /// delayed by a stream of notifications.
-fn wait_event(signals: &SignalFd, guard: Option<&ExecGuard>) -> Result<Event, JailError> {
+fn wait_event(
+    signals: &SignalFd,
+    guard: Option<&ExecGuard>,
+    warm: Option<BorrowedFd<'_>>,
+) -> Result<Event, JailError> {
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(guard) = guard {
+        let listener = guard.map(|guard| {
             fds.push(PollFd::new(guard.listener(), PollFlags::POLLIN));
-        }
+            fds.len() - 1
+        });
+        let warm_at = warm.map(|fd| {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            fds.len() - 1
+        });
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(JailError::Reap(e.into())),
         }
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let (signalled, notified) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        let signalled = ready(&fds[0]);
+        let notified = listener.is_some_and(|i| ready(&fds[i]));
+        let warm_ready = warm_at.is_some_and(|i| ready(&fds[i]));
         if signalled {
             let mut terminate = false;
             loop {
@@ -199,12 +256,16 @@ fn wait_event(signals: &SignalFd, guard: Option<&ExecGuard>) -> Result<Event, Ja
         if notified {
             return Ok(Event::Exec);
         }
+        if warm_ready {
+            return Ok(Event::Warm);
+        }
     }
 }
 
 /// End the run on the stage's request: kill every other process of the namespace,
-/// reap them all, and report their accumulated usage.
-fn terminate_run() -> Result<StageReport, JailError> {
+/// reap them all, and report their accumulated usage (less `before`, a warm jail's
+/// CPU before its hand-over).
+fn terminate_run(before: (u64, u64)) -> Result<StageReport, JailError> {
     sys::kill_all_others().map_err(JailError::Reap)?;
     loop {
         match sys::wait4_once() {
@@ -220,6 +281,10 @@ fn terminate_run() -> Result<StageReport, JailError> {
         status: 0,
         rusage,
     });
+    let (cpu_user_us, cpu_sys_us) = (
+        cpu_user_us.saturating_sub(before.0),
+        cpu_sys_us.saturating_sub(before.1),
+    );
     Ok(StageReport::Killed {
         cpu_user_us,
         cpu_sys_us,
@@ -257,10 +322,15 @@ pub(crate) fn usage_of(reaped: &Reaped) -> (u64, u64, u64) {
 }
 
 /// The `Exited` report for the program's wait status and rusage (which covers the
-/// program and the descendants it waited for: getrusage(2)).
-fn exit_report(reaped: &Reaped) -> StageReport {
+/// program and the descendants it waited for: getrusage(2)), less `before` (a warm
+/// jail's CPU before its hand-over, which is not the caller's).
+fn exit_report(reaped: &Reaped, before: (u64, u64)) -> StageReport {
     let status = reaped.status;
     let (cpu_user_us, cpu_sys_us, max_rss_kib) = usage_of(reaped);
+    let (cpu_user_us, cpu_sys_us) = (
+        cpu_user_us.saturating_sub(before.0),
+        cpu_sys_us.saturating_sub(before.1),
+    );
     StageReport::Exited {
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
@@ -289,7 +359,7 @@ mod tests {
     #[test]
     fn wait_status_is_decoded() {
         // exit(3): status 3 << 8; killed by SIGXCPU: status 24.
-        match exit_report(&reaped(3 << 8)) {
+        match exit_report(&reaped(3 << 8), (0, 0)) {
             StageReport::Exited {
                 exit_code,
                 signal,
@@ -303,7 +373,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        match exit_report(&reaped(libc::SIGXCPU)) {
+        match exit_report(&reaped(libc::SIGXCPU), (0, 0)) {
             StageReport::Exited {
                 exit_code, signal, ..
             } => assert_eq!((exit_code, signal), (None, Some(24))),

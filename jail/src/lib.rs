@@ -13,6 +13,7 @@
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
 //! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
+//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code;
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
@@ -30,6 +31,7 @@ pub mod seccomp;
 pub mod stage;
 pub(crate) mod sys;
 mod userns;
+mod warm;
 mod workspace;
 
 pub use error::JailError;
@@ -64,5 +66,6 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         require_landlock: false,
         apparmor_profile: None,
         allow_exec: false,
+        warm: None,
     }
 }

@@ -161,6 +161,11 @@ fn program_steps(
     // reported; every fd above stderr closes at exec (CVE-2024-21626 is what a leaked
     // fd does).
     sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
+    // But for a warm jail's hand-over socket, which its interpreter's start-up hook
+    // takes, and closes before any code of the user's runs (`warm`).
+    if plan.warm.is_some() {
+        sys::clear_cloexec(codejail_plan::WARM_FD).map_err(JailError::CloseOnExec)?;
+    }
     // AppArmor (where configured and present): the exec transition is requested
     // before no_new_privs, stacked so it can only narrow.
     // The host's procfs fd (the run has none) is closed by it.

@@ -103,6 +103,37 @@ pub(crate) fn apply_rlimits(limits: &RunLimits) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Apply the run's limits to process `pid` (a warm jail's waiting program, at its
+/// hand-over) with prlimit(2): only ever lowered, as [`apply_rlimits`] does. `used`
+/// is the CPU the process has already used: RLIMIT_CPU counts the process's whole
+/// life in whole seconds, so the limit is moved by `used` rounded to the nearest
+/// second (the program gets n seconds of its own to within half a second).
+pub(crate) fn apply_rlimits_to(
+    pid: libc::pid_t,
+    limits: &RunLimits,
+    used: std::time::Duration,
+) -> Result<(), JailError> {
+    let offset = used.as_secs() + u64::from(used.subsec_millis() >= 500);
+    for mut setting in rlimit_settings(limits) {
+        if setting.resource == Resource::RLIMIT_CPU {
+            setting.soft = setting.soft.saturating_add(offset);
+            setting.hard = setting.hard.saturating_add(offset);
+        }
+        let fail = |e: std::io::Error| JailError::SetRlimit {
+            resource: setting.name,
+            soft: setting.soft,
+            hard: setting.hard,
+            source: e,
+        };
+        // nix's Resource is the C enum's value (repr u32 on glibc).
+        let resource = setting.resource as libc::__rlimit_resource_t;
+        let (_, current_hard) = super::sys::prlimit(pid, resource, None).map_err(fail)?;
+        let (soft, hard) = clamp_to_current(setting.soft, setting.hard, current_hard);
+        super::sys::prlimit(pid, resource, Some((soft, hard))).map_err(fail)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,9 @@ use super::program::ExecSpec;
 use super::sys::{self, Forked};
 use super::userns::{enter_user_namespace, switch_to_run_identity, wait_for_id_maps, IdMapsSignal};
 use super::workspace::check_names;
-use codejail_plan::{read_frame, write_frame, Plan, StageReport, MAX_PLAN_FRAME, REPORT_FD};
+use codejail_plan::{
+    read_frame, write_frame, Plan, StageReport, HANDOVER_FD, MAX_PLAN_FRAME,
+};
 
 /// Exit status of the stage when the run was built and has ended (however the
 /// program ended: the reports say how).
@@ -49,10 +51,10 @@ enum Outcome {
 /// failed step is reported on fd 4 as `StageReport::Failed`; nothing is ever written
 /// to fds 0-2, which belong to the program.
 pub fn run_stage() -> i32 {
-    let Ok((control, mut report)) = sys::take_stage_fds() else {
+    let Ok((control, mut report, handover)) = sys::take_stage_fds() else {
         return EXIT_NO_FDS;
     };
-    match build_jail(control, &mut report) {
+    match build_jail(control, handover, &mut report) {
         Ok(Outcome::RunEnded) => EXIT_RUN_ENDED,
         Ok(Outcome::Abandoned) => EXIT_FAILED,
         Err(error) => {
@@ -64,11 +66,15 @@ pub fn run_stage() -> i32 {
 
 /// The stage's checklist, in order. Each step is one call; the comment says why it
 /// sits where it does.
-fn build_jail(mut control: File, report: &mut File) -> Result<Outcome, JailError> {
+fn build_jail(
+    mut control: File,
+    handover: Option<File>,
+    report: &mut File,
+) -> Result<Outcome, JailError> {
     // Sanitize first: nothing of the broker's beyond the fd contract may reach the
     // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
     // passed on: the program gets exactly the plan's.
-    sys::close_fds_from(REPORT_FD + 1).map_err(JailError::CloseInheritedFds)?;
+    sys::close_fds_from(HANDOVER_FD + 1).map_err(JailError::CloseInheritedFds)?;
     // fork and unshare(CLONE_NEWUSER) are only sound/allowed single-threaded.
     check_single_threaded()?;
     // A known umask, so the workspace gets exactly the modes the plan asks for.
@@ -77,6 +83,16 @@ fn build_jail(mut control: File, report: &mut File) -> Result<Outcome, JailError
     let plan = read_plan(&mut control)?;
     // Names again: the broker checked them, but this is the check that counts.
     check_names(&plan)?;
+    // The hand-over pipe is a warm jail's (for its init); a cold run has none.
+    let handover = match (&plan.warm, handover) {
+        (None, _) => None,
+        (Some(_), Some(pipe)) => Some(pipe),
+        (Some(_), None) => {
+            return Err(JailError::ValidatePlan(format!(
+                "a warm plan needs the hand-over pipe on fd {HANDOVER_FD}"
+            )))
+        }
+    };
     // C strings for execve now, so a bad plan fails before any namespace exists.
     let spec = ExecSpec::from_plan(&plan)?;
     // (The broker has already moved us into the run's cgroup, before sending the plan:
@@ -111,6 +127,7 @@ fn build_jail(mut control: File, report: &mut File) -> Result<Outcome, JailError
                 plan: &plan,
                 spec: &spec,
                 control,
+                handover,
                 lifeline_read,
                 lifeline_write,
             },

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use codejail_plan::{CONTROL_FD, REPORT_FD};
+use codejail_plan::{CONTROL_FD, HANDOVER_FD, REPORT_FD};
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -32,22 +32,24 @@ fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// Set once [`take_stage_fds`] has handed out fds 3 and 4.
 static STAGE_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// Take ownership of the control pipe (fd 3, must be readable) and the report pipe
-/// (fd 4, must be writable) that the broker set up (see `plan.rs`). Succeeds at most
-/// once per process.
-pub(crate) fn take_stage_fds() -> io::Result<(File, File)> {
+/// Take ownership of the control pipe (fd 3, must be readable), the report pipe
+/// (fd 4, must be writable) that the broker set up (see `plan.rs`), and the hand-over
+/// pipe (fd 5, readable) when the broker passed one (warm jails only). Succeeds at
+/// most once per process.
+pub(crate) fn take_stage_fds() -> io::Result<(File, File, Option<File>)> {
     if STAGE_FDS_TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "fds 3 and 4 were already taken",
         ));
     }
-    for (fd, wanted) in [(CONTROL_FD, libc::O_RDONLY), (REPORT_FD, libc::O_WRONLY)] {
+    let access = |fd: RawFd| {
         // SAFETY: F_GETFL only reads the status flags of an fd number; an unused
         // number yields EBADF, nothing else.
-        let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
-            .map_err(|e| io::Error::new(e.kind(), format!("fd {fd}: {e}")))?;
-        let mode = flags & libc::O_ACCMODE;
+        cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) }).map(|flags| flags & libc::O_ACCMODE)
+    };
+    for (fd, wanted) in [(CONTROL_FD, libc::O_RDONLY), (REPORT_FD, libc::O_WRONLY)] {
+        let mode = access(fd).map_err(|e| io::Error::new(e.kind(), format!("fd {fd}: {e}")))?;
         if mode != wanted && mode != libc::O_RDWR {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -55,13 +57,88 @@ pub(crate) fn take_stage_fds() -> io::Result<(File, File)> {
             ));
         }
     }
+    let handover = match access(HANDOVER_FD) {
+        Ok(libc::O_RDONLY | libc::O_RDWR) => true,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {HANDOVER_FD} has the wrong access mode"),
+            ))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => false,
+        Err(e) => return Err(e),
+    };
     // SAFETY: both fds are open (checked above) and were given to this process by
     // the broker for exactly this use; nothing else in the process owns them, and
     // STAGE_FDS_TAKEN makes sure they are wrapped only once.
     let control = unsafe { File::from_raw_fd(CONTROL_FD) };
     // SAFETY: as above, for the report fd.
     let report = unsafe { File::from_raw_fd(REPORT_FD) };
-    Ok((control, report))
+    // SAFETY: as above, for the hand-over fd, which is open when `handover` is set.
+    let handover = handover.then(|| unsafe { File::from_raw_fd(HANDOVER_FD) });
+    Ok((control, report, handover))
+}
+
+/// `dup2(fd, target)`, leaving `target` without `FD_CLOEXEC`. The caller owns
+/// `target` afterwards (whatever was there is closed by the kernel: the caller must
+/// know nothing else owns that number).
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: dup2 takes plain integers; the caller guarantees that no object owns
+    // `target` (see the doc comment).
+    let fd = cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
+    // SAFETY: dup2 returned `target`, now a new fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Clear `FD_CLOEXEC` on `fd`, so that it survives `execve`.
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD with an integer flag argument touches no memory.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// The CPU time (user + system, all threads) process `pid` has used so far
+/// (clock_getcpuclockid(3)); the init reads its program's at hand-over.
+pub(crate) fn process_cpu_time(pid: libc::pid_t) -> io::Result<std::time::Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid, writable clockid_t for the duration of the call.
+    let rc = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    cvt(unsafe { libc::clock_gettime(clock, &mut ts) })?;
+    Ok(std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    ))
+}
+
+/// prlimit(2) on process `pid`: set `(soft, hard)` of `resource` and return what was
+/// in force before. Lowering needs no privilege when the caller has the target's uids.
+pub(crate) fn prlimit(
+    pid: libc::pid_t,
+    resource: libc::__rlimit_resource_t,
+    new: Option<(u64, u64)>,
+) -> io::Result<(u64, u64)> {
+    let wanted = new.map(|(soft, hard)| libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new_ptr = wanted
+        .as_ref()
+        .map_or(std::ptr::null(), |w| w as *const libc::rlimit64);
+    // SAFETY: `new_ptr` is null or points at a valid rlimit64 that outlives the call;
+    // `old` is valid and writable for the duration of the call.
+    cvt(unsafe { libc::prlimit64(pid, resource, new_ptr, &mut old) })?;
+    Ok((old.rlim_cur, old.rlim_max))
 }
 
 /// Close every fd from `first` up. Call only before this process opened any fd of

@@ -113,32 +113,103 @@ pub(crate) fn mount_workspace_tmpfs(plan: &Plan, at: &str) -> Result<(), JailErr
 /// entries in order, the extra files, then `tmp/`.
 pub(crate) fn populate_workspace(plan: &Plan, at: &str) -> Result<(), JailError> {
     let root = open_absolute_dir(at)?;
+    let workdir = create_workdir(root.as_fd(), plan)?;
+    fill_workdir(workdir.as_fd(), plan)?;
+    create_tmp(workdir.as_fd())?;
+    mask_symlink_targets(root.as_fd(), plan)
+}
+
+/// A warm jail's workspace before its request: the workdir with an empty `tmp/`.
+pub(crate) fn prepare_warm_workspace(plan: &Plan, at: &str) -> Result<(), JailError> {
+    let root = open_absolute_dir(at)?;
+    let workdir = create_workdir(root.as_fd(), plan)?;
+    create_tmp(workdir.as_fd())
+}
+
+/// A warm jail's hand-over (`run` is its plan with the request's files and limits):
+/// `tmp/` emptied (an import may have cached something there), the tmpfs capped as a
+/// cold run's is at mount, then the files and masks exactly as [`populate_workspace`]
+/// writes them, so the workspace holds what a cold run's does.
+pub(crate) fn hand_over_workspace(run: &Plan, at: &str) -> Result<(), JailError> {
+    let root = open_absolute_dir(at)?;
+    let workdir = open_dir_at(root.as_fd(), &run.workdir_name)?;
+    let tmp_path = format!("{at}/{}/{TMP_DIR}", run.workdir_name);
+    empty_dir(&tmp_path)?;
+    remount_workspace_tmpfs(&run.limits, at)?;
+    fill_workdir(workdir.as_fd(), run)?;
+    mask_symlink_targets(root.as_fd(), run)
+}
+
+/// Remove everything in `path` (std's `remove_dir_all` never follows a symlink).
+fn empty_dir(path: &str) -> Result<(), JailError> {
+    let fail = |source| JailError::OpenDir {
+        path: path.to_string(),
+        source,
+    };
+    for entry in std::fs::read_dir(path).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let kind = entry.file_type().map_err(fail)?;
+        let removed = if kind.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        removed.map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Cap the mounted workspace tmpfs at `at` as [`tmpfs_options`] caps a new one
+/// (nothing to do when the request limits neither size nor inodes).
+fn remount_workspace_tmpfs(limits: &RunLimits, at: &str) -> Result<(), JailError> {
+    let options = tmpfs_options(limits);
+    let Some(caps) = options.strip_prefix("mode=0755,") else {
+        return Ok(());
+    };
+    mount(
+        None::<&str>,
+        at,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(caps),
+    )
+    .map_err(|e| JailError::MountWorkspace {
+        path: at.to_string(),
+        options: format!("remount,{caps}"),
+        source: e.into(),
+    })
+}
+
+fn create_workdir(root: BorrowedFd<'_>, plan: &Plan) -> Result<OwnedFd, JailError> {
     let workdir_name = c_name(&plan.workdir_name)?;
-    super::sys::mkdir_at(root.as_fd(), &workdir_name, DIR_MODE).map_err(|source| {
+    super::sys::mkdir_at(root, &workdir_name, DIR_MODE).map_err(|source| {
         JailError::CreateDir {
             path: plan.workdir_name.clone(),
             source,
         }
     })?;
-    let workdir = open_dir_at(root.as_fd(), &plan.workdir_name)?;
+    open_dir_at(root, &plan.workdir_name)
+}
 
+fn fill_workdir(workdir: BorrowedFd<'_>, plan: &Plan) -> Result<(), JailError> {
     if let Some(code) = &plan.code {
-        write_new_file(workdir.as_fd(), CODE_FILE, CODE_FILE, code, FILE_MODE)?;
+        write_new_file(workdir, CODE_FILE, CODE_FILE, code, FILE_MODE)?;
     }
     for entry in &plan.files {
-        create_entry(workdir.as_fd(), &entry.path, &entry.kind)?;
+        create_entry(workdir, &entry.path, &entry.kind)?;
     }
     for (name, contents) in &plan.extra_files {
-        write_new_file(workdir.as_fd(), name, name, contents, FILE_MODE)?;
+        write_new_file(workdir, name, name, contents, FILE_MODE)?;
     }
+    Ok(())
+}
+
+fn create_tmp(workdir: BorrowedFd<'_>) -> Result<(), JailError> {
     let tmp = c_name(TMP_DIR)?;
-    super::sys::mkdir_at(workdir.as_fd(), &tmp, TMP_MODE).map_err(|source| {
-        JailError::CreateDir {
-            path: TMP_DIR.to_string(),
-            source,
-        }
-    })?;
-    mask_symlink_targets(root.as_fd(), plan)
+    super::sys::mkdir_at(workdir, &tmp, TMP_MODE).map_err(|source| JailError::CreateDir {
+        path: TMP_DIR.to_string(),
+        source,
+    })
 }
 
 /// At most this many masks for symlink targets (each costs an inode of the tmpfs).

@@ -72,6 +72,7 @@ fn python_plan(code: &str) -> Plan {
         require_landlock: true,
         apparmor_profile: None,
         allow_exec: false,
+        warm: None,
     }
 }
 

@@ -15,6 +15,7 @@
 //! | 2  | program -> broker | the program's stderr (a pipe) |
 //! | 3  | broker -> stage | control: one [`Plan`] frame, later one [`GO_BYTE`] once the id maps are written; EOF at any time means "kill the run now" |
 //! | 4  | stage -> broker | reports: a sequence of [`StageReport`] frames |
+//! | 5  | broker -> init | warm jails only ([`Plan::warm`]): one [`HandOver`] frame, the request the waiting jail is given |
 //!
 //! Frames on fds 3 and 4 are a 4-byte big-endian length and a postcard body.
 
@@ -30,6 +31,12 @@ pub use names::NameError;
 pub const CONTROL_FD: i32 = 3;
 /// The report pipe fd in the stage.
 pub const REPORT_FD: i32 = 4;
+/// The hand-over pipe fd of a warm jail's stage (absent in cold runs).
+pub const HANDOVER_FD: i32 = 5;
+/// The fd of a warm jail's program on which the interpreter's start-up hook talks to
+/// the init (`jail/warm/_codejail_warm.py`): the number the control pipe had, which the
+/// init never passes on. Cold programs never have it open.
+pub const WARM_FD: i32 = 3;
 /// The byte the broker writes on the control pipe once the id maps are in place.
 pub const GO_BYTE: u8 = b'G';
 /// Largest plan frame the stage accepts (files travel inside the plan).
@@ -148,6 +155,33 @@ pub struct Plan {
     /// Let the program's processes exec after the program's own start (the command's
     /// `allow_exec`); otherwise every later exec fails with `EACCES` (`execguard`).
     pub allow_exec: bool,
+    /// Build a warm jail: the program starts, imports these modules, and waits for a
+    /// [`HandOver`] on [`HANDOVER_FD`] instead of running at once (`None`: a cold run).
+    pub warm: Option<WarmPlan>,
+}
+
+/// What a warm jail prepares before its request exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WarmPlan {
+    /// Modules the interpreter imports while it waits (e.g. `numpy`).
+    pub preimport: Vec<String>,
+}
+
+/// The request a warm jail is handed: what a cold run's plan carries of it. The init
+/// writes the files into the workspace (which the program cannot write), caps the
+/// workspace and the program's limits, then releases the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOver {
+    /// The code, written to `jailed_code` (a warm jail always runs `jailed_code`).
+    pub code: Vec<u8>,
+    /// Files, directories, symlinks (validated again by the stage, as a plan's).
+    pub files: Vec<FileEntry>,
+    /// Extra files at the top level.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    /// The program's arguments after `jailed_code`.
+    pub args: Vec<String>,
+    /// The request's limits, counted from the hand-over.
+    pub limits: RunLimits,
 }
 
 impl Default for RunLimits {
@@ -207,6 +241,9 @@ pub enum StageReport {
         /// Largest peak RSS of any process of the run, KiB.
         max_rss_kib: u64,
     },
+    /// A warm jail is built and its interpreter waits for a [`HandOver`] (sent by the
+    /// init once the start-up hook has imported the preimports).
+    Ready,
     /// The program ended (sent by the init, PID 1 of the run).
     Exited {
         /// Exit code when it exited.

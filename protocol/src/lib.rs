@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod codec;
 pub mod limits;
+pub mod render;
 pub mod validate;
 
 pub use codec::{decode, decode_head, encode, framed, CodecError, DEFAULT_MAX_FRAME};
@@ -28,7 +29,7 @@ pub use limits::{LimitName, Limits};
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
 /// handshake changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The magic that opens every [`Hello`]: lets the broker tell a codejail client from
 /// anything else that connects to its socket.
@@ -163,6 +164,27 @@ pub struct StatusReport {
     pub load: Load,
     /// The configured commands by name (`python`, ...): what each one runs.
     pub commands: BTreeMap<String, CommandInfo>,
+    /// The warm pool by command (empty when none is configured).
+    pub pool: BTreeMap<String, PoolStatus>,
+}
+
+/// One command's warm pool in the [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Warm jails kept ready.
+    pub size: u32,
+    /// Warm jails ready now.
+    pub ready: u32,
+    /// Modules a warm jail has imported.
+    pub preimport: Vec<String>,
+    /// Runs served by a warm jail.
+    pub hits: u64,
+    /// Runs of this command served cold (pool empty, or a request it cannot serve).
+    pub misses: u64,
+    /// Resident memory of an idle warm jail's interpreter, KiB (the last one built).
+    pub idle_rss_kib: u64,
+    /// Memory an idle warm jail's cgroup holds, bytes (`None` without a memory cgroup).
+    pub idle_memory_bytes: Option<u64>,
 }
 
 /// One configured command in the [`StatusReport`]: callers check it against their own
@@ -367,6 +389,7 @@ mod tests {
                 mode: Mode::Dev,
                 layers: BTreeMap::new(),
                 load: Load::default(),
+                pool: Default::default(),
                 commands: BTreeMap::new(),
             },
         };
@@ -442,6 +465,7 @@ mod tests {
                 mode: Mode::Confined,
                 layers: BTreeMap::new(),
                 load: Load::default(),
+                pool: Default::default(),
                 commands: [(
                     "python".to_string(),
                     CommandInfo {

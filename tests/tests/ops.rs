@@ -1568,6 +1568,7 @@ fn status_exit_codes_serve_as_a_monitoring_check() {
         mode: codejail_protocol::Mode::Confined,
         layers,
         load: codejail_protocol::Load::default(),
+        pool: Default::default(),
         commands: Default::default(),
     };
     let path = dir.path().join("fake.sock");

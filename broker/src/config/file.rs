@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::PoolConfig;
+
 /// The config file, as written by operators (`/etc/codejail/broker.toml`).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +48,9 @@ pub struct FileConfig {
     /// Limit defaults, ceilings and named contexts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[pool.<command>]`: warm jails built ahead for the command.
+    #[serde(default)]
+    pub pool: BTreeMap<String, PoolConfig>,
     /// `[cgroup]`: where each run's cgroup is made.
     #[serde(default)]
     pub cgroup: CgroupConfig,

@@ -51,6 +51,7 @@ impl std::fmt::Display for IdRange {
 pub(super) fn run_ids_from_config(
     cfg: &FileConfig,
     max_running: u32,
+    warm_jails: u32,
     own_uid: u32,
     own_gid: u32,
 ) -> Result<Option<IdRange>, ConfigError> {
@@ -88,6 +89,14 @@ pub(super) fn run_ids_from_config(
             "run_ids.count",
             format!(
                 "must be at least max_running ({max_running}): each running run needs its own id"
+            ),
+        ));
+    }
+    if u64::from(r.count) < u64::from(max_running) + u64::from(warm_jails) {
+        return Err(invalid(
+            "run_ids.count",
+            format!(
+                "must be at least max_running ({max_running}) plus the warm pools' sizes ({warm_jails}): each running run and each warm jail holds its own id"
             ),
         ));
     }

@@ -12,6 +12,7 @@ mod commands;
 mod file;
 mod ids;
 mod limits;
+mod pool;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ pub use commands::*;
 pub use file::*;
 pub use ids::*;
 pub use limits::*;
+pub use pool::*;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -118,6 +120,8 @@ pub struct Settings {
     pub tmpfs_mount: PathBuf,
     /// Commands by name.
     pub commands: BTreeMap<String, CommandSpec>,
+    /// Warm pools by command (`[pool.<command>]`; only those with a size).
+    pub pools: BTreeMap<String, PoolSpec>,
     /// Limits.
     pub limits: LimitPolicy,
     /// Peer gids allowed (primary or supplementary).
@@ -316,7 +320,9 @@ impl Settings {
         if identity.outer_uid == 0 || identity.outer_gid == 0 {
             return Err(invalid("run_uid", "runs must never be root (0)"));
         }
-        let run_ids = run_ids_from_config(cfg, max_running, uid, gid)?;
+        let pools = pools_from_config(&cfg.pool, &commands)?;
+        let warm_jails: u32 = pools.values().map(|p| p.size).sum();
+        let run_ids = run_ids_from_config(cfg, max_running, warm_jails, uid, gid)?;
         let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
         let socket_mode = match &cfg.socket.mode {
@@ -346,6 +352,7 @@ impl Settings {
             cgroup,
             tmpfs_mount,
             commands,
+            pools,
             limits: LimitPolicy::new(&cfg.limits)?,
             allowed_gids: cfg.allowed_gids.iter().copied().collect(),
             apparmor_profile,

@@ -5,7 +5,7 @@
 //! enforce REALTIME and cancellation by ending the run, collect status and usage, and
 //! remove the cgroup. The jail itself is built by the stage.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -17,12 +17,15 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::config::RunIdentity;
+use uidpool::Lease;
 use crate::sys;
 use codejail_plan::Achieved;
 use codejail_plan::{self as plan, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
 
 pub mod cgroup;
 pub mod idmap;
+pub mod planning;
+pub mod pool;
 
 pub mod uidpool;
 
@@ -143,27 +146,49 @@ impl OutputCap {
     }
 }
 
-/// What is left of a run once its result is known: its cgroup, to be removed (which
-/// also checks that no task is left in it). Kept apart from [`execute`]'s result so the
-/// caller can answer its client first and clean up after, before it frees the run's
-/// slot and uid.
-#[must_use = "a run's cgroup is removed by Cleanup::finish"]
+/// What a run holds of the host, from the moment it is allocated (a cold run at its
+/// start, a warm jail when it is built) to its end: its cgroup and its outside uid.
+/// The one guard of both: [`Cleanup::finish`] removes the cgroup (which also checks
+/// that no task is left in it), then gives the uid back once none of its processes is
+/// left; dropping it does the same synchronously, best effort, so no path can forget
+/// either. Kept apart from a run's result so that the caller can answer its client
+/// first and clean up after, before it frees the run's slot.
+#[must_use = "a run's cgroup and uid are given back by Cleanup::finish"]
 #[derive(Debug)]
 pub struct Cleanup {
     run_id: u64,
     cgroup: Option<RunCgroup>,
+    lease: Option<Lease>,
 }
 
 impl Cleanup {
+    /// What run `run_id` holds: its cgroup (if this broker makes them) and its uid
+    /// lease (production).
+    pub fn new(run_id: u64, cgroup: Option<RunCgroup>, lease: Option<Lease>) -> Cleanup {
+        Cleanup {
+            run_id,
+            cgroup,
+            lease,
+        }
+    }
+
+    /// The run's cgroup, if it has one.
+    pub fn cgroup(&self) -> Option<&RunCgroup> {
+        self.cgroup.as_ref()
+    }
+
     /// Remove the run's cgroup (kill what is left, rmdir, retrying while exiting tasks
-    /// still hold it).
-    pub async fn finish(self) {
-        if let Some(cg) = self.cgroup {
+    /// still hold it), then release its uid.
+    pub async fn finish(mut self) {
+        if let Some(cg) = self.cgroup.take() {
             // The run's processes are gone once the cgroup can be removed (rmdir fails
             // with EBUSY while any task is left): this is the check, not an assumption.
             if let Err(e) = cg.remove().await {
                 tracing::error!(run_id = self.run_id, error = %e, "run cgroup not removed");
             }
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
         }
     }
 }
@@ -172,8 +197,9 @@ impl Cleanup {
 /// `cancel` resolving (e.g. the client went away) ends the run at once. Returns once
 /// the stage has been reaped (so every process of the run's pid namespace is gone),
 /// with the [`Cleanup`] still to do.
-pub async fn execute(
+async fn execute(
     mut spec: RunSpec,
+    lease: Option<Lease>,
     out: mpsc::Sender<Output>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> (Result<RunResult, RunError>, Cleanup) {
@@ -184,33 +210,120 @@ pub async fn execute(
     );
     let cgroup = match spec.cgroups.create_run(spec.run_id, limits) {
         Ok(cg) => cg,
-        Err(e) => {
-            let none = Cleanup {
-                run_id: spec.run_id,
-                cgroup: None,
-            };
-            return (Err(RunError::Cgroup(e)), none);
-        }
+        Err(e) => return (Err(RunError::Cgroup(e)), Cleanup::new(spec.run_id, None, lease)),
     };
-    let result = execute_in(&mut spec, cgroup.as_ref(), out, cancel).await;
-    let cleanup = Cleanup {
-        run_id: spec.run_id,
-        cgroup,
+    let cleanup = Cleanup::new(spec.run_id, cgroup, lease);
+    let started = Instant::now();
+    let held = spec.held.take();
+    let result = match Stage::spawn(&spec.stage, &mut spec.plan, spec.identity, cleanup.cgroup(), held).await {
+        Ok(stage) => {
+            stage
+                .supervise(&spec.supervision(), Reports::default(), started, cleanup.cgroup(), out, cancel)
+                .await
+        }
+        Err(e) => Err(e),
     };
     (result, cleanup)
 }
 
-async fn execute_in(
-    spec: &mut RunSpec,
-    cgroup: Option<&RunCgroup>,
-    out: mpsc::Sender<Output>,
-    cancel: impl std::future::Future<Output = ()>,
-) -> Result<RunResult, RunError> {
-    let started = Instant::now();
-    let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
-    let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+/// Where one run runs: a jail built for it (with its own uid lease, in production),
+/// or a warm one from the pool, built ahead with its lease and cgroup. Either way
+/// [`Jail::run`] ends with the [`Cleanup`] guard of what the run holds.
+#[derive(Debug)]
+pub enum Jail {
+    /// Built for this run.
+    Cold(Option<Lease>),
+    /// Taken from the warm pool.
+    Warm(Box<pool::WarmJail>),
+}
 
-    let mut cmd = tokio::process::Command::new(&spec.stage);
+impl Jail {
+    /// Whether the run is a warm jail's.
+    pub fn is_warm(&self) -> bool {
+        matches!(self, Jail::Warm(_))
+    }
+
+    /// The outside uid the run has.
+    pub fn outer_uid(&self, spec: &RunSpec) -> u32 {
+        match self {
+            Jail::Cold(_) => spec.identity.outer_uid,
+            Jail::Warm(jail) => jail.outer_uid(),
+        }
+    }
+
+    /// Run `spec` to its end here. Output chunks go to `out` as they are read;
+    /// `cancel` resolving ends the run at once. Returns once the stage has been reaped
+    /// (every process of the run's pid namespace is gone), with the [`Cleanup`] still
+    /// to do.
+    pub async fn run(
+        self,
+        spec: RunSpec,
+        out: mpsc::Sender<Output>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> (Result<RunResult, RunError>, Cleanup) {
+        match self {
+            Jail::Cold(lease) => execute(spec, lease, out, cancel).await,
+            Jail::Warm(jail) => jail.run(spec, out, cancel).await,
+        }
+    }
+}
+
+/// What the supervision of a run reads of its spec.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    /// The run's id (logs).
+    pub run_id: u64,
+    /// The program's stdin.
+    pub stdin: Vec<u8>,
+    /// Effective limits (REALTIME, OUTPUT and CPU are read here).
+    pub limits: Limits,
+    /// The run's directory as the program sees it (reported in `Finished`).
+    pub workdir: String,
+}
+
+impl RunSpec {
+    fn supervision(&mut self) -> Supervision {
+        Supervision {
+            run_id: self.run_id,
+            stdin: std::mem::take(&mut self.stdin),
+            limits: self.limits,
+            workdir: self.workdir.clone(),
+        }
+    }
+}
+
+/// A spawned stage past its handshake: its process, its pipes and its pid. A cold
+/// run's is supervised at once; a warm jail's waits in the pool (`pool`) first.
+#[derive(Debug)]
+pub struct Stage {
+    child: tokio::process::Child,
+    control: pipe::Sender,
+    reports: pipe::Receiver,
+    /// A warm jail's hand-over pipe (fd 5 of the stage, read by its init).
+    pub(crate) handover: Option<pipe::Sender>,
+    pid: u32,
+}
+
+impl Stage {
+    /// Spawn the stage, move it into `cgroup` while it waits for its plan, send the
+    /// plan (then drop its payload and `held`), write the id maps for `identity` when
+    /// asked, and give the go-ahead. A plan with `warm` set also gets the hand-over
+    /// pipe.
+    pub async fn spawn(
+        stage: &std::path::Path,
+        plan: &mut Plan,
+        identity: RunIdentity,
+        cgroup: Option<&RunCgroup>,
+        held: Option<crate::server::budget::Reservation>,
+    ) -> Result<Stage, RunError> {
+        let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let handover = match plan.warm {
+            Some(_) => Some(sys::pipe_high().map_err(RunError::Pipes)?),
+            None => None,
+        };
+
+    let mut cmd = tokio::process::Command::new(stage);
     // The run's init keeps this argv: a plain name, not the host path of the binary,
     // is what the program sees in /proc/1/cmdline.
     cmd.arg0("codejail-jail")
@@ -220,19 +333,27 @@ async fn execute_in(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
+    let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
     // SAFETY: the closure only calls prctl and dup2 (async-signal-safe, no allocation),
     // the latter on fds that stay open in the parent until spawn returns; both are
     // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot have
     // clobbered them.
     unsafe {
-        cmd.pre_exec(move || sys::install_stage_fds(cr, rw));
+        cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr));
     }
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        path: spec.stage.clone(),
+        path: stage.to_path_buf(),
         source,
     })?;
     drop(control_r);
     drop(report_w);
+    let handover = match handover {
+        Some((r, w)) => {
+            drop(r);
+            Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?)
+        }
+        None => None,
+    };
     let pid = child
         .id()
         .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
@@ -247,16 +368,12 @@ async fn execute_in(
     }
     let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
     let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
-    let mut stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
 
     // Handshake with the stage: plan, then maps when it asks, then go.
     // The plan, serialised once; its files then leave memory (the frame has them),
     // and the frame itself once it is in the pipe.
-    let frame = plan::encode_frame(&spec.plan).map_err(RunError::Pipes)?;
-    spec.plan.drop_payload();
-    let held = spec.held.take();
+    let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
+    plan.drop_payload();
     let setup = async {
         control
             .write_all(&frame)
@@ -275,7 +392,7 @@ async fn execute_in(
                 )))
             }
         }
-        let id = spec.identity;
+        let id = identity;
         idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
             .map_err(RunError::IdMaps)?;
         control
@@ -289,6 +406,73 @@ async fn execute_in(
         let _ = child.wait().await;
         return Err(e);
     }
+    Ok(Stage {
+        child,
+        control,
+        reports,
+        handover,
+        pid,
+    })
+    }
+
+    /// The stage's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Read the stage's next report (`None` at EOF).
+    pub(crate) async fn next_report(&mut self) -> Result<Option<StageReport>, RunError> {
+        read_report(&mut self.reports).await
+    }
+
+    /// Take what the program wrote before its run (a warm jail's interpreter start and
+    /// preimports), without waiting: it is not the run's output.
+    pub(crate) fn take_pending_output(&mut self) -> Vec<u8> {
+        let mut taken = Vec::new();
+        for fd in [
+            self.child.stdout.as_ref().map(|o| o.as_fd()),
+            self.child.stderr.as_ref().map(|e| e.as_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sys::read_available(fd, &mut taken, 64 * 1024);
+        }
+        taken
+    }
+
+    /// Whether the stage is still running (a warm jail's can die while it waits).
+    pub(crate) fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kill the stage and reap it: its init dies with it (PDEATHSIG), and the run's
+    /// pid namespace with the init.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Supervise the run to its end: feed stdin, stream stdout and stderr under the
+    /// OUTPUT cap, collect the reports (`seen` holds what was reported before, e.g. a
+    /// warm jail's confinement), enforce REALTIME from `started` and cancellation.
+    pub async fn supervise(
+        mut self,
+        spec: &Supervision,
+        seen: Reports,
+        started: Instant,
+        cgroup: Option<&RunCgroup>,
+        out: mpsc::Sender<Output>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<RunResult, RunError> {
+    let pid = self.pid;
+    let mut child = self.child;
+    let mut reports = self.reports;
+    let control = self.control;
+    drop(self.handover.take());
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
 
     // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
     let feed = async {
@@ -304,7 +488,7 @@ async fn execute_in(
     let pump_out = pump(stdout, &cap, &out, Output::Stdout);
     let pump_err = pump(stderr, &cap, &out, Output::Stderr);
     let collect_reports = async {
-        let mut seen = Reports::default();
+        let mut seen = seen;
         loop {
             match read_report(&mut reports).await? {
                 Some(StageReport::Failed { step, message }) => {
@@ -379,6 +563,7 @@ async fn execute_in(
         finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
         pid,
     )
+    }
 }
 
 /// `result` with the pid of the run's stage (known only to the spawner).
@@ -397,7 +582,7 @@ fn kill_cgroup(cgroup: Option<&RunCgroup>, run_id: u64) {
 
 /// What the stage, init and program reported after the handshake.
 #[derive(Debug, Default)]
-struct Reports {
+pub struct Reports {
     failed: Option<(String, String)>,
     landlock: Option<Achieved>,
     seccomp_denied: Option<u32>,
@@ -423,7 +608,7 @@ fn finish(
     exit: Option<std::process::ExitStatus>,
     ended: Option<Ended>,
     started: Instant,
-    spec: &RunSpec,
+    spec: &Supervision,
     cap: &std::sync::Mutex<OutputCap>,
     cgroup: Option<&RunCgroup>,
 ) -> Result<RunResult, RunError> {
@@ -505,7 +690,7 @@ fn limit_hit(
     signal: Option<i32>,
     status: i32,
     usage: &Usage,
-    spec: &RunSpec,
+    spec: &Supervision,
     truncated: bool,
     stats: &CgroupStats,
 ) -> Option<&'static str> {

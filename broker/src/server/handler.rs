@@ -24,8 +24,7 @@ use super::budget::{Inbound, RequestCodec, Reservation};
 use super::connections::Slot;
 use super::Shared;
 use crate::config::{LimitError, Settings};
-use crate::run::uidpool::Lease;
-use crate::run::{self, Output, RunSpec};
+use crate::run::{Jail, Output, RunSpec};
 use codejail_plan::{Plan, RunLimits};
 
 /// How long a peer has to send its `Hello`.
@@ -307,45 +306,31 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
     let settings = &shared.settings;
     let (command, limits) = check_exec(settings, &exec)?;
     let run_id = shared.next_run_id.fetch_add(1, Ordering::SeqCst);
-    let mut argv = vec![command.bin.to_string_lossy().into_owned()];
-    argv.extend(command.args.iter().cloned());
-    if exec.code.is_some() {
-        argv.push("jailed_code".into());
-    }
+    let mut argv = crate::run::planning::command_argv(command, exec.code.is_some());
     argv.extend(exec.argv.iter().cloned());
     let file_bytes: u64 = exec
         .files
         .iter()
         .map(|f| match &f.kind {
-            EntryKind::File { contents, .. } => page_round(contents.len()),
+            EntryKind::File { contents, .. } => crate::run::planning::page_round(contents.len()),
             _ => 4096,
         })
-        .chain(exec.extra_files.iter().map(|(_, c)| page_round(c.len())))
-        .chain(exec.code.iter().map(|c| page_round(c.len())))
+        .chain(exec.extra_files.iter().map(|(_, c)| crate::run::planning::page_round(c.len())))
+        .chain(exec.code.iter().map(|c| crate::run::planning::page_round(c.len())))
         .sum();
     let entries = (exec.files.len() + exec.extra_files.len() + 4) as u64;
     let tmp = limits.effective(LimitName::Tmp);
-    let workdir_name = workdir_name().map_err(|e| {
+    let workdir_name = crate::run::planning::workdir_name().map_err(|e| {
         Refuse(
             ErrorKind::Internal,
             format!("no randomness for the run's directory name: {e}"),
         )
     })?;
-    let plan = Plan {
-        program: command.bin.to_string_lossy().into_owned(),
+    let plan = crate::run::planning::command_plan(
+        settings,
+        command,
         argv,
-        env: command.env.clone(),
-        code: exec.code,
-        files: exec.files,
-        extra_files: exec.extra_files,
-        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
-        ro_paths: command
-            .ro_paths
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect(),
-        workdir_name,
-        limits: RunLimits {
+        RunLimits {
             cpu_secs: limits.effective(LimitName::Cpu),
             vmem_bytes: limits.effective(LimitName::Vmem),
             fsize_bytes: limits.get(LimitName::Fsize),
@@ -356,17 +341,18 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             tmp_bytes: tmp.map(|t| t.saturating_add(file_bytes)),
             tmp_inodes: tmp.map(|t| (t / 4096).max(1024).saturating_add(entries)),
         },
-        clear_groups: settings.identity.clear_groups,
-        hostname: "codejail".into(),
-        require_landlock: settings.mode == codejail_protocol::Mode::Confined,
-        // Stacked at the program's exec, where the kernel has AppArmor.
-        apparmor_profile: crate::apparmor::profile_for_runs(settings.apparmor_profile.as_deref()),
-        allow_exec: command.allow_exec,
+        workdir_name,
+    );
+    let plan = Plan {
+        code: exec.code,
+        files: exec.files,
+        extra_files: exec.extra_files,
+        ..plan
     };
     let spec = RunSpec {
         run_id,
         stage: settings.jail_stage.clone(),
-        workdir: program_workdir(&plan.workdir_name),
+        workdir: crate::run::planning::program_workdir(&plan.workdir_name),
         plan,
         stdin: exec.stdin,
         limits,
@@ -377,18 +363,45 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
     Ok((spec, limits))
 }
 
-/// Give a run that has its admission slot its own outside uid/gid from the pool
-/// (production); without a pool the spec keeps the shared identity and `None` is
-/// returned. The lease must be held until the run has ended, then released.
-pub(crate) fn assign_identity(
+/// Which jails a run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Warmth {
+    /// A warm one when the pool has one that fits, else a cold one.
+    Any,
+    /// A cold one.
+    Cold,
+    /// A warm one, or the refusal (the self-test of the pool).
+    Warm,
+}
+
+/// The jail for a run that has its admission slot: a warm one from the command's pool
+/// when it can serve the run, else a cold one with its own outside uid/gid from the
+/// uid pool (production; without a uid pool the spec keeps the shared identity).
+pub(crate) fn choose_jail(
     shared: &Shared,
     spec: &mut RunSpec,
-) -> Result<Option<Lease>, Refuse> {
+    command: &str,
+    warmth: Warmth,
+) -> Result<Jail, Refuse> {
+    if warmth != Warmth::Cold {
+        if let Some(jail) = shared
+            .pools
+            .take(command, &spec.limits, spec.plan.code.is_some())
+        {
+            return Ok(Jail::Warm(Box::new(jail)));
+        }
+        if warmth == Warmth::Warm {
+            return Err(Refuse(
+                ErrorKind::JailFailed,
+                format!("no warm jail of {command} is ready"),
+            ));
+        }
+    }
     let Some(pool) = &shared.uid_pool else {
-        return Ok(None);
+        return Ok(Jail::Cold(None));
     };
-    // max_running <= count (checked at start-up), so a slot implies a free id unless
-    // ids were quarantined after runs whose processes could not be removed.
+    // max_running + pool sizes <= count (checked at start-up), so a slot implies a free
+    // id unless ids were quarantined after runs whose processes could not be removed.
     let lease = pool.lease().ok_or_else(|| {
         Refuse(
             ErrorKind::JailFailed,
@@ -400,21 +413,7 @@ pub(crate) fn assign_identity(
     })?;
     spec.identity = lease.identity();
     spec.plan.clear_groups = spec.identity.clear_groups;
-    Ok(Some(lease))
-}
-
-/// Where the jail stage mounts the run's workspace in the program's view
-/// (`jail/src/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
-/// directory against the program's own `os.getcwd()`, so a drift fails them.
-const PROGRAM_WORKSPACE: &str = "/tmp";
-
-/// The run's directory (the program's cwd) as the program sees it.
-fn program_workdir(workdir_name: &str) -> String {
-    format!("{PROGRAM_WORKSPACE}/{workdir_name}")
-}
-
-fn page_round(n: usize) -> u64 {
-    (n as u64).div_ceil(4096).max(1) * 4096
+    Ok(Jail::Cold(Some(lease)))
 }
 
 /// Serve one Exec. Returns whether the connection is still usable.
@@ -481,26 +480,29 @@ async fn handle_exec(
         }
     };
 
-    let lease = match assign_identity(shared, &mut spec) {
-        Ok(l) => l,
+    let jail = match choose_jail(shared, &mut spec, &command, Warmth::Any) {
+        Ok(j) => j,
         Err(Refuse(kind, message)) => {
             tracing::error!(run_id, peer_uid, slug, %message, "no run uid");
             return send_error(tx, kind, message).await;
         }
     };
+    // From here on the jail's guard (a warm jail's already holds its uid and cgroup)
+    // gives everything back on every path, by Cleanup::finish or by its drop.
     if !send(tx, &Response::Started { run_id }).await {
-        if let Some(l) = lease {
-            l.release().await;
+        if let Jail::Warm(warm) = jail {
+            warm.retire().await;
         }
         return false;
     }
-    let run_uid = spec.identity.outer_uid;
+    let run_uid = jail.outer_uid(&spec);
+    let warm = jail.is_warm();
     let cancel = shared.kill_runs.child_token();
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
     // The run goes on in its own task, so that its REALTIME timer and output pumps
     // never wait on this client: a slow or stalled reader delays only its own frames
     // (and is dropped after SEND_TIMEOUT), never the enforcement of its limits.
-    let mut run = tokio::spawn(run::execute(spec, out_tx, cancel.clone().cancelled_owned()));
+    let mut run = tokio::spawn(jail.run(spec, out_tx, cancel.clone().cancelled_owned()));
     let mut client_alive = true;
     let joined = loop {
         tokio::select! {
@@ -530,9 +532,6 @@ async fn handle_exec(
         Err(e) => {
             // The run task panicked: a bug, answered as an internal error.
             tracing::error!(run_id, slug, peer_uid, error = %e, "run task failed");
-            if let Some(l) = lease {
-                l.release().await;
-            }
             return client_alive
                 && send_error(
                     tx,
@@ -566,12 +565,13 @@ async fn handle_exec(
                 max_rss_kib = fin.usage.max_rss_kib,
                 peak_memory_bytes = fin.usage.peak_memory_bytes.unwrap_or(0),
                 run_uid,
+                warm,
                 "run ended"
             );
             client_alive && send(tx, &Response::Finished(fin)).await
         }
         Err(e) => {
-            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, outcome = "jail failed", error = %e, "run failed");
+            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, warm, outcome = "jail failed", error = %e, "run failed");
             client_alive && send_error(tx, ErrorKind::JailFailed, e.to_string()).await
         }
     };
@@ -580,9 +580,6 @@ async fn handle_exec(
     // before the slot is freed at the end of this function, so that a slot always
     // finds a free uid.
     cleanup.finish().await;
-    if let Some(l) = lease {
-        l.release().await;
-    }
     alive
 }
 
@@ -591,31 +588,6 @@ fn to_response(chunk: Output) -> Response {
         Output::Stdout(b) => Response::Stdout(b),
         Output::Stderr(b) => Response::Stderr(b),
     }
-}
-
-/// The characters of the run directory's random part, as upstream's
-/// `tempfile.mkdtemp` draws them.
-const WORKDIR_CHARS: &[u8; 37] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
-
-/// A fresh run directory name, `codejail-` and 8 random characters of
-/// [`WORKDIR_CHARS`], as upstream's (its callers' tests match
-/// `/tmp/codejail-[0-9a-zA-Z_]+/`). Unpredictable, from the kernel's CSPRNG: the name
-/// is all that keeps one run from guessing another's directory (codejail-service's
-/// process-table tests).
-pub(crate) fn workdir_name() -> Result<String, getrandom::Error> {
-    let mut name = String::from("codejail-");
-    let mut buf = [0u8; 32];
-    while name.len() < "codejail-".len() + 8 {
-        getrandom::fill(&mut buf)?;
-        // Rejection sampling keeps the draw uniform: 222 = 6 * 37.
-        for b in buf.iter().filter(|b| **b < 222) {
-            if name.len() == "codejail-".len() + 8 {
-                break;
-            }
-            name.push(char::from(WORKDIR_CHARS[usize::from(*b % 37)]));
-        }
-    }
-    Ok(name)
 }
 
 #[cfg(test)]

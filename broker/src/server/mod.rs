@@ -48,6 +48,8 @@ pub struct Shared {
     pub connections: Arc<connections::Connections>,
     /// Bytes of requests held, capped.
     pub budget: Arc<budget::Budget>,
+    /// The warm pools.
+    pub pools: crate::run::pool::Pools,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
     pub fn status(&self) -> StatusReport {
         let mut r = self.report.clone();
         r.load = self.admission.load();
+        r.pool = self.pools.status();
         r
     }
 }

@@ -141,6 +141,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         mode: settings.mode,
         layers,
         load: Load::default(),
+        pool: Default::default(),
         commands: settings
             .commands
             .iter()
@@ -206,18 +207,5 @@ fn shared_identity_detail(settings: &Settings) -> String {
 
 /// The report as lines for the start-up log and `--dev`'s banner.
 pub fn render(report: &StatusReport) -> String {
-    let mut s = format!(
-        "codejail-broker {} ({} mode), confinement:\n",
-        report.broker_version,
-        report.mode.as_str()
-    );
-    for (name, l) in &report.layers {
-        s.push_str(&format!(
-            "  {name:<16} {:<11} {:<9} {}\n",
-            l.state.as_str(),
-            if l.required { "required" } else { "optional" },
-            l.detail
-        ));
-    }
-    s
+    codejail_protocol::render::layers_banner(report)
 }

@@ -11,7 +11,8 @@ use codejail_protocol::Exec;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::run::{self, Output};
+use super::handler::Warmth;
+use crate::run::Output;
 use codejail_plan::Achieved;
 
 /// What the probe prints when the jail holds (the last word: the subprocess).
@@ -48,8 +49,32 @@ pub struct Probe {
     pub seccomp_denied: Option<u32>,
 }
 
-/// Run the probe.
+/// Run the probe in a cold jail, then (when a pool is configured) in a warm one.
 pub async fn probe(shared: &Shared) -> Probe {
+    let cold = probe_in(shared, Warmth::Cold).await;
+    if cold.verdict.is_err() || shared.pools.is_empty() {
+        return cold;
+    }
+    let warm = probe_in(shared, Warmth::Warm).await;
+    shared.pools.reset_counts();
+    match warm.verdict {
+        Ok(()) if (warm.landlock, warm.seccomp_denied) == (cold.landlock, cold.seccomp_denied) => cold,
+        Ok(()) => Probe {
+            verdict: Err(format!(
+                "the warm jail's confinement (landlock {:?}, seccomp {:?}) differs from a cold one's ({:?}, {:?})",
+                warm.landlock, warm.seccomp_denied, cold.landlock, cold.seccomp_denied
+            )),
+            ..cold
+        },
+        Err(e) => Probe {
+            verdict: Err(format!("warm run: {e}")),
+            ..cold
+        },
+    }
+}
+
+/// Run the probe in a jail of this warmth.
+async fn probe_in(shared: &Shared, warmth: Warmth) -> Probe {
     let failed = |e: String| Probe {
         verdict: Err(e),
         landlock: None,
@@ -79,8 +104,8 @@ pub async fn probe(shared: &Shared) -> Probe {
         Err(r) => return failed(r.1),
     };
     // The probe runs as a real run does: its own uid from the pool, its own cgroup.
-    let lease = match super::handler::assign_identity(shared, &mut spec) {
-        Ok(l) => l,
+    let jail = match super::handler::choose_jail(shared, &mut spec, "python", warmth) {
+        Ok(j) => j,
         Err(r) => return failed(r.1),
     };
     let (tx, mut rx) = mpsc::channel(64);
@@ -95,11 +120,8 @@ pub async fn probe(shared: &Shared) -> Probe {
         (out, err)
     };
     let ((result, cleanup), (out, err)) =
-        tokio::join!(run::execute(spec, tx, std::future::pending()), collect);
+        tokio::join!(jail.run(spec, tx, std::future::pending()), collect);
     cleanup.finish().await;
-    if let Some(l) = lease {
-        l.release().await;
-    }
     let result = match result {
         Ok(r) => r,
         Err(e) => return failed(e.to_string()),

@@ -165,6 +165,7 @@ pub fn shared_for(settings: Settings, host: Host) -> Shared {
         uid_pool: host.uid_pool,
         connections: super::connections::Connections::new(settings.max_connections as usize),
         budget: super::budget::Budget::new(settings.request_budget_bytes),
+        pools: crate::run::pool::Pools::new(&settings),
         settings,
     }
 }

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use codejail_client::pyjson::{self, Dict, Value};
 use codejail_client::{
     json, socket_from_env, Client, ClientConfig, Executor, JailRequest, OutputChunk, SafeExecError,
-    SafeExecOptions, StatusReport, UnsafeLocal,
+    SafeExecOptions, UnsafeLocal,
 };
 
 /// Exit code for a failure of the client or the broker itself.
@@ -434,7 +434,7 @@ async fn status(socket: PathBuf, args: StatusArgs) -> ExitCode {
     let text = if args.json {
         format!("{}\n", json::status_report(&report))
     } else {
-        status_table(&report)
+        codejail_protocol::render::status_table(&report)
     };
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -445,52 +445,6 @@ async fn status(socket: PathBuf, args: StatusArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
-}
-
-/// The human-readable status.
-fn status_table(r: &StatusReport) -> String {
-    let mut s = String::new();
-    let l = &r.load;
-    s.push_str(&format!(
-        "broker    codejail-broker {} (protocol {})\n",
-        r.broker_version, r.protocol_version
-    ));
-    s.push_str(&format!("mode      {}\n", r.mode.as_str()));
-    s.push_str(&format!(
-        "load      {} of {} running, {} of {} queued\n",
-        l.running, l.max_running, l.queued, l.max_queue
-    ));
-    s.push_str("layers\n");
-    let width = r
-        .layers
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max("LAYER".len());
-    s.push_str(&format!(
-        "  {:<width$}  {:<11}  {:<8}  DETAIL\n",
-        "LAYER", "STATE", "REQUIRED"
-    ));
-    for (name, layer) in &r.layers {
-        s.push_str(&format!(
-            "  {:<width$}  {:<11}  {:<8}  {}\n",
-            name,
-            layer.state.as_str(),
-            if layer.required { "yes" } else { "no" },
-            layer.detail
-        ));
-    }
-    let missing: Vec<&str> = r.missing_required().map(|(n, _)| n.as_str()).collect();
-    if r.required_layers_hold() {
-        s.push_str("verdict   OK: serving with every required layer\n");
-    } else {
-        s.push_str(&format!(
-            "verdict   DEGRADED: required layers not fully applied: {}\n",
-            missing.join(", ")
-        ));
-    }
-    s
 }
 
 /// Print one `codejail-client: <message>` line on stderr; exit 125.
@@ -746,14 +700,15 @@ mod tests {
             .into_iter()
             .collect(),
             load: Load::default(),
+            pool: Default::default(),
             commands: Default::default(),
         };
-        let t = status_table(&r);
+        let t = codejail_protocol::render::status_table(&r);
         assert!(t.contains("mode      confined"), "{t}");
         assert!(t.contains("OK"), "{t}");
         r.layers
             .insert("userns".into(), layer(LayerState::Unavailable, true));
-        let t = status_table(&r);
+        let t = codejail_protocol::render::status_table(&r);
         assert!(
             t.contains("DEGRADED: required layers not fully applied: userns"),
             "{t}"

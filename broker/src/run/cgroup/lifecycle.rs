@@ -210,6 +210,50 @@ impl RunCgroup {
         Ok(())
     }
 
+    /// Memory the run's cgroup holds now (v2 `memory.current`, v1
+    /// `memory.usage_in_bytes`); `None` without a memory cgroup.
+    pub fn memory_current(&self) -> Option<u64> {
+        let (dir, files) = self.memory.as_ref()?;
+        let file = match files {
+            MemoryFiles::V2 => "memory.current",
+            MemoryFiles::V1 => "memory.usage_in_bytes",
+        };
+        self.fs
+            .read(&dir.join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Write the caps of `limits` into the run's cgroup(s), as [`Cgroups::create_run`]
+    /// does: a warm jail, built with none, gets its request's at hand-over.
+    pub fn set_limits(&self, limits: RunCgroupLimits) -> Result<(), CgroupError> {
+        if let Some((dir, files)) = &self.memory {
+            match files {
+                MemoryFiles::V2 => {
+                    let max = limits
+                        .memory_bytes
+                        .map_or_else(|| "max".to_string(), |b| b.to_string());
+                    set(&*self.fs, &dir.join("memory.max"), &max)?;
+                }
+                MemoryFiles::V1 => {
+                    let max = limits
+                        .memory_bytes
+                        .map_or_else(|| "-1".to_string(), |b| b.to_string());
+                    // Lowering: memory first, then memsw (never below memory).
+                    set(&*self.fs, &dir.join("memory.limit_in_bytes"), &max)?;
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if self.fs.exists(&memsw) {
+                        set(&*self.fs, &memsw, &max)?;
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.pids {
+            set(&*self.fs, &dir.join("pids.max"), &limits.pids_max.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Peak memory and the limit counters (read before [`RunCgroup::remove`]).
     pub fn stats(&self) -> CgroupStats {
         let mut stats = CgroupStats::default();

@@ -1,0 +1,99 @@
+//! `[pool.<command>]`: the warm pool (`run::pool`), validated.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// `[pool.<command>]` as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Warm jails kept ready for the command (0 = none).
+    pub size: Option<u32>,
+    /// Modules a warm jail's interpreter imports while it waits, e.g. `["numpy"]`.
+    #[serde(default)]
+    pub preimport: Vec<String>,
+    /// Seconds a warm jail may wait for a request before it is replaced (default 600).
+    pub max_age_secs: Option<u64>,
+}
+
+/// One command's warm pool, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Warm jails kept ready.
+    pub size: u32,
+    /// Modules imported ahead.
+    pub preimport: Vec<String>,
+    /// How long a warm jail may wait before it is replaced.
+    pub max_age: Duration,
+}
+
+/// Largest pool per command: each warm jail holds an interpreter's memory and a uid.
+pub const MAX_POOL_SIZE: u32 = 64;
+/// Default [`PoolSpec::max_age`].
+pub const DEFAULT_POOL_MAX_AGE_SECS: u64 = 600;
+
+/// The pools by command, checked against the configured commands.
+pub(super) fn pools_from_config(
+    cfg: &BTreeMap<String, PoolConfig>,
+    commands: &BTreeMap<String, CommandSpec>,
+) -> Result<BTreeMap<String, PoolSpec>, ConfigError> {
+    let mut pools = BTreeMap::new();
+    for (command, p) in cfg {
+        let key = format!("pool.{command}");
+        if !commands.contains_key(command) {
+            return Err(invalid(
+                &key,
+                format!("names no configured command (configured: {})", commands.keys().cloned().collect::<Vec<_>>().join(", ")),
+            ));
+        }
+        let size = p.size.unwrap_or(0);
+        if size > MAX_POOL_SIZE {
+            return Err(invalid(
+                format!("{key}.size"),
+                format!("must be at most {MAX_POOL_SIZE}"),
+            ));
+        }
+        for module in &p.preimport {
+            check_module_name(module).map_err(|why| invalid(format!("{key}.preimport"), why))?;
+        }
+        let max_age_secs = p.max_age_secs.unwrap_or(DEFAULT_POOL_MAX_AGE_SECS);
+        if max_age_secs == 0 {
+            return Err(invalid(format!("{key}.max_age_secs"), "must be at least 1"));
+        }
+        if size > 0 {
+            pools.insert(
+                command.clone(),
+                PoolSpec {
+                    size,
+                    preimport: p.preimport.clone(),
+                    max_age: Duration::from_secs(max_age_secs),
+                },
+            );
+        }
+    }
+    Ok(pools)
+}
+
+/// A module name as Python's `import` takes it: dotted identifiers (ASCII here, which
+/// is what goes on the hook's protocol line unquoted).
+pub fn check_module_name(module: &str) -> Result<(), String> {
+    let ok = !module.is_empty()
+        && module.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{module:?} is not a module name (dotted identifiers, e.g. numpy or matplotlib.pyplot)"
+        ))
+    }
+}

@@ -1,0 +1,92 @@
+//! A run's plan from its command (`commands.<name>` in the config) and its limits:
+//! what a cold run and a warm jail (`pool`) share, and the run directory's name.
+
+use crate::config::{CommandSpec, Settings};
+use codejail_plan::{Plan, RunLimits};
+
+/// The plan for a run of `command` with `argv` (the program first) under `limits`,
+/// in the run directory `workdir_name`; nothing to copy yet (the caller adds the
+/// request's code and files, or hands them to a warm jail later).
+pub fn command_plan(
+    settings: &Settings,
+    command: &CommandSpec,
+    argv: Vec<String>,
+    limits: RunLimits,
+    workdir_name: String,
+) -> Plan {
+    Plan {
+        program: command.bin.to_string_lossy().into_owned(),
+        argv,
+        env: command.env.clone(),
+        code: None,
+        files: Vec::new(),
+        extra_files: Vec::new(),
+        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        ro_paths: command
+            .ro_paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+        workdir_name,
+        limits,
+        clear_groups: settings.identity.clear_groups,
+        hostname: "codejail".into(),
+        require_landlock: settings.mode == codejail_protocol::Mode::Confined,
+        // Stacked at the program's exec, where the kernel has AppArmor.
+        apparmor_profile: crate::apparmor::profile_for_runs(settings.apparmor_profile.as_deref()),
+        allow_exec: command.allow_exec,
+        warm: None,
+    }
+}
+
+/// The program's argv up to and including its script: the command's program and
+/// arguments, then `jailed_code` when the request has code.
+pub fn command_argv(command: &CommandSpec, has_code: bool) -> Vec<String> {
+    let mut argv = vec![command.bin.to_string_lossy().into_owned()];
+    argv.extend(command.args.iter().cloned());
+    if has_code {
+        argv.push("jailed_code".into());
+    }
+    argv
+}
+
+/// Where the jail stage mounts the run's workspace in the program's view
+/// (`jail/src/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
+/// directory against the program's own `os.getcwd()`, so a drift fails them.
+const PROGRAM_WORKSPACE: &str = "/tmp";
+
+/// The run's directory (the program's cwd) as the program sees it.
+pub fn program_workdir(workdir_name: &str) -> String {
+    format!("{PROGRAM_WORKSPACE}/{workdir_name}")
+}
+
+/// The bytes a file of `n` bytes takes on the workspace tmpfs: whole pages, one at least.
+pub fn page_round(n: usize) -> u64 {
+    (n as u64).div_ceil(4096).max(1) * 4096
+}
+
+/// The characters of the run directory's random part, as upstream's
+/// `tempfile.mkdtemp` draws them.
+const WORKDIR_CHARS: &[u8; 37] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
+
+/// A fresh run directory name, `codejail-` and 8 random characters of
+/// [`WORKDIR_CHARS`], as upstream's (its callers' tests match
+/// `/tmp/codejail-[0-9a-zA-Z_]+/`). Unpredictable, from the kernel's CSPRNG: the name
+/// is all that keeps one run from guessing another's directory (codejail-service's
+/// process-table tests).
+pub fn workdir_name() -> Result<String, getrandom::Error> {
+    let mut name = String::from("codejail-");
+    let mut buf = [0u8; 32];
+    while name.len() < "codejail-".len() + 8 {
+        getrandom::fill(&mut buf)?;
+        // Rejection sampling keeps the draw uniform: 222 = 6 * 37.
+        for b in buf.iter().filter(|b| **b < 222) {
+            if name.len() == "codejail-".len() + 8 {
+                break;
+            }
+            name.push(char::from(WORKDIR_CHARS[usize::from(*b % 37)]));
+        }
+    }
+    Ok(name)
+}
+

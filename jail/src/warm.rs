@@ -1,0 +1,270 @@
+//! Warm jails: the init's side of a jail built before its request exists
+//! ([`Plan::warm`]). Every layer is the cold run's, in the same order, exec included
+//! (the interpreter's start is the run's one exec); the difference is what happens
+//! between that exec and the user's code:
+//!
+//! 1. Before forking the program, the init puts one end of a socket pair on fd
+//!    [`WARM_FD`] (the number the control pipe had); the program keeps it across its
+//!    exec. The interpreter's start-up hook (`jail/warm/_codejail_warm.py`, installed
+//!    in the sandbox venv) finds it, reads the preimports (`codejail-warm 1 numpy`),
+//!    imports them and answers `ready`; the init reports [`StageReport::Ready`].
+//! 2. The broker sends the request as a [`HandOver`] on fd 5 (the init's only). The
+//!    init, outside the program's Landlock domain (the program cannot write its
+//!    workdir), empties `tmp/` (an import may have written a cache there), caps the
+//!    workspace tmpfs, writes the files exactly as a cold run's init does, and lowers
+//!    the program's rlimits to the request's with prlimit(2).
+//! 3. The init sends `go` and the script's arguments, and shuts its side down; the
+//!    hook sets `sys.argv`, answers `ack <user µs> <system µs>` (the CPU used before the
+//!    hand-over, which is not the caller's and is taken off the reported usage), closes
+//!    fd 3, removes itself, and CPython runs `jailed_code` as `__main__`.
+//!
+//! `RLIMIT_CPU` counts whole seconds of the process's life, so a limit of n seconds
+//! is set to n + round(CPU used so far): the program gets n seconds of its own to
+//! within half a second (the preimports cost 0.05 s for numpy, 0.3 s with matplotlib),
+//! and exactly n when it has used less than half a second.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+
+use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
+
+use super::error::JailError;
+use super::rlimits::apply_rlimits_to;
+use super::rootfs::WORKSPACE_MOUNT;
+use super::workspace::{check_names, hand_over_workspace};
+use codejail_plan::{
+    read_frame, write_frame, HandOver, Plan, StageReport, CONTROL_FD, MAX_PLAN_FRAME, WARM_FD,
+};
+
+/// The protocol line the hook expects first.
+const GREETING: &str = "codejail-warm 1";
+/// Longest line the hook may send (its `failed` message is capped below this).
+const MAX_LINE: usize = 4096;
+
+/// Where the warm jail is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The interpreter is starting and importing; its `ready` is awaited.
+    Starting,
+    /// Ready and waiting for the hand-over.
+    Idle,
+    /// Released; the hook's `ack` is awaited.
+    Released,
+    /// The user's code runs.
+    Running,
+}
+
+/// The init's side of a warm jail.
+pub(crate) struct Warm {
+    /// The init's end of the socket pair.
+    sock: File,
+    /// The hand-over pipe from the broker, until the hand-over has been read.
+    handover: Option<File>,
+    state: State,
+    /// CPU (user, system) µs the program used before the hand-over.
+    before: (u64, u64),
+}
+
+/// Put the program's end of a new socket pair on [`WARM_FD`], in place of the control
+/// pipe (which the program must never hold): called by the init before it forks the
+/// program. Returns the init's end and the program's (to drop once forked).
+pub(crate) fn make_channel(control: File) -> Result<(File, OwnedFd), JailError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| JailError::Warm(format!("socketpair: {e}")))?;
+    // The control pipe's number, given up without closing it: dup2 below replaces it.
+    let number = control.into_raw_fd();
+    if number != CONTROL_FD || WARM_FD != CONTROL_FD {
+        return Err(JailError::Warm(format!(
+            "the control pipe is fd {number}, not {WARM_FD}"
+        )));
+    }
+    let program = super::sys::dup_onto(theirs.as_fd(), WARM_FD)
+        .map_err(|e| JailError::Warm(format!("dup2 onto fd {WARM_FD}: {e}")))?;
+    drop(theirs);
+    Ok((File::from(ours), program))
+}
+
+impl Warm {
+    /// Start the protocol: tell the hook what to import.
+    pub(crate) fn start(
+        mut sock: File,
+        handover: File,
+        preimport: &[String],
+    ) -> Result<Warm, JailError> {
+        let mut line = String::from(GREETING);
+        for module in preimport {
+            line.push(' ');
+            line.push_str(module);
+        }
+        line.push('\n');
+        sock.write_all(line.as_bytes())
+            .map_err(|e| JailError::Warm(format!("greeting the interpreter: {e}")))?;
+        Ok(Warm {
+            sock,
+            handover: Some(handover),
+            state: State::Starting,
+            before: (0, 0),
+        })
+    }
+
+    /// The fd the init waits on now, if any.
+    pub(crate) fn waiting_on(&self) -> Option<BorrowedFd<'_>> {
+        match self.state {
+            State::Starting | State::Released => Some(self.sock.as_fd()),
+            State::Idle => self.handover.as_ref().map(AsFd::as_fd),
+            State::Running => None,
+        }
+    }
+
+    /// CPU (user, system) µs used before the hand-over, read from the hook's `ack`
+    /// (which it sent before any code of the user's ran) if it has not been yet.
+    pub(crate) fn used_before(&mut self) -> (u64, u64) {
+        if self.state == State::Released {
+            // The program has ended or is being ended: its side is closed, so this
+            // read does not block.
+            let _ = self.read_ack();
+        }
+        self.before
+    }
+
+    /// Handle what the awaited fd has for us. `Ok(false)` when the broker gave up the
+    /// jail before handing it a request (the run must end).
+    pub(crate) fn step(
+        &mut self,
+        plan: &Plan,
+        program: libc::pid_t,
+        report: &mut File,
+    ) -> Result<bool, JailError> {
+        match self.state {
+            State::Starting => {
+                let line = read_line(&mut self.sock)?;
+                match line.strip_prefix("failed ") {
+                    _ if line == "ready" => {
+                        write_frame(report, &StageReport::Ready).map_err(JailError::Report)?;
+                        self.state = State::Idle;
+                    }
+                    Some(message) => return Err(JailError::Preimport(message.to_string())),
+                    None => {
+                        return Err(JailError::Warm(format!(
+                            "the interpreter's start-up hook said {line:?} instead of ready (is it installed? scripts/setup-sandbox-venv.sh)"
+                        )))
+                    }
+                }
+            }
+            State::Idle => {
+                let Some(mut pipe) = self.handover.take() else {
+                    return Ok(false);
+                };
+                let handover: Option<HandOver> = read_frame(&mut pipe, MAX_PLAN_FRAME)
+                    .map_err(|e| JailError::Warm(format!("reading the hand-over: {e}")))?;
+                let Some(handover) = handover else {
+                    return Ok(false);
+                };
+                self.hand_over(plan, handover, program)?;
+                self.state = State::Released;
+            }
+            State::Released => {
+                self.read_ack()?;
+            }
+            State::Running => {}
+        }
+        Ok(true)
+    }
+
+    /// Materialise the request and release the program.
+    fn hand_over(
+        &mut self,
+        plan: &Plan,
+        handover: HandOver,
+        program: libc::pid_t,
+    ) -> Result<(), JailError> {
+        let HandOver {
+            code,
+            files,
+            extra_files,
+            args,
+            limits,
+        } = handover;
+        let run = Plan {
+            code: Some(code),
+            files,
+            extra_files,
+            limits,
+            ..plan.clone()
+        };
+        // The names again, as the stage checks a cold plan's.
+        check_names(&run)?;
+        let mut message = b"go".to_vec();
+        for arg in &args {
+            if arg.contains('\0') {
+                return Err(JailError::ValidatePlan(format!(
+                    "argument {arg:?} contains a NUL"
+                )));
+            }
+            message.push(0);
+            message.extend_from_slice(arg.as_bytes());
+        }
+        hand_over_workspace(&run, WORKSPACE_MOUNT)?;
+        // The limits count from now: the CPU already used is added to RLIMIT_CPU.
+        let used = super::sys::process_cpu_time(program)
+            .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;
+        apply_rlimits_to(program, &run.limits, used)?;
+        self.sock
+            .write_all(&message)
+            .map_err(|e| JailError::Warm(format!("releasing the interpreter: {e}")))?;
+        shutdown(self.sock.as_raw_fd(), Shutdown::Write)
+            .map_err(|e| JailError::Warm(format!("shutdown of the hand-over socket: {e}")))?;
+        Ok(())
+    }
+
+    fn read_ack(&mut self) -> Result<(), JailError> {
+        self.state = State::Running;
+        let line = read_line(&mut self.sock)?;
+        let mut words = line.split(' ');
+        let parsed = match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("ack"), Some(user), Some(system), None) => {
+                user.parse().ok().zip(system.parse().ok())
+            }
+            _ => None,
+        };
+        self.before = parsed.ok_or_else(|| {
+            JailError::Warm(format!("the interpreter acknowledged with {line:?}"))
+        })?;
+        Ok(())
+    }
+}
+
+/// One `\n`-terminated line (without it), read a byte at a time so nothing after it
+/// is consumed; EOF first is an error.
+fn read_line(sock: &mut File) -> Result<String, JailError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match sock.read(&mut byte) {
+            Ok(0) => {
+                return Err(JailError::Warm(format!(
+                    "the interpreter closed its hand-over socket{}",
+                    if line.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" after {:?}", String::from_utf8_lossy(&line))
+                    }
+                )))
+            }
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= MAX_LINE => {
+                return Err(JailError::Warm("a line over 4096 bytes".into()))
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(JailError::Warm(format!("reading the hand-over socket: {e}"))),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}

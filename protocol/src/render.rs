@@ -1,0 +1,93 @@
+//! The human-readable status, in one place for both binaries: the broker's start-up
+//! banner ([`layers_banner`]) and `codejail-client status` ([`status_table`]).
+
+use crate::StatusReport;
+
+/// The confinement layers as lines, for the broker's start-up log and `--dev`'s banner.
+pub fn layers_banner(report: &StatusReport) -> String {
+    let mut s = format!(
+        "codejail-broker {} ({} mode), confinement:\n",
+        report.broker_version,
+        report.mode.as_str()
+    );
+    for (name, l) in &report.layers {
+        s.push_str(&format!(
+            "  {name:<16} {:<11} {:<9} {}\n",
+            l.state.as_str(),
+            if l.required { "required" } else { "optional" },
+            l.detail
+        ));
+    }
+    s.push_str(&pool_lines(report, ""));
+    s
+}
+
+/// `codejail-client status` without `--json`.
+pub fn status_table(r: &StatusReport) -> String {
+    let mut s = String::new();
+    let l = &r.load;
+    s.push_str(&format!(
+        "broker    codejail-broker {} (protocol {})\n",
+        r.broker_version, r.protocol_version
+    ));
+    s.push_str(&format!("mode      {}\n", r.mode.as_str()));
+    s.push_str(&format!(
+        "load      {} of {} running, {} of {} queued\n",
+        l.running, l.max_running, l.queued, l.max_queue
+    ));
+    s.push_str("layers\n");
+    let width = r
+        .layers
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("LAYER".len());
+    s.push_str(&format!(
+        "  {:<width$}  {:<11}  {:<8}  DETAIL\n",
+        "LAYER", "STATE", "REQUIRED"
+    ));
+    for (name, layer) in &r.layers {
+        s.push_str(&format!(
+            "  {:<width$}  {:<11}  {:<8}  {}\n",
+            name,
+            layer.state.as_str(),
+            if layer.required { "yes" } else { "no" },
+            layer.detail
+        ));
+    }
+    s.push_str(&pool_lines(r, "pool\n"));
+    let missing: Vec<&str> = r.missing_required().map(|(n, _)| n.as_str()).collect();
+    if r.required_layers_hold() {
+        s.push_str("verdict   OK: serving with every required layer\n");
+    } else {
+        s.push_str(&format!(
+            "verdict   DEGRADED: required layers not fully applied: {}\n",
+            missing.join(", ")
+        ));
+    }
+    s
+}
+
+/// One line per pooled command (nothing without a pool), after `heading`.
+fn pool_lines(r: &StatusReport, heading: &str) -> String {
+    if r.pool.is_empty() {
+        return String::new();
+    }
+    let mut s = heading.to_string();
+    for (command, p) in &r.pool {
+        let memory = p
+            .idle_memory_bytes
+            .map_or_else(|| "unknown".to_string(), |b| format!("{} KiB", b / 1024));
+        let preimport = if p.preimport.is_empty() {
+            "none".to_string()
+        } else {
+            p.preimport.join(",")
+        };
+        s.push_str(&format!(
+            "  warm {command}: {} of {} ready, preimport {preimport}, {} hits, {} misses, idle rss {} KiB, idle cgroup memory {memory}\n",
+            p.ready, p.size, p.hits, p.misses, p.idle_rss_kib
+        ));
+    }
+    s
+}
