@@ -98,6 +98,23 @@ log "cargo test ${scope[*]} --no-fail-fast $*"
 cargo_status=0
 cargo test "${scope[@]}" --no-fail-fast "$@" || cargo_status=$?
 
+# 5b. The same suites against warm jails: every broker under test keeps a pool of 2
+#     (CODEJAIL_TEST_POOL, tests/src/broker.rs), so each run with code is served warm.
+#     Skipped: the tests that find a run's processes from the host by the arguments in
+#     their command line, which a warm jail's /proc/PID/cmdline cannot show (its
+#     interpreter was exec'd before the request existed; sys.argv has them); the first
+#     pass covers what they check.
+if [ ${#scope[@]} -gt 0 ]; then
+    log "cargo test: jail_code, safe_exec, confinement, robustness with a warm pool (CODEJAIL_TEST_POOL=2)"
+    CODEJAIL_TEST_POOL=2 cargo test -p codejail-tests --no-fail-fast \
+        --test jail_code --test safe_exec --test confinement --test robustness -- \
+        --skip concurrent_runs_cannot_see_each_other --skip setuid_root_fails \
+        --skip fork_bomb_is_contained_and_the_broker_keeps_serving \
+        --skip client_disconnecting_mid_run_cancels_it \
+        --skip a_client_that_stops_reading_cannot_outlast_realtime \
+        --skip daemonized_grandchild_dies_with_the_run || cargo_status=$?
+fi
+
 # 6. The Python package (python/, not a workspace member): built and installed into a
 #    reusable venv of /usr/bin/python3 with pytest and Django, then its pytest suite
 #    against real dev brokers (python/tests/conftest.py). Skipped only when the

@@ -25,9 +25,7 @@ use super::program::ExecSpec;
 use super::sys::{self, Forked};
 use super::userns::{enter_user_namespace, switch_to_run_identity, wait_for_id_maps, IdMapsSignal};
 use super::workspace::check_names;
-use codejail_plan::{
-    read_frame, write_frame, Plan, StageReport, HANDOVER_FD, MAX_PLAN_FRAME,
-};
+use codejail_plan::{read_frame, write_frame, Plan, StageReport, HANDOVER_FD, MAX_PLAN_FRAME};
 
 /// Exit status of the stage when the run was built and has ended (however the
 /// program ended: the reports say how).

@@ -143,7 +143,11 @@ impl Warm {
     ) -> Result<bool, JailError> {
         match self.state {
             State::Starting => {
-                let line = read_line(&mut self.sock)?;
+                let line = read_line(&mut self.sock).map_err(|e| {
+                    JailError::Warm(format!(
+                        "{e}: the interpreter ended before it was ready; is codejail's start-up hook installed in its site-packages (scripts/setup-sandbox-venv.sh)?"
+                    ))
+                })?;
                 match line.strip_prefix("failed ") {
                     _ if line == "ready" => {
                         write_frame(report, &StageReport::Ready).map_err(JailError::Report)?;
@@ -263,7 +267,11 @@ fn read_line(sock: &mut File) -> Result<String, JailError> {
             }
             Ok(_) => line.push(byte[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(JailError::Warm(format!("reading the hand-over socket: {e}"))),
+            Err(e) => {
+                return Err(JailError::Warm(format!(
+                    "reading the hand-over socket: {e}"
+                )))
+            }
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())

@@ -182,11 +182,9 @@ fn remount_workspace_tmpfs(limits: &RunLimits, at: &str) -> Result<(), JailError
 
 fn create_workdir(root: BorrowedFd<'_>, plan: &Plan) -> Result<OwnedFd, JailError> {
     let workdir_name = c_name(&plan.workdir_name)?;
-    super::sys::mkdir_at(root, &workdir_name, DIR_MODE).map_err(|source| {
-        JailError::CreateDir {
-            path: plan.workdir_name.clone(),
-            source,
-        }
+    super::sys::mkdir_at(root, &workdir_name, DIR_MODE).map_err(|source| JailError::CreateDir {
+        path: plan.workdir_name.clone(),
+        source,
     })?;
     open_dir_at(root, &plan.workdir_name)
 }

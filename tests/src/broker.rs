@@ -59,6 +59,8 @@ pub struct BrokerOpts {
     pub shape: Shape,
     /// RLIMIT_NOFILE (soft = hard) of the broker process, when set.
     pub nofile: Option<u64>,
+    /// The interpreter of the `python` command (default: the test interpreter).
+    pub python: Option<PathBuf>,
 }
 
 impl BrokerOpts {
@@ -118,6 +120,12 @@ impl BrokerOpts {
     /// `--max-frame BYTES`.
     pub fn max_frame(self, bytes: usize) -> Self {
         self.args(["--max-frame".to_string(), bytes.to_string()])
+    }
+
+    /// The `python` command's interpreter.
+    pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.python = Some(path.into());
+        self
     }
 
     /// Start the broker with this open-file limit (soft = hard).
@@ -239,6 +247,7 @@ impl TestBroker {
                 (Some(production_run_ids(uid)), Some(parents))
             }
         };
+        let mut cgroups = cgroups;
         let child = Self::spawn_child(
             &opts,
             uid,
@@ -248,6 +257,14 @@ impl TestBroker {
             cgroups.as_ref(),
             log_file,
         );
+        let pooled = crate::env::test_pool_size().is_some()
+            || opts
+                .args
+                .iter()
+                .any(|a| a == "--pool-size" || a == "--preimport");
+        if let Some(parents) = cgroups.as_mut() {
+            parents.pooled_broker = pooled.then_some(child.id() as i32);
+        }
         TestBroker {
             child,
             exit: None,
@@ -322,7 +339,7 @@ impl TestBroker {
             .arg("--socket")
             .arg(socket)
             .arg("--python")
-            .arg(python())
+            .arg(opts.python.clone().unwrap_or_else(python))
             .args(["--allow-uid", "0", "--allow-uid"])
             .arg(our_uid.to_string());
         if let (Some((first, count)), Some(parents)) = (run_ids, cgroups) {
@@ -331,6 +348,13 @@ impl TestBroker {
                 .arg("--cgroup-v1")
                 .arg(parents.arg())
                 .arg("--require-cgroups");
+        }
+        // CODEJAIL_TEST_POOL=N: every broker keeps N warm jails (the suites' second
+        // pass, scripts/test.sh), unless the test sets its own pool.
+        if let Some(size) = crate::env::test_pool_size() {
+            if !opts.args.iter().any(|a| a == "--pool-size") {
+                cmd.arg("--pool-size").arg(size.to_string());
+            }
         }
         cmd.args(&opts.args)
             .current_dir(state_dir)
@@ -509,11 +533,27 @@ impl TestBroker {
         };
         let me = self.child.id() as i32;
         let range = self.run_ids();
-        processes()
-            .into_iter()
+        let procs = processes();
+        // A pooled broker's unused warm jails are its descendants: not leftovers (a
+        // run's stage is reaped, its whole pid namespace gone, before its run ends).
+        let pooled = self
+            .cgroups
+            .as_ref()
+            .is_some_and(|c| c.pooled_broker.is_some())
+            || crate::env::test_pool_size().is_some()
+            || self
+                .opts
+                .args
+                .iter()
+                .any(|a| a == "--pool-size" || a == "--preimport");
+        procs
+            .iter()
             .filter(|p| {
-                (p.uid == uid || range.as_ref().is_some_and(|r| r.contains(&p.uid))) && p.pid != me
+                (p.uid == uid || range.as_ref().is_some_and(|r| r.contains(&p.uid)))
+                    && p.pid != me
+                    && !(pooled && crate::procs::descends_from(&procs, p.pid, me))
             })
+            .cloned()
             .collect()
     }
 

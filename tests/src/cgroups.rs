@@ -14,6 +14,10 @@ pub struct V1CgroupParents {
     pub memory: PathBuf,
     /// The pids parent.
     pub pids: PathBuf,
+    /// A pooled broker's pid: run cgroups holding only its descendants are its unused
+    /// warm jails', not leftovers (a run's stage is reaped before its run ends, and
+    /// its cgroup removed after).
+    pub pooled_broker: Option<i32>,
 }
 
 impl V1CgroupParents {
@@ -39,6 +43,7 @@ impl V1CgroupParents {
         };
         let name = format!("codejail-test-{}-{uid}", std::process::id());
         let parents = V1CgroupParents {
+            pooled_broker: None,
             memory: memory.join(&name),
             pids: pids.join(&name),
         };
@@ -73,11 +78,26 @@ impl V1CgroupParents {
 
     /// Run cgroups (`run-*`) left under either parent.
     pub fn leftover_runs(&self) -> Vec<PathBuf> {
+        let procs = self.pooled_broker.map(|_| crate::processes());
         [&self.memory, &self.pids]
             .iter()
             .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
             .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
             .map(|e| e.path())
+            .filter(|dir| {
+                let (Some(broker), Some(procs)) = (self.pooled_broker, &procs) else {
+                    return true;
+                };
+                let listed: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                listed.is_empty()
+                    || !listed
+                        .iter()
+                        .all(|p| crate::procs::descends_from(procs, *p, broker))
+            })
             .collect()
     }
 }

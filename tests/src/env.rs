@@ -64,6 +64,15 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PYTHON))
 }
 
+/// `CODEJAIL_TEST_POOL`: the warm pool size every broker under test gets (unset or 0:
+/// none), so that the suites run against warm jails as well as cold ones.
+pub fn test_pool_size() -> Option<u32> {
+    std::env::var("CODEJAIL_TEST_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+}
+
 /// The directory holding `codejail-broker`, `codejail-jail` and `codejail-client`.
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -15,6 +15,8 @@ pub struct ProcInfo {
     pub state: String,
     /// Command line, arguments joined by spaces (empty for zombies).
     pub cmdline: String,
+    /// Parent pid.
+    pub ppid: i32,
 }
 
 /// Every process visible in `/proc` (processes that vanish mid-scan are skipped), from
@@ -40,7 +42,13 @@ pub fn processes() -> Vec<ProcInfo> {
                         .join(" ")
                 })
                 .unwrap_or_default();
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             ProcInfo {
+                ppid,
                 pid,
                 uid: codejail_broker::run::uidpool::real_uid(&status).unwrap_or(u32::MAX),
                 state,
@@ -84,4 +92,18 @@ pub fn unique_marker(tag: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Whether `pid` descends from `ancestor` (by the ppid chain in `procs`).
+pub fn descends_from(procs: &[ProcInfo], pid: i32, ancestor: i32) -> bool {
+    let parent = |p: i32| procs.iter().find(|i| i.pid == p).map(|i| i.ppid);
+    let mut at = pid;
+    for _ in 0..64 {
+        match parent(at) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp > 1 => at = pp,
+            _ => return false,
+        }
+    }
+    false
 }

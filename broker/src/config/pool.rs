@@ -47,7 +47,10 @@ pub(super) fn pools_from_config(
         if !commands.contains_key(command) {
             return Err(invalid(
                 &key,
-                format!("names no configured command (configured: {})", commands.keys().cloned().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "names no configured command (configured: {})",
+                    commands.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             ));
         }
         let size = p.size.unwrap_or(0);

@@ -17,10 +17,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::config::RunIdentity;
-use uidpool::Lease;
 use crate::sys;
 use codejail_plan::Achieved;
 use codejail_plan::{self as plan, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
+use uidpool::Lease;
 
 pub mod cgroup;
 pub mod idmap;
@@ -113,6 +113,9 @@ pub enum RunError {
     /// The stage broke the report protocol or died early.
     #[error("jail stage failed: {0}")]
     Protocol(String),
+    /// A warm jail could not be built (`pool`).
+    #[error("warm jail not built: {0}")]
+    Warm(String),
     /// The run's cgroup could not be made or the stage not placed in it.
     #[error("run cgroup: {0}")]
     Cgroup(#[source] CgroupError),
@@ -210,15 +213,35 @@ async fn execute(
     );
     let cgroup = match spec.cgroups.create_run(spec.run_id, limits) {
         Ok(cg) => cg,
-        Err(e) => return (Err(RunError::Cgroup(e)), Cleanup::new(spec.run_id, None, lease)),
+        Err(e) => {
+            return (
+                Err(RunError::Cgroup(e)),
+                Cleanup::new(spec.run_id, None, lease),
+            )
+        }
     };
     let cleanup = Cleanup::new(spec.run_id, cgroup, lease);
     let started = Instant::now();
     let held = spec.held.take();
-    let result = match Stage::spawn(&spec.stage, &mut spec.plan, spec.identity, cleanup.cgroup(), held).await {
+    let result = match Stage::spawn(
+        &spec.stage,
+        &mut spec.plan,
+        spec.identity,
+        cleanup.cgroup(),
+        held,
+    )
+    .await
+    {
         Ok(stage) => {
             stage
-                .supervise(&spec.supervision(), Reports::default(), started, cleanup.cgroup(), out, cancel)
+                .supervise(
+                    &spec.supervision(),
+                    Reports::default(),
+                    started,
+                    cleanup.cgroup(),
+                    out,
+                    cancel,
+                )
                 .await
         }
         Err(e) => Err(e),
@@ -323,96 +346,96 @@ impl Stage {
             None => None,
         };
 
-    let mut cmd = tokio::process::Command::new(stage);
-    // The run's init keeps this argv: a plain name, not the host path of the binary,
-    // is what the program sees in /proc/1/cmdline.
-    cmd.arg0("codejail-jail")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
-    let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
-    // SAFETY: the closure only calls prctl and dup2 (async-signal-safe, no allocation),
-    // the latter on fds that stay open in the parent until spawn returns; both are
-    // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot have
-    // clobbered them.
-    unsafe {
-        cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr));
-    }
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        path: stage.to_path_buf(),
-        source,
-    })?;
-    drop(control_r);
-    drop(report_w);
-    let handover = match handover {
-        Some((r, w)) => {
-            drop(r);
-            Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?)
+        let mut cmd = tokio::process::Command::new(stage);
+        // The run's init keeps this argv: a plain name, not the host path of the binary,
+        // is what the program sees in /proc/1/cmdline.
+        cmd.arg0("codejail-jail")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
+        let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
+        // SAFETY: the closure only calls prctl and dup2 (async-signal-safe, no allocation),
+        // the latter on fds that stay open in the parent until spawn returns; both are
+        // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot have
+        // clobbered them.
+        unsafe {
+            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr));
         }
-        None => None,
-    };
-    let pid = child
-        .id()
-        .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
-    // Into the run's cgroup while the stage is still blocked on its control pipe
-    // (nothing sent yet): everything the run does from here on is charged there.
-    if let Some(cg) = cgroup {
-        if let Err(e) = cg.add_process_async(pid).await {
+        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+            path: stage.to_path_buf(),
+            source,
+        })?;
+        drop(control_r);
+        drop(report_w);
+        let handover = match handover {
+            Some((r, w)) => {
+                drop(r);
+                Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?)
+            }
+            None => None,
+        };
+        let pid = child
+            .id()
+            .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
+        // Into the run's cgroup while the stage is still blocked on its control pipe
+        // (nothing sent yet): everything the run does from here on is charged there.
+        if let Some(cg) = cgroup {
+            if let Err(e) = cg.add_process_async(pid).await {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(RunError::Cgroup(e));
+            }
+        }
+        let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
+        let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
+
+        // Handshake with the stage: plan, then maps when it asks, then go.
+        // The plan, serialised once; its files then leave memory (the frame has them),
+        // and the frame itself once it is in the pipe.
+        let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
+        plan.drop_payload();
+        let setup = async {
+            control
+                .write_all(&frame)
+                .await
+                .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
+            drop(frame);
+            drop(held);
+            match read_report(&mut reports).await? {
+                Some(StageReport::NeedMaps) => {}
+                Some(StageReport::Failed { step, message }) => {
+                    return Err(RunError::Stage { step, message })
+                }
+                other => {
+                    return Err(RunError::Protocol(format!(
+                        "expected NeedMaps, got {other:?}"
+                    )))
+                }
+            }
+            let id = identity;
+            idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
+                .map_err(RunError::IdMaps)?;
+            control
+                .write_all(&[GO_BYTE])
+                .await
+                .map_err(|e| RunError::Protocol(format!("sending go: {e}")))?;
+            Ok::<(), RunError>(())
+        };
+        if let Err(e) = setup.await {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return Err(RunError::Cgroup(e));
+            return Err(e);
         }
-    }
-    let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
-    let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
-
-    // Handshake with the stage: plan, then maps when it asks, then go.
-    // The plan, serialised once; its files then leave memory (the frame has them),
-    // and the frame itself once it is in the pipe.
-    let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
-    plan.drop_payload();
-    let setup = async {
-        control
-            .write_all(&frame)
-            .await
-            .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
-        drop(frame);
-        drop(held);
-        match read_report(&mut reports).await? {
-            Some(StageReport::NeedMaps) => {}
-            Some(StageReport::Failed { step, message }) => {
-                return Err(RunError::Stage { step, message })
-            }
-            other => {
-                return Err(RunError::Protocol(format!(
-                    "expected NeedMaps, got {other:?}"
-                )))
-            }
-        }
-        let id = identity;
-        idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
-            .map_err(RunError::IdMaps)?;
-        control
-            .write_all(&[GO_BYTE])
-            .await
-            .map_err(|e| RunError::Protocol(format!("sending go: {e}")))?;
-        Ok::<(), RunError>(())
-    };
-    if let Err(e) = setup.await {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        return Err(e);
-    }
-    Ok(Stage {
-        child,
-        control,
-        reports,
-        handover,
-        pid,
-    })
+        Ok(Stage {
+            child,
+            control,
+            reports,
+            handover,
+            pid,
+        })
     }
 
     /// The stage's pid.
@@ -465,104 +488,104 @@ impl Stage {
         out: mpsc::Sender<Output>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<RunResult, RunError> {
-    let pid = self.pid;
-    let mut child = self.child;
-    let mut reports = self.reports;
-    let control = self.control;
-    drop(self.handover.take());
-    let mut stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+        let pid = self.pid;
+        let mut child = self.child;
+        let mut reports = self.reports;
+        let control = self.control;
+        drop(self.handover.take());
+        let mut stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
 
-    // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
-    let feed = async {
-        if let Some(mut w) = stdin.take() {
-            // A program that does not read its stdin closes the pipe: not an error.
-            let _ = w.write_all(&spec.stdin).await;
-        }
-    };
-    let cap = std::sync::Mutex::new(OutputCap {
-        remaining: spec.limits.effective(LimitName::Output),
-        truncated: false,
-    });
-    let pump_out = pump(stdout, &cap, &out, Output::Stdout);
-    let pump_err = pump(stderr, &cap, &out, Output::Stderr);
-    let collect_reports = async {
-        let mut seen = seen;
-        loop {
-            match read_report(&mut reports).await? {
-                Some(StageReport::Failed { step, message }) => {
-                    // The first failure is the one that matters; later reports (the
-                    // init relaying the failed program's exit) do not override it.
-                    seen.failed.get_or_insert((step, message));
-                }
-                Some(StageReport::Confined {
-                    landlock,
-                    seccomp_denied,
-                }) => {
-                    seen.landlock = Some(landlock);
-                    seen.seccomp_denied = Some(seccomp_denied);
-                }
-                Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
-                Some(StageReport::Killed {
-                    cpu_user_us,
-                    cpu_sys_us,
-                    max_rss_kib,
-                }) => seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib)),
-                Some(other) => {
-                    return Err(RunError::Protocol(format!("unexpected report {other:?}")))
-                }
-                None => return Ok(seen),
+        // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
+        let feed = async {
+            if let Some(mut w) = stdin.take() {
+                // A program that does not read its stdin closes the pipe: not an error.
+                let _ = w.write_all(&spec.stdin).await;
             }
-        }
-    };
-    let realtime = spec
-        .limits
-        .effective(LimitName::Realtime)
-        .map(Duration::from_secs);
-    let deadline = async {
-        match realtime {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-
-    let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports, child.wait()) };
-    tokio::pin!(io);
-    let mut ended = None;
-    tokio::select! {
-        r = &mut io => return with_pid(finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup), pid),
-        () = deadline => ended = Some(Ended::Realtime),
-        () = cancel => ended = Some(Ended::Cancelled),
-    }
-    // End the run: closing the control pipe makes the stage SIGKILL the run's init,
-    // which takes the whole pid namespace with it, and the stage reaps it. If the
-    // stage does not exit in time, kill the whole cgroup and the stage (init then dies
-    // by PDEATHSIG if it was not in the cgroup). Not both at once: an init whose
-    // stage died first is reparented to the host's PID 1 and left for it to reap.
-    drop(control);
-    let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {
-        Ok(r) => r,
-        Err(_) => {
-            kill_cgroup(cgroup, spec.run_id);
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(RunError::Protocol(
-                        "the run did not end after SIGKILL".into(),
-                    ))
+        };
+        let cap = std::sync::Mutex::new(OutputCap {
+            remaining: spec.limits.effective(LimitName::Output),
+            truncated: false,
+        });
+        let pump_out = pump(stdout, &cap, &out, Output::Stdout);
+        let pump_err = pump(stderr, &cap, &out, Output::Stderr);
+        let collect_reports = async {
+            let mut seen = seen;
+            loop {
+                match read_report(&mut reports).await? {
+                    Some(StageReport::Failed { step, message }) => {
+                        // The first failure is the one that matters; later reports (the
+                        // init relaying the failed program's exit) do not override it.
+                        seen.failed.get_or_insert((step, message));
+                    }
+                    Some(StageReport::Confined {
+                        landlock,
+                        seccomp_denied,
+                    }) => {
+                        seen.landlock = Some(landlock);
+                        seen.seccomp_denied = Some(seccomp_denied);
+                    }
+                    Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
+                    Some(StageReport::Killed {
+                        cpu_user_us,
+                        cpu_sys_us,
+                        max_rss_kib,
+                    }) => seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib)),
+                    Some(other) => {
+                        return Err(RunError::Protocol(format!("unexpected report {other:?}")))
+                    }
+                    None => return Ok(seen),
                 }
             }
+        };
+        let realtime = spec
+            .limits
+            .effective(LimitName::Realtime)
+            .map(Duration::from_secs);
+        let deadline = async {
+            match realtime {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+
+        let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports, child.wait()) };
+        tokio::pin!(io);
+        let mut ended = None;
+        tokio::select! {
+            r = &mut io => return with_pid(finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup), pid),
+            () = deadline => ended = Some(Ended::Realtime),
+            () = cancel => ended = Some(Ended::Cancelled),
         }
-    };
-    with_pid(
-        finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
-        pid,
-    )
+        // End the run: closing the control pipe makes the stage SIGKILL the run's init,
+        // which takes the whole pid namespace with it, and the stage reaps it. If the
+        // stage does not exit in time, kill the whole cgroup and the stage (init then dies
+        // by PDEATHSIG if it was not in the cgroup). Not both at once: an init whose
+        // stage died first is reparented to the host's PID 1 and left for it to reap.
+        drop(control);
+        let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {
+            Ok(r) => r,
+            Err(_) => {
+                kill_cgroup(cgroup, spec.run_id);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(RunError::Protocol(
+                            "the run did not end after SIGKILL".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        with_pid(
+            finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
+            pid,
+        )
     }
 }
 

@@ -89,4 +89,3 @@ pub fn workdir_name() -> Result<String, getrandom::Error> {
     }
     Ok(name)
 }
-

@@ -117,10 +117,9 @@ impl WarmJail {
         let sent = async {
             let frame = codejail_plan::encode_frame(&handover).map_err(RunError::Pipes)?;
             drop(handover);
-            let mut pipe = stage
-                .handover
-                .take()
-                .ok_or_else(|| RunError::Protocol("a warm jail without its hand-over pipe".into()))?;
+            let mut pipe = stage.handover.take().ok_or_else(|| {
+                RunError::Protocol("a warm jail without its hand-over pipe".into())
+            })?;
             pipe.write_all(&frame)
                 .await
                 .map_err(|e| RunError::Protocol(format!("sending the hand-over: {e}")))
@@ -146,9 +145,7 @@ impl WarmJail {
     /// Destroy an unused warm jail: its stage is killed (the init dies with it, and the
     /// whole run with the init), then its cgroup and uid are given back.
     pub async fn retire(self) {
-        let WarmJail {
-            stage, cleanup, ..
-        } = self;
+        let WarmJail { stage, cleanup, .. } = self;
         stage.kill().await;
         cleanup.finish().await;
     }
@@ -316,7 +313,10 @@ impl Pools {
             .iter_mut()
             .filter(|(_, p)| p.retry_at.is_none_or(|t| t <= now))
             .map(|(c, p)| {
-                let missing = p.spec.size.saturating_sub(p.ready.len() as u32 + p.building);
+                let missing = p
+                    .spec
+                    .size
+                    .saturating_sub(p.ready.len() as u32 + p.building);
                 (missing, c, p)
             })
             .filter(|(missing, _, _)| *missing > 0)
@@ -395,8 +395,9 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
     let run_id = shared
         .next_run_id
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let workdir_name = planning::workdir_name()
-        .map_err(|e| RunError::Protocol(format!("no randomness for the run's directory name: {e}")))?;
+    let workdir_name = planning::workdir_name().map_err(|e| {
+        RunError::Protocol(format!("no randomness for the run's directory name: {e}"))
+    })?;
     let argv = planning::command_argv(cmd, true);
     let script_argv = argv.len();
     let mut plan = planning::command_plan(settings, cmd, argv, build_limits(), workdir_name);
@@ -407,7 +408,10 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
     let (identity, lease) = match &shared.uid_pool {
         Some(pool) => {
             let lease = pool.lease().ok_or_else(|| {
-                RunError::Protocol(format!("no free run uid in {} for a warm jail", pool.range()))
+                RunError::Protocol(format!(
+                    "no free run uid in {} for a warm jail",
+                    pool.range()
+                ))
             })?;
             (lease.identity(), Some(lease))
         }
@@ -420,14 +424,21 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
         .create_run(run_id, caps)
         .map_err(RunError::Cgroup)?;
     let cleanup = Cleanup::new(run_id, cgroup, lease);
-    let mut stage =
-        match Stage::spawn(&settings.jail_stage, &mut plan, identity, cleanup.cgroup(), None).await {
-            Ok(s) => s,
-            Err(e) => {
-                cleanup.finish().await;
-                return Err(e);
-            }
-        };
+    let mut stage = match Stage::spawn(
+        &settings.jail_stage,
+        &mut plan,
+        identity,
+        cleanup.cgroup(),
+        None,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup.finish().await;
+            return Err(e);
+        }
+    };
     let (mut landlock, mut seccomp_denied) = (None, None);
     let ready = tokio::time::timeout(BUILD_TIMEOUT, async {
         loop {
@@ -442,6 +453,13 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
                 Some(StageReport::Ready) => return Ok(()),
                 Some(StageReport::Failed { step, message }) => {
                     return Err(RunError::Stage { step, message })
+                }
+                Some(StageReport::Exited {
+                    exit_code, signal, ..
+                }) => {
+                    return Err(RunError::Warm(format!(
+                        "its interpreter ended (exit code {exit_code:?}, signal {signal:?}) before it was ready: is codejail's start-up hook installed in its site-packages (scripts/setup-sandbox-venv.sh)?"
+                    )))
                 }
                 Some(other) => {
                     return Err(RunError::Protocol(format!(
@@ -471,11 +489,19 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
         return Err(if stderr.is_empty() {
             e
         } else {
-            RunError::Protocol(format!("{e}; the interpreter's output: {stderr}"))
+            let e = match e {
+                RunError::Warm(message) => message,
+                other => other.to_string(),
+            };
+            RunError::Warm(format!("{e}; the interpreter's output: {stderr}"))
         });
     }
     if !stderr.is_empty() {
-        tracing::debug!(command, bytes = stderr.len(), "output of a warm jail's start-up discarded");
+        tracing::debug!(
+            command,
+            bytes = stderr.len(),
+            "output of a warm jail's start-up discarded"
+        );
     }
     let footprint = measure(stage.pid(), &cleanup);
     Ok(WarmJail {

@@ -315,8 +315,16 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
             EntryKind::File { contents, .. } => crate::run::planning::page_round(contents.len()),
             _ => 4096,
         })
-        .chain(exec.extra_files.iter().map(|(_, c)| crate::run::planning::page_round(c.len())))
-        .chain(exec.code.iter().map(|c| crate::run::planning::page_round(c.len())))
+        .chain(
+            exec.extra_files
+                .iter()
+                .map(|(_, c)| crate::run::planning::page_round(c.len())),
+        )
+        .chain(
+            exec.code
+                .iter()
+                .map(|c| crate::run::planning::page_round(c.len())),
+        )
         .sum();
     let entries = (exec.files.len() + exec.extra_files.len() + 4) as u64;
     let tmp = limits.effective(LimitName::Tmp);

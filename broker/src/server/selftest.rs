@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use codejail_protocol::Exec;
 use tokio::sync::mpsc;
 
-use super::Shared;
 use super::handler::Warmth;
+use super::Shared;
 use crate::run::Output;
 use codejail_plan::Achieved;
 

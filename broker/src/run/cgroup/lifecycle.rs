@@ -249,7 +249,11 @@ impl RunCgroup {
             }
         }
         if let Some(dir) = &self.pids {
-            set(&*self.fs, &dir.join("pids.max"), &limits.pids_max.to_string())?;
+            set(
+                &*self.fs,
+                &dir.join("pids.max"),
+                &limits.pids_max.to_string(),
+            )?;
         }
         Ok(())
     }

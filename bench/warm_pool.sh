@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# What the warm pool buys: jailed runs served by a pre-started jail against cold
+# jailed runs and a bare interpreter start.
+#
+# Starts two dev brokers on temporary sockets, both up for the whole run: a cold one
+# (no pool) and a warm one (`--pool-size 2 --preimport numpy`). Then, in one run with
+# the series interleaved (each iteration takes one sample of every series in turn, so
+# machine noise hits all alike; one untimed warm-up of each first, which also checks
+# the output), prints p50 and p90 in ms of:
+#   PYTHON -E -B -c 'print(1)'                              bare
+#   codejail-client exec -c 'print(1)'                      cold, warm
+#   codejail-client safe-exec -c 'x = 1 + 1'                cold, warm
+#   PYTHON -E -B -c 'import numpy; x = int(numpy.arange(10).sum())'   bare
+#   codejail-client safe-exec -c 'import numpy; x = ...'    cold, warm
+# and the ratios of the p50s to the bare start doing the same work (for 'x = 1 + 1'
+# that is the bare 'print(1)': both are an empty interpreter start). The bare
+# interpreter gets the environment the broker gives its python command
+# (OPENBLAS_NUM_THREADS=1 ...). The client times include the client's own process
+# start. The warm pool's hits and misses over the run (from `status --json`) are
+# printed too: every warm sample should be a hit, or it was not a warm sample. The
+# pool refills in the background after each warm sample, during the samples that
+# follow (--settle waits for it, untimed, instead).
+#
+# Then sustained throughput with 2 concurrent callers: M runs in all, 2 parallel loops
+# of M/2 sequential runs each, of a bare 'print(1)' spawn, a cold exec, a warm exec
+# (the same brokers) and a warm exec against a short-lived pool of 2 without
+# preimport (every refill of the numpy pool imports numpy again), in runs/s, with the
+# pools' hits and misses. Last, the idle RSS of one warm jail with numpy preimported
+# (the warm broker's) and without (a short-lived dev broker with `--pool-size 1`).
+#
+# Usage: bench/warm_pool.sh [--python PATH] [-n N] [-m M] [--settle]
+#                           [--client PATH] [--broker PATH]
+#   --python  the brokers' interpreter, which must have numpy and the warm hook
+#             (default: $CODEJAIL_PYTHON, else the sandbox venv of
+#             scripts/setup-sandbox-venv.sh, /var/tmp/codejail-sandbox-venv/bin/python).
+#   -n        samples of each latency series (default: $N, else 50).
+#   -m        runs of each throughput series, split over the 2 callers (default: $M,
+#             else 200).
+#   --settle  after each warm latency sample, wait until the pool is full again.
+#   --client/--broker  binaries (default: target/release/… under $CARGO_TARGET_DIR
+#             or the repository's target/; codejail-jail must be next to the broker).
+# The brokers are always started here (no --socket): the benchmark needs one with a
+# pool and one without. Run as root, they run as root too: fine for a benchmark (they
+# never run programs as root).
+#
+# Build first: cargo build --release -p codejail-client -p codejail-broker -p codejail-jail
+
+set -euo pipefail
+
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init warm_pool
+m="${M:-200}"
+settle=false
+socket=""   # $CODEJAIL_SOCKET is not used: the brokers are started here
+args=()
+while (($#)); do
+    case "$1" in
+        -m) m="${2:?-m needs a number}"; shift 2 ;;
+        --settle) settle=true; shift ;;
+        --socket) die "--socket is not supported: this benchmark starts its own brokers (see --help)" ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+parse_bench_args "${args[@]+"${args[@]}"}"
+[[ "$m" =~ ^[1-9][0-9]*$ ]] && ((m >= 2)) || die "-m must be an integer >= 2, not '$m'"
+
+python="${python:-/var/tmp/codejail-sandbox-venv/bin/python}"
+[[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh or pass --python)"
+"$python" -E -B -c 'import numpy' 2>/dev/null || die "python '$python' cannot import numpy; pass one that can"
+require_client
+[[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help) or pass --broker"
+[[ -x "$(dirname "$broker")/codejail-jail" ]] || die "no codejail-jail next to the broker '$broker'; build it (see --help)"
+json_python=$(command -v python3 || echo "$python")
+
+make_tmpdir
+
+# Every broker started here, by name: pid, socket, log. cleanup (lib.sh's trap calls it
+# by name) stops them all.
+declare -A bpid=() bsock=()
+cleanup() {
+    local name
+    for name in "${!bpid[@]}"; do kill -TERM "${bpid[$name]}" 2>/dev/null || true; done
+    for name in "${!bpid[@]}"; do wait "${bpid[$name]}" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+
+# broker_fail NAME MESSAGE: the broker's log on stderr, then die.
+broker_fail() {
+    echo "--- $1 broker log ($tmp/$1.log) ---" >&2
+    cat "$tmp/$1.log" >&2 || true
+    die "$1 broker: $2"
+}
+
+# pool_field NAME FIELD...: the python pool's fields from NAME's `status --json`,
+# space-separated (null as "null"). Fails when there is no python pool.
+pool_field() {
+    local name=$1; shift
+    "$client" --socket "${bsock[$name]}" status --json 2>"$tmp/status.err" |
+        "$json_python" -c '
+import json, sys
+pool = json.load(sys.stdin)["pool"]["python"]
+print(" ".join("null" if pool[f] is None else str(pool[f]) for f in sys.argv[1:]))
+' "$@"
+}
+
+# start_broker NAME [BROKER-ARG...]: `codejail-broker --dev` on $tmp/NAME.sock with the
+# given extra arguments (log in $tmp/NAME.log), waiting up to 10 s for the socket and,
+# with a pool, up to 60 s more until the pool is full.
+start_broker() {
+    local name=$1; shift
+    local sock="$tmp/$name.sock"
+    "$broker" --dev --socket "$sock" --python "$python" "$@" >"$tmp/$name.log" 2>&1 &
+    bpid[$name]=$!
+    bsock[$name]=$sock
+    for _ in $(seq 100); do
+        [[ -S "$sock" ]] && break
+        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited at start"
+        sleep 0.1
+    done
+    [[ -S "$sock" ]] || broker_fail "$name" "no socket at $sock after 10 s"
+    [[ " $* " != *" --pool-size "* ]] || wait_pool_full "$name" 60
+}
+
+# wait_pool_full NAME SECONDS: poll NAME's status until its python pool is full.
+wait_pool_full() {
+    local name=$1 ready size
+    for _ in $(seq $(($2 * 100))); do
+        read -r ready size < <(pool_field "$name" ready size) ||
+            { cat "$tmp/status.err" >&2; broker_fail "$name" "status --json failed or has no python pool"; }
+        ((ready == size)) && return 0
+        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited while filling its pool"
+        sleep 0.01
+    done
+    broker_fail "$name" "pool not full after $2 s ($ready of $size ready)"
+}
+
+# stop_broker NAME
+stop_broker() {
+    kill -TERM "${bpid[$1]}" 2>/dev/null || true
+    wait "${bpid[$1]}" 2>/dev/null || true
+    unset "bpid[$1]"
+}
+
+start_broker cold
+start_broker warm --pool-size 2 --preimport numpy
+
+trivial='x = 1 + 1'
+numpy='import numpy; x = int(numpy.arange(10).sum())'
+
+# The broker's python environment (broker/src/config/commands.rs), without an extra exec.
+bare() {
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LC_ALL=C.UTF-8 \
+        "$python" -E -B -c "$1"
+}
+jailed() { local name=$1; shift; "$client" --socket "${bsock[$name]}" "$@"; }
+
+run_bare_print() { bare 'print(1)'; }
+run_cold_exec() { jailed cold exec -c 'print(1)'; }
+run_warm_exec() { jailed warm exec -c 'print(1)'; }
+run_cold_safe() { jailed cold safe-exec -c "$trivial"; }
+run_warm_safe() { jailed warm safe-exec -c "$trivial"; }
+run_bare_numpy() { bare "$numpy"; }
+run_cold_numpy() { jailed cold safe-exec -c "$numpy"; }
+run_warm_numpy() { jailed warm safe-exec -c "$numpy"; }
+
+whats=(bare_print cold_exec warm_exec cold_safe warm_safe bare_numpy cold_numpy warm_numpy)
+declare -A expected=(
+    [bare_print]=1 [cold_exec]=1 [warm_exec]=1
+    [cold_safe]='{"x": 2}' [warm_safe]='{"x": 2}'
+    [bare_numpy]='' [cold_numpy]='{"x": 45}' [warm_numpy]='{"x": 45}'
+)
+declare -A label=(
+    [bare_print]="bare: python -E -B -c 'print(1)'"
+    [cold_exec]="cold: exec -c 'print(1)'"
+    [warm_exec]="warm: exec -c 'print(1)'"
+    [cold_safe]="cold: safe-exec -c '$trivial'"
+    [warm_safe]="warm: safe-exec -c '$trivial'"
+    [bare_numpy]="bare: python -E -B -c 'import numpy; ...'"
+    [cold_numpy]="cold: safe-exec -c 'import numpy; ...'"
+    [warm_numpy]="warm: safe-exec -c 'import numpy; ...'"
+)
+# After a warm sample: with --settle, wait (untimed) until the pool has refilled, so the
+# refill does not overlap the samples that follow. Without it (the default) the cold
+# and bare samples between two warm ones give the pool time enough to refill (the
+# hits and misses printed show whether they did).
+settle() { if $settle; then wait_pool_full warm 10; fi; }
+
+# one WHAT I: run WHAT once into $tmp/out and $tmp/err; die on failure (I: the sample's
+# index, or "warm-up", for the message).
+one() {
+    "run_$1" >"$tmp/out" 2>"$tmp/err" || {
+        local rc=$?
+        cat "$tmp/out" "$tmp/err" >&2
+        die "$1 run $2 failed (exit $rc)"
+    }
+}
+
+read -r hits0 misses0 < <(pool_field warm hits misses) || die "status of the warm broker failed"
+
+# Warm-up (untimed), and a check of each output.
+for what in "${whats[@]}"; do
+    one "$what" warm-up
+    if [[ "$(cat "$tmp/out")" != "${expected[$what]}" ]]; then
+        cat "$tmp/out" "$tmp/err" >&2
+        die "warm-up run of $what printed the above, not '${expected[$what]}'"
+    fi
+    [[ "$what" != warm_* ]] || settle
+done
+
+declare -A samples=()
+for ((i = 0; i < n; i++)); do
+    for what in "${whats[@]}"; do
+        stamp; t0=$now
+        one "$what" "$i"
+        stamp; samples[$what]+="$((now - t0)) "
+        [[ "$what" != warm_* ]] || settle
+    done
+done
+
+read -r hits1 misses1 < <(pool_field warm hits misses) || die "status of the warm broker failed"
+lat_hits=$((hits1 - hits0))
+lat_misses=$((misses1 - misses0))
+
+declare -A p50=() p90=()
+for what in "${whats[@]}"; do
+    read -ra us <<<"${samples[$what]}"
+    read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
+done
+
+# ratio LABEL WHAT BARE [TARGET]: the ratio of WHAT's p50 to BARE's, and how it
+# compares with the target (">= X" or "<= X"), if any.
+ratio() {
+    awk -v l="$1" -v c="$2" -v b="$3" -v t="${4:-}" 'BEGIN {
+        if (b <= 0) { printf "  %-44s n/a (bare is 0)\n", l; exit }
+        r = c / b; s = ""
+        if (t != "") {
+            split(t, a, " "); ok = (a[1] == "<=") ? (r <= a[2]) : (r >= a[2])
+            s = sprintf("  (target %s: %s)", t, ok ? "met" : "NOT met")
+        }
+        printf "  %-44s %6.2f%s\n", l, r, s
+    }'
+}
+
+echo "warm pool: python $python, warm broker --pool-size 2 --preimport numpy, cold broker without pool"
+echo
+table_width=46
+echo "latency, $n interleaved samples each (ms):"
+print_table_row "" "p50 ms" "p90 ms"
+for what in "${whats[@]}"; do print_table_row "${label[$what]}" "${p50[$what]}" "${p90[$what]}"; done
+echo "ratios of p50s:"
+ratio "warm exec / bare" "${p50[warm_exec]}" "${p50[bare_print]}" "<= 0.3"
+ratio "warm safe-exec / bare" "${p50[warm_safe]}" "${p50[bare_print]}"
+ratio "warm numpy safe-exec / bare numpy" "${p50[warm_numpy]}" "${p50[bare_numpy]}" "<= 0.3"
+ratio "cold exec / bare" "${p50[cold_exec]}" "${p50[bare_print]}" "<= 1.3"
+ratio "cold safe-exec / bare" "${p50[cold_safe]}" "${p50[bare_print]}"
+ratio "cold numpy safe-exec / bare numpy" "${p50[cold_numpy]}" "${p50[bare_numpy]}"
+warm_runs=$((3 * n + 3))
+echo "warm pool over these runs ($warm_runs warm requests, warm-ups included): $lat_hits hits, $lat_misses misses"
+if ((lat_misses > 0 || lat_hits != warm_runs)); then
+    echo "  WARNING: not every warm request was a hit; the warm figures include cold runs"
+fi
+
+# Sustained throughput: 2 callers, each $((m / 2)) or so sequential runs of WHAT.
+# throughput WHAT: the runs/s into $rate.
+throughput() {
+    local what=$1 k pids=() c rc=0
+    stamp; t0=$now
+    for c in 0 1; do
+        k=$(( c == 0 ? m / 2 : m - m / 2 ))
+        (
+            for ((j = 0; j < k; j++)); do
+                "run_$what" >/dev/null 2>"$tmp/tput.$c.err" || { echo "run $j: exit $?" >>"$tmp/tput.$c.err"; exit 1; }
+            done
+        ) &
+        pids+=($!)
+    done
+    for c in 0 1; do wait "${pids[$c]}" || rc=1; done
+    stamp
+    if ((rc != 0)); then
+        cat "$tmp"/tput.*.err >&2
+        die "a throughput run of $what failed"
+    fi
+    rate=$(awk -v m="$m" -v us="$((now - t0))" 'BEGIN { printf "%.1f", m * 1e6 / us }')
+}
+
+# Besides the warm broker (whose every refill imports numpy again), a pool of the same
+# size without preimport: what the pool itself sustains.
+start_broker lean --pool-size 2
+wait_pool_full warm 10
+run_lean_exec() { jailed lean exec -c 'print(1)'; }
+declare -A tput=() tput_hits=() tput_misses=()
+for what in bare_print cold_exec warm_exec lean_exec; do
+    broker_name=${what%_exec}
+    [[ "$what" == warm_exec || "$what" == lean_exec ]] &&
+        { read -r hits0 misses0 < <(pool_field "$broker_name" hits misses) || die "status of the $broker_name broker failed"; }
+    throughput "$what"
+    tput[$what]=$rate
+    # The next series starts on a quiet machine, not during this one's refills.
+    [[ "$what" == bare_print || "$what" == cold_exec ]] || wait_pool_full "$broker_name" 10
+    if [[ "$what" == warm_exec || "$what" == lean_exec ]]; then
+        read -r hits1 misses1 < <(pool_field "$broker_name" hits misses) || die "status of the $broker_name broker failed"
+        tput_hits[$what]=$((hits1 - hits0))
+        tput_misses[$what]=$((misses1 - misses0))
+    fi
+done
+stop_broker lean
+
+echo
+echo "throughput, 2 concurrent callers, $m runs each ('print(1)'), runs/s:"
+printf '  %-44s %8s\n' "bare: python -E -B" "${tput[bare_print]}" "cold: exec" "${tput[cold_exec]}"
+printf '  %-44s %8s   (%s hits, %s misses)\n' \
+    "warm: exec (pool size 2, --preimport numpy)" "${tput[warm_exec]}" \
+    "${tput_hits[warm_exec]}" "${tput_misses[warm_exec]}" \
+    "warm: exec (pool size 2, no preimport)" "${tput[lean_exec]}" \
+    "${tput_hits[lean_exec]}" "${tput_misses[lean_exec]}"
+ratio "warm / bare (--preimport numpy)" "${tput[warm_exec]}" "${tput[bare_print]}" ">= 0.8"
+ratio "warm / bare (no preimport)" "${tput[lean_exec]}" "${tput[bare_print]}" ">= 0.8"
+ratio "cold / bare" "${tput[cold_exec]}" "${tput[bare_print]}"
+
+# Idle footprint of one warm jail: with numpy (the warm broker's), and without (a
+# short-lived broker with a pool of 1 and no preimport).
+read -r rss_numpy mem_numpy < <(pool_field warm idle_rss_kib idle_memory_bytes) || die "status of the warm broker failed"
+stop_broker warm
+stop_broker cold
+start_broker plain --pool-size 1
+read -r rss_plain mem_plain < <(pool_field plain idle_rss_kib idle_memory_bytes) || die "status of the plain broker failed"
+stop_broker plain
+
+mem() { if [[ "$1" == null ]]; then echo "n/a (no memory cgroup)"; else echo "$1 bytes"; fi; }
+echo
+echo "idle warm jail (status pool.python):"
+printf '  %-44s %8s KiB RSS, cgroup memory %s\n' \
+    "without preimport (--pool-size 1)" "$rss_plain" "$(mem "$mem_plain")" \
+    "with --preimport numpy" "$rss_numpy" "$(mem "$mem_numpy")"

@@ -1,0 +1,348 @@
+//! The warm pool end to end (`run::pool`, `jail/src/warm.rs`): a warm run is a cold run
+//! in every way a program can observe, its limits count from the hand-over, nothing of
+//! the hook or of another run is left for it to find, requests the pool cannot serve
+//! run cold, and `status` shows the pool. (The whole jail_code, safe_exec, confinement
+//! and robustness suites also run a second time with every broker pooled:
+//! `CODEJAIL_TEST_POOL`, scripts/test.sh.)
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use codejail_protocol::PoolStatus;
+use codejail_tests::{
+    bin, broker, py, python, text, with_limit, BrokerOpts, JailRequest, TestBroker,
+};
+
+fn pooled(size: u32, preimport: &[&str]) -> BrokerOpts {
+    let mut args = vec!["--pool-size".to_string(), size.to_string()];
+    for m in preimport {
+        args.push("--preimport".into());
+        args.push((*m).into());
+    }
+    BrokerOpts::new().args(args)
+}
+
+async fn pool_status(b: &TestBroker) -> PoolStatus {
+    let report = codejail_client::status(&b.cfg()).await.expect("status");
+    report.pool.get("python").cloned().unwrap_or_default()
+}
+
+/// Wait until the pool has a jail ready, so that the next run is warm.
+async fn wait_ready(b: &TestBroker) -> PoolStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pool_status(b).await;
+        if p.ready > 0 {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warm jail ready in 30 s; broker log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run `req` warm (checked by the pool's hit count).
+async fn run_warm(b: &TestBroker, req: &JailRequest) -> codejail_client::JailResult {
+    let before = wait_ready(b).await;
+    let res = b.run(req).await;
+    let after = pool_status(b).await;
+    assert_eq!(
+        after.hits,
+        before.hits + 1,
+        "the run was not served warm; log:\n{}",
+        b.log()
+    );
+    res
+}
+
+/// What a program shows of itself, its workdir name replaced by `WORKDIR`.
+fn normalised(res: &codejail_client::JailResult) -> (i32, String, String) {
+    let name = res
+        .workdir
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let clean = |b: &[u8]| text(b).replace(&name, "WORKDIR");
+    (res.status, clean(&res.stdout), clean(&res.stderr))
+}
+
+/// The same programs, cold and warm, show the same things: argv, cwd, `TMPDIR`,
+/// `sys.path[0]`, the environment, pids, uid, modules, tracebacks, exit codes, signals,
+/// flushing at exit, stdin, copied files, and no frame above the script.
+#[tokio::test]
+async fn warm_and_cold_runs_are_alike() {
+    let cold = broker!();
+    let warm = broker!(pooled(1, &[]));
+    let programs: Vec<(&str, JailRequest)> = vec![
+        ("identity", {
+            let mut r = py(r#"
+                import os, sys
+                print(sys.argv, sys.orig_argv[-3:], os.getcwd(), sys.path[0])
+                print(sorted(os.environ.items()))
+                print(os.getpid(), os.getppid(), os.getuid(), os.getgid(), __name__, __file__)
+                print(sorted(os.listdir('.')), os.listdir('tmp'))
+                print(sorted(sys.modules))
+                print(sys.flags.ignore_environment, sys.flags.dont_write_bytecode)
+                try:
+                    sys._getframe(1)
+                except ValueError as e:
+                    print('no caller:', e)
+            "#);
+            r.argv = vec!["one".into(), "two words".into()];
+            r
+        }),
+        ("traceback", py("def f():\n    raise KeyError('k')\nf()\n")),
+        ("exit code", py("import sys; print('out'); sys.exit(3)")),
+        ("signal", py("import os, signal; os.kill(os.getpid(), signal.SIGTERM)")),
+        ("flush at exit", py("import sys; sys.stdout.write('no newline'); sys.stderr.write('err')")),
+        ("stdin", {
+            let mut r = py("import sys; print(sys.stdin.read()[::-1])");
+            r.stdin = b"hello".to_vec();
+            r
+        }),
+        ("extra files", {
+            let mut r = py("import helper; print(helper.VALUE, open('data.txt').read())");
+            r.extra_files = vec![
+                ("helper.py".into(), b"VALUE = 42\n".to_vec()),
+                ("data.txt".into(), b"contents".to_vec()),
+            ];
+            r
+        }),
+        ("write in tmp", py("import os; open(os.environ['TMPDIR'] + '/f', 'w').write('x'); print(os.listdir(os.environ['TMPDIR']))")),
+    ];
+    for (what, req) in &programs {
+        let c = cold.run(req).await;
+        let w = run_warm(&warm, req).await;
+        assert_eq!(normalised(&w), normalised(&c), "{what}: warm vs cold");
+    }
+    assert!(
+        warm.log().contains("warm=true"),
+        "the journal records warm runs; log:\n{}",
+        warm.log()
+    );
+    assert!(cold.log().contains("warm=false"), "{}", cold.log());
+}
+
+/// From inside a warm run: the hook's socket and module are gone, no fd but stdio is
+/// open, the workspace's tmp/ is empty although the preimport wrote there, and a
+/// previous run's changes to a preimported module are not there (one jail, one run).
+#[tokio::test]
+async fn nothing_of_the_prelude_or_a_previous_run_is_left() {
+    // matplotlib writes its cache into MPLCONFIGDIR ($TMPDIR) when imported.
+    let b = broker!(pooled(1, &["numpy", "matplotlib"]));
+    let probe = py(r#"
+        import gc, os, socket, sys
+        open_fds = []
+        for fd in range(1024):
+            try:
+                os.fstat(fd)
+                open_fds.append(fd)
+            except OSError:
+                pass
+        try:
+            socket.socket(fileno=3)
+            sock = 'OPEN'
+        except OSError as e:
+            sock = e.errno
+        ours = [o for o in gc.get_objects()
+                if getattr(o, '__module__', None) == '_codejail_warm'
+                or getattr(o, '__name__', None) == '_codejail_warm']
+        import numpy
+        print(open_fds, sock, '_codejail_warm' in sys.modules, len(ours))
+        print(os.listdir(os.environ['TMPDIR']), 'numpy' in sys.modules, 'matplotlib' in sys.modules)
+        print(getattr(numpy, 'left_by_a_previous_run', 'clean'))
+        numpy.left_by_a_previous_run = 'dirty'
+        open(os.environ['TMPDIR'] + '/left', 'w').write('x')
+    "#);
+    for _ in 0..2 {
+        let res = run_warm(&b, &probe).await;
+        assert_eq!(
+            text(&res.stdout),
+            "[0, 1, 2] 9 False 0\n[] True True\nclean\n",
+            "stderr: {}",
+            text(&res.stderr)
+        );
+    }
+}
+
+/// CPU and the reported usage count from the hand-over: the preimports' CPU is not the
+/// caller's, and CPU=1 still ends a busy loop by SIGXCPU within RLIMIT_CPU's tolerance
+/// (the limit is moved by the CPU already used, rounded to the second).
+#[tokio::test]
+async fn limits_and_usage_count_from_the_hand_over() {
+    let b = broker!(pooled(1, &["numpy"]));
+    let res = run_warm(&b, &py("x = 1")).await;
+    assert_eq!(res.status, 0, "{}", text(&res.stderr));
+    let cpu = res.usage.cpu_user_ms + res.usage.cpu_sys_ms;
+    assert!(
+        cpu < 40,
+        "a warm `x = 1` used {cpu} ms of CPU: the preimports were counted"
+    );
+    let busy = with_limit(with_limit(py("while True: pass"), "CPU", 1), "REALTIME", 10);
+    let res = run_warm(&b, &busy).await;
+    assert_eq!(res.status, -24, "SIGXCPU; {res:?}\n{}", b.log());
+    assert_eq!(res.limit_hit.as_deref(), Some("CPU"));
+    let cpu = res.usage.cpu_user_ms + res.usage.cpu_sys_ms;
+    assert!((500..1600).contains(&cpu), "CPU=1 loop used {cpu} ms");
+    // A wall-clock limit counts from the hand-over too: the jail waited before it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let res = run_warm(
+        &b,
+        &with_limit(
+            py("import time; time.sleep(0.5); print('on time')"),
+            "REALTIME",
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(text(&res.stdout), "on time\n", "{:?}", res.limit_hit);
+    // The request's other limits hold in the warm jail as in a cold one.
+    // (CPython ignores SIGXFSZ: the write fails with EFBIG.)
+    let fsize = py("f = open('tmp/f', 'w', buffering=1)\nf.write('x' * 100 + '\\n')");
+    let res = run_warm(&b, &with_limit(fsize, "FSIZE", 10)).await;
+    assert_eq!(res.status, 1, "FSIZE: {}", text(&res.stderr));
+    assert!(
+        text(&res.stderr).contains("File too large"),
+        "{}",
+        text(&res.stderr)
+    );
+    let forks = py(r#"
+        import os, time
+        for _ in range(10):
+            if os.fork() == 0:
+                time.sleep(5)
+                os._exit(0)
+    "#);
+    let res = run_warm(&b, &with_limit(forks, "NPROC", 3)).await;
+    assert!(
+        text(&res.stderr).contains("BlockingIOError"),
+        "NPROC: {}",
+        text(&res.stderr)
+    );
+}
+
+/// A request the pool cannot serve runs cold, never fails for it: argv only (no
+/// code), or a VMEM below the warm jail's footprint plus the margin.
+#[tokio::test]
+async fn requests_the_pool_cannot_serve_run_cold() {
+    let b = broker!(pooled(1, &["numpy"]));
+    let before = wait_ready(&b).await;
+    let mut argv_only = JailRequest {
+        command: "python".into(),
+        argv: vec!["script.py".into(), "x".into()],
+        ..JailRequest::default()
+    };
+    argv_only.extra_files = vec![("script.py".into(), b"import sys; print(sys.argv)".to_vec())];
+    let res = b.run(&argv_only).await;
+    assert_eq!(
+        text(&res.stdout),
+        "['script.py', 'x']\n",
+        "{}",
+        text(&res.stderr)
+    );
+    let res = b
+        .run(&with_limit(py("print('small')"), "VMEM", 80 << 20))
+        .await;
+    assert_eq!(text(&res.stdout), "small\n", "{}", text(&res.stderr));
+    let after = pool_status(&b).await;
+    assert_eq!((after.hits, after.misses), (before.hits, before.misses + 2));
+}
+
+/// `status` shows each pool: size, ready, preimports, hits, misses, idle memory.
+#[tokio::test]
+async fn status_shows_the_pool() {
+    let b = broker!(pooled(2, &["numpy"]));
+    let p = wait_ready(&b).await;
+    assert_eq!(p.size, 2);
+    assert_eq!(p.preimport, ["numpy"]);
+    assert!(
+        p.idle_rss_kib > 15_000,
+        "numpy imported: {} KiB",
+        p.idle_rss_kib
+    );
+    if b.cgroup_parents().is_none() {
+        assert_eq!(p.idle_memory_bytes, None, "no memory cgroup in dev");
+    }
+    let out = std::process::Command::new(bin("codejail-client"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["status", "--json"])
+        .output()
+        .expect("client");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pool = &json["pool"]["python"];
+    for key in [
+        "size",
+        "ready",
+        "preimport",
+        "hits",
+        "misses",
+        "idle_rss_kib",
+        "idle_memory_bytes",
+    ] {
+        assert!(
+            pool.get(key).is_some(),
+            "status --json pool lacks {key}: {json}"
+        );
+    }
+    let table = std::process::Command::new(bin("codejail-client"))
+        .arg("--socket")
+        .arg(b.socket())
+        .arg("status")
+        .output()
+        .expect("client");
+    assert!(
+        text(&table.stdout).contains("warm python: "),
+        "{}",
+        text(&table.stdout)
+    );
+}
+
+/// In production shape a warm jail has its own uid from the range and its own cgroup,
+/// taken when it is built, and its run is as confined as a cold one.
+#[tokio::test]
+async fn production_warm_runs_have_their_own_uid_and_cgroup() {
+    let b = broker!(pooled(1, &[]).production_shape());
+    let res = run_warm(&b, &py("import os; print(os.getuid())")).await;
+    assert_eq!(text(&res.stdout), "1000\n", "{}", text(&res.stderr));
+    assert!(
+        res.usage.peak_memory_bytes.is_some(),
+        "the warm run's cgroup recorded its memory"
+    );
+    let range = b.run_ids().expect("run ids");
+    let log = b.log();
+    let uid = log
+        .lines()
+        .filter(|l| l.contains("run ended") && l.contains("warm=true"))
+        .find_map(|l| {
+            l.split("run_uid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("a warm run's journal line with its uid");
+    assert!(range.contains(&uid), "warm run uid {uid} outside {range:?}");
+}
+
+/// A pool whose interpreter lacks the start-up hook refuses to start, saying so.
+#[test]
+fn a_pool_without_the_hook_fails_start_up() {
+    // /usr/bin/python3 has no hook installed (only the sandbox venv does).
+    assert_ne!(python(), std::path::Path::new("/usr/bin/python3"));
+    let Some((status, output)) =
+        TestBroker::start_expecting_failure(pooled(1, &[]).python("/usr/bin/python3"))
+    else {
+        return;
+    };
+    assert!(!status.success());
+    assert!(
+        output.contains("warm pool of python") && output.contains("setup-sandbox-venv"),
+        "{output}"
+    );
+}
