@@ -183,6 +183,18 @@ pub fn pidfd_kill(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Append to `buf` what can be read from the non-blocking `fd` now, at most `max`
+/// bytes (a pipe tokio already set `O_NONBLOCK` on).
+pub fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < max {
+        match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n.min(max - buf.len())]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,17 +219,5 @@ mod tests {
         // Far above anything a test process has open.
         let e = adopt_inherited_fd(987_654).expect_err("not open");
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
-    }
-}
-
-/// Append to `buf` what can be read from the non-blocking `fd` now, at most `max`
-/// bytes (a pipe tokio already set `O_NONBLOCK` on).
-pub fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) {
-    let mut chunk = [0u8; 4096];
-    while buf.len() < max {
-        match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n.min(max - buf.len())]),
-        }
     }
 }
