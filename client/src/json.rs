@@ -85,7 +85,7 @@ pub fn status_report(s: &StatusReport) -> Value {
 #[allow(clippy::expect_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-    use codejail_protocol::{CommandInfo, Layer, LayerState, Load, Mode, Usage};
+    use codejail_protocol::{CommandInfo, Layer, LayerState, Load, Mode, PoolStatus, Usage};
 
     fn keys(v: &Value) -> Vec<&str> {
         let mut k: Vec<&str> = v
@@ -181,7 +181,20 @@ mod tests {
                 max_running: 3,
                 max_queue: 4,
             },
-            pool: Default::default(),
+            pool: [(
+                "python".to_string(),
+                PoolStatus {
+                    size: 2,
+                    ready: 1,
+                    preimport: vec!["numpy".into()],
+                    hits: 5,
+                    misses: 1,
+                    idle_rss_kib: 31000,
+                    idle_memory_bytes: None,
+                },
+            )]
+            .into_iter()
+            .collect(),
             commands: [(
                 "python".to_string(),
                 CommandInfo {
@@ -201,11 +214,17 @@ mod tests {
                 "layers",
                 "load",
                 "mode",
+                "pool",
                 "protocol_version"
             ]
         );
         assert_eq!(v["mode"], json!("dev"));
         assert_eq!(v["protocol_version"], json!(1));
+        assert_eq!(
+            v["pool"],
+            json!({"python": {"size": 2, "ready": 1, "preimport": ["numpy"], "hits": 5,
+                "misses": 1, "idle_rss_kib": 31000, "idle_memory_bytes": null}})
+        );
         assert_eq!(
             v["layers"],
             json!({"landlock": {"state": "partial", "required": true, "detail": "ABI 3"}})

@@ -294,7 +294,8 @@ async fn status_exit_codes_and_json_shape() {
                 "seccomp": {"state": "unavailable", "required": false, "detail": "detail text"}
             },
             "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16},
-            "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}}
+            "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}},
+            "pool": {}
         })
     );
 

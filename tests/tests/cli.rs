@@ -379,10 +379,12 @@ fn status_json_shape_and_exit_code() {
             "layers",
             "load",
             "mode",
+            "pool",
             "protocol_version"
         ],
         "{obj:?}"
     );
+    assert_eq!(obj["pool"], serde_json::json!({}), "no pool configured");
     let commands = obj["commands"].as_object().expect("commands is an object");
     let python = commands["python"]
         .as_object()
