@@ -85,6 +85,10 @@ pub struct DevFlags {
     /// `[pool.python] preimport`).
     #[arg(long = "preimport", value_name = "MODULE", requires = "dev")]
     pub preimport: Vec<String>,
+    /// Dev: seconds a warm jail may wait before it is replaced (config `[pool.python]
+    /// max_age_secs`).
+    #[arg(long, value_name = "SECS", requires = "dev")]
+    pub pool_max_age_secs: Option<u64>,
 }
 
 impl DevFlags {
@@ -157,13 +161,13 @@ fn dev_config(cli: &DevFlags) -> anyhow::Result<FileConfig> {
             allow_exec: cli.allow_exec.then_some(true),
         },
     );
-    if cli.pool_size.is_some() || !cli.preimport.is_empty() {
+    if cli.pool_size.is_some() || !cli.preimport.is_empty() || cli.pool_max_age_secs.is_some() {
         cfg.pool.insert(
             "python".into(),
             PoolConfig {
                 size: Some(cli.pool_size.unwrap_or(1)),
                 preimport: cli.preimport.clone(),
-                max_age_secs: None,
+                max_age_secs: cli.pool_max_age_secs,
             },
         );
     }

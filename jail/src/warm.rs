@@ -13,10 +13,11 @@
 //!    workdir), empties `tmp/` (an import may have written a cache there), caps the
 //!    workspace tmpfs, writes the files exactly as a cold run's init does, and lowers
 //!    the program's rlimits to the request's with prlimit(2).
-//! 3. The init sends `go` and the script's arguments, and shuts its side down; the
-//!    hook sets `sys.argv`, answers `ack <user µs> <system µs>` (the CPU used before the
-//!    hand-over, which is not the caller's and is taken off the reported usage), closes
-//!    fd 3, removes itself, and CPython runs `jailed_code` as `__main__`.
+//! 3. The init reads the program's CPU clock (the CPU used before the hand-over is not
+//!    the caller's: it is taken off the reported usage), sends `go` and the script's
+//!    arguments, and shuts its side down; the hook sets `sys.argv`, answers
+//!    `ack <user µs> <system µs>` (its `os.times()`, which only splits the clock's
+//!    total), closes fd 3, and CPython runs `jailed_code` as `__main__`.
 //!
 //! `RLIMIT_CPU` counts whole seconds of the process's life, so a limit of n seconds
 //! is set to n + round(CPU used so far): the program gets n seconds of its own to
@@ -62,6 +63,8 @@ pub(crate) struct Warm {
     /// The hand-over pipe from the broker, until the hand-over has been read.
     handover: Option<File>,
     state: State,
+    /// CPU the program had used when it was released (its CPU clock, exact).
+    used: std::time::Duration,
     /// CPU (user, system) µs the program used before the hand-over.
     before: (u64, u64),
 }
@@ -109,6 +112,7 @@ impl Warm {
             sock,
             handover: Some(handover),
             state: State::Starting,
+            used: std::time::Duration::ZERO,
             before: (0, 0),
         })
     }
@@ -219,6 +223,7 @@ impl Warm {
         let used = super::sys::process_cpu_time(program)
             .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;
         apply_rlimits_to(program, &run.limits, used)?;
+        self.used = used;
         self.sock
             .write_all(&message)
             .map_err(|e| JailError::Warm(format!("releasing the interpreter: {e}")))?;
@@ -231,15 +236,21 @@ impl Warm {
         self.state = State::Running;
         let line = read_line(&mut self.sock)?;
         let mut words = line.split(' ');
-        let parsed = match (words.next(), words.next(), words.next(), words.next()) {
-            (Some("ack"), Some(user), Some(system), None) => {
-                user.parse().ok().zip(system.parse().ok())
-            }
-            _ => None,
-        };
-        self.before = parsed.ok_or_else(|| {
+        let parsed: Option<(u64, u64)> =
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("ack"), Some(user), Some(system), None) => {
+                    user.parse().ok().zip(system.parse().ok())
+                }
+                _ => None,
+            };
+        let (_, system) = parsed.ok_or_else(|| {
             JailError::Warm(format!("the interpreter acknowledged with {line:?}"))
         })?;
+        // The total is the CPU clock's at the release (exact); the hook's os.times()
+        // (clock ticks) only splits it into user and system time.
+        let total = u64::try_from(self.used.as_micros()).unwrap_or(u64::MAX);
+        let system = u64::min(system, total);
+        self.before = (total - system, system);
         Ok(())
     }
 }

@@ -330,6 +330,28 @@ async fn production_warm_runs_have_their_own_uid_and_cgroup() {
     assert!(range.contains(&uid), "warm run uid {uid} outside {range:?}");
 }
 
+/// A warm jail that waits longer than the pool's maximum age is replaced by a fresh
+/// one, unused; runs keep being served.
+#[tokio::test]
+async fn warm_jails_past_their_max_age_are_replaced() {
+    let b = broker!(pooled(1, &[]).args(["--pool-max-age-secs", "1"]));
+    wait_ready(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.log().contains("warm jails retired unused") {
+        assert!(
+            Instant::now() < deadline,
+            "no jail retired; log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (Served warm or, if it lands just as its jail ages out, cold: either way served.)
+    let res = b.run(&py("print('fresh')")).await;
+    assert_eq!(text(&res.stdout), "fresh\n", "{}", text(&res.stderr));
+    let p = pool_status(&b).await;
+    assert_eq!(p.hits + p.misses, 1, "{p:?}");
+}
+
 /// A pool whose interpreter lacks the start-up hook refuses to start, saying so.
 #[test]
 fn a_pool_without_the_hook_fails_start_up() {

@@ -357,12 +357,20 @@ impl Pools {
     fn take_expired(&self, all: bool) -> Vec<WarmJail> {
         let mut pools = self.lock();
         let mut expired = Vec::new();
-        for pool in pools.values_mut() {
+        for (command, pool) in pools.iter_mut() {
             let max_age = pool.spec.max_age;
             let (old, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut pool.ready)
                 .into_iter()
                 .partition(|j| all || j.built.elapsed() > max_age);
             pool.ready = keep;
+            if !all && !old.is_empty() {
+                tracing::info!(
+                    command,
+                    retired = old.len(),
+                    ?max_age,
+                    "warm jails retired unused: older than the pool's max_age_secs"
+                );
+            }
             expired.extend(old);
         }
         expired
