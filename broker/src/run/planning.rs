@@ -70,7 +70,7 @@ pub fn page_round(n: usize) -> u64 {
 const WORKDIR_CHARS: &[u8; 37] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
 
 /// A fresh run directory name, `codejail-` and 8 random characters of
-/// [`WORKDIR_CHARS`], as upstream's (its callers' tests match
+/// `WORKDIR_CHARS`, as upstream's (its callers' tests match
 /// `/tmp/codejail-[0-9a-zA-Z_]+/`). Unpredictable, from the kernel's CSPRNG: the name
 /// is all that keeps one run from guessing another's directory (codejail-service's
 /// process-table tests).
