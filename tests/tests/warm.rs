@@ -352,6 +352,72 @@ async fn warm_jails_past_their_max_age_are_replaced() {
     assert_eq!(p.hits + p.misses, 1, "{p:?}");
 }
 
+/// The broker's child processes (its stages: runs and warm jails), from every thread.
+fn broker_children(b: &TestBroker) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", b.pid())).expect("tasks");
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// A warm jail killed while it waits (its stage, and with it its init and interpreter)
+/// is not used: the request runs cold, and the pool builds a new one.
+#[tokio::test]
+async fn a_warm_jail_that_died_while_waiting_is_not_used() {
+    let b = broker!(pooled(1, &[]));
+    let before = wait_ready(&b).await;
+    let stages = broker_children(&b);
+    assert_eq!(stages.len(), 1, "one warm jail's stage: {stages:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stages[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the stage");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{}/stat", stages[0])).exists()
+        && std::fs::read_to_string(format!("/proc/{}/stat", stages[0]))
+            .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the stage did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = b.run(&py("print('served')")).await;
+    assert_eq!(text(&res.stdout), "served\n", "{}", text(&res.stderr));
+    let after = pool_status(&b).await;
+    assert_eq!(
+        (after.hits, after.misses),
+        (before.hits, before.misses + 1),
+        "the dead jail was not used"
+    );
+    let res = run_warm(&b, &py("print('warm again')")).await;
+    assert_eq!(text(&res.stdout), "warm again\n");
+}
+
+/// SIGTERM with a pool: the broker retires its warm jails and exits 0, leaving no
+/// process and (production shape) no cgroup behind.
+#[tokio::test]
+async fn shutdown_retires_the_warm_jails() {
+    let mut b = broker!(pooled(2, &[]).production_shape());
+    let p = wait_ready(&b).await;
+    assert!(p.ready >= 1);
+    let status = b.terminate_within(Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?}; log:\n{}", b.log());
+    assert!(
+        codejail_tests::wait_until(Duration::from_secs(5), || b.stray_processes().is_empty()),
+        "left: {:?}",
+        b.stray_processes()
+    );
+    if let Some(parents) = b.cgroup_parents() {
+        assert_eq!(parents.leftover_runs(), Vec::<std::path::PathBuf>::new());
+    }
+}
+
 /// A pool whose interpreter lacks the start-up hook refuses to start, saying so.
 #[test]
 fn a_pool_without_the_hook_fails_start_up() {

@@ -42,6 +42,8 @@ pub const MEMORY_MARGIN: u64 = 32 << 20;
 /// Wait after a failed build, doubled per failure in a row up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long builds in flight may take to finish at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the refill task looks at the pools without being woken.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -605,10 +607,19 @@ pub async fn refill(shared: Arc<Shared>, stop: CancellationToken) {
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    // Builds in flight are dropped (their stage is killed, their cgroup and uid given
-    // back by the guards' drop); ready jails are retired properly.
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    // Builds in flight finish (briefly: a build takes tens of milliseconds) and their
+    // jails are retired with the rest, so that each one's cgroup and uid are given
+    // back properly; one that hangs is dropped after the grace (its guard's drop then
+    // kills it and tries once to remove its cgroup; the next start-up sweeps the rest).
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("warm jail builds still running at shutdown; dropped");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
     for jail in shared.pools.take_expired(true) {
         jail.retire().await;
     }
