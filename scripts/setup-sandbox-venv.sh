@@ -39,6 +39,9 @@ install_hook() {
     site=$("$dir/bin/python" -E -B -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     install -m 0644 "$repo/jail/warm/_codejail_warm.py" "$site/_codejail_warm.py"
     install -m 0644 "$repo/jail/warm/zz-codejail-warm.pth" "$site/zz-codejail-warm.pth"
+    # Compiled now: the jail runs with -B (reads bytecode, never writes it).
+    "$dir/bin/python" -E -m py_compile "$site/_codejail_warm.py"
+    chmod -R a+rX "$site/__pycache__"
 }
 
 if [ -x "$dir/bin/python" ] && "$dir/bin/python" -E -B -c 'import sys' 2>/dev/null \

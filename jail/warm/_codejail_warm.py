@@ -1,10 +1,10 @@
 # codejail's warm-start hook: inert unless the jail hands this interpreter fd 3.
 #
 # scripts/setup-sandbox-venv.sh installs it in the sandbox venv's site-packages with
-# zz-codejail-warm.pth ("import _codejail_warm"), so `site` runs it at every start of
-# that interpreter, after the other .pth files. In a cold run fd 3 is never open (the
-# jail closes every fd above 2 at exec): the module removes itself and start-up goes
-# on untouched.
+# zz-codejail-warm.pth, which `site` runs at every start of that interpreter, after the
+# other .pth files: it imports this module only when fd 3 is a socket (in a cold run fd
+# 3 is the .pth file itself, being read: the jail closes every fd above 2 at exec), so
+# a cold start pays one fstat, and takes it out of sys.modules once imported.
 #
 # In a warm jail (jail/src/warm.rs) fd 3 is a socket to the run's init. The init sends
 # the modules to import; they are imported, "ready" is answered, and the interpreter
@@ -60,4 +60,3 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
 for _cj_key in [k for k in globals() if k.startswith("_cj_")]:
     del globals()[_cj_key]
 del _cj_key
-# zz-codejail-warm.pth takes this module out of sys.modules once its import is done.
