@@ -21,12 +21,15 @@
 # pool refills in the background after each warm sample, during the samples that
 # follow (--settle waits for it, untimed, instead).
 #
+# The warm 'print(1)' and 'x = 1 + 1' run on a pool without preimport (lean), the warm
+# numpy code on one with numpy preimported: a pool is configured for the code it serves
+# (an interpreter with numpy loaded spends ~10 ms more at exit).
+#
 # Then sustained throughput with 2 concurrent callers: M runs in all, 2 parallel loops
-# of M/2 sequential runs each, of a bare 'print(1)' spawn, a cold exec, a warm exec
-# (the same brokers) and a warm exec against a short-lived pool of 2 without
-# preimport (every refill of the numpy pool imports numpy again), in runs/s, with the
-# pools' hits and misses. Last, the idle RSS of one warm jail with numpy preimported
-# (the warm broker's) and without (a short-lived dev broker with `--pool-size 1`).
+# of M/2 sequential runs each, of a bare 'print(1)' spawn, a cold exec, and a warm
+# exec on each pool (every refill of the numpy pool imports numpy again), in runs/s,
+# with the pools' hits and misses. Last, the idle RSS of one warm jail with numpy preimported
+# (the numpy broker's) and without (a short-lived dev broker with `--pool-size 1`).
 #
 # Usage: bench/warm_pool.sh [--python PATH] [-n N] [-m M] [--settle]
 #                           [--client PATH] [--broker PATH]
@@ -143,6 +146,7 @@ stop_broker() {
 }
 
 start_broker cold
+start_broker lean --pool-size 2
 start_broker warm --pool-size 2 --preimport numpy
 
 trivial='x = 1 + 1'
@@ -157,9 +161,9 @@ jailed() { local name=$1; shift; "$client" --socket "${bsock[$name]}" "$@"; }
 
 run_bare_print() { bare 'print(1)'; }
 run_cold_exec() { jailed cold exec -c 'print(1)'; }
-run_warm_exec() { jailed warm exec -c 'print(1)'; }
+run_warm_exec() { jailed lean exec -c 'print(1)'; }
 run_cold_safe() { jailed cold safe-exec -c "$trivial"; }
-run_warm_safe() { jailed warm safe-exec -c "$trivial"; }
+run_warm_safe() { jailed lean safe-exec -c "$trivial"; }
 run_bare_numpy() { bare "$numpy"; }
 run_cold_numpy() { jailed cold safe-exec -c "$numpy"; }
 run_warm_numpy() { jailed warm safe-exec -c "$numpy"; }
@@ -173,18 +177,18 @@ declare -A expected=(
 declare -A label=(
     [bare_print]="bare: python -E -B -c 'print(1)'"
     [cold_exec]="cold: exec -c 'print(1)'"
-    [warm_exec]="warm: exec -c 'print(1)'"
+    [warm_exec]="warm (no preimport): exec -c 'print(1)'"
     [cold_safe]="cold: safe-exec -c '$trivial'"
-    [warm_safe]="warm: safe-exec -c '$trivial'"
+    [warm_safe]="warm (no preimport): safe-exec -c '$trivial'"
     [bare_numpy]="bare: python -E -B -c 'import numpy; ...'"
     [cold_numpy]="cold: safe-exec -c 'import numpy; ...'"
-    [warm_numpy]="warm: safe-exec -c 'import numpy; ...'"
+    [warm_numpy]="warm (numpy): safe-exec -c 'import numpy; ...'"
 )
 # After a warm sample: with --settle, wait (untimed) until the pool has refilled, so the
 # refill does not overlap the samples that follow. Without it (the default) the cold
 # and bare samples between two warm ones give the pool time enough to refill (the
 # hits and misses printed show whether they did).
-settle() { if $settle; then wait_pool_full warm 10; fi; }
+settle() { if $settle; then wait_pool_full lean 10; wait_pool_full warm 10; fi; }
 
 # one WHAT I: run WHAT once into $tmp/out and $tmp/err; die on failure (I: the sample's
 # index, or "warm-up", for the message).
@@ -196,7 +200,14 @@ one() {
     }
 }
 
-read -r hits0 misses0 < <(pool_field warm hits misses) || die "status of the warm broker failed"
+# pool_counts: hits and misses of both pools, summed.
+pool_counts() {
+    local h1 m1 h2 m2
+    read -r h1 m1 < <(pool_field lean hits misses) || die "status of the lean broker failed"
+    read -r h2 m2 < <(pool_field warm hits misses) || die "status of the warm broker failed"
+    echo "$((h1 + h2)) $((m1 + m2))"
+}
+read -r hits0 misses0 < <(pool_counts)
 
 # Warm-up (untimed), and a check of each output.
 for what in "${whats[@]}"; do
@@ -218,7 +229,7 @@ for ((i = 0; i < n; i++)); do
     done
 done
 
-read -r hits1 misses1 < <(pool_field warm hits misses) || die "status of the warm broker failed"
+read -r hits1 misses1 < <(pool_counts)
 lat_hits=$((hits1 - hits0))
 lat_misses=$((misses1 - misses0))
 
@@ -242,7 +253,7 @@ ratio() {
     }'
 }
 
-echo "warm pool: python $python, warm broker --pool-size 2 --preimport numpy, cold broker without pool"
+echo "warm pool: python $python; brokers: cold (no pool), lean (--pool-size 2), numpy (--pool-size 2 --preimport numpy)"
 echo
 table_width=46
 echo "latency, $n interleaved samples each (ms):"
@@ -284,21 +295,23 @@ throughput() {
     rate=$(awk -v m="$m" -v us="$((now - t0))" 'BEGIN { printf "%.1f", m * 1e6 / us }')
 }
 
-# Besides the warm broker (whose every refill imports numpy again), a pool of the same
-# size without preimport: what the pool itself sustains.
-start_broker lean --pool-size 2
+# The lean pool (what the pool itself sustains) and the numpy one (whose every refill
+# imports numpy again).
+wait_pool_full lean 10
 wait_pool_full warm 10
 run_lean_exec() { jailed lean exec -c 'print(1)'; }
+run_npool_exec() { jailed warm exec -c 'print(1)'; }
 declare -A tput=() tput_hits=() tput_misses=()
-for what in bare_print cold_exec warm_exec lean_exec; do
-    broker_name=${what%_exec}
-    [[ "$what" == warm_exec || "$what" == lean_exec ]] &&
+declare -A pool_of=([lean_exec]=lean [npool_exec]=warm)
+for what in bare_print cold_exec npool_exec lean_exec; do
+    broker_name=${pool_of[$what]:-}
+    [[ -z "$broker_name" ]] ||
         { read -r hits0 misses0 < <(pool_field "$broker_name" hits misses) || die "status of the $broker_name broker failed"; }
     throughput "$what"
     tput[$what]=$rate
-    # The next series starts on a quiet machine, not during this one's refills.
-    [[ "$what" == bare_print || "$what" == cold_exec ]] || wait_pool_full "$broker_name" 10
-    if [[ "$what" == warm_exec || "$what" == lean_exec ]]; then
+    if [[ -n "$broker_name" ]]; then
+        # The next series starts on a quiet machine, not during this one's refills.
+        wait_pool_full "$broker_name" 10
         read -r hits1 misses1 < <(pool_field "$broker_name" hits misses) || die "status of the $broker_name broker failed"
         tput_hits[$what]=$((hits1 - hits0))
         tput_misses[$what]=$((misses1 - misses0))
@@ -310,11 +323,11 @@ echo
 echo "throughput, 2 concurrent callers, $m runs each ('print(1)'), runs/s:"
 printf '  %-44s %8s\n' "bare: python -E -B" "${tput[bare_print]}" "cold: exec" "${tput[cold_exec]}"
 printf '  %-44s %8s   (%s hits, %s misses)\n' \
-    "warm: exec (pool size 2, --preimport numpy)" "${tput[warm_exec]}" \
-    "${tput_hits[warm_exec]}" "${tput_misses[warm_exec]}" \
+    "warm: exec (pool size 2, --preimport numpy)" "${tput[npool_exec]}" \
+    "${tput_hits[npool_exec]}" "${tput_misses[npool_exec]}" \
     "warm: exec (pool size 2, no preimport)" "${tput[lean_exec]}" \
     "${tput_hits[lean_exec]}" "${tput_misses[lean_exec]}"
-ratio "warm / bare (--preimport numpy)" "${tput[warm_exec]}" "${tput[bare_print]}" ">= 0.8"
+ratio "warm / bare (--preimport numpy)" "${tput[npool_exec]}" "${tput[bare_print]}" ">= 0.8"
 ratio "warm / bare (no preimport)" "${tput[lean_exec]}" "${tput[bare_print]}" ">= 0.8"
 ratio "cold / bare" "${tput[cold_exec]}" "${tput[bare_print]}"
 
