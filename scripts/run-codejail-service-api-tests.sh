@@ -4,7 +4,8 @@
 #
 #   scripts/run-codejail-service-api-tests.sh PATH-TO-CODEJAIL-SERVICE-CHECKOUT [PYTEST-ARGS...]
 #
-# Starts `codejail-broker --dev` with a typical deployment's limits (CPU 3, REALTIME 3,
+# Starts `codejail-broker --dev` (plus $CODEJAIL_BROKER_ARGS, e.g. "--pool-size 2
+# --preimport numpy" for a warm pool) with a typical deployment's limits (CPU 3, REALTIME 3,
 # VMEM 512 MiB, FSIZE 10 MiB, NPROC 15) on a temporary socket, and a codejail-http on
 # an ephemeral loopback port in front of it; waits until /health/ is 200 (its safety
 # checks passed); runs pytest on CHECKOUT/api_tests with API_TEST_SERVICE_BASE pointing
@@ -87,7 +88,7 @@ log "codejail-broker --dev (CPU 3, REALTIME 3, VMEM 512 MiB, FSIZE 10 MiB, NPROC
     --python "$sandbox_python" --allow-uid "$me" \
     --default CPU=3 --default REALTIME=3 --default VMEM=536870912 \
     --default FSIZE=10485760 --default NPROC=15 --max-running 2 --max-queue 16 \
-    >"$work/broker.log" 2>&1) &
+    ${CODEJAIL_BROKER_ARGS:-} >"$work/broker.log" 2>&1) &
 broker_pid=$!
 for _ in $(seq 200); do
     [ -S "$socket" ] && break
@@ -151,6 +152,12 @@ total, failed, errors, skipped = (int(s.get(k, 0)) for k in ("tests", "failures"
 print(f"codejail-service api_tests against codejail-http: {total - failed - errors - skipped} passed, "
       f"{failed} failed, {errors} errors, {skipped} skipped (of {total})")
 PY
+# With a warm pool: how many of the runs it served.
+"$bins/codejail-client" --socket "$socket" status --json 2>/dev/null | "$venv/bin/python" -c '
+import json, sys
+for name, p in json.load(sys.stdin).get("pool", {}).items():
+    print("warm pool %s: %d runs served warm, %d cold" % (name, p["hits"], p["misses"]))
+' || true
 if [ "$rc" != 0 ]; then
     log "codejail-http log tail:"; tail -n 20 "$work/http.log" >&2
 fi

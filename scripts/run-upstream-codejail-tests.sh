@@ -93,8 +93,10 @@ sandbox_venv=$(dirname "$(dirname "$sandbox_python")")
 bins=${CARGO_TARGET_DIR:-$repo/target}/debug
 socket=$work/broker/b.sock
 mkdir "$work/broker"
+# $CODEJAIL_BROKER_ARGS: more broker arguments, e.g. "--pool-size 2" for a warm pool.
+# shellcheck disable=SC2206
 broker_cmd=("$bins/codejail-broker" --dev --socket "$socket" --python "$sandbox_python"
-            --allow-uid "$(id -u)")
+            --allow-uid "$(id -u)" ${CODEJAIL_BROKER_ARGS:-})
 if [ "$(id -u)" = 0 ]; then
     uid=219999
     if ! setpriv --reuid=$uid --regid=$uid --clear-groups test -x "$bins/codejail-broker"; then
