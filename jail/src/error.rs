@@ -75,6 +75,9 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
+    /// Opening `/dev/null` or putting it on the stage's or the init's stdio failed.
+    #[error("/dev/null for the stage's and the init's stdio")]
+    OpenNull(#[source] io::Error),
     /// A step of a warm jail's protocol with its interpreter failed (`warm`).
     #[error("warm jail: {0}")]
     Warm(String),
@@ -258,6 +261,7 @@ impl JailError {
             JailError::UnshareNamespaces(_) => "unshare namespaces",
             JailError::SetHostname { .. } => "set hostname",
             JailError::CreateLifeline(_) => "create lifeline",
+            JailError::OpenNull(_) => "stdio to /dev/null",
             JailError::Warm(_) => "warm jail",
             JailError::Preimport(_) => "preimport",
             JailError::Fork { what, .. } => return format!("fork {what}"),

@@ -41,6 +41,8 @@ pub(crate) struct InitContext<'a> {
     pub(crate) control: File,
     /// A warm jail's hand-over pipe from the broker.
     pub(crate) handover: Option<File>,
+    /// `/dev/null`, to put on the init's stdio once the program holds the run's.
+    pub(crate) null: &'a File,
     /// The read end of the lifeline: a pipe that hangs up when the stage is gone.
     pub(crate) lifeline_read: OwnedFd,
     /// The init's copy of the lifeline's write end, closed first thing so that only
@@ -70,6 +72,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         spec,
         control,
         handover,
+        null,
         lifeline_read,
         lifeline_write,
     } = ctx;
@@ -141,6 +144,9 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Forked::Parent(pid) => pid,
     };
     drop(host_proc);
+    // The program holds the run's stdio: the init gives it up, so that the output
+    // pipes close once the program and what it started are done with them.
+    sys::stdio_to(null.as_fd()).map_err(JailError::OpenNull)?;
     // A warm jail's program waits in its interpreter's start-up for the hand-over.
     let mut warm = match channel {
         Some((ours, program_end, handover)) => {

@@ -115,6 +115,13 @@ fn build_jail(
     // PR_SET_PDEATHSIG was armed in time.
     let (lifeline_read, lifeline_write) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::CreateLifeline(e.into()))?;
+    // /dev/null, opened now (before the init's pivot_root moves our root too), for the
+    // stage and the init to give up the run's stdio once their child holds it.
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(JailError::OpenNull)?;
     // Fork the init; it builds the rest inside the namespaces and never returns.
     let init = match sys::fork().map_err(|source| JailError::Fork {
         what: "init",
@@ -126,6 +133,7 @@ fn build_jail(
                 spec: &spec,
                 control,
                 handover,
+                null: &null,
                 lifeline_read,
                 lifeline_write,
             },
@@ -134,6 +142,10 @@ fn build_jail(
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
     drop(lifeline_read);
+    // The init holds the run's stdio now: the output pipes close when the run's
+    // processes are done with them, not when the stage exits.
+    sys::stdio_to(null.as_fd()).map_err(JailError::OpenNull)?;
+    drop(null);
     // Supervise: the broker closing the control pipe (or dying) kills the run; the
     // init's end (after every process of the run is gone) ends the stage.
     let supervised = supervise_init(&mut control, init);

@@ -90,6 +90,18 @@ pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd>
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Put `null` (an open `/dev/null`) on fds 0, 1 and 2: the stage and the init give up
+/// the run's stdio once the process below them holds it, so that the broker sees the
+/// output pipes close as soon as the program (and what it started) has.
+pub(crate) fn stdio_to(null: BorrowedFd<'_>) -> io::Result<()> {
+    for fd in 0..=2 {
+        // SAFETY: dup2 takes plain integers; fds 0-2 belong to no Rust object of the
+        // stage or the init (their stdio is never used: errors go to the report fd).
+        cvt(unsafe { libc::dup2(null.as_raw_fd(), fd) })?;
+    }
+    Ok(())
+}
+
 /// Clear `FD_CLOEXEC` on `fd`, so that it survives `execve`.
 pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_SETFD with an integer flag argument touches no memory.

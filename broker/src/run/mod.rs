@@ -144,6 +144,9 @@ pub struct Cleanup {
     run_id: u64,
     cgroup: Option<RunCgroup>,
     lease: Option<Lease>,
+    /// The run's stage once its run has ended, to be reaped (its exit tears the run's
+    /// namespaces down).
+    stage: Option<tokio::process::Child>,
 }
 
 impl Cleanup {
@@ -154,6 +157,7 @@ impl Cleanup {
             run_id,
             cgroup,
             lease,
+            stage: None,
         }
     }
 
@@ -162,9 +166,25 @@ impl Cleanup {
         self.cgroup.as_ref()
     }
 
-    /// Remove the run's cgroup (kill what is left, rmdir, retrying while exiting tasks
-    /// still hold it), then release its uid.
+    /// Reap the run's stage, remove the run's cgroup (kill what is left, rmdir,
+    /// retrying while exiting tasks still hold it), then release its uid.
     pub async fn finish(mut self) {
+        // The stage first: it exits once the init, and with it every process of the
+        // run, is gone (a stage that does not is killed, with the run's cgroup).
+        if let Some(mut stage) = self.stage.take() {
+            if tokio::time::timeout(KILL_GRACE, stage.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    run_id = self.run_id,
+                    "the stage did not exit after its run; killing it"
+                );
+                kill_cgroup(self.cgroup.as_ref(), self.run_id);
+                let _ = stage.start_kill();
+                let _ = stage.wait().await;
+            }
+        }
         if let Some(cg) = self.cgroup.take() {
             // The run's processes are gone once the cgroup can be removed (rmdir fails
             // with EBUSY while any task is left): this is the check, not an assumption.
@@ -180,8 +200,8 @@ impl Cleanup {
 
 /// Run one program in a fresh jail. Output chunks go to `out` as they are read;
 /// `cancel` resolving (e.g. the client went away) ends the run at once. Returns once
-/// the stage has been reaped (so every process of the run's pid namespace is gone),
-/// with the [`Cleanup`] still to do.
+/// the program has ended and nothing holds its output pipes, with the [`Cleanup`]
+/// still to do (which reaps the stage: every process of the run is gone then).
 async fn execute(
     mut spec: RunSpec,
     lease: Option<Lease>,
@@ -202,7 +222,7 @@ async fn execute(
             )
         }
     };
-    let cleanup = Cleanup::new(spec.run_id, cgroup, lease);
+    let mut cleanup = Cleanup::new(spec.run_id, cgroup, lease);
     let started = Instant::now();
     let held = spec.held.take();
     let result = match Stage::spawn(
@@ -220,7 +240,7 @@ async fn execute(
                     &spec.supervision(),
                     Reports::default(),
                     started,
-                    cleanup.cgroup(),
+                    &mut cleanup,
                     out,
                     cancel,
                 )
@@ -257,9 +277,9 @@ impl Jail {
     }
 
     /// Run `spec` to its end here. Output chunks go to `out` as they are read;
-    /// `cancel` resolving ends the run at once. Returns once the stage has been reaped
-    /// (every process of the run's pid namespace is gone), with the [`Cleanup`] still
-    /// to do.
+    /// `cancel` resolving ends the run at once. Returns once the program has ended and
+    /// nothing holds its output pipes, with the [`Cleanup`] still to do (which reaps
+    /// the stage, after which every process of the run's pid namespace is gone).
     pub async fn run(
         self,
         spec: RunSpec,
@@ -466,12 +486,13 @@ impl Stage {
         spec: &Supervision,
         seen: Reports,
         started: Instant,
-        cgroup: Option<&RunCgroup>,
+        cleanup: &mut Cleanup,
         out: mpsc::Sender<Output>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<RunResult, RunError> {
         let pid = self.pid;
         let mut child = self.child;
+        let cgroup = cleanup.cgroup.as_ref();
         let mut reports = self.reports;
         let control = self.control;
         drop(self.handover.take());
@@ -508,12 +529,22 @@ impl Stage {
                         seen.landlock = Some(landlock);
                         seen.seccomp_denied = Some(seccomp_denied);
                     }
-                    Some(exited @ StageReport::Exited { .. }) => seen.exited = Some(exited),
+                    // The program's end (or the run's, when the broker ended it) is the
+                    // last report that matters: the stage's exit is not waited for here
+                    // (Cleanup::finish reaps it), so that the answer does not wait for
+                    // the namespaces' teardown.
+                    Some(exited @ StageReport::Exited { .. }) => {
+                        seen.exited = Some(exited);
+                        return Ok(seen);
+                    }
                     Some(StageReport::Killed {
                         cpu_user_us,
                         cpu_sys_us,
                         max_rss_kib,
-                    }) => seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib)),
+                    }) => {
+                        seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib));
+                        return Ok(seen);
+                    }
                     Some(other) => {
                         return Err(RunError::Protocol(format!("unexpected report {other:?}")))
                     }
@@ -532,13 +563,21 @@ impl Stage {
             }
         };
 
-        let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports, child.wait()) };
+        // Done when the program has ended (its report read) and nothing holds its
+        // output pipes any more (the stage and the init gave their copies up: the
+        // program and what it started are done with them).
+        let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports) };
         tokio::pin!(io);
         let mut ended = None;
-        tokio::select! {
-            r = &mut io => return with_pid(finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup), pid),
-            () = deadline => ended = Some(Ended::Realtime),
-            () = cancel => ended = Some(Ended::Cancelled),
+        let early = tokio::select! {
+            r = &mut io => Some(r),
+            () = deadline => { ended = Some(Ended::Realtime); None }
+            () = cancel => { ended = Some(Ended::Cancelled); None }
+        };
+        if let Some(r) = early {
+            let result = with_pid(finish(r.3, None, ended, started, spec, &cap, cgroup), pid);
+            cleanup.stage = Some(child);
+            return result;
         }
         // End the run: closing the control pipe makes the stage SIGKILL the run's init,
         // which takes the whole pid namespace with it, and the stage reaps it. If the
@@ -550,24 +589,21 @@ impl Stage {
             Ok(r) => r,
             Err(_) => {
                 kill_cgroup(cgroup, spec.run_id);
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = child.start_kill();
                 match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
                     Ok(r) => r,
                     Err(_) => {
+                        cleanup.stage = Some(child);
                         return Err(RunError::Protocol(
                             "the run did not end after SIGKILL".into(),
-                        ))
+                        ));
                     }
                 }
             }
         };
-        with_pid(
-            finish(r.3, r.4.ok(), ended, started, spec, &cap, cgroup),
-            pid,
-        )
+        let result = with_pid(finish(r.3, None, ended, started, spec, &cap, cgroup), pid);
+        cleanup.stage = Some(child);
+        result
     }
 }
 

@@ -77,8 +77,8 @@ pub(crate) fn finish(
     cgroup: Option<&RunCgroup>,
 ) -> Result<RunResult, RunError> {
     let truncated = cap.lock().map(|c| c.truncated).unwrap_or(true);
-    // Every process of the run is gone (the stage was reaped after its init), so the
-    // cgroup's counters are final.
+    // The program has ended and nothing holds its output: the cgroup's counters hold
+    // all the run did (what is left of it dies with the init, now, doing nothing).
     let stats = cgroup.map(RunCgroup::stats).unwrap_or_default();
     let mut usage = Usage {
         wall_ms: started.elapsed().as_millis() as u64,

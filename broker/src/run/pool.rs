@@ -92,7 +92,7 @@ impl WarmJail {
     ) -> (Result<RunResult, RunError>, Cleanup) {
         let WarmJail {
             mut stage,
-            cleanup,
+            mut cleanup,
             workdir,
             script_argv,
             landlock,
@@ -139,7 +139,7 @@ impl WarmJail {
             ..Reports::default()
         };
         let result = stage
-            .supervise(&supervision, seen, started, cleanup.cgroup(), out, cancel)
+            .supervise(&supervision, seen, started, &mut cleanup, out, cancel)
             .await;
         (result, cleanup)
     }
