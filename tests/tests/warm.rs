@@ -307,6 +307,11 @@ async fn status_shows_the_pool() {
 #[tokio::test]
 async fn production_warm_runs_have_their_own_uid_and_cgroup() {
     let b = broker!(pooled(1, &[]).production_shape());
+    let idle = wait_ready(&b).await;
+    assert!(
+        idle.idle_memory_bytes.is_some_and(|m| m > 1 << 20),
+        "an idle warm jail's cgroup memory: {idle:?}"
+    );
     let res = run_warm(&b, &py("import os; print(os.getuid())")).await;
     assert_eq!(text(&res.stdout), "1000\n", "{}", text(&res.stderr));
     assert!(
