@@ -86,7 +86,8 @@ async fn warm_and_cold_runs_are_alike() {
                 print(os.getpid(), os.getppid(), os.getuid(), os.getgid(), __name__, __file__)
                 print(sorted(os.listdir('.')), os.listdir('tmp'))
                 print(sorted(sys.modules))
-                print(sys.flags.ignore_environment, sys.flags.dont_write_bytecode)
+                print(sys.flags, sys.path, sys.executable, sys.prefix)
+                print(sorted(k for k in globals()), sys.stdin.isatty(), sys.stdout.encoding)
                 try:
                     sys._getframe(1)
                 except ValueError as e:
