@@ -556,9 +556,12 @@ impl Stage {
             .limits
             .effective(LimitName::Realtime)
             .map(Duration::from_secs);
+        // REALTIME counts from `started` (a cold run's spawn, a warm jail's hand-over),
+        // as upstream's timer starts before its process: with CPU = REALTIME, a busy
+        // loop then ends by REALTIME (-9), never by a race with its CPU limit.
         let deadline = async {
             match realtime {
-                Some(d) => tokio::time::sleep(d).await,
+                Some(d) => tokio::time::sleep_until((started + d).into()).await,
                 None => std::future::pending().await,
             }
         };
