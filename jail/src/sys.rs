@@ -156,37 +156,26 @@ pub(crate) fn prlimit(
 /// Close every fd from `first` up. Call only before this process opened any fd of
 /// its own at or above `first` (it would close fds that Rust objects still own).
 pub(crate) fn close_fds_from(first: RawFd) -> io::Result<()> {
-    let first =
-        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: close_range(2) takes plain integers; the caller guarantees that no
-    // object of this process owns an fd in the range (the stage calls this first
-    // thing, before it opens anything).
-    cvt_long(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        )
-    })?;
-    Ok(())
+    // Sound only because the caller guarantees that no object of this process owns
+    // an fd in the range (the stage calls this first thing, before it opens anything).
+    close_range_from(first, 0)
 }
 
 /// Mark every fd from `first` up close-on-exec (close_range(2) `CLOSE_RANGE_CLOEXEC`):
 /// they stay usable until `execve` succeeds.
 pub(crate) fn set_cloexec_from(first: RawFd) -> io::Result<()> {
+    // CLOSE_RANGE_CLOEXEC only sets a flag on fds, it closes none: no owner is affected.
+    close_range_from(first, libc::CLOSE_RANGE_CLOEXEC)
+}
+
+/// close_range(2) from `first` to the last fd, with `flags` (see the two callers for
+/// why each use is sound).
+fn close_range_from(first: RawFd, flags: libc::c_uint) -> io::Result<()> {
     let first =
         libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds, it closes
-    // none, so no owner is affected.
-    cvt_long(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })?;
+    // SAFETY: close_range takes plain integers and touches no memory; which fds it may
+    // close or flag is the callers' invariant, stated at each.
+    cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, flags) })?;
     Ok(())
 }
 
