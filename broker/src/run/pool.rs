@@ -263,7 +263,7 @@ impl Pools {
                         stale.push(jail);
                         continue;
                     }
-                    if !self.fits(&jail.footprint, limits) {
+                    if !fits(&jail.footprint, limits, self.nofile) {
                         pool.ready.push_front(jail);
                         break;
                     }
@@ -282,24 +282,6 @@ impl Pools {
         }
         self.wake.notify_one();
         jail
-    }
-
-    /// Whether a warm jail with this idle footprint can run under `limits` as a cold
-    /// run would.
-    fn fits(&self, footprint: &Footprint, limits: &Limits) -> bool {
-        let above = |limit: Option<u64>, held: Option<u64>, margin: u64| match (limit, held) {
-            (Some(limit), Some(held)) => limit >= held.saturating_add(margin),
-            _ => true,
-        };
-        above(
-            limits.effective(LimitName::Vmem),
-            Some(footprint.vm_bytes),
-            VMEM_MARGIN,
-        ) && above(
-            limits.effective(LimitName::Memory),
-            footprint.memory_bytes,
-            MEMORY_MARGIN,
-        ) && limits.get(LimitName::Nofile) <= self.nofile
     }
 
     /// Claim the build of one jail for the pool that lacks the most, if a builder is
@@ -377,6 +359,26 @@ impl Pools {
         }
         expired
     }
+}
+
+/// Whether a warm jail with this idle footprint can run under `limits` as a cold run
+/// would (its NOFILE built at `nofile`).
+fn fits(footprint: &Footprint, limits: &Limits, nofile: u64) -> bool {
+    let room = |limit: Option<u64>, held: u64, margin: u64| {
+        limit.is_none_or(|limit| limit >= held.saturating_add(margin))
+    };
+    // An address space that could not be measured fits no VMEM limit: the run then
+    // goes cold rather than risk failing where a cold one would not.
+    let vmem = limits.effective(LimitName::Vmem);
+    let vmem_fits = match footprint.vm_bytes {
+        0 => vmem.is_none(),
+        held => room(vmem, held, VMEM_MARGIN),
+    };
+    // Without a memory cgroup MEMORY is not enforced, so nothing to fit.
+    let memory_fits = footprint
+        .memory_bytes
+        .is_none_or(|held| room(limits.effective(LimitName::Memory), held, MEMORY_MARGIN));
+    vmem_fits && memory_fits && limits.get(LimitName::Nofile) <= nofile
 }
 
 /// The limits a warm jail is built with: none but NOFILE at the broker's own hard
@@ -622,5 +624,70 @@ pub async fn refill(shared: Arc<Shared>, stop: CancellationToken) {
     }
     for jail in shared.pools.take_expired(true) {
         jail.retire().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(pairs: &[(LimitName, u64)]) -> Limits {
+        let mut l = Limits::default();
+        for (name, value) in pairs {
+            l.set(*name, *value);
+        }
+        l
+    }
+
+    #[test]
+    fn a_request_fits_a_warm_jail_only_with_room_above_its_footprint() {
+        let idle = Footprint {
+            rss_kib: 25_000,
+            vm_bytes: 100 << 20,
+            memory_bytes: Some(10 << 20),
+        };
+        let nofile = 4096;
+        assert!(fits(&idle, &limits(&[]), nofile));
+        assert!(fits(
+            &idle,
+            &limits(&[(LimitName::Vmem, (100 << 20) + VMEM_MARGIN)]),
+            nofile
+        ));
+        assert!(!fits(
+            &idle,
+            &limits(&[(LimitName::Vmem, (100 << 20) + VMEM_MARGIN - 1)]),
+            nofile
+        ));
+        assert!(fits(
+            &idle,
+            &limits(&[(LimitName::Memory, (10 << 20) + MEMORY_MARGIN)]),
+            nofile
+        ));
+        assert!(!fits(
+            &idle,
+            &limits(&[(LimitName::Memory, 20 << 20)]),
+            nofile
+        ));
+        assert!(!fits(
+            &idle,
+            &limits(&[(LimitName::Nofile, nofile + 1)]),
+            nofile
+        ));
+        // Unmeasured: no VMEM limit fits; no memory cgroup: MEMORY is not enforced.
+        let unknown = Footprint {
+            vm_bytes: 0,
+            memory_bytes: None,
+            ..idle
+        };
+        assert!(!fits(
+            &unknown,
+            &limits(&[(LimitName::Vmem, 1 << 40)]),
+            nofile
+        ));
+        assert!(fits(
+            &unknown,
+            &limits(&[(LimitName::Memory, 1 << 20)]),
+            nofile
+        ));
     }
 }
