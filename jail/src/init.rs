@@ -217,8 +217,8 @@ enum Event {
     Warm,
 }
 
-/// Wait for a signal or an exec notification. Signals first: a SIGTERM is never
-/// delayed by a stream of notifications.
+/// Wait for a signal, an exec notification or (a warm jail) its awaited fd. Signals
+/// first: a SIGTERM is never delayed by a stream of notifications.
 fn wait_event(
     signals: &SignalFd,
     guard: Option<&ExecGuard>,
