@@ -170,6 +170,52 @@ async fn nothing_of_the_prelude_or_a_previous_run_is_left() {
     }
 }
 
+/// From inside a warm run, the init's end of the hand-over socket (and any other fd of
+/// the init) cannot be taken: pidfd_getfd(2) on PID 1 fails for every fd, and so does
+/// ptrace; signalling the init is refused too.
+#[tokio::test]
+async fn the_inits_end_of_the_hand_over_cannot_be_taken() {
+    let b = broker!(pooled(1, &[]));
+    let res = run_warm(
+        &b,
+        &py(r#"
+            import ctypes, errno, os, signal
+            libc = ctypes.CDLL(None, use_errno=True)
+            SYS_pidfd_open, SYS_pidfd_getfd, SYS_ptrace = 434, 438, 101
+            pidfd = libc.syscall(SYS_pidfd_open, 1, 0)
+            opened = pidfd >= 0 or errno.errorcode[ctypes.get_errno()]
+            got = []
+            if pidfd >= 0:
+                for fd in range(64):
+                    r = libc.syscall(SYS_pidfd_getfd, pidfd, fd, 0)
+                    if r >= 0:
+                        got.append(fd)
+            traced = libc.syscall(SYS_ptrace, 16, 1, 0, 0)  # PTRACE_ATTACH
+            trace_err = errno.errorcode.get(ctypes.get_errno(), '?') if traced < 0 else 'ATTACHED'
+            try:
+                os.kill(1, signal.SIGTERM)
+                killed = 'SENT'
+            except OSError as e:
+                killed = errno.errorcode[e.errno]
+            print(opened, got, trace_err, killed)
+        "#),
+    )
+    .await;
+    let out = text(&res.stdout);
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        out.contains(" [] "),
+        "no fd of the init may be taken: {out} {}",
+        text(&res.stderr)
+    );
+    assert_ne!(
+        fields.get(fields.len().saturating_sub(2)),
+        Some(&"ATTACHED"),
+        "{out}"
+    );
+    assert_ne!(fields.last(), Some(&"SENT"), "{out}");
+}
+
 /// CPU and the reported usage count from the hand-over: the preimports' CPU is not the
 /// caller's, and CPU=1 still ends a busy loop by SIGXCPU within RLIMIT_CPU's tolerance
 /// (the limit is moved by the CPU already used, rounded to the second).
