@@ -122,6 +122,15 @@ impl BrokerOpts {
         self.args(["--max-frame".to_string(), bytes.to_string()])
     }
 
+    /// Whether the broker keeps a warm pool (its own flags, or `CODEJAIL_TEST_POOL`).
+    pub fn pooled(&self) -> bool {
+        crate::env::test_pool_size().is_some()
+            || self
+                .args
+                .iter()
+                .any(|a| a == "--pool-size" || a == "--preimport")
+    }
+
     /// The `python` command's interpreter.
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.python = Some(path.into());
@@ -257,13 +266,8 @@ impl TestBroker {
             cgroups.as_ref(),
             log_file,
         );
-        let pooled = crate::env::test_pool_size().is_some()
-            || opts
-                .args
-                .iter()
-                .any(|a| a == "--pool-size" || a == "--preimport");
         if let Some(parents) = cgroups.as_mut() {
-            parents.pooled_broker = pooled.then_some(child.id() as i32);
+            parents.pooled_broker = opts.pooled().then_some(child.id() as i32);
         }
         TestBroker {
             child,
@@ -299,6 +303,9 @@ impl TestBroker {
             self.cgroups.as_ref(),
             log_file,
         );
+        if let Some(parents) = self.cgroups.as_mut() {
+            parents.pooled_broker = self.opts.pooled().then_some(self.child.id() as i32);
+        }
         self.exit = None;
         self.wait_listening();
     }
@@ -536,16 +543,7 @@ impl TestBroker {
         let procs = processes();
         // A pooled broker's unused warm jails are its descendants: not leftovers (a
         // run's stage is reaped, its whole pid namespace gone, before its run ends).
-        let pooled = self
-            .cgroups
-            .as_ref()
-            .is_some_and(|c| c.pooled_broker.is_some())
-            || crate::env::test_pool_size().is_some()
-            || self
-                .opts
-                .args
-                .iter()
-                .any(|a| a == "--pool-size" || a == "--preimport");
+        let pooled = self.opts.pooled();
         procs
             .iter()
             .filter(|p| {
