@@ -732,6 +732,26 @@ async fn fifty_concurrent_runs_each_get_their_own_output() {
 }
 
 #[tokio::test]
+async fn back_to_back_runs_are_never_busy_even_without_a_queue() {
+    // The broker answers before it has cleaned a run up; with one slot and no queue, a
+    // caller that sends its next request the moment it has its answer must still get
+    // a run, not Busy (the HTTP front's start-up checks do exactly this).
+    let b = broker!(BrokerOpts::new().max_running(1).max_queue(0));
+    for i in 0..30 {
+        let res = b
+            .try_run(&py(&format!("print({i})")))
+            .await
+            .unwrap_or_else(|e| panic!("run {i} right after the previous one: {e}"));
+        assert_eq!((text(&res.stdout), res.status), (format!("{i}\n"), 0));
+    }
+    let mut client = codejail_client::Client::connect(&b.cfg())
+        .await
+        .expect("connect");
+    let load = client.status().await.expect("status").load;
+    assert_eq!((load.max_running, load.max_queue), (1, 0), "{load:?}");
+}
+
+#[tokio::test]
 async fn full_queue_answers_busy() {
     let b = broker!(BrokerOpts::new().max_running(1).max_queue(1));
     let marker = unique_marker("busy");

@@ -449,7 +449,7 @@ async fn handle_exec(
     let run_id = spec.run_id;
 
     // Admission: a slot now, a place in the queue, or Busy.
-    let _slot = match shared.admission.try_admit() {
+    let mut slot = match shared.admission.try_admit() {
         Ticket::Now(slot) => slot,
         Ticket::Busy => {
             tracing::warn!(
@@ -535,6 +535,9 @@ async fn handle_exec(
             client_alive = false;
         }
     }
+    // The program is gone; what is left (the answer, then Cleanup::finish) does not
+    // wait on it, so a request arriving now may wait for this slot.
+    slot.finishing();
     let (result, cleanup) = match joined {
         Ok(done) => done,
         Err(e) => {
@@ -588,6 +591,7 @@ async fn handle_exec(
     // before the slot is freed at the end of this function, so that a slot always
     // finds a free uid.
     cleanup.finish().await;
+    drop(slot);
     alive
 }
 
