@@ -486,3 +486,54 @@ fn a_pool_without_the_hook_fails_start_up() {
         "{output}"
     );
 }
+
+/// A warm jail is replaced after its run, not while it runs: during a warm run the pool
+/// of one stays empty (the next request in that time runs cold), and once the run has
+/// ended the replacement is built.
+#[tokio::test]
+async fn the_pool_refills_after_the_run_not_during_it() {
+    let b = broker!(pooled(1, &[]));
+    let before = wait_ready(&b).await;
+    assert_eq!(before.ready, 1);
+    let long = {
+        let b = &b;
+        async move {
+            let code = "import time; print('started', flush=True); time.sleep(3); print('done')";
+            b.run(&with_limit(py(code), "REALTIME", 10)).await
+        }
+    };
+    let watch = async {
+        // Until the long run has started (the pool's hit counted), then while it runs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool_status(&b).await.hits == before.hits {
+            assert!(Instant::now() < deadline, "the long run was not taken warm");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            seen.push(pool_status(&b).await.ready);
+        }
+        // Meanwhile a second request: the pool is empty, so it runs cold.
+        let res = b.run(&py("print('meanwhile')")).await;
+        assert_eq!(text(&res.stdout), "meanwhile\n", "{}", text(&res.stderr));
+        seen
+    };
+    let (res, seen) = tokio::join!(long, watch);
+    assert_eq!(
+        text(&res.stdout),
+        "started\ndone\n",
+        "{}",
+        text(&res.stderr)
+    );
+    assert!(
+        seen.iter().all(|&ready| ready == 0),
+        "a replacement was built while the run that took the jail still ran: {seen:?}"
+    );
+    let after = wait_ready(&b).await;
+    assert_eq!(
+        (after.ready, after.hits, after.misses),
+        (1, before.hits + 1, before.misses + 1),
+        "refilled once the run ended; the request meanwhile was a miss"
+    );
+}

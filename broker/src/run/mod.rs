@@ -147,6 +147,9 @@ pub struct Cleanup {
     /// The run's stage once its run has ended, to be reaped (its exit tears the run's
     /// namespaces down).
     stage: Option<tokio::process::Child>,
+    /// A warm jail's place in its pool, given back last (the pool then builds its
+    /// replacement, with the uid this run gives back).
+    in_use: Option<pool::InUse>,
 }
 
 impl Cleanup {
@@ -158,7 +161,13 @@ impl Cleanup {
             cgroup,
             lease,
             stage: None,
+            in_use: None,
         }
+    }
+
+    /// Hold `in_use` until this run is cleaned up.
+    pub(crate) fn hold(&mut self, in_use: pool::InUse) {
+        self.in_use = Some(in_use);
     }
 
     /// The run's cgroup, if it has one.
@@ -195,6 +204,7 @@ impl Cleanup {
         if let Some(lease) = self.lease.take() {
             lease.release().await;
         }
+        drop(self.in_use.take());
     }
 }
 

@@ -18,6 +18,7 @@
 //!   retired instead of used.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,12 +154,31 @@ impl WarmJail {
     }
 }
 
+/// A warm jail taken for a run, counted against its pool's size until the run's
+/// [`Cleanup`] is done: the pool is refilled after each use, not while the run that
+/// took the jail still needs the CPU (a build started at the take costs that run about
+/// a millisecond on two cores, measured) and its uid.
+#[derive(Debug)]
+pub struct InUse {
+    count: Arc<AtomicU32>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
 /// One command's pool.
 #[derive(Debug)]
 struct Pool {
     spec: PoolSpec,
     ready: VecDeque<WarmJail>,
     building: u32,
+    /// Taken jails whose runs are not cleaned up yet ([`InUse`]).
+    in_use: Arc<AtomicU32>,
     hits: u64,
     misses: u64,
     footprint: Option<Footprint>,
@@ -170,8 +190,8 @@ struct Pool {
 #[derive(Debug)]
 pub struct Pools {
     pools: Mutex<BTreeMap<String, Pool>>,
-    /// Woken when a jail was taken or a build ended.
-    wake: Notify,
+    /// Woken when a jail was taken or a build or a warm run ended.
+    wake: Arc<Notify>,
     /// The NOFILE a warm jail is built with (the broker's own hard limit).
     nofile: u64,
     /// Builds at once, at most (one per core).
@@ -189,6 +209,7 @@ impl Pools {
                     spec: spec.clone(),
                     ready: VecDeque::new(),
                     building: 0,
+                    in_use: Arc::new(AtomicU32::new(0)),
                     hits: 0,
                     misses: 0,
                     footprint: None,
@@ -204,7 +225,7 @@ impl Pools {
         let builders = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         Pools {
             pools: Mutex::new(pools),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             nofile,
             builders,
         }
@@ -267,6 +288,11 @@ impl Pools {
                         pool.ready.push_front(jail);
                         break;
                     }
+                    pool.in_use.fetch_add(1, Ordering::SeqCst);
+                    jail.cleanup.hold(InUse {
+                        count: pool.in_use.clone(),
+                        wake: self.wake.clone(),
+                    });
                     found = Some(jail);
                     break;
                 }
@@ -297,10 +323,8 @@ impl Pools {
             .iter_mut()
             .filter(|(_, p)| p.retry_at.is_none_or(|t| t <= now))
             .map(|(c, p)| {
-                let missing = p
-                    .spec
-                    .size
-                    .saturating_sub(p.ready.len() as u32 + p.building);
+                let held = p.ready.len() as u32 + p.building + p.in_use.load(Ordering::SeqCst);
+                let missing = p.spec.size.saturating_sub(held);
                 (missing, c, p)
             })
             .filter(|(missing, _, _)| *missing > 0)
