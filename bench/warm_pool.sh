@@ -2,8 +2,10 @@
 # What the warm pool buys: jailed runs served by a pre-started jail against cold
 # jailed runs and a bare interpreter start.
 #
-# Starts two dev brokers on temporary sockets, both up for the whole run: a cold one
-# (no pool) and a warm one (`--pool-size 2 --preimport numpy`). Then, in one run with
+# Starts dev brokers on temporary sockets, up for the whole run: a cold one (no pool)
+# and three warm ones, each with a pool configured for the code it serves: lean
+# (`--pool-size 2`), json (`--pool-size 2 --preimport json`: safe_exec's wrapper imports
+# json) and numpy (`--pool-size 2 --preimport numpy`). Then, in one run with
 # the series interleaved (each iteration takes one sample of every series in turn, so
 # machine noise hits all alike; one untimed warm-up of each first, which also checks
 # the output), prints p50 and p90 in ms of:
@@ -21,9 +23,16 @@
 # pool refills in the background after each warm sample, during the samples that
 # follow (--settle waits for it, untimed, instead).
 #
-# The warm 'print(1)' and 'x = 1 + 1' run on a pool without preimport (lean), the warm
-# numpy code on one with numpy preimported: a pool is configured for the code it serves
-# (an interpreter with numpy loaded spends ~10 ms more at exit).
+# The warm 'print(1)' runs on a pool without preimport (lean), the warm 'x = 1 + 1'
+# safe-exec on one with json preimported (what the safe_exec wrapper imports before the
+# code runs), the warm numpy code on one with numpy preimported: a pool is configured
+# for the code it serves (an interpreter with numpy loaded spends ~10 ms more at exit).
+#
+# Then the floors under any warm run, measured the same way: `codejail-client status`
+# (the client's process start, connection and handshake, no run), and a warm
+# interpreter outside any jail (the sandbox venv's hook on a socketpair, released with
+# no files and no limits): the time from "go" to its exit, which is CPython's own
+# remaining start-up, the script and its finalization.
 #
 # Then sustained throughput with 2 concurrent callers: M runs in all, 2 parallel loops
 # of M/2 sequential runs each, of a bare 'print(1)' spawn, a cold exec, and a warm
@@ -147,6 +156,7 @@ stop_broker() {
 
 start_broker cold
 start_broker lean --pool-size 2
+start_broker json --pool-size 2 --preimport json
 start_broker warm --pool-size 2 --preimport numpy
 
 trivial='x = 1 + 1'
@@ -163,32 +173,35 @@ run_bare_print() { bare 'print(1)'; }
 run_cold_exec() { jailed cold exec -c 'print(1)'; }
 run_warm_exec() { jailed lean exec -c 'print(1)'; }
 run_cold_safe() { jailed cold safe-exec -c "$trivial"; }
-run_warm_safe() { jailed lean safe-exec -c "$trivial"; }
+run_warm_safe() { jailed json safe-exec -c "$trivial"; }
 run_bare_numpy() { bare "$numpy"; }
 run_cold_numpy() { jailed cold safe-exec -c "$numpy"; }
 run_warm_numpy() { jailed warm safe-exec -c "$numpy"; }
+run_floor_client() { jailed cold status >/dev/null; }
 
-whats=(bare_print cold_exec warm_exec cold_safe warm_safe bare_numpy cold_numpy warm_numpy)
+whats=(bare_print cold_exec warm_exec cold_safe warm_safe bare_numpy cold_numpy warm_numpy floor_client)
 declare -A expected=(
     [bare_print]=1 [cold_exec]=1 [warm_exec]=1
     [cold_safe]='{"x": 2}' [warm_safe]='{"x": 2}'
     [bare_numpy]='' [cold_numpy]='{"x": 45}' [warm_numpy]='{"x": 45}'
+    [floor_client]=''
 )
 declare -A label=(
     [bare_print]="bare: python -E -B -c 'print(1)'"
     [cold_exec]="cold: exec -c 'print(1)'"
     [warm_exec]="warm (no preimport): exec -c 'print(1)'"
     [cold_safe]="cold: safe-exec -c '$trivial'"
-    [warm_safe]="warm (no preimport): safe-exec -c '$trivial'"
+    [warm_safe]="warm (json): safe-exec -c '$trivial'"
     [bare_numpy]="bare: python -E -B -c 'import numpy; ...'"
     [cold_numpy]="cold: safe-exec -c 'import numpy; ...'"
     [warm_numpy]="warm (numpy): safe-exec -c 'import numpy; ...'"
+    [floor_client]="floor: codejail-client status"
 )
 # After a warm sample: with --settle, wait (untimed) until the pool has refilled, so the
 # refill does not overlap the samples that follow. Without it (the default) the cold
 # and bare samples between two warm ones give the pool time enough to refill (the
 # hits and misses printed show whether they did).
-settle() { if $settle; then wait_pool_full lean 10; wait_pool_full warm 10; fi; }
+settle() { if $settle; then wait_pool_full lean 10; wait_pool_full json 10; wait_pool_full warm 10; fi; }
 
 # one WHAT I: run WHAT once into $tmp/out and $tmp/err; die on failure (I: the sample's
 # index, or "warm-up", for the message).
@@ -200,12 +213,15 @@ one() {
     }
 }
 
-# pool_counts: hits and misses of both pools, summed.
+# pool_counts: hits and misses of the three pools, summed.
 pool_counts() {
-    local h1 m1 h2 m2
-    read -r h1 m1 < <(pool_field lean hits misses) || die "status of the lean broker failed"
-    read -r h2 m2 < <(pool_field warm hits misses) || die "status of the warm broker failed"
-    echo "$((h1 + h2)) $((m1 + m2))"
+    local name h m hits=0 misses=0
+    for name in lean json warm; do
+        read -r h m < <(pool_field "$name" hits misses) || die "status of the $name broker failed"
+        hits=$((hits + h))
+        misses=$((misses + m))
+    done
+    echo "$hits $misses"
 }
 read -r hits0 misses0 < <(pool_counts)
 
@@ -253,12 +269,47 @@ ratio() {
     }'
 }
 
-echo "warm pool: python $python; brokers: cold (no pool), lean (--pool-size 2), numpy (--pool-size 2 --preimport numpy)"
+# floor_interp N: p50 and p90 (ms) over N samples of a warm interpreter released
+# outside any jail: $python started with the hook's fd 3 on a socketpair, told to import
+# nothing, then timed from "go" to its exit (script: 'print(1)', stdout discarded).
+floor_interp() {
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LC_ALL=C.UTF-8 \
+        "$json_python" - "$python" "$1" <<'PY'
+import os, socket, subprocess, sys, time
+python, n = sys.argv[1], int(sys.argv[2])
+samples = []
+for _ in range(n):
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [python, "-E", "-B", "-c", "print(1)"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        pass_fds=(3,), preexec_fn=lambda: os.dup2(theirs.fileno(), 3),
+    )
+    theirs.close()
+    ours.sendall(b"codejail-warm 1\n")
+    if ours.recv(64) != b"ready\n":
+        sys.exit("the interpreter did not report ready: is the warm hook installed?")
+    t0 = time.perf_counter()
+    ours.sendall(b"go\0")
+    ours.shutdown(socket.SHUT_WR)
+    status = child.wait()
+    samples.append((time.perf_counter() - t0) * 1000)
+    ours.close()
+    if status != 0:
+        sys.exit(f"the released interpreter exited {status}")
+samples.sort()
+print("%.2f %.2f" % (samples[len(samples) // 2], samples[min(len(samples) - 1, len(samples) * 9 // 10)]))
+PY
+}
+read -r floor_interp_p50 floor_interp_p90 < <(floor_interp "$n") || die "the warm interpreter floor could not be measured"
+
+echo "warm pool: python $python; brokers: cold (no pool), lean (--pool-size 2), json (--pool-size 2 --preimport json), numpy (--pool-size 2 --preimport numpy)"
 echo
 table_width=46
 echo "latency, $n interleaved samples each (ms):"
 print_table_row "" "p50 ms" "p90 ms"
 for what in "${whats[@]}"; do print_table_row "${label[$what]}" "${p50[$what]}" "${p90[$what]}"; done
+print_table_row "floor: warm interpreter, no jail (go -> exit)" "$floor_interp_p50" "$floor_interp_p90"
 echo "ratios of p50s:"
 ratio "warm exec / bare" "${p50[warm_exec]}" "${p50[bare_print]}" "<= 0.3"
 ratio "warm safe-exec / bare" "${p50[warm_safe]}" "${p50[bare_print]}"
@@ -266,11 +317,17 @@ ratio "warm numpy safe-exec / bare numpy" "${p50[warm_numpy]}" "${p50[bare_numpy
 ratio "cold exec / bare" "${p50[cold_exec]}" "${p50[bare_print]}" "<= 1.3"
 ratio "cold safe-exec / bare" "${p50[cold_safe]}" "${p50[bare_print]}"
 ratio "cold numpy safe-exec / bare numpy" "${p50[cold_numpy]}" "${p50[bare_numpy]}"
+ratio "floor: client status / bare" "${p50[floor_client]}" "${p50[bare_print]}"
+ratio "floor: warm interpreter, no jail / bare" "$floor_interp_p50" "${p50[bare_print]}"
+ratio "floor: the two together / bare" \
+    "$(awk -v a="${p50[floor_client]}" -v b="$floor_interp_p50" 'BEGIN { print a + b }')" "${p50[bare_print]}"
 warm_runs=$((3 * n + 3))
 echo "warm pool over these runs ($warm_runs warm requests, warm-ups included): $lat_hits hits, $lat_misses misses"
 if ((lat_misses > 0 || lat_hits != warm_runs)); then
     echo "  WARNING: not every warm request was a hit; the warm figures include cold runs"
 fi
+
+stop_broker json
 
 # Sustained throughput: 2 callers, each $((m / 2)) or so sequential runs of WHAT.
 # throughput WHAT: the runs/s into $rate.
