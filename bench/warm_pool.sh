@@ -19,17 +19,19 @@
 # interpreter gets the environment the broker gives its python command
 # (OPENBLAS_NUM_THREADS=1 ...). The client times include the client's own process
 # start. The warm pool's hits and misses over the run (from `status --json`) are
-# printed too: every warm sample should be a hit, or it was not a warm sample. The
-# pool refills in the background after each warm sample, during the samples that
-# follow (--settle waits for it, untimed, instead).
+# printed too: every warm sample should be a hit, or it was not a warm sample. A pool
+# refills once a warm run is over; after each warm sample the benchmark waits, untimed,
+# until every pool is full again, so that no refill (numpy's takes ~100 ms of CPU)
+# overlaps the samples that follow (--no-settle: it does, as under load).
 #
 # The warm 'print(1)' runs on a pool without preimport (lean), the warm 'x = 1 + 1'
 # safe-exec on one with json preimported (what the safe_exec wrapper imports before the
 # code runs), the warm numpy code on one with numpy preimported: a pool is configured
 # for the code it serves (an interpreter with numpy loaded spends ~10 ms more at exit).
 #
-# Then the floors under any warm run, measured the same way: `codejail-client status`
-# (the client's process start, connection and handshake, no run), and a warm
+# Then the floors under any warm run, measured the same way: `/bin/true` (what any
+# process start costs here), `codejail-client status` (the client's process start,
+# connection and handshake, no run), and a warm
 # interpreter outside any jail (the sandbox venv's hook on a socketpair, released with
 # no files and no limits): the time from "go" to its exit, which is CPython's own
 # remaining start-up, the script and its finalization.
@@ -40,7 +42,7 @@
 # with the pools' hits and misses. Last, the idle RSS of one warm jail with numpy preimported
 # (the numpy broker's) and without (a short-lived dev broker with `--pool-size 1`).
 #
-# Usage: bench/warm_pool.sh [--python PATH] [-n N] [-m M] [--settle]
+# Usage: bench/warm_pool.sh [--python PATH] [-n N] [-m M] [--no-settle]
 #                           [--client PATH] [--broker PATH]
 #   --python  the brokers' interpreter, which must have numpy and the warm hook
 #             (default: $CODEJAIL_PYTHON, else the sandbox venv of
@@ -48,7 +50,7 @@
 #   -n        samples of each latency series (default: $N, else 50).
 #   -m        runs of each throughput series, split over the 2 callers (default: $M,
 #             else 200).
-#   --settle  after each warm latency sample, wait until the pool is full again.
+#   --no-settle  do not wait for the pools to refill after each warm latency sample.
 #   --client/--broker  binaries (default: target/release/… under $CARGO_TARGET_DIR
 #             or the repository's target/; codejail-jail must be next to the broker).
 # The brokers are always started here (no --socket): the benchmark needs one with a
@@ -63,13 +65,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init warm_pool
 m="${M:-200}"
-settle=false
+settle=true
 socket=""   # $CODEJAIL_SOCKET is not used: the brokers are started here
 args=()
 while (($#)); do
     case "$1" in
         -m) m="${2:?-m needs a number}"; shift 2 ;;
-        --settle) settle=true; shift ;;
+        --no-settle) settle=false; shift ;;
         --socket) die "--socket is not supported: this benchmark starts its own brokers (see --help)" ;;
         *) args+=("$1"); shift ;;
     esac
@@ -178,13 +180,14 @@ run_bare_numpy() { bare "$numpy"; }
 run_cold_numpy() { jailed cold safe-exec -c "$numpy"; }
 run_warm_numpy() { jailed warm safe-exec -c "$numpy"; }
 run_floor_client() { jailed cold status >/dev/null; }
+run_floor_spawn() { /bin/true; }
 
-whats=(bare_print cold_exec warm_exec cold_safe warm_safe bare_numpy cold_numpy warm_numpy floor_client)
+whats=(bare_print cold_exec warm_exec cold_safe warm_safe bare_numpy cold_numpy warm_numpy floor_spawn floor_client)
 declare -A expected=(
     [bare_print]=1 [cold_exec]=1 [warm_exec]=1
     [cold_safe]='{"x": 2}' [warm_safe]='{"x": 2}'
     [bare_numpy]='' [cold_numpy]='{"x": 45}' [warm_numpy]='{"x": 45}'
-    [floor_client]=''
+    [floor_spawn]='' [floor_client]=''
 )
 declare -A label=(
     [bare_print]="bare: python -E -B -c 'print(1)'"
@@ -195,12 +198,13 @@ declare -A label=(
     [bare_numpy]="bare: python -E -B -c 'import numpy; ...'"
     [cold_numpy]="cold: safe-exec -c 'import numpy; ...'"
     [warm_numpy]="warm (numpy): safe-exec -c 'import numpy; ...'"
+    [floor_spawn]="floor: /bin/true (any process start)"
     [floor_client]="floor: codejail-client status"
 )
-# After a warm sample: with --settle, wait (untimed) until the pool has refilled, so the
-# refill does not overlap the samples that follow. Without it (the default) the cold
-# and bare samples between two warm ones give the pool time enough to refill (the
-# hits and misses printed show whether they did).
+# After a warm sample: wait (untimed) until the pools have refilled, so that no refill
+# overlaps the samples that follow. With --no-settle the samples between two warm ones
+# give the pools their time to refill (the hits and misses printed show whether they
+# did).
 settle() { if $settle; then wait_pool_full lean 10; wait_pool_full json 10; wait_pool_full warm 10; fi; }
 
 # one WHAT I: run WHAT once into $tmp/out and $tmp/err; die on failure (I: the sample's
@@ -319,8 +323,9 @@ ratio "cold safe-exec / bare" "${p50[cold_safe]}" "${p50[bare_print]}"
 ratio "cold numpy safe-exec / bare numpy" "${p50[cold_numpy]}" "${p50[bare_numpy]}"
 ratio "floor: client status / bare" "${p50[floor_client]}" "${p50[bare_print]}"
 ratio "floor: warm interpreter, no jail / bare" "$floor_interp_p50" "${p50[bare_print]}"
-ratio "floor: the two together / bare" \
-    "$(awk -v a="${p50[floor_client]}" -v b="$floor_interp_p50" 'BEGIN { print a + b }')" "${p50[bare_print]}"
+sum() { awk -v a="$1" -v b="$2" 'BEGIN { print a + b }'; }
+ratio "floor: /bin/true + warm interpreter / bare" "$(sum "${p50[floor_spawn]}" "$floor_interp_p50")" "${p50[bare_print]}"
+ratio "floor: client status + warm interpreter / bare" "$(sum "${p50[floor_client]}" "$floor_interp_p50")" "${p50[bare_print]}"
 warm_runs=$((3 * n + 3))
 echo "warm pool over these runs ($warm_runs warm requests, warm-ups included): $lat_hits hits, $lat_misses misses"
 if ((lat_misses > 0 || lat_hits != warm_runs)); then
