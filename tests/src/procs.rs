@@ -15,6 +15,8 @@ pub struct ProcInfo {
     pub state: String,
     /// Command line, arguments joined by spaces (empty for zombies).
     pub cmdline: String,
+    /// Its name (`/proc/PID/comm`: at most 15 bytes; a program may set it).
+    pub comm: String,
     /// Parent pid.
     pub ppid: i32,
 }
@@ -42,6 +44,9 @@ pub fn processes() -> Vec<ProcInfo> {
                         .join(" ")
                 })
                 .unwrap_or_default();
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default();
             let ppid = status
                 .lines()
                 .find_map(|l| l.strip_prefix("PPid:"))
@@ -53,16 +58,34 @@ pub fn processes() -> Vec<ProcInfo> {
                 uid: codejail_broker::run::uidpool::real_uid(&status).unwrap_or(u32::MAX),
                 state,
                 cmdline,
+                comm,
             }
         })
         .collect()
 }
 
-/// Processes whose command line contains `marker`.
+/// The length of a process name (`TASK_COMM_LEN` - 1).
+const COMM_LEN: usize = 15;
+
+/// A Python line that names the program's process (and so every fork of it) after the
+/// marker in its `sys.argv[1]`, its last 15 bytes, for [`processes_with`] to find. A
+/// warm jail's interpreter was exec'd before its request existed, so its command line
+/// cannot carry the marker (its `sys.argv` does); a process name set at run time can.
+/// Put it first in the code of a run whose processes a test looks for, cold or warm.
+pub const NAME_AFTER_MARKER: &str = "import ctypes as _cj_c, sys as _cj_s; \
+    _cj_c.CDLL(None).prctl(15, _cj_s.argv[1][-15:].encode(), 0, 0, 0); del _cj_c, _cj_s\n";
+
+/// Processes whose command line contains `marker`, or that were named after it
+/// ([`NAME_AFTER_MARKER`]).
 pub fn processes_with(marker: &str) -> Vec<ProcInfo> {
     processes()
         .into_iter()
-        .filter(|p| p.cmdline.contains(marker))
+        .filter(|p| {
+            p.cmdline.contains(marker)
+                || (marker.len() >= COMM_LEN
+                    && marker.as_bytes().ends_with(p.comm.as_bytes())
+                    && p.comm.len() == COMM_LEN)
+        })
         .collect()
 }
 

@@ -79,3 +79,30 @@ pub fn raw_python(code: &str) -> Exec {
 pub fn limits(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
+
+/// A run whose processes a test finds from the host by `marker`
+/// ([`crate::processes_with`]): the marker is its argument, and its program first names
+/// its process after it ([`crate::NAME_AFTER_MARKER`]), which a warm run's command line
+/// cannot show.
+pub trait Marked {
+    /// Give the run `marker` as its one argument and name its process after it.
+    fn mark(&mut self, marker: &str);
+}
+
+impl Marked for Exec {
+    fn mark(&mut self, marker: &str) {
+        if let Some(code) = &mut self.code {
+            code.splice(0..0, crate::NAME_AFTER_MARKER.bytes());
+        }
+        self.argv = vec![marker.to_string()];
+    }
+}
+
+impl Marked for JailRequest {
+    fn mark(&mut self, marker: &str) {
+        if let Some(code) = &mut self.code {
+            code.insert_str(0, crate::NAME_AFTER_MARKER);
+        }
+        self.argv = vec![marker.to_string()];
+    }
+}

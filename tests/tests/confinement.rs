@@ -37,7 +37,7 @@ use std::time::Duration;
 use codejail_protocol::Response;
 use codejail_tests::{
     broker, processes, processes_with, python, raw_python, text, unique_marker, wait_until,
-    with_limit, BrokerOpts, JailRequest, JailResult, RawConn, Shape, TestBroker,
+    with_limit, BrokerOpts, JailRequest, JailResult, Marked, RawConn, Shape, TestBroker,
 };
 
 // ---------------------------------------------------------------- harness of this file
@@ -1254,7 +1254,7 @@ async fn setuid_root_fails(shape: Shape) {
         "#,
         &[],
     );
-    req.argv = vec![marker.clone()];
+    req.mark(&marker);
     // The run has no procfs: its uid map is read from the host.
     let observe = async {
         let mut seen = None;
@@ -1782,7 +1782,7 @@ async fn daemonized_grandchild_does_not_survive(shape: Shape) {
         "#,
         &[],
     );
-    req.argv = vec![marker.clone()];
+    req.mark(&marker);
     let res = b.run(&req).await;
     let r = results(&res, &b);
     // Positive control: the daemon was up, re-parented to the run's init.
@@ -1836,7 +1836,7 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
         .replace("@MARK@", &marker_a)
         .replace("@KEY@", &key.to_string()),
     );
-    exec_a.argv = vec![marker_a.clone()];
+    exec_a.mark(&marker_a);
     exec_a.limits = codejail_tests::limits(&[("REALTIME", 30), ("CPU", 10)]);
     let (mut conn, _) = RawConn::handshake(b.socket()).await;
     conn.exec(exec_a).await;
@@ -1904,7 +1904,7 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
         ],
     );
     let marker_b = unique_marker("runb");
-    req.argv = vec![marker_b.clone()];
+    req.mark(&marker_b);
     let observe_b = async {
         for _ in 0..500 {
             if let Some(p) = processes_with(&marker_b).first() {

@@ -11,8 +11,8 @@ use codejail_client::ErrorKind as ClientErrorKind;
 use codejail_protocol::{EntryKind, ErrorKind, Exec, FileEntry, Hello, HELLO_MAGIC};
 use codejail_tests::{
     bin, broker, is_root, limits, processes_with, py, raw_python, reachable_by_others,
-    require_privileged, text, unique_marker, wait_until, with_limit, BrokerOpts, Ending, RawConn,
-    TestBroker, OUTSIDER_UID,
+    require_privileged, text, unique_marker, wait_until, with_limit, BrokerOpts, Ending, Marked,
+    RawConn, TestBroker, OUTSIDER_UID,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -563,7 +563,7 @@ async fn client_disconnecting_mid_run_cancels_it() {
         print('not cancelled')
     ",
     );
-    exec.argv = vec![marker.clone()];
+    exec.mark(&marker);
     exec.limits = limits(&[("REALTIME", 60)]);
     conn.exec(exec).await;
     wait_for_stdout(&mut conn, "started").await;
@@ -573,9 +573,10 @@ async fn client_disconnecting_mid_run_cancels_it() {
         "the running program should be visible in /proc"
     );
     if is_root() {
+        let procs = processes_with(&marker);
         assert!(
-            !b.stray_processes().is_empty(),
-            "the run's processes should run as the broker's uid {:?}",
+            procs.iter().all(|p| Some(p.uid) == b.uid()),
+            "the run's processes should run as the broker's uid {:?}: {procs:?}",
             b.uid()
         );
     }
@@ -601,7 +602,7 @@ async fn a_client_that_stops_reading_cannot_outlast_realtime() {
             sys.stdout.buffer.write(chunk)
     ",
     );
-    exec.argv = vec![marker.clone()];
+    exec.mark(&marker);
     // OUTPUT 0: no cap, so the output backs up to the program instead of being dropped.
     exec.limits = limits(&[("REALTIME", 2), ("CPU", 30), ("OUTPUT", 0)]);
     conn.exec(exec).await;
@@ -641,7 +642,7 @@ async fn daemonized_grandchild_dies_with_the_run() {
         time.sleep(1)
     ",
     );
-    exec.argv = vec![marker.clone()];
+    exec.mark(&marker);
     exec.limits = limits(&[("REALTIME", 10)]);
     let started = Instant::now();
     conn.exec(exec).await;
@@ -683,7 +684,7 @@ async fn daemonized_grandchild_dies_with_the_run() {
         "REALTIME",
         2,
     );
-    req.argv = vec![marker.clone()];
+    req.mark(&marker);
     let res = b.run(&req).await;
     assert_eq!(
         (res.status, res.limit_hit.as_deref()),
@@ -757,7 +758,7 @@ async fn full_queue_answers_busy() {
     let marker = unique_marker("busy");
     let long = || {
         let mut exec = raw_python("import time; print('running', flush=True); time.sleep(20)");
-        exec.argv = vec![marker.clone()];
+        exec.mark(&marker);
         exec.limits = limits(&[("REALTIME", 30)]);
         exec
     };
@@ -824,7 +825,7 @@ async fn sigterm_during_a_run() {
     let marker = unique_marker("sigterm");
     let (mut conn, _) = RawConn::handshake(b.socket()).await;
     let mut exec = raw_python("import time; print('started', flush=True); time.sleep(30)");
-    exec.argv = vec![marker.clone()];
+    exec.mark(&marker);
     exec.limits = limits(&[("REALTIME", 60)]);
     conn.exec(exec).await;
     wait_for_stdout(&mut conn, "started").await;
