@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# This build against an earlier one: the same cold `codejail-client exec -c 'print(1)'`
+# through each build's own client, broker and jail stage (so that builds speaking
+# different protocol versions compare), interleaved with a bare interpreter spawn, so
+# that machine noise hits all alike. Prints p50/p90 of each in ms, the ratios to the
+# bare spawn, and this build's p50 against the earlier one's (the structure step's
+# "within 5 %" check, for one).
+#
+# Usage: bench/compare_builds.sh --old DIR [--python PATH] [-n N]
+#                                [--client PATH] [--broker PATH]
+#   --old     the release directory of the earlier build, with its codejail-client,
+#             codejail-broker and codejail-jail, e.g. after
+#               git worktree add /tmp/old COMMIT
+#               (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bins)
+#             --old /tmp/old-target/release
+#   --python  the interpreter both brokers run (default: $CODEJAIL_PYTHON, else the
+#             sandbox venv of scripts/setup-sandbox-venv.sh, else /usr/bin/python3).
+#   -n        runs of each (default: $N, else 100).
+#   --client/--broker  this build's binaries (default: target/release/… under
+#             $CARGO_TARGET_DIR or the repository's target/; codejail-jail beside the
+#             broker).
+#
+# Build first: cargo build --release -p codejail-client -p codejail-broker -p codejail-jail
+
+set -euo pipefail
+
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init compare_builds
+n="${N:-100}"
+old=""
+args=()
+while (($#)); do
+    case "$1" in
+        --old) old="${2:?--old needs a directory}"; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+parse_bench_args "${args[@]+"${args[@]}"}"
+[[ -z "$socket" ]] || die "--socket: this benchmark starts its own brokers"
+[[ -n "$old" ]] || die "--old DIR is required (see --help)"
+for bin in codejail-client codejail-broker codejail-jail; do
+    [[ -x "$old/$bin" ]] || die "no $bin in --old $old"
+done
+if [[ -z "$python" ]]; then
+    python=/var/tmp/codejail-sandbox-venv/bin/python
+    [[ -x "$python" ]] || python=/usr/bin/python3
+fi
+[[ -x "$python" ]] || die "python '$python' is not executable"
+require_client
+[[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help) or pass --broker"
+[[ -x "$(dirname "$broker")/codejail-jail" ]] || die "no codejail-jail next to the broker '$broker'"
+
+make_tmpdir
+declare -A bpid=()
+cleanup() {
+    local name
+    for name in "${!bpid[@]}"; do kill -TERM "${bpid[$name]}" 2>/dev/null || true; done
+    for name in "${!bpid[@]}"; do wait "${bpid[$name]}" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+
+# start NAME BROKER: a dev broker on $tmp/NAME.sock, waited for up to 10 s.
+start() {
+    "$2" --dev --socket "$tmp/$1.sock" --python "$python" >"$tmp/$1.log" 2>&1 &
+    bpid[$1]=$!
+    for _ in $(seq 100); do
+        [[ -S "$tmp/$1.sock" ]] && return 0
+        kill -0 "${bpid[$1]}" 2>/dev/null || { cat "$tmp/$1.log" >&2; die "the $1 broker exited"; }
+        sleep 0.1
+    done
+    cat "$tmp/$1.log" >&2
+    die "no socket for the $1 broker after 10 s"
+}
+start new "$broker"
+start old "$old/codejail-broker"
+
+run_bare() { OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LC_ALL=C.UTF-8 "$python" -E -B -c 'print(1)'; }
+run_new() { "$client" --socket "$tmp/new.sock" exec -c 'print(1)'; }
+run_old() { "$old/codejail-client" --socket "$tmp/old.sock" exec -c 'print(1)'; }
+whats=(bare new old)
+
+# One untimed warm-up of each, which also checks the output.
+for what in "${whats[@]}"; do
+    out=$("run_$what" 2>"$tmp/err") || { cat "$tmp/err" >&2; die "warm-up run of $what failed"; }
+    [[ "$out" == 1 ]] || { cat "$tmp/err" >&2; die "warm-up run of $what printed '$out', not 1"; }
+done
+
+declare -A samples=()
+for ((i = 0; i < n; i++)); do
+    for what in "${whats[@]}"; do
+        stamp; t0=$now
+        "run_$what" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; die "$what run $i failed"; }
+        stamp; samples[$what]+="$((now - t0)) "
+    done
+done
+
+declare -A p50=() p90=()
+for what in "${whats[@]}"; do
+    read -ra us <<<"${samples[$what]}"
+    read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
+done
+
+table_width=40
+echo "cold exec -c 'print(1)', this build against $old, $n interleaved runs each, python $python"
+print_table_row "" "p50 ms" "p90 ms"
+print_table_row "bare: python -E -B -c 'print(1)'" "${p50[bare]}" "${p90[bare]}"
+print_table_row "this build: codejail-client exec" "${p50[new]}" "${p90[new]}"
+print_table_row "earlier build: codejail-client exec" "${p50[old]}" "${p90[old]}"
+awk -v nw="${p50[new]}" -v od="${p50[old]}" -v b="${p50[bare]}" 'BEGIN {
+    if (b > 0) printf "this build / bare %.2f; earlier build / bare %.2f\n", nw / b, od / b
+    if (od > 0) printf "this build / earlier build (p50): %.3f (%+.1f %%)\n", nw / od, (nw / od - 1) * 100
+}'
