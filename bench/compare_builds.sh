@@ -52,32 +52,12 @@ require_client
 [[ -x "$(dirname "$broker")/codejail-jail" ]] || die "no codejail-jail next to the broker '$broker'"
 
 make_tmpdir
-declare -A bpid=()
-cleanup() {
-    local name
-    for name in "${!bpid[@]}"; do kill -TERM "${bpid[$name]}" 2>/dev/null || true; done
-    for name in "${!bpid[@]}"; do wait "${bpid[$name]}" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-
-# start NAME BROKER: a dev broker on $tmp/NAME.sock, waited for up to 10 s.
-start() {
-    "$2" --dev --socket "$tmp/$1.sock" --python "$python" >"$tmp/$1.log" 2>&1 &
-    bpid[$1]=$!
-    for _ in $(seq 100); do
-        [[ -S "$tmp/$1.sock" ]] && return 0
-        kill -0 "${bpid[$1]}" 2>/dev/null || { cat "$tmp/$1.log" >&2; die "the $1 broker exited"; }
-        sleep 0.1
-    done
-    cat "$tmp/$1.log" >&2
-    die "no socket for the $1 broker after 10 s"
-}
-start new "$broker"
-start old "$old/codejail-broker"
+start_named_broker new "$broker"
+start_named_broker old "$old/codejail-broker"
 
 run_bare() { OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LC_ALL=C.UTF-8 "$python" -E -B -c 'print(1)'; }
-run_new() { "$client" --socket "$tmp/new.sock" exec -c 'print(1)'; }
-run_old() { "$old/codejail-client" --socket "$tmp/old.sock" exec -c 'print(1)'; }
+run_new() { "$client" --socket "${bsock[new]}" exec -c 'print(1)'; }
+run_old() { "$old/codejail-client" --socket "${bsock[old]}" exec -c 'print(1)'; }
 whats=(bare new old)
 
 # One untimed warm-up of each, which also checks the output.
@@ -95,11 +75,7 @@ for ((i = 0; i < n; i++)); do
     done
 done
 
-declare -A p50=() p90=()
-for what in "${whats[@]}"; do
-    read -ra us <<<"${samples[$what]}"
-    read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
-done
+series_percentiles "${whats[@]}"
 
 table_width=40
 echo "cold exec -c 'print(1)', this build against $old, $n interleaved runs each, python $python"

@@ -8,8 +8,11 @@
 #   require_client                   $client must be executable
 #   make_tmpdir                      $tmp; on exit the dev broker is stopped, $tmp removed
 #   start_dev_broker_unless_socket   no --socket: a dev broker on $tmp/broker.sock
+#   start_named_broker NAME BROKER [ARG...]   a dev broker on ${bsock[NAME]} (several at once)
+#   stop_named_broker NAME           stop one of them (make_tmpdir's trap stops the rest)
 #   stamp; t0=$now ... stamp         microsecond timer, result in $now
 #   percentiles SAMPLE...            "p50 p90" in ms of microsecond samples
+#   series_percentiles WHAT...       p50[WHAT] p90[WHAT] from the samples in ${samples[WHAT]}
 #   print_table_header TITLE WIDTH   the title line and the column heads
 #   print_table_row LABEL P50 P90    one row, label column WIDTH wide
 #   print_ratio LABEL WHO P50 BARE_P50
@@ -62,11 +65,17 @@ make_tmpdir() {
     trap 'exit 130' INT TERM
 }
 
+# The brokers start_named_broker started, by name: pid and socket.
+declare -A bpid=() bsock=()
+
 cleanup() {
-    if [[ -n "$broker_pid" ]]; then
-        kill -TERM "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "$broker_pid" "${bpid[@]}"; do
+        [[ -z "$pid" ]] || kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "$broker_pid" "${bpid[@]}"; do
+        [[ -z "$pid" ]] || wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$tmp"
 }
 
@@ -84,6 +93,37 @@ start_dev_broker_unless_socket() {
         sleep 0.1
     done
     [[ -S "$socket" ]] || { cat "$tmp/broker.log" >&2; die "no socket at $socket after 10 s"; }
+}
+
+# broker_fail NAME MESSAGE: the named broker's log on stderr, then die.
+broker_fail() {
+    echo "--- $1 broker log ($tmp/$1.log) ---" >&2
+    cat "$tmp/$1.log" >&2 || true
+    die "$1 broker: $2"
+}
+
+# start_named_broker NAME BROKER [ARG...]: `BROKER --dev` on $tmp/NAME.sock with the
+# given extra arguments (log in $tmp/NAME.log), into ${bpid[NAME]} and ${bsock[NAME]};
+# waits up to 10 s for the socket.
+start_named_broker() {
+    local name=$1 bin=$2; shift 2
+    local sock="$tmp/$name.sock"
+    "$bin" --dev --socket "$sock" --python "$python" "$@" >"$tmp/$name.log" 2>&1 &
+    bpid[$name]=$!
+    bsock[$name]=$sock
+    for _ in $(seq 100); do
+        [[ -S "$sock" ]] && return 0
+        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited at start"
+        sleep 0.1
+    done
+    broker_fail "$name" "no socket at $sock after 10 s"
+}
+
+# stop_named_broker NAME
+stop_named_broker() {
+    kill -TERM "${bpid[$1]}" 2>/dev/null || true
+    wait "${bpid[$1]}" 2>/dev/null || true
+    unset "bpid[$1]"
 }
 
 # The dev broker's log on stderr, if this script started one (for failure messages).
@@ -109,6 +149,17 @@ percentiles() {
             i50 = int((NR * 50 + 99) / 100); i90 = int((NR * 90 + 99) / 100)
             printf "%.2f %.2f\n", v[i50] / 1000, v[i90] / 1000
         }'
+}
+
+# series_percentiles WHAT...: for each WHAT, its p50 and p90 (ms) from the space-separated
+# microsecond samples in ${samples[WHAT]}, into the global arrays p50 and p90.
+series_percentiles() {
+    declare -gA p50=() p90=()
+    local what us
+    for what in "$@"; do
+        read -ra us <<<"${samples[$what]}"
+        read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
+    done
 }
 
 # "TITLE: N runs each, python P, socket S", then the column heads over a label column

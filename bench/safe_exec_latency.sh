@@ -79,11 +79,7 @@ for ((i = 0; i < n; i++)); do
     done
 done
 
-declare -A p50=() p90=()
-for what in "${whats[@]}"; do
-    read -ra us <<<"${samples[$what]}"
-    read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
-done
+series_percentiles "${whats[@]}"
 
 print_table_header "safe_exec latency" 50
 row() { print_table_row "$1" "${p50[$2]}" "${p90[$2]}"; }

@@ -89,23 +89,6 @@ json_python=$(command -v python3 || echo "$python")
 
 make_tmpdir
 
-# Every broker started here, by name: pid, socket, log. cleanup (lib.sh's trap calls it
-# by name) stops them all.
-declare -A bpid=() bsock=()
-cleanup() {
-    local name
-    for name in "${!bpid[@]}"; do kill -TERM "${bpid[$name]}" 2>/dev/null || true; done
-    for name in "${!bpid[@]}"; do wait "${bpid[$name]}" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-
-# broker_fail NAME MESSAGE: the broker's log on stderr, then die.
-broker_fail() {
-    echo "--- $1 broker log ($tmp/$1.log) ---" >&2
-    cat "$tmp/$1.log" >&2 || true
-    die "$1 broker: $2"
-}
-
 # pool_field NAME FIELD...: the python pool's fields from NAME's `status --json`,
 # space-separated (null as "null"). Fails when there is no python pool.
 pool_field() {
@@ -123,16 +106,7 @@ print(" ".join("null" if pool[f] is None else str(pool[f]) for f in sys.argv[1:]
 # with a pool, up to 60 s more until the pool is full.
 start_broker() {
     local name=$1; shift
-    local sock="$tmp/$name.sock"
-    "$broker" --dev --socket "$sock" --python "$python" "$@" >"$tmp/$name.log" 2>&1 &
-    bpid[$name]=$!
-    bsock[$name]=$sock
-    for _ in $(seq 100); do
-        [[ -S "$sock" ]] && break
-        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited at start"
-        sleep 0.1
-    done
-    [[ -S "$sock" ]] || broker_fail "$name" "no socket at $sock after 10 s"
+    start_named_broker "$name" "$broker" "$@"
     [[ " $* " != *" --pool-size "* ]] || wait_pool_full "$name" 60
 }
 
@@ -149,12 +123,6 @@ wait_pool_full() {
     broker_fail "$name" "pool not full after $2 s ($ready of $size ready)"
 }
 
-# stop_broker NAME
-stop_broker() {
-    kill -TERM "${bpid[$1]}" 2>/dev/null || true
-    wait "${bpid[$1]}" 2>/dev/null || true
-    unset "bpid[$1]"
-}
 
 start_broker cold
 start_broker lean --pool-size 2
@@ -253,11 +221,7 @@ read -r hits1 misses1 < <(pool_counts)
 lat_hits=$((hits1 - hits0))
 lat_misses=$((misses1 - misses0))
 
-declare -A p50=() p90=()
-for what in "${whats[@]}"; do
-    read -ra us <<<"${samples[$what]}"
-    read -r "p50[$what]" "p90[$what]" < <(percentiles "${us[@]}")
-done
+series_percentiles "${whats[@]}"
 
 # ratio LABEL WHAT BARE [TARGET]: the ratio of WHAT's p50 to BARE's, and how it
 # compares with the target (">= X" or "<= X"), if any.
@@ -332,7 +296,7 @@ if ((lat_misses > 0 || lat_hits != warm_runs)); then
     echo "  WARNING: not every warm request was a hit; the warm figures include cold runs"
 fi
 
-stop_broker json
+stop_named_broker json
 
 # Sustained throughput: 2 callers, each $((m / 2)) or so sequential runs of WHAT.
 # throughput WHAT: the runs/s into $rate.
@@ -379,7 +343,7 @@ for what in bare_print cold_exec npool_exec lean_exec; do
         tput_misses[$what]=$((misses1 - misses0))
     fi
 done
-stop_broker lean
+stop_named_broker lean
 
 echo
 echo "throughput, 2 concurrent callers, $m runs each ('print(1)'), runs/s:"
@@ -396,11 +360,11 @@ ratio "cold / bare" "${tput[cold_exec]}" "${tput[bare_print]}"
 # Idle footprint of one warm jail: with numpy (the warm broker's), and without (a
 # short-lived broker with a pool of 1 and no preimport).
 read -r rss_numpy mem_numpy < <(pool_field warm idle_rss_kib idle_memory_bytes) || die "status of the warm broker failed"
-stop_broker warm
-stop_broker cold
+stop_named_broker warm
+stop_named_broker cold
 start_broker plain --pool-size 1
 read -r rss_plain mem_plain < <(pool_field plain idle_rss_kib idle_memory_bytes) || die "status of the plain broker failed"
-stop_broker plain
+stop_named_broker plain
 
 mem() { if [[ "$1" == null ]]; then echo "n/a (no memory cgroup)"; else echo "$1 bytes"; fi; }
 echo
