@@ -346,7 +346,7 @@ done
 stop_named_broker lean
 
 echo
-echo "throughput, 2 concurrent callers, $m runs each ('print(1)'), runs/s:"
+echo "throughput, 2 concurrent callers, $m runs in all ('print(1)'), runs/s:"
 printf '  %-44s %8s\n' "bare: python -E -B" "${tput[bare_print]}" "cold: exec" "${tput[cold_exec]}"
 printf '  %-44s %8s   (%s hits, %s misses)\n' \
     "warm: exec (pool size 2, --preimport numpy)" "${tput[npool_exec]}" \
