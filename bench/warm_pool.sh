@@ -290,6 +290,7 @@ ratio "floor: warm interpreter, no jail / bare" "$floor_interp_p50" "${p50[bare_
 sum() { awk -v a="$1" -v b="$2" 'BEGIN { print a + b }'; }
 ratio "floor: /bin/true + warm interpreter / bare" "$(sum "${p50[floor_spawn]}" "$floor_interp_p50")" "${p50[bare_print]}"
 ratio "floor: client status + warm interpreter / bare" "$(sum "${p50[floor_client]}" "$floor_interp_p50")" "${p50[bare_print]}"
+ratio "floor of a cold run: client status + bare / bare" "$(sum "${p50[floor_client]}" "${p50[bare_print]}")" "${p50[bare_print]}"
 warm_runs=$((3 * n + 3))
 echo "warm pool over these runs ($warm_runs warm requests, warm-ups included): $lat_hits hits, $lat_misses misses"
 if ((lat_misses > 0 || lat_hits != warm_runs)); then
