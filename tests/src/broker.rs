@@ -535,12 +535,23 @@ impl TestBroker {
     /// (production shape) as one of its per-run uids. Empty when the broker runs as the
     /// caller (no uid of its own to scan).
     pub fn stray_processes(&self) -> Vec<ProcInfo> {
+        self.strays(processes)
+    }
+
+    /// How many [`stray_processes`](Self::stray_processes) there are, counted without
+    /// reading command lines ([`crate::processes_without_cmdline`]), so that a count
+    /// while a fork bomb runs does not wait on one.
+    pub fn stray_count(&self) -> usize {
+        self.strays(crate::procs::processes_without_cmdline).len()
+    }
+
+    fn strays(&self, scan: fn() -> Vec<ProcInfo>) -> Vec<ProcInfo> {
         let Some(uid) = self.uid else {
             return Vec::new();
         };
         let me = self.child.id() as i32;
         let range = self.run_ids();
-        let procs = processes();
+        let procs = scan();
         // A pooled broker's unused warm jails are its descendants: not leftovers (a
         // run's stage is reaped, its whole pid namespace gone, before its run ends).
         let pooled = self.opts.pooled();

@@ -24,6 +24,18 @@ pub struct ProcInfo {
 /// Every process visible in `/proc` (processes that vanish mid-scan are skipped), from
 /// the broker's own scan.
 pub fn processes() -> Vec<ProcInfo> {
+    scan(true)
+}
+
+/// [`processes`] without their command lines (left empty). Reading a command line takes
+/// the process's memory-map lock, which a process forking in a loop holds most of the
+/// time: a scan while a fork bomb runs can wait seconds on one. Everything else read
+/// here (status, comm) does not wait on it.
+pub fn processes_without_cmdline() -> Vec<ProcInfo> {
+    scan(false)
+}
+
+fn scan(with_cmdline: bool) -> Vec<ProcInfo> {
     let Ok(statuses) = codejail_broker::run::uidpool::proc_statuses() else {
         return Vec::new();
     };
@@ -35,7 +47,12 @@ pub fn processes() -> Vec<ProcInfo> {
                 .find_map(|l| l.strip_prefix("State:"))
                 .map(|rest| rest.trim().to_string())
                 .unwrap_or_default();
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            let cmdline = if !with_cmdline {
+                Ok(Vec::new())
+            } else {
+                fs::read(format!("/proc/{pid}/cmdline"))
+            };
+            let cmdline = cmdline
                 .map(|b| {
                     String::from_utf8_lossy(&b)
                         .split('\0')
@@ -75,17 +92,25 @@ const COMM_LEN: usize = 15;
 pub const NAME_AFTER_MARKER: &str = "import ctypes as _cj_c, sys as _cj_s; \
     _cj_c.CDLL(None).prctl(15, _cj_s.argv[1][-15:].encode(), 0, 0, 0); del _cj_c, _cj_s\n";
 
+/// Processes named after `marker` ([`NAME_AFTER_MARKER`]), found without reading any
+/// command line ([`processes_without_cmdline`]).
+pub fn processes_named(marker: &str) -> Vec<ProcInfo> {
+    processes_without_cmdline()
+        .into_iter()
+        .filter(|p| named_after(p, marker))
+        .collect()
+}
+
+fn named_after(p: &ProcInfo, marker: &str) -> bool {
+    p.comm.len() == COMM_LEN && marker.as_bytes().ends_with(p.comm.as_bytes())
+}
+
 /// Processes whose command line contains `marker`, or that were named after it
 /// ([`NAME_AFTER_MARKER`]).
 pub fn processes_with(marker: &str) -> Vec<ProcInfo> {
     processes()
         .into_iter()
-        .filter(|p| {
-            p.cmdline.contains(marker)
-                || (marker.len() >= COMM_LEN
-                    && marker.as_bytes().ends_with(p.comm.as_bytes())
-                    && p.comm.len() == COMM_LEN)
-        })
+        .filter(|p| p.cmdline.contains(marker) || named_after(p, marker))
         .collect()
 }
 
