@@ -156,8 +156,8 @@ impl WarmJail {
 
 /// A warm jail taken for a run, counted against its pool's size until the run's
 /// [`Cleanup`] is done: the pool is refilled after each use, not while the run that
-/// took the jail still needs the CPU (a build started at the take costs that run about
-/// a millisecond on two cores, measured) and its uid.
+/// took the jail still needs the CPU (a build started at the take cost that run 0.6 ms
+/// p50 when runs were 100 ms apart, 1.2 ms back to back, on two cores) and its uid.
 #[derive(Debug)]
 pub struct InUse {
     count: Arc<AtomicU32>,
