@@ -37,6 +37,14 @@ fn drop_capabilities() -> Result<(), JailError> {
 /// The program's `PATH` unless its command configures one.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The program's `HOME` unless its command configures one: the run's `tmp/`. Upstream's
+/// runs get the sandbox user's home from sudo, which its AppArmor profile lets them
+/// read at most; here there is no passwd entry for the run's uid, so without HOME
+/// `~` stays `~`. The run's tmp/ is private to the run, writable, counted against TMP
+/// and gone with it, so a library that keeps data or a cache under `~` (nltk,
+/// matplotlib) works and leaves nothing for a later run.
+pub const DEFAULT_HOME: &str = "$TMPDIR";
+
 /// Exit status of the program process when a step before `execve` failed (as a
 /// shell's "command not found"); a `Failed` report precedes it.
 pub const EXIT_EXEC_FAILED: i32 = 127;
@@ -51,8 +59,9 @@ pub(crate) struct ExecSpec {
     pub(crate) program: CString,
     /// `argv`.
     pub(crate) argv: Vec<CString>,
-    /// The whole environment: `TMPDIR`, `PATH` (unless the plan sets it), then the
-    /// plan's variables (a value `$TMPDIR` or `$TMPDIR/...` names the run's tmp/).
+    /// The whole environment: `TMPDIR`, `PATH` and `HOME` (unless the plan sets them),
+    /// then the plan's variables (a value `$TMPDIR` or `$TMPDIR/...` names the run's
+    /// tmp/).
     pub(crate) env: Vec<CString>,
     /// The workdir (the program's cwd).
     pub(crate) workdir: CString,
@@ -80,12 +89,17 @@ impl ExecSpec {
         let workdir_shown = workdir_path(plan);
         let tmpdir = format!("{workdir_shown}/{TMP_DIR}");
         let mut env = vec![c("environment variable", &format!("TMPDIR={tmpdir}"))?];
-        // Upstream's programs run under sudo, which sets a PATH; callers' tests check
-        // that there is one. Nothing else of any outside environment is passed on.
-        if !plan.env.iter().any(|(key, _)| key == "PATH") {
-            env.push(c("environment variable", &format!("PATH={DEFAULT_PATH}"))?);
-        }
-        for (key, value) in &plan.env {
+        // Upstream's programs run under sudo, which sets a PATH and a HOME; callers'
+        // tests check that there is a PATH, and libraries resolve `~` from HOME (nltk,
+        // imported by capa's chemistry names, refuses to import without one). Nothing
+        // else of any outside environment is passed on.
+        let defaults = [("PATH", DEFAULT_PATH), ("HOME", DEFAULT_HOME)];
+        let unset = defaults
+            .iter()
+            .filter(|(key, _)| !plan.env.iter().any(|(k, _)| k == key))
+            .map(|&(k, v)| (k.to_string(), v.to_string()));
+        let variables: Vec<(String, String)> = unset.chain(plan.env.iter().cloned()).collect();
+        for (key, value) in &variables {
             if key.is_empty() || key.contains('=') || key == "TMPDIR" {
                 return Err(invalid(format!(
                     "environment variable name {key:?} is empty, has a '=' or is TMPDIR"
@@ -231,6 +245,7 @@ mod tests {
             [
                 "TMPDIR=/tmp/codejail-7/tmp",
                 "PATH=/usr/local/bin:/usr/bin:/bin",
+                "HOME=/tmp/codejail-7/tmp",
                 "OPENBLAS_NUM_THREADS=1"
             ]
         );
@@ -249,6 +264,19 @@ mod tests {
             "a configured PATH replaces the default"
         );
         let mut p = plan();
+        p.env.push(("HOME".into(), "/nonexistent".into()));
+        let spec = ExecSpec::from_plan(&p).expect("spec");
+        let homes: Vec<&str> = spec
+            .env
+            .iter()
+            .filter_map(|e| e.to_str().ok()?.strip_prefix("HOME="))
+            .collect();
+        assert_eq!(
+            homes,
+            ["/nonexistent"],
+            "a configured HOME replaces the default"
+        );
+        let mut p = plan();
         p.env = vec![
             ("MPLCONFIGDIR".into(), "$TMPDIR".into()),
             ("CACHE".into(), "$TMPDIR/cache".into()),
@@ -257,7 +285,7 @@ mod tests {
         let spec = ExecSpec::from_plan(&p).expect("spec");
         let env: Vec<&str> = spec.env.iter().filter_map(|e| e.to_str().ok()).collect();
         assert_eq!(
-            &env[2..],
+            &env[3..],
             [
                 "MPLCONFIGDIR=/tmp/codejail-7/tmp",
                 "CACHE=/tmp/codejail-7/tmp/cache",

@@ -444,9 +444,10 @@ fn fsize_zero_forbids_writing_files_and_a_bigger_limit_allows_it() {
 
 /// The program's initial environment (what execve passed, unaffected by Python's
 /// own locale coercion: the program is `env` itself, as the run has no procfs to
-/// read `/proc/self/environ` from) is exactly TMPDIR, PATH and the plan's variables.
+/// read `/proc/self/environ` from) is exactly TMPDIR, PATH, HOME (the run's tmp/) and the
+/// plan's variables.
 #[test]
-fn environment_is_only_tmpdir_path_and_the_plan() {
+fn environment_is_only_tmpdir_path_home_and_the_plan() {
     let mut plan = python_plan("");
     plan.program = "/usr/bin/env".into();
     plan.argv = vec!["env".into()];
@@ -457,7 +458,8 @@ fn environment_is_only_tmpdir_path_and_the_plan() {
     };
     out.assert_ok();
     let expected = format!(
-        "TMPDIR=/tmp/{}/tmp\nPATH=/usr/local/bin:/usr/bin:/bin\nOPENBLAS_NUM_THREADS=1\n",
+        "TMPDIR=/tmp/{0}/tmp\nPATH=/usr/local/bin:/usr/bin:/bin\nHOME=/tmp/{0}/tmp\n\
+         OPENBLAS_NUM_THREADS=1\n",
         plan.workdir_name
     );
     assert_eq!(out.stdout, expected);

@@ -451,11 +451,15 @@ async fn test_cant_fork() {
     assert_ne!(res.status, 0);
 }
 
-/// The whole environment of a run: `TMPDIR`, plus what the broker's `python` command
-/// sets (numeric libraries held to one thread so they do not exhaust NPROC, and a UTF-8
-/// locale, which also keeps Python from adding `LC_CTYPE` by coercing the C locale).
+/// The whole environment of a run: `TMPDIR`, `HOME`, plus what the broker's `python`
+/// command sets (numeric libraries held to one thread so they do not exhaust NPROC, and
+/// a UTF-8 locale, which also keeps Python from adding `LC_CTYPE` by coercing the C
+/// locale).
 /// Nothing from the broker's own environment.
 const EXPECTED_ENV: &[(&str, &str)] = &[
+    // `~` is the run's own tmp/ (checked below): nltk, which capa's chemistry names
+    // import, refuses to import without a home.
+    ("HOME", "<the run's tmp/>"),
     ("LC_ALL", "'C.UTF-8'"),
     ("MKL_NUM_THREADS", "'1'"),
     // matplotlib's cache goes to the run's own tmp/ (checked below).
@@ -496,8 +500,8 @@ async fn test_cant_see_environment_variables() {
     let (_, value) = env.remove(tmpdir);
     assert!(value.ends_with("/tmp'"), "TMPDIR: {value}");
     for (name, v) in env.iter_mut() {
-        if *name == "MPLCONFIGDIR" {
-            assert_eq!(*v, value, "MPLCONFIGDIR is the run's tmp/");
+        if *name == "MPLCONFIGDIR" || *name == "HOME" {
+            assert_eq!(*v, value, "{name} is the run's tmp/");
             *v = "<the run's tmp/>";
         }
     }
