@@ -209,6 +209,7 @@ impl Client {
                             usage: f.usage,
                             limit_hit: f.limit_hit,
                             truncated: f.truncated,
+                            output_limit: f.output_limit,
                             run_id,
                             workdir: f.workdir,
                             pid: f.pid,
@@ -384,6 +385,7 @@ mod tests {
             load: Load::default(),
             pool: Default::default(),
             commands: BTreeMap::new(),
+            limits: Default::default(),
         }
     }
 
@@ -453,6 +455,7 @@ mod tests {
             },
             limit_hit: None,
             truncated: false,
+            output_limit: 1 << 20,
             workdir: "/tmp/codejail-fake".into(),
             pid: 4321,
         })

@@ -27,7 +27,7 @@ pub fn jail_result(r: &JailResult) -> Value {
 }
 
 /// `status --json`: `{"broker_version", "protocol_version", "mode", "layers", "load",
-/// "commands"}`.
+/// "commands", "pool", "limits"}`; `limits` is `{"defaults", "ceilings", "contexts"}`.
 pub fn status_report(s: &StatusReport) -> Value {
     let layers: Map<String, Value> = s
         .layers
@@ -78,6 +78,11 @@ pub fn status_report(s: &StatusReport) -> Value {
         },
         "commands": commands,
         "pool": pool,
+        "limits": {
+            "defaults": s.limits.defaults,
+            "ceilings": s.limits.ceilings,
+            "contexts": s.limits.contexts,
+        },
     })
 }
 
@@ -85,7 +90,10 @@ pub fn status_report(s: &StatusReport) -> Value {
 #[allow(clippy::expect_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-    use codejail_protocol::{CommandInfo, Layer, LayerState, Load, Mode, PoolStatus, Usage};
+    use codejail_protocol::{
+        CommandInfo, Layer, LayerState, LimitName, Limits, LimitsReport, Load, Mode, PoolStatus,
+        Usage,
+    };
 
     fn keys(v: &Value) -> Vec<&str> {
         let mut k: Vec<&str> = v
@@ -113,6 +121,7 @@ mod tests {
             },
             limit_hit: Some("REALTIME".into()),
             truncated: false,
+            output_limit: 1 << 20,
             run_id: 7,
             workdir: "/tmp/codejail-7".into(),
             pid: 70,
@@ -204,6 +213,16 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            limits: LimitsReport::new(
+                &Limits::default(),
+                &[(LimitName::Cpu, 10)].into_iter().collect(),
+                &[(
+                    "course-v1:big".to_string(),
+                    [(LimitName::Realtime, 10)].into_iter().collect(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
         };
         let v = status_report(&s);
         assert_eq!(
@@ -212,6 +231,7 @@ mod tests {
                 "broker_version",
                 "commands",
                 "layers",
+                "limits",
                 "load",
                 "mode",
                 "pool",
@@ -219,6 +239,19 @@ mod tests {
             ]
         );
         assert_eq!(v["mode"], json!("dev"));
+        assert_eq!(keys(&v["limits"]), ["ceilings", "contexts", "defaults"]);
+        assert_eq!(v["limits"]["defaults"]["REALTIME"], json!(1));
+        assert_eq!(
+            v["limits"]["defaults"]
+                .as_object()
+                .map(serde_json::Map::len),
+            Some(LimitName::ALL.len())
+        );
+        assert_eq!(v["limits"]["ceilings"], json!({"CPU": 10}));
+        assert_eq!(
+            v["limits"]["contexts"],
+            json!({"course-v1:big": {"REALTIME": 10}})
+        );
         assert_eq!(v["protocol_version"], json!(1));
         assert_eq!(
             v["pool"],

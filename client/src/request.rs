@@ -97,6 +97,9 @@ pub struct JailResult {
     pub limit_hit: Option<String>,
     /// Output beyond the broker's cap was discarded.
     pub truncated: bool,
+    /// The run's `OUTPUT` limit, the cap: bytes of stdout and stderr together kept (0
+    /// when there is none, and in the unsafe local mode).
+    pub output_limit: u64,
     /// The run's id, as in the broker's log.
     pub run_id: u64,
     /// The run's directory (the program's cwd) as the program saw it.

@@ -235,10 +235,21 @@ fn has_oversized_int(v: &Value) -> bool {
 }
 
 /// Upstream's handling of the finished run: a non-zero status raises
-/// `SafeExecException`, else the JSON object on stdout updates `globals`.
+/// `SafeExecException`, else the JSON object on stdout updates `globals`. Output cut at
+/// the broker's `OUTPUT` cap cannot hold the whole JSON: that is a `SafeExecException`
+/// naming the limit, never a parse error (upstream, which has no such cap, returns the
+/// globals).
 pub(crate) fn merge_result(globals: &mut Dict, result: &JailResult) -> Result<(), SafeExecError> {
     if result.status != 0 {
         return Err(failure(result).into());
+    }
+    if result.truncated {
+        return Err(SafeExecException {
+            message: truncated_output_message(result.output_limit),
+            status: result.status,
+            limit_hit: result.limit_hit.clone(),
+        }
+        .into());
     }
     let returned = parse_globals(&result.stdout, result.truncated)?;
     globals.update(returned);
@@ -262,6 +273,17 @@ pub fn failure_message(stdout: &[u8], stderr: &[u8], status: i32) -> String {
         py_bytes_repr(stdout),
         py_bytes_repr(stderr),
         status
+    )
+}
+
+/// The message of a `SafeExecException` for a run whose output the broker cut at its
+/// `OUTPUT` limit of `limit` bytes. It starts as upstream's messages do (callers match
+/// on `Couldn't execute jailed code: `).
+pub fn truncated_output_message(limit: u64) -> String {
+    format!(
+        "Couldn't execute jailed code: its output went over the OUTPUT limit of {limit} \
+         bytes (stdout and stderr together) and was cut, so the globals could not be \
+         returned: return smaller globals, or raise OUTPUT"
     )
 }
 
@@ -338,6 +360,7 @@ mod tests {
             usage: Usage::default(),
             limit_hit: None,
             truncated: false,
+            output_limit: 16 << 20,
             run_id: 1,
             workdir: "/tmp/codejail-test".into(),
             pid: 1,
@@ -389,6 +412,31 @@ mod tests {
             timeout.to_string(),
             "Couldn't execute jailed code: stdout: b'', stderr: b'' with status code: -9"
         );
+    }
+
+    #[test]
+    fn output_cut_at_the_cap_is_an_exception_naming_the_limit() {
+        let mut globals: Dict = [("a", 1)].into_iter().collect();
+        let mut cut = result(0, br#"{"a": 2, "big": "xxxx"#, b"");
+        cut.truncated = true;
+        cut.limit_hit = Some("OUTPUT".into());
+        let err = merge_result(&mut globals, &cut).expect_err("cut");
+        let SafeExecError::Exception(e) = err else {
+            panic!("not an exception: {err:?}")
+        };
+        assert!(
+            e.message.starts_with("Couldn't execute jailed code: ")
+                && e.message.contains("OUTPUT limit of 16777216 bytes"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.limit_hit.as_deref(), Some("OUTPUT"));
+        assert_eq!(globals.get("a"), Some(&Value::from(1)), "untouched");
+        // A failed run keeps upstream's message, cut or not.
+        let mut failed = result(1, b"", b"Traceback");
+        failed.truncated = true;
+        let err = merge_result(&mut globals, &failed).expect_err("failed");
+        assert!(err.to_string().ends_with("with status code: 1"), "{err}");
     }
 
     #[test]

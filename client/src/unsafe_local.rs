@@ -160,6 +160,7 @@ fn run_local(python: &Path, exec: &Exec) -> Result<JailResult, SafeExecError> {
         usage: Default::default(),
         limit_hit: None,
         truncated: false,
+        output_limit: 0,
         run_id: 0,
         workdir,
         pid,

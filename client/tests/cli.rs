@@ -8,8 +8,9 @@ use std::process::Output;
 
 use bytes::Bytes;
 use codejail_protocol::{
-    decode, encode, framed, CommandInfo, Exec, Finished, Hello, Layer, LayerState, Load, Mode,
-    Request, Response, StatusReport, Usage, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode, framed, CommandInfo, Exec, Finished, Hello, Layer, LayerState, LimitsReport,
+    Load, Mode, Request, Response, StatusReport, Usage, Welcome, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixListener;
@@ -43,6 +44,14 @@ fn report(required_layer_state: LayerState) -> StatusReport {
                 allow_exec: false,
             },
         )]),
+        limits: LimitsReport {
+            defaults: BTreeMap::from([("REALTIME".to_string(), 3)]),
+            ceilings: BTreeMap::from([("CPU".to_string(), 5)]),
+            contexts: BTreeMap::from([(
+                "course-v1:big".to_string(),
+                BTreeMap::from([("REALTIME".to_string(), 10)]),
+            )]),
+        },
     }
 }
 
@@ -126,6 +135,7 @@ fn finished(status: i32, limit_hit: Option<&str>) -> Response {
         },
         limit_hit: limit_hit.map(str::to_string),
         truncated: false,
+        output_limit: 1 << 24,
         workdir: "/tmp/codejail-fake".into(),
         pid: 99,
     })
@@ -295,7 +305,12 @@ async fn status_exit_codes_and_json_shape() {
             },
             "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16},
             "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}},
-            "pool": {}
+            "pool": {},
+            "limits": {
+                "defaults": {"REALTIME": 3},
+                "ceilings": {"CPU": 5},
+                "contexts": {"course-v1:big": {"REALTIME": 10}}
+            }
         })
     );
 

@@ -29,7 +29,7 @@ pub use limits::{LimitName, Limits};
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
 /// handshake changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The magic that opens every [`Hello`]: lets the broker tell a codejail client from
 /// anything else that connects to its socket.
@@ -166,6 +166,59 @@ pub struct StatusReport {
     pub commands: BTreeMap<String, CommandInfo>,
     /// The warm pool by command (empty when none is configured).
     pub pool: BTreeMap<String, PoolStatus>,
+    /// The limits the broker applies: callers that must know a run's limits before
+    /// it ends (the HTTP front's deadline) read them here instead of repeating them.
+    pub limits: LimitsReport,
+}
+
+/// The broker's limit policy in the [`StatusReport`]. A run's limits are the
+/// defaults, then its context's overrides (an unknown context has none), then the
+/// values of its request, each within its ceiling.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LimitsReport {
+    /// Every limit's default, by name.
+    pub defaults: BTreeMap<String, u64>,
+    /// The ceilings a request's values may not exceed, by name.
+    pub ceilings: BTreeMap<String, u64>,
+    /// The named override contexts: the limits each one overrides.
+    pub contexts: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl LimitsReport {
+    /// The report of a policy given as typed values.
+    pub fn new(
+        defaults: &Limits,
+        ceilings: &BTreeMap<LimitName, u64>,
+        contexts: &BTreeMap<String, BTreeMap<LimitName, u64>>,
+    ) -> Self {
+        let named = |m: &BTreeMap<LimitName, u64>| -> BTreeMap<String, u64> {
+            m.iter()
+                .map(|(n, v)| (n.as_str().to_string(), *v))
+                .collect()
+        };
+        LimitsReport {
+            defaults: defaults
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v))
+                .collect(),
+            ceilings: named(ceilings),
+            contexts: contexts
+                .iter()
+                .map(|(c, m)| (c.clone(), named(m)))
+                .collect(),
+        }
+    }
+
+    /// The value of `name` for a run in `context` whose request sets no value of its
+    /// own: the context's override, else the default (`None` if the broker did not
+    /// report it).
+    pub fn value(&self, context: Option<&str>, name: LimitName) -> Option<u64> {
+        context
+            .and_then(|c| self.contexts.get(c))
+            .and_then(|o| o.get(name.as_str()))
+            .or_else(|| self.defaults.get(name.as_str()))
+            .copied()
+    }
 }
 
 /// One command's warm pool in the [`StatusReport`].
@@ -272,6 +325,8 @@ pub struct Finished {
     pub limit_hit: Option<String>,
     /// Output beyond the cap was discarded.
     pub truncated: bool,
+    /// The run's `OUTPUT` limit: bytes of stdout and stderr together kept.
+    pub output_limit: u64,
     /// The run's directory (the program's cwd) as the program saw it.
     pub workdir: String,
     /// A host pid of the run (the jail stage's), as upstream logs the pid of its
@@ -378,6 +433,38 @@ mod tests {
     }
 
     #[test]
+    fn a_contexts_value_overrides_the_default_and_an_unknown_context_has_none() {
+        let mut defaults = Limits::default();
+        defaults.set(LimitName::Realtime, 3);
+        let report = LimitsReport::new(
+            &defaults,
+            &BTreeMap::new(),
+            &[(
+                "course-v1:big".to_string(),
+                [(LimitName::Realtime, 10)].into_iter().collect(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(report.defaults.len(), LimitName::ALL.len(), "every limit");
+        assert_eq!(report.value(None, LimitName::Realtime), Some(3));
+        assert_eq!(
+            report.value(Some("course-v1:big"), LimitName::Realtime),
+            Some(10)
+        );
+        assert_eq!(
+            report.value(Some("course-v1:big"), LimitName::Cpu),
+            Some(1),
+            "a limit the context does not override keeps its default"
+        );
+        assert_eq!(report.value(Some("other"), LimitName::Realtime), Some(3));
+        assert_eq!(
+            LimitsReport::default().value(None, LimitName::Realtime),
+            None
+        );
+    }
+
+    #[test]
     fn welcome_head_reads_any_welcome() {
         let welcome = Welcome {
             protocol_version: 7,
@@ -391,6 +478,7 @@ mod tests {
                 load: Load::default(),
                 pool: Default::default(),
                 commands: BTreeMap::new(),
+                limits: LimitsReport::default(),
             },
         };
         let bytes = encode(&welcome).expect("encode");
@@ -452,6 +540,7 @@ mod tests {
                 },
                 limit_hit: Some("REALTIME".into()),
                 truncated: true,
+                output_limit: 1 << 20,
                 workdir: "/tmp/codejail-x".into(),
                 pid: 4242,
             }),
@@ -475,6 +564,16 @@ mod tests {
                 )]
                 .into_iter()
                 .collect(),
+                limits: LimitsReport::new(
+                    &Limits::default(),
+                    &[(LimitName::Cpu, 5)].into_iter().collect(),
+                    &[(
+                        "course".to_string(),
+                        [(LimitName::Realtime, 3)].into_iter().collect(),
+                    )]
+                    .into_iter()
+                    .collect(),
+                ),
             }),
         ] {
             let back: Response = decode(&encode(&resp).expect("enc")).expect("dec");

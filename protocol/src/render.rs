@@ -57,6 +57,7 @@ pub fn status_table(r: &StatusReport) -> String {
         ));
     }
     s.push_str(&pool_lines(r, "pool\n"));
+    s.push_str(&limits_lines(r));
     let missing: Vec<&str> = r.missing_required().map(|(n, _)| n.as_str()).collect();
     if r.required_layers_hold() {
         s.push_str("verdict   OK: serving with every required layer\n");
@@ -87,6 +88,28 @@ fn pool_lines(r: &StatusReport, heading: &str) -> String {
         s.push_str(&format!(
             "  warm {command}: {} of {} ready, preimport {preimport}, {} hits, {} misses, idle rss {} KiB, idle cgroup memory {memory}\n",
             p.ready, p.size, p.hits, p.misses, p.idle_rss_kib
+        ));
+    }
+    s
+}
+
+/// The limit policy: defaults, ceilings, then one line per override context.
+fn limits_lines(r: &StatusReport) -> String {
+    let values = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let l = &r.limits;
+    let mut s = format!("limits    defaults {}\n", values(&l.defaults));
+    if !l.ceilings.is_empty() {
+        s.push_str(&format!("          ceilings {}\n", values(&l.ceilings)));
+    }
+    for (context, overrides) in &l.contexts {
+        s.push_str(&format!(
+            "          context {context:?}: {}\n",
+            values(overrides)
         ));
     }
     s

@@ -20,6 +20,7 @@ class RunResult(TypedDict):
     status: int
     limit_hit: Optional[str]
     truncated: bool
+    output_limit: int
     run_id: int
     workdir: str
     pid: int
@@ -69,3 +70,7 @@ def connection_stats() -> ConnectionStats:
 
 def close_connections() -> None:
     """Close this process's kept connections."""
+
+def truncated_output_message(limit: int) -> str:
+    """The SafeExecException message for globals cut at the OUTPUT limit of `limit`
+    bytes (the Rust client's text)."""

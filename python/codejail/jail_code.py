@@ -118,13 +118,15 @@ class JailResult:
     """What ``jail_code`` returns: ``stdout`` and ``stderr`` (bytes), ``status`` (the
     exit code, or minus the signal number). Ours besides: ``limit_hit`` (the limit that
     ended the run, e.g. ``"REALTIME"``, or ``None``), ``truncated`` (output beyond the
-    broker's cap was dropped), ``workdir`` and ``pid`` (the run's directory as the
+    broker's cap was dropped), ``output_limit`` (that cap: the run's ``OUTPUT`` limit in
+    bytes, stdout and stderr together), ``workdir`` and ``pid`` (the run's directory as the
     program saw it and a pid of the run), ``run_id`` and ``usage`` (a dict)."""
 
     def __init__(self):
         self.stdout = self.stderr = self.status = None
         self.limit_hit = None
         self.truncated = False
+        self.output_limit = None
         self.workdir = None
         self.pid = None
         self.run_id = None
@@ -226,6 +228,7 @@ def jail_code(
     result.status = raw["status"]
     result.limit_hit = raw["limit_hit"]
     result.truncated = raw["truncated"]
+    result.output_limit = raw["output_limit"]
     result.workdir = raw["workdir"]
     result.pid = raw["pid"]
     result.run_id = raw["run_id"]

@@ -20,7 +20,7 @@ import shutil
 import sys
 
 from codejail import jail_code
-from codejail._native import SAFE_EXEC_WRAPPER
+from codejail._native import SAFE_EXEC_WRAPPER, truncated_output_message
 from codejail.util import change_directory, temp_directory
 
 log = logging.getLogger("codejail")
@@ -58,8 +58,9 @@ def safe_exec(
     ``extra_files`` entry has that name; ``extra_files`` are ``(name, bytes)`` pairs;
     ``limit_overrides_context`` and ``slug`` are as for ``jail_code``.
 
-    Raises :class:`SafeExecException` if the code failed, with upstream's exact message;
-    ``RuntimeError`` if python is not configured.
+    Raises :class:`SafeExecException` if the code failed, with upstream's exact message,
+    or if its output went over the broker's ``OUTPUT`` limit (the message names the
+    limit: the globals were cut); ``RuntimeError`` if python is not configured.
     """
     if ALWAYS_BE_UNSAFE:
         not_safe_exec(
@@ -113,6 +114,8 @@ def safe_exec(
             f"Couldn't execute jailed code: stdout: {res.stdout!r}, "
             f"stderr: {res.stderr!r} with status code: {res.status}"
         )
+    if res.truncated:
+        raise SafeExecException(truncated_output_message(res.output_limit))
     globals_dict.update(json.loads(res.stdout.decode("utf-8")))
 
 

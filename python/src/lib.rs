@@ -143,6 +143,13 @@ fn connection_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// The `SafeExecException` message for globals cut at the `OUTPUT` limit of `limit`
+/// bytes (the client library's, so that every caller says the same).
+#[pyfunction]
+fn truncated_output_message(limit: u64) -> String {
+    codejail_client::safe_exec::truncated_output_message(limit)
+}
+
 /// Close this process's kept connections (the next call connects again).
 #[pyfunction]
 fn close_connections(py: Python<'_>) {
@@ -156,6 +163,7 @@ fn result_dict(py: Python<'_>, r: JailResult) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("status", r.status)?;
     d.set_item("limit_hit", r.limit_hit)?;
     d.set_item("truncated", r.truncated)?;
+    d.set_item("output_limit", r.output_limit)?;
     d.set_item("run_id", r.run_id)?;
     d.set_item("workdir", r.workdir)?;
     d.set_item("pid", r.pid)?;
@@ -242,6 +250,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     m.add_function(wrap_pyfunction!(connection_stats, m)?)?;
     m.add_function(wrap_pyfunction!(close_connections, m)?)?;
+    m.add_function(wrap_pyfunction!(truncated_output_message, m)?)?;
     m.add("SAFE_EXEC_WRAPPER", codejail_client::safe_exec::WRAPPER)?;
     m.add("DEFAULT_SOCKET", codejail_client::DEFAULT_SOCKET)?;
     m.add("PROTOCOL_VERSION", codejail_protocol::PROTOCOL_VERSION)?;

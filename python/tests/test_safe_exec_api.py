@@ -87,6 +87,23 @@ def test_timeout_message_is_upstreams(broker):
     assert str(info.value) == "Couldn't execute jailed code: stdout: b'', stderr: b'' with status code: -9"
 
 
+def test_globals_over_the_output_limit_raise_naming_it(broker):
+    # {"a": 1, "big": "x..."} is 19 bytes around the string (and perhaps a newline).
+    jail_code.set_limit("OUTPUT", 4096)
+    globs = {"a": 1}
+    safe_exec.safe_exec(f"big = 'x' * {4096 - 20}", globs)
+    assert globs["big"] == "x" * (4096 - 20)
+    globs = {"a": 1}
+    with pytest.raises(safe_exec.SafeExecException) as info:
+        safe_exec.safe_exec(f"big = 'x' * {4096 - 18}", globs)
+    msg = str(info.value)
+    assert msg.startswith("Couldn't execute jailed code: "), msg
+    assert "OUTPUT limit of 4096 bytes" in msg, msg
+    assert globs == {"a": 1}
+    res = jail_code.jail_code("python", "print('y' * 5000)")
+    assert res.truncated is True and res.output_limit == 4096 and len(res.stdout) == 4096
+
+
 def test_not_safe_exec_message_has_no_traceback():
     with pytest.raises(safe_exec.SafeExecException) as info:
         safe_exec.not_safe_exec("raise KeyError('k')", {})

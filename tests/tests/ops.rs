@@ -1570,6 +1570,7 @@ fn status_exit_codes_serve_as_a_monitoring_check() {
         load: codejail_protocol::Load::default(),
         pool: Default::default(),
         commands: Default::default(),
+        limits: Default::default(),
     };
     let path = dir.path().join("fake.sock");
     let listener = UnixListener::bind(&path).expect("bind");

@@ -716,6 +716,51 @@ async fn output_that_is_not_globals_is_an_error() {
     assert_eq!(globs.to_json(), r#"{"a": 1}"#);
 }
 
+/// Globals just over the broker's `OUTPUT` limit: a `SafeExecException` naming the
+/// limit, never a parse error, from the library and the CLI; just under, they return.
+#[tokio::test]
+async fn globals_over_the_output_limit_are_an_exception_naming_it() {
+    const LIMIT: usize = 4096;
+    let b = broker!(BrokerOpts::new().default_limit("OUTPUT", LIMIT as u64));
+    let t = Target::Jail(&b);
+    // The wrapper writes `{"a": 1, "big": "x..."}`: 19 bytes around the string, and
+    // perhaps a newline.
+    let code = |n: usize| format!("big = 'x' * {n}");
+    let under = LIMIT - 19 - 1;
+    let mut globs = dict(r#"{"a": 1}"#);
+    t.exec_with(&code(under), &mut globs, &SafeExecOptions::default())
+        .await;
+    assert_eq!(globs["big"], Value::from("x".repeat(under)));
+
+    let over = LIMIT - 19 + 1;
+    let mut globs = dict(r#"{"a": 1}"#);
+    let expected = format!(
+        "Couldn't execute jailed code: its output went over the OUTPUT limit of {LIMIT} \
+         bytes (stdout and stderr together) and was cut, so the globals could not be \
+         returned: return smaller globals, or raise OUTPUT"
+    );
+    match t
+        .try_exec(&code(over), &mut globs, &SafeExecOptions::default())
+        .await
+    {
+        Err(SafeExecError::Exception(e)) => {
+            assert_eq!(e.message, expected);
+            assert_eq!(e.limit_hit.as_deref(), Some("OUTPUT"));
+        }
+        other => panic!("expected a SafeExecException, got {other:?}"),
+    }
+    assert_eq!(globs.to_json(), r#"{"a": 1}"#, "untouched");
+
+    // The CLI starts from no globals: the code sets `a` first, for the same output.
+    let out = client(
+        b.socket(),
+        &["safe-exec", "-c", &format!("a = 1\n{}", code(over))],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), format!("{expected}\n"));
+}
+
 #[tokio::test]
 async fn no_broker_is_an_error_never_a_fallback() {
     let dir = tempfile::tempdir().unwrap();

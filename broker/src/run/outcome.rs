@@ -137,6 +137,7 @@ pub(crate) fn finish(
             usage,
             limit_hit: limit_hit.map(str::to_string),
             truncated,
+            output_limit: spec.limits.get(LimitName::Output),
             workdir: spec.workdir.clone(),
             // The stage's pid, filled in by `execute_in`, which spawned it.
             pid: 0,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use codejail_protocol::{
-    CommandInfo, Layer, LayerState, Load, Mode, StatusReport, PROTOCOL_VERSION,
+    CommandInfo, Layer, LayerState, LimitsReport, Load, Mode, StatusReport, PROTOCOL_VERSION,
 };
 
 use super::selftest::Probe;
@@ -153,6 +153,11 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
                 (name.clone(), info)
             })
             .collect(),
+        limits: LimitsReport::new(
+            &settings.limits.defaults,
+            &settings.limits.ceilings,
+            &settings.limits.contexts,
+        ),
     }
 }
 

@@ -702,9 +702,24 @@ mod tests {
             load: Load::default(),
             pool: Default::default(),
             commands: Default::default(),
+            limits: codejail_protocol::LimitsReport {
+                defaults: [("CPU".to_string(), 1), ("REALTIME".to_string(), 3)].into(),
+                ceilings: Default::default(),
+                contexts: [(
+                    "course-v1:x".to_string(),
+                    [("REALTIME".to_string(), 9)].into(),
+                )]
+                .into(),
+            },
         };
         let t = codejail_protocol::render::status_table(&r);
         assert!(t.contains("mode      confined"), "{t}");
+        assert!(
+            t.contains("limits    defaults CPU=1 REALTIME=3\n")
+                && t.contains("          context \"course-v1:x\": REALTIME=9\n")
+                && !t.contains("ceilings"),
+            "{t}"
+        );
         assert!(t.contains("OK"), "{t}");
         r.layers
             .insert("userns".into(), layer(LayerState::Unavailable, true));
