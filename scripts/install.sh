@@ -282,12 +282,11 @@ broker_socket = "/run/codejail/broker.sock"
 # CODEJAIL_ENABLED switch).
 # enabled = true
 
-# Keep these equal to broker.toml's [limits]: a request's deadline is its effective
-# REALTIME plus deadline_slack_secs (edx-platform gives up after 3.5 s).
-# realtime_secs = 1
+# A request's deadline is the broker's REALTIME for its limit override context (read
+# from the broker's status: broker.toml's [limits] is the one place to set it) plus
+# deadline_slack_secs, at most max_deadline_secs (no default; edx-platform gives up
+# after 3.5 s).
 # deadline_slack_secs = 1.0
-# [context_realtime_secs]
-# "course-v1:edX+Demo+2024" = 10
 
 # A request the broker answers busy is retried this long, then answered 503 with
 # Retry-After: retry_after_secs.

@@ -97,11 +97,11 @@ for _ in $(seq 200); do
 done
 [ -S "$socket" ] || { cat "$work/broker.log" >&2; die "the broker did not listen"; }
 
-# 4. The front, on an ephemeral loopback port; its deadline follows REALTIME 3.
+# 4. The front, on an ephemeral loopback port; its deadline follows the broker's
+#    REALTIME (3), which it reads from the broker.
 cat >"$work/http.toml" <<TOML
 listen = "127.0.0.1:0"
 broker_socket = "$socket"
-realtime_secs = 3
 queue_wait_secs = 5.0
 TOML
 NO_COLOR=1 "$target/codejail-http" --config "$work/http.toml" >"$work/http.log" 2>&1 &

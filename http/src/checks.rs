@@ -14,10 +14,12 @@
 //! readiness is dropped at once and the checks run again once it answers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use codejail_client::pyjson::{Dict, Value};
 use codejail_client::{safe_exec, Client, ClientConfig, SafeExecError, SafeExecOptions};
+use codejail_protocol::LimitsReport;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -129,19 +131,46 @@ pub async fn run_checks(cfg: &ClientConfig) -> Result<(), Vec<String>> {
 }
 
 /// Whether code-exec may be served: the broker answers, its required layers hold and
-/// the checks passed against this broker instance.
+/// the checks passed against this broker instance. Also the broker's limits as its
+/// last status gave them, which make each request's deadline.
 #[derive(Debug, Default)]
 pub struct Readiness {
     ready: AtomicBool,
     broker_up: AtomicBool,
     /// Wakes the monitor early (a request saw the broker go away).
     kick: Notify,
+    /// The broker's limit policy from its last status (empty until one answered, and
+    /// no request is served before that).
+    limits: RwLock<Arc<LimitsReport>>,
 }
 
 impl Readiness {
     /// Whether code-exec is served.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The broker's limits as of its last answer to a poll.
+    pub fn broker_limits(&self) -> Arc<LimitsReport> {
+        match self.limits.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_broker_limits(&self, limits: LimitsReport) {
+        let mut current = match self.limits.write() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if **current != limits {
+            tracing::info!(
+                realtime = ?limits.defaults.get("REALTIME"),
+                contexts = limits.contexts.len(),
+                "the broker's limits (each request's deadline follows its REALTIME)"
+            );
+            *current = Arc::new(limits);
+        }
     }
 
     /// Whether the broker answered the last poll.
@@ -193,6 +222,9 @@ pub async fn monitor(
                 Err(e) => Err(e),
             },
         };
+        if let Ok(report) = &status {
+            readiness.set_broker_limits(report.limits.clone());
+        }
         match status {
             Err(e) => {
                 if readiness.broker_up() || readiness.is_ready() {

@@ -3,11 +3,11 @@
 //! [`Config::validate`] refuses what must not start (a non-loopback address without
 //! `allow_non_loopback`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use codejail_protocol::{LimitName, LimitsReport};
 use serde::Deserialize;
 
 /// edx-platform's default `CODE_JAIL_REST_SERVICE_HOST` is `http://127.0.0.1:8550`.
@@ -39,15 +39,19 @@ pub struct Config {
     /// Requests to `/api/v0/code-exec` handled at once; more are answered 503 busy at
     /// once. Default 64.
     pub max_in_flight: usize,
-    /// The REALTIME limit (seconds) the broker applies by default: with
-    /// `deadline_slack_secs` it makes each request's deadline. Keep it equal to the
-    /// broker's `REALTIME` default. Default 1 (upstream's default).
-    pub realtime_secs: u64,
-    /// The broker's REALTIME per limit override context, where it differs from
-    /// `realtime_secs` (keep it equal to the broker's contexts).
-    pub context_realtime_secs: BTreeMap<String, u64>,
-    /// Added to the effective REALTIME to make a request's deadline. Seconds, default 1.
+    /// Added to the run's REALTIME (the broker's, for the request's limit override
+    /// context, read from its status) to make a request's deadline. Seconds, default 1.
     pub deadline_slack_secs: f64,
+    /// The longest deadline of any request, whatever the broker's REALTIME, e.g.
+    /// edx-platform's 3.5 s read timeout. Seconds; default none.
+    pub max_deadline_secs: Option<f64>,
+    /// Removed: the front reads REALTIME from the broker. Accepted and ignored with a
+    /// warning (see [`Config::removed_keys`]), so an older config still starts.
+    #[serde(rename = "realtime_secs")]
+    pub removed_realtime_secs: Option<toml::Value>,
+    /// Removed, as `realtime_secs`.
+    #[serde(rename = "context_realtime_secs")]
+    pub removed_context_realtime_secs: Option<toml::Value>,
     /// The longest a client may take to send its request body. Seconds, default 10.
     pub body_timeout_secs: f64,
     /// How often the broker is polled (and, after it came back, checked). Seconds,
@@ -66,9 +70,10 @@ impl Default for Config {
             retry_after_secs: 1,
             max_body_bytes: 10 * 1024 * 1024,
             max_in_flight: 64,
-            realtime_secs: 1,
-            context_realtime_secs: BTreeMap::new(),
             deadline_slack_secs: 1.0,
+            max_deadline_secs: None,
+            removed_realtime_secs: None,
+            removed_context_realtime_secs: None,
             body_timeout_secs: 10.0,
             health_interval_secs: 1.0,
         }
@@ -161,6 +166,14 @@ impl Config {
                 ),
             });
         }
+        if let Some(max) = self.max_deadline_secs {
+            if !(0.1..=86_400.0).contains(&max) {
+                return Err(ConfigError::Invalid {
+                    key: "max_deadline_secs",
+                    reason: format!("{max} is not a number of seconds between 0.1 and 86400"),
+                });
+            }
+        }
         if self.max_in_flight == 0 {
             return Err(ConfigError::Invalid {
                 key: "max_in_flight",
@@ -186,28 +199,36 @@ impl Config {
         Duration::from_secs(self.retry_after_secs)
     }
 
-    /// The deadline of one run in this limits context: its effective REALTIME plus the
-    /// slack (an unknown context has the default REALTIME, as the broker's).
-    pub fn run_deadline(&self, context: Option<&str>) -> Duration {
-        let realtime = context
-            .and_then(|c| self.context_realtime_secs.get(c))
-            .copied()
-            .unwrap_or(self.realtime_secs);
-        Duration::from_secs(realtime) + Duration::from_secs_f64(self.deadline_slack_secs)
+    /// The deadline of one run in this limits context: the REALTIME the broker gives
+    /// such a run (its default, or the context's override: an unknown context has
+    /// none, as the broker's rule) plus the slack, at most `max_deadline_secs`. A
+    /// broker REALTIME of 0 (no limit) leaves only that cap, if any
+    /// ([`Duration::MAX`]: none).
+    pub fn run_deadline(&self, limits: &LimitsReport, context: Option<&str>) -> Duration {
+        let deadline = match limits.value(context, LimitName::Realtime) {
+            Some(realtime) if realtime > 0 => {
+                Duration::from_secs(realtime) + Duration::from_secs_f64(self.deadline_slack_secs)
+            }
+            _ => Duration::MAX,
+        };
+        match self.max_deadline_secs {
+            Some(max) => deadline.min(Duration::from_secs_f64(max)),
+            None => deadline,
+        }
     }
 
-    /// The longest deadline any request can have (busy retries included).
-    pub fn longest_deadline(&self) -> Duration {
-        let realtime = self
-            .context_realtime_secs
-            .values()
-            .copied()
-            .chain([self.realtime_secs])
-            .max()
-            .unwrap_or(self.realtime_secs);
-        Duration::from_secs(realtime)
-            + Duration::from_secs_f64(self.deadline_slack_secs)
-            + self.queue_wait()
+    /// The keys of this config that are no longer used (logged as warnings at start).
+    pub fn removed_keys(&self) -> Vec<&'static str> {
+        [
+            ("realtime_secs", self.removed_realtime_secs.is_some()),
+            (
+                "context_realtime_secs",
+                self.removed_context_realtime_secs.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
     }
 }
 
@@ -234,7 +255,12 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(c.queue_wait(), Duration::from_millis(500));
-        assert_eq!(c.run_deadline(None), Duration::from_secs(2));
+        assert_eq!(
+            c.run_deadline(&LimitsReport::default(), None),
+            Duration::MAX,
+            "no REALTIME known, no cap: no deadline"
+        );
+        assert!(c.removed_keys().is_empty());
         c.validate().expect("defaults validate");
     }
 
@@ -261,18 +287,60 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_follow_the_context() {
-        let c = Config::from_toml(
-            "realtime_secs = 3\nqueue_wait_secs = 0.5\n[context_realtime_secs]\n\"course-v1:big\" = 10\n",
-        )
-        .expect("parses");
-        assert_eq!(c.run_deadline(None), Duration::from_secs(4));
-        assert_eq!(c.run_deadline(Some("other")), Duration::from_secs(4));
-        assert_eq!(
-            c.run_deadline(Some("course-v1:big")),
-            Duration::from_secs(11)
+    fn deadlines_follow_the_brokers_realtime_for_the_context() {
+        let mut defaults = codejail_protocol::Limits::default();
+        defaults.set(LimitName::Realtime, 3);
+        let broker = LimitsReport::new(
+            &defaults,
+            &Default::default(),
+            &[
+                (
+                    "course-v1:big".to_string(),
+                    [(LimitName::Realtime, 10)].into_iter().collect(),
+                ),
+                (
+                    "course-v1:free".to_string(),
+                    [(LimitName::Realtime, 0)].into_iter().collect(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
         );
-        assert_eq!(c.longest_deadline(), Duration::from_millis(11_500));
+        let c = Config::from_toml("deadline_slack_secs = 0.5").expect("parses");
+        assert_eq!(c.run_deadline(&broker, None), Duration::from_millis(3_500));
+        assert_eq!(
+            c.run_deadline(&broker, Some("other")),
+            Duration::from_millis(3_500),
+            "an unknown context has the defaults"
+        );
+        assert_eq!(
+            c.run_deadline(&broker, Some("course-v1:big")),
+            Duration::from_millis(10_500)
+        );
+        assert_eq!(
+            c.run_deadline(&broker, Some("course-v1:free")),
+            Duration::MAX,
+            "REALTIME 0: no deadline"
+        );
+        let capped = Config::from_toml("max_deadline_secs = 3.5").expect("parses");
+        assert_eq!(
+            capped.run_deadline(&broker, Some("course-v1:big")),
+            Duration::from_millis(3_500)
+        );
+        assert_eq!(
+            capped.run_deadline(&broker, Some("course-v1:free")),
+            Duration::from_millis(3_500)
+        );
+        assert_eq!(
+            capped.run_deadline(&broker, None),
+            Duration::from_millis(3_500),
+            "3 s + the default slack of 1 s, capped"
+        );
+        let e = Config::from_toml("max_deadline_secs = 0")
+            .expect("parses")
+            .validate()
+            .expect_err("zero");
+        assert!(e.to_string().contains("max_deadline_secs"), "{e}");
         let e = Config::from_toml("queue_wait_secs = -1")
             .expect("parses")
             .validate()
@@ -283,5 +351,15 @@ mod tests {
             .validate()
             .expect_err("longer than the broker's idle timeout");
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_removed_realtime_keys_still_parse_and_are_named() {
+        let c = Config::from_toml(
+            "realtime_secs = 3\n[context_realtime_secs]\n\"course-v1:big\" = 10\n",
+        )
+        .expect("an older config still parses");
+        c.validate().expect("and validates");
+        assert_eq!(c.removed_keys(), ["realtime_secs", "context_realtime_secs"]);
     }
 }

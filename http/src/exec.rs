@@ -91,7 +91,10 @@ async fn handle(state: &AppState, req: Request) -> Result<Response, ApiError> {
         slug: p.slug.clone(),
         extra_files: form.files,
     };
-    let deadline = state.config.run_deadline(p.limits_context.as_deref());
+    let deadline = state.config.run_deadline(
+        &state.readiness.broker_limits(),
+        p.limits_context.as_deref(),
+    );
     let mut cfg = state.client.clone();
     cfg.queue_timeout = deadline;
     cfg.total_timeout = deadline;

@@ -306,7 +306,7 @@ fn busy_broker_is_retried_then_503_and_the_in_flight_cap_too() {
         .default_limit("REALTIME", 10));
     let front = TestFront::start_ready(
         b.socket(),
-        "realtime_secs = 10\nqueue_wait_secs = 1.0\nretry_after_secs = 2\nmax_in_flight = 2",
+        "queue_wait_secs = 1.0\nretry_after_secs = 2\nmax_in_flight = 2",
     );
     std::thread::scope(|s| {
         let long =
@@ -374,8 +374,8 @@ fn busy_broker_is_retried_then_503_and_the_in_flight_cap_too() {
 #[test]
 fn deadline_and_disconnect_end_the_run() {
     let b = broker!(BrokerOpts::new().default_limit("REALTIME", 30));
-    // The front believes REALTIME is 1: its deadline (1 s + 1 s) ends the call first.
-    let front = TestFront::start_ready(b.socket(), "realtime_secs = 1\ndeadline_slack_secs = 1");
+    // The front caps every deadline at 2 s: that ends the call long before REALTIME.
+    let front = TestFront::start_ready(b.socket(), "max_deadline_secs = 2");
     let t = Instant::now();
     let r = front.code_exec(&edx_payload("import time\ntime.sleep(20)", "{}"));
     r.assert_refusal(503, "error", "Codejail service is busy, try again later");
@@ -387,7 +387,7 @@ fn deadline_and_disconnect_end_the_run() {
     );
 
     // A client that goes away mid-run cancels it.
-    let front = TestFront::start_ready(b.socket(), "realtime_secs = 30");
+    let front = TestFront::start_ready(b.socket(), "");
     let mut s = std::net::TcpStream::connect(front.addr()).expect("connect");
     let payload = edx_payload("import time\ntime.sleep(25)", "{}");
     let body = codejail_tests::http::urlencode(&[("payload", &payload)]);
@@ -410,6 +410,72 @@ fn deadline_and_disconnect_end_the_run() {
         wait_until(Duration::from_secs(5), || running(&b) == 0),
         "the disconnect cancelled the run; front log:\n{}",
         front.log()
+    );
+}
+
+#[test]
+fn the_deadline_follows_the_brokers_realtime_and_its_contexts() {
+    // REALTIME is configured on the broker alone: the front (no config) reads it.
+    let b = broker!(BrokerOpts::new().default_limit("REALTIME", 3).context(
+        "course-v1:big",
+        "REALTIME",
+        6
+    ));
+    let front = TestFront::start_ready(b.socket(), "");
+    let in_context = |code: &str, context: &str| {
+        edx_payload(code, "{}").replace(
+            "\"limit_overrides_context\": null",
+            &format!(
+                "\"limit_overrides_context\": {}",
+                Value::from(context).to_json()
+            ),
+        )
+    };
+    std::thread::scope(|s| {
+        // Longer than the 2 s a front that assumed upstream's REALTIME of 1 would wait.
+        let within =
+            s.spawn(|| front.code_exec(&edx_payload("import time\ntime.sleep(2.5)\nx = 1", "{}")));
+        // Longer than the default's deadline (3 s + 1 s), within the context's REALTIME.
+        let context = s.spawn(|| {
+            front.code_exec(&in_context(
+                "import time\ntime.sleep(4.5)\nx = 2",
+                "course-v1:big",
+            ))
+        });
+        let killed = s.spawn(|| front.code_exec(&edx_payload("import time\ntime.sleep(30)", "{}")));
+        let r = within.join().expect("thread");
+        assert_eq!(globals_of(&r).to_json(), r#"{"x": 1}"#, "{}", front.log());
+        let r = context.join().expect("thread");
+        assert_eq!(globals_of(&r).to_json(), r#"{"x": 2}"#, "{}", front.log());
+        let r = killed.join().expect("thread");
+        assert_eq!(
+            r.status, 200,
+            "killed by the broker's REALTIME, not a 503: {r:?}"
+        );
+        assert_eq!(
+            r.json_str("emsg"),
+            "Couldn't execute jailed code: stdout: b'', stderr: b'' with status code: -9"
+        );
+    });
+}
+
+#[test]
+fn globals_over_the_output_limit_are_an_emsg_naming_it() {
+    let b = broker!(BrokerOpts::new().default_limit("OUTPUT", 4096));
+    let front = TestFront::start_ready(b.socket(), "");
+    let r = front.code_exec(&edx_payload("big = 'x' * 5000", r#"{"a": 1}"#));
+    assert_eq!(globals_of(&r).to_json(), r#"{"a": 1}"#, "the input globals");
+    let emsg = r.json_str("emsg");
+    assert!(
+        emsg.starts_with("Couldn't execute jailed code: ")
+            && emsg.contains("OUTPUT limit of 4096 bytes"),
+        "{emsg}"
+    );
+    // Just under the limit they come back.
+    let r = front.code_exec(&edx_payload("big = 'x' * 4000", "{}"));
+    assert_eq!(
+        globals_of(&r).to_json(),
+        format!("{{\"big\": \"{}\"}}", "x".repeat(4000))
     );
 }
 
@@ -461,7 +527,7 @@ fn health_follows_the_broker_down_and_back() {
 #[test]
 fn sigterm_finishes_the_request_in_flight() {
     let b = broker!(BrokerOpts::new().default_limit("REALTIME", 10));
-    let mut front = TestFront::start_ready(b.socket(), "realtime_secs = 10");
+    let mut front = TestFront::start_ready(b.socket(), "");
     let addr = front.addr();
     let pid = front.pid();
     std::thread::scope(|s| {

@@ -63,7 +63,11 @@ fn manifests_validate_strictly_and_configs_are_valid() {
         .unwrap_or_else(|e| panic!("http.toml: {e}"));
     http.validate().expect("http.toml validates");
     assert!(http.allow_non_loopback, "the Service must reach the pod");
-    assert_eq!(http.realtime_secs, 3, "equal to broker.toml's REALTIME");
+    assert!(
+        http.removed_keys().is_empty(),
+        "the front repeats none of broker.toml's limits: {:?}",
+        http.removed_keys()
+    );
 }
 
 #[test]

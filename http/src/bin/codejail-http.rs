@@ -63,6 +63,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.allow_non_loopback |= cli.allow_non_loopback;
     config.validate()?;
+    for key in config.removed_keys() {
+        tracing::warn!(
+            key,
+            "ignored: the front now takes REALTIME from the broker (its defaults and \
+             limit override contexts); delete the key, or set max_deadline_secs to cap \
+             a request's deadline"
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
