@@ -14,7 +14,7 @@
 #               (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bins)
 #             --old /tmp/old-target/release
 #   --python  the interpreter both brokers run (default: $CODEJAIL_PYTHON, else the
-#             sandbox venv of scripts/setup-sandbox-venv.sh, else /usr/bin/python3).
+#             sandbox venv of scripts/setup-sandbox-venv.sh --lean, else /usr/bin/python3).
 #   -n        runs of each (default: $N, else 100).
 #   --client/--broker  this build's binaries (default: target/release/… under
 #             $CARGO_TARGET_DIR or the repository's target/; codejail-jail beside the
@@ -43,7 +43,7 @@ for bin in codejail-client codejail-broker codejail-jail; do
     [[ -x "$old/$bin" ]] || die "no $bin in --old $old"
 done
 if [[ -z "$python" ]]; then
-    python=/var/tmp/codejail-sandbox-venv/bin/python
+    python=/var/tmp/codejail-sandbox-venv-lean/bin/python
     [[ -x "$python" ]] || python=/usr/bin/python3
 fi
 [[ -x "$python" ]] || die "python '$python' is not executable"

@@ -15,7 +15,7 @@
 #
 # Usage: bench/cpu_per_run.sh [--python PATH] [-n R] [--client PATH] [--broker PATH]
 #   --python  the brokers' interpreter (default: $CODEJAIL_PYTHON, else the sandbox venv
-#             of scripts/setup-sandbox-venv.sh).
+#             of scripts/setup-sandbox-venv.sh --lean).
 #   -n        runs of each series (default: $N, else 200).
 #   --client/--broker  binaries (default: target/release/… under $CARGO_TARGET_DIR or
 #             the repository's target/; codejail-jail beside the broker).
@@ -30,8 +30,8 @@ bench_init cpu_per_run
 n="${N:-200}"
 parse_bench_args "$@"
 [[ -z "$socket" ]] || die "--socket: this benchmark starts its own brokers"
-python="${python:-/var/tmp/codejail-sandbox-venv/bin/python}"
-[[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh builds it)"
+python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
+[[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh --lean builds it)"
 require_client
 [[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help) or pass --broker"
 

@@ -14,7 +14,7 @@
 #   --bin-dir  codejail-broker, codejail-jail, codejail-client, codejail-http
 #              (default: target/release under $CARGO_TARGET_DIR or the repository's)
 #   --python   the broker's interpreter (default: the sandbox venv,
-#              /var/tmp/codejail-sandbox-venv/bin/python)
+#              /var/tmp/codejail-sandbox-venv-lean/bin/python)
 #   Broker: --max-running $MAX_RUNNING (default 2) --max-queue $MAX_QUEUE (default 32);
 #   front: max_in_flight $MAX_IN_FLIGHT (default 64), queue_wait_secs 0.5.
 #
@@ -25,7 +25,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "http_load: $*" >&2; exit 2; }
 n=1000 cli_conc=64 timeout=60
 bins="${CARGO_TARGET_DIR:-$root/target}/release"
-python=/var/tmp/codejail-sandbox-venv/bin/python
+python=/var/tmp/codejail-sandbox-venv-lean/bin/python
 while (($#)); do
     case $1 in
         -n) n=${2:?}; shift 2 ;;
@@ -41,7 +41,7 @@ done
 for b in codejail-broker codejail-jail codejail-client codejail-http; do
     [[ -x "$bins/$b" ]] || die "$bins/$b missing: cargo build --release --bins (or --bin-dir)"
 done
-[[ -x "$python" ]] || die "no interpreter $python (scripts/setup-sandbox-venv.sh)"
+[[ -x "$python" ]] || die "no interpreter $python (scripts/setup-sandbox-venv.sh --lean)"
 
 # Many sockets at once: the load generator and the front each need > N descriptors.
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -7,7 +7,7 @@
 #   --socket  a running broker (default: $CODEJAIL_SOCKET); with neither, a dev broker
 #             is started on a temporary socket and stopped at the end.
 #   --python  the broker's interpreter (default: $CODEJAIL_PYTHON, else
-#             /var/tmp/codejail-sandbox-venv/bin/python).
+#             /var/tmp/codejail-sandbox-venv-lean/bin/python).
 #   -n        runs of each (default: $N, else 50).
 #   --client/--broker  binaries (default: target/release/…).
 # The package is installed (pip install ./python) into $CODEJAIL_BENCH_VENV (default
@@ -22,8 +22,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init python_package_latency
 parse_bench_args "$@"
 
-python="${python:-/var/tmp/codejail-sandbox-venv/bin/python}"
-[[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh, or pass --python)"
+python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
+[[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh --lean, or pass --python)"
 require_client
 venv=${CODEJAIL_BENCH_VENV:-/var/tmp/codejail-python-test-venv}
 if [[ ! -x "$venv/bin/python" ]]; then

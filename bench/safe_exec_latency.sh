@@ -18,9 +18,10 @@
 #             --python PYTHON`) and stopped at the end. Run as root, that broker runs
 #             as root too: fine for a benchmark (it never runs programs as root).
 #   --python  the broker's interpreter, which must have numpy (default:
-#             $CODEJAIL_PYTHON, else the sandbox venv of scripts/setup-sandbox-venv.sh,
-#             /var/tmp/codejail-sandbox-venv/bin/python). With --socket, pass the python
-#             the running broker is configured with.
+#             $CODEJAIL_PYTHON, else the lean sandbox venv of
+#             scripts/setup-sandbox-venv.sh --lean,
+#             /var/tmp/codejail-sandbox-venv-lean/bin/python). With --socket, pass the
+#             python the running broker is configured with.
 #   -n        runs of each (default: $N, else 50).
 #   --client/--broker  binaries (default: target/release/… under $CARGO_TARGET_DIR
 #             or the repository's target/).
@@ -34,8 +35,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init safe_exec_latency
 parse_bench_args "$@"
 
-python="${python:-/var/tmp/codejail-sandbox-venv/bin/python}"
-[[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh or pass --python)"
+python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
+[[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh --lean or pass --python)"
 "$python" -E -B -c 'import numpy' 2>/dev/null || die "python '$python' cannot import numpy; pass one that can"
 require_client
 

@@ -46,7 +46,8 @@
 #                           [--client PATH] [--broker PATH]
 #   --python  the brokers' interpreter, which must have numpy and the warm hook
 #             (default: $CODEJAIL_PYTHON, else the sandbox venv of
-#             scripts/setup-sandbox-venv.sh, /var/tmp/codejail-sandbox-venv/bin/python).
+#             scripts/setup-sandbox-venv.sh --lean,
+#             /var/tmp/codejail-sandbox-venv-lean/bin/python).
 #   -n        samples of each latency series (default: $N, else 50).
 #   -m        runs of each throughput series, split over the 2 callers (default: $M,
 #             else 200).
@@ -79,8 +80,8 @@ done
 parse_bench_args "${args[@]+"${args[@]}"}"
 [[ "$m" =~ ^[1-9][0-9]*$ ]] && ((m >= 2)) || die "-m must be an integer >= 2, not '$m'"
 
-python="${python:-/var/tmp/codejail-sandbox-venv/bin/python}"
-[[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh or pass --python)"
+python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
+[[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh --lean or pass --python)"
 "$python" -E -B -c 'import numpy' 2>/dev/null || die "python '$python' cannot import numpy; pass one that can"
 require_client
 [[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help) or pass --broker"

@@ -15,6 +15,10 @@
 #                    codejail-http from DIR
 #                    instead of building them (cargo build --release)
 #   --skip-venv      do not build the sandbox virtualenv (it is managed elsewhere)
+#   --lean-sandbox   build the sandbox virtualenv with the lean profile
+#                    (requirements/sandbox-lean.txt: numpy, six, networkx, matplotlib)
+#                    instead of the edx-platform one (requirements/sandbox-edx-platform.txt:
+#                    what edx-platform's problems import; docs/sandbox-profiles.md)
 #   --uninstall      remove what an install put in place
 #   --purge          with --uninstall: also /etc/codejail, /var/lib/codejail, the
 #                    AppArmor local overrides, and the sandbox user and codejail group
@@ -26,8 +30,9 @@
 #   1. build the binaries (unless --bin-dir);
 #   2. create the `sandbox` user and the callers' group `codejail` (systemd-sysusers,
 #      or useradd/groupadd where it is missing);
-#   3. build the sandbox interpreter: a --copies virtualenv from
-#      requirements/sandbox.txt (scripts/setup-sandbox-venv.sh) in $SANDENV;
+#   3. build the sandbox interpreter: a --copies virtualenv of the edx-platform
+#      profile, requirements/sandbox-edx-platform.txt (--lean-sandbox: the lean one,
+#      requirements/sandbox-lean.txt), in $SANDENV (scripts/setup-sandbox-venv.sh);
 #   4. install the binaries, the systemd units (the broker's and codejail-http's),
 #      sysusers.d and tmpfiles.d files, the AppArmor profiles, the README;
 #   5. write a commented /etc/codejail/broker.toml and /etc/codejail/http.toml (an
@@ -66,6 +71,7 @@ uninstall=false
 purge=false
 bin_dir=
 skip_venv=false
+sandbox_profile=edx-platform
 destdir=${DESTDIR:-}
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -78,6 +84,7 @@ while [ $# -gt 0 ]; do
         --uninstall) uninstall=true ;;
         --purge) purge=true ;;
         --skip-venv) skip_venv=true ;;
+        --lean-sandbox) sandbox_profile=lean ;;
         --bin-dir) [ $# -ge 2 ] || die "--bin-dir needs a directory"; bin_dir=$2; shift ;;
         --bin-dir=*) bin_dir=${1#*=} ;;
         --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; destdir=$2; shift ;;
@@ -388,8 +395,10 @@ fi
 if $skip_venv; then
     log "3. sandbox virtualenv: skipped (--skip-venv)"
 else
-    log "3. sandbox virtualenv $SANDENV (--copies, requirements/sandbox.txt)"
-    run "$repo/scripts/setup-sandbox-venv.sh" "$destdir$SANDENV" >/dev/null
+    log "3. sandbox virtualenv $SANDENV (--copies, profile $sandbox_profile: requirements/sandbox-$sandbox_profile.txt)"
+    profile_flag=()
+    [ "$sandbox_profile" = lean ] && profile_flag=(--lean)
+    run "$repo/scripts/setup-sandbox-venv.sh" "${profile_flag[@]}" "$destdir$SANDENV" >/dev/null
     # The build lock setup-sandbox-venv.sh leaves beside the environment.
     run rm -f "$destdir$SANDENV.lock"
 fi

@@ -7,8 +7,8 @@
 # Environment: CODEJAIL_PYTHON_TEST_VENV (default /var/tmp/codejail-python-test-venv),
 # CODEJAIL_TEST_BIN_DIR (the broker binaries; default target/debug, staged in a
 # world-readable directory when other uids cannot reach it), CODEJAIL_TEST_PYTHON (the
-# brokers' interpreter; default: scripts/setup-sandbox-venv.sh's). Extra arguments go
-# to pytest.
+# brokers' interpreter; default: the lean profile's, scripts/setup-sandbox-venv.sh
+# --lean). Extra arguments go to pytest.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,7 +47,7 @@ PYO3_PYTHON=$venv/bin/python "$venv/bin/python" -m pip install --quiet \
 # 3. What the brokers under test need: the binaries and the sandbox interpreter, both
 #    reachable by the non-root uids the fixture runs them as when we are root.
 if [ -z "${CODEJAIL_TEST_PYTHON:-}" ]; then
-    CODEJAIL_TEST_PYTHON=$(scripts/setup-sandbox-venv.sh)
+    CODEJAIL_TEST_PYTHON=$(scripts/setup-sandbox-venv.sh --lean)
 fi
 export CODEJAIL_TEST_PYTHON
 staged=

@@ -15,8 +15,10 @@
 # Nothing here contacts an outside address: pytest only talks to 127.0.0.1, and the
 # api_tests' network tests (example.org, example.com) run inside the jail, which has
 # no network at all. As root, the broker runs as an unprivileged uid (it never runs
-# programs as root). The sandbox interpreter is scripts/setup-sandbox-venv.sh's
-# (requirements/sandbox.txt: the api_tests import numpy, networkx and matplotlib).
+# programs as root). The sandbox interpreter is scripts/setup-sandbox-venv.sh's default,
+# the edx-platform profile (requirements/sandbox-edx-platform.txt: what edx-platform's
+# problems import; the api_tests import numpy, networkx and matplotlib), as a deployment
+# behind codejail-http has it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

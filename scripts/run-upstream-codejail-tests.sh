@@ -14,7 +14,7 @@
 #   2. upstream's codejail/tests/ copied into that venv's installed codejail package
 #      (never into this repository);
 #   3. a dev broker (as a non-root uid when run as root) running the sandbox
-#      interpreter (scripts/setup-sandbox-venv.sh: numpy, six), CODEJAIL_TEST_VENV
+#      interpreter (scripts/setup-sandbox-venv.sh --lean: numpy, six), CODEJAIL_TEST_VENV
 #      pointing at that interpreter's venv, CODEJAIL_TEST_USER=sandbox;
 #   4. pytest --log-level=DEBUG with CODEJAIL_PROXY=0, then CODEJAIL_PROXY=1.
 #
@@ -86,7 +86,7 @@ cp -r "$work/upstream/codejail/tests" "$site/tests"
 log "upstream's codejail/tests ($tag) at $site/tests"
 
 # 3. The sandbox interpreter and a dev broker running it.
-sandbox_python=$("$repo/scripts/setup-sandbox-venv.sh")
+sandbox_python=$("$repo/scripts/setup-sandbox-venv.sh" --lean)
 sandbox_venv=$(dirname "$(dirname "$sandbox_python")")
 "$sandbox_python" -c 'import numpy, six' || die "the sandbox venv $sandbox_venv lacks numpy or six"
 (cd "$repo" && cargo build --bins -q)

@@ -46,11 +46,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-# 2. The sandbox interpreter.
-venv=${CODEJAIL_SANDBOX_VENV:-/var/tmp/codejail-sandbox-venv}
-CODEJAIL_TEST_PYTHON=$(scripts/setup-sandbox-venv.sh "$venv")
+# 2. The sandbox interpreters (scripts/setup-sandbox-venv.sh): the lean profile is the
+#    one every test runs ($CODEJAIL_SANDBOX_VENV overrides its directory); the
+#    edx-platform profile (what capa imports) is for tests/tests/edx_profile.rs.
+venv=${CODEJAIL_SANDBOX_VENV:-/var/tmp/codejail-sandbox-venv-lean}
+CODEJAIL_TEST_PYTHON=$(scripts/setup-sandbox-venv.sh --lean "$venv")
 export CODEJAIL_TEST_PYTHON
 log "sandbox interpreter: $CODEJAIL_TEST_PYTHON"
+CODEJAIL_TEST_EDX_PYTHON=$(scripts/setup-sandbox-venv.sh /var/tmp/codejail-sandbox-venv)
+export CODEJAIL_TEST_EDX_PYTHON
+log "edx-platform sandbox interpreter: $CODEJAIL_TEST_EDX_PYTHON"
 
 # 3. Build every binary: the end-to-end tests run the broker, the jail stage and the
 #    client as separate processes.
@@ -75,9 +80,11 @@ if $is_root; then
         export CODEJAIL_TEST_BIN_DIR=$staged
         log "$repo is not reachable by other uids: binaries staged in $staged"
     fi
-    setpriv --reuid=$probe_uid --regid=$probe_uid --clear-groups \
-        "$CODEJAIL_TEST_PYTHON" -E -B -c 'pass' \
-        || die "the sandbox interpreter $CODEJAIL_TEST_PYTHON is not usable by other uids"
+    for interpreter in "$CODEJAIL_TEST_PYTHON" "$CODEJAIL_TEST_EDX_PYTHON"; do
+        setpriv --reuid=$probe_uid --regid=$probe_uid --clear-groups \
+            "$interpreter" -E -B -c 'pass' \
+            || die "the sandbox interpreter $interpreter is not usable by other uids"
+    done
 fi
 
 if [ "${CODEJAIL_REQUIRE_PRIVILEGED:-}" = 1 ]; then

@@ -4,7 +4,7 @@
 # engine). Installs codejail into ROOT exactly as scripts/install.sh stages a host
 # install (DESTDIR), then adds what the image needs beyond it.
 #
-#   deploy/container/build.sh ROOT [--bin-dir DIR] [--skip-venv]
+#   deploy/container/build.sh ROOT [--bin-dir DIR] [--skip-venv] [--lean-sandbox]
 #
 # ROOT ends up holding /usr/local/bin/codejail-{broker,client,http},
 # /usr/local/lib/codejail/{codejail-jail,sandbox/}, /etc/codejail (the default
@@ -14,14 +14,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
-[ $# -ge 1 ] || die "usage: build.sh ROOT [--bin-dir DIR] [--skip-venv]"
+[ $# -ge 1 ] || die "usage: build.sh ROOT [--bin-dir DIR] [--skip-venv] [--lean-sandbox]"
 root=$1
 shift
 mkdir -p "$root"
 root=$(cd "$root" && pwd)
 
 # 1. Everything a host install puts in place, below ROOT (binaries built with cargo
-#    build --release unless --bin-dir; the sandbox virtualenv unless --skip-venv).
+#    build --release unless --bin-dir; the sandbox virtualenv, the edx-platform profile
+#    or --lean-sandbox's, unless --skip-venv).
 "$repo/scripts/install.sh" --destdir "$root" "$@"
 
 # 2. The directories the pod mounts its emptyDirs on (deploy/kubernetes/deployment.yaml),

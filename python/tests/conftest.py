@@ -5,7 +5,7 @@ root is exempt from RLIMIT_NPROC, and a broker must never run programs as root. 
 binaries come from ``$CODEJAIL_TEST_BIN_DIR`` (``scripts/test.sh`` sets it when it had
 to stage them where other uids can reach them), else the checkout's ``target/debug``;
 the sandbox interpreter from ``$CODEJAIL_TEST_PYTHON``, else
-``/var/tmp/codejail-sandbox-venv/bin/python``, else ``/usr/bin/python3``.
+``/var/tmp/codejail-sandbox-venv-lean/bin/python``, else ``/usr/bin/python3``.
 """
 
 import itertools
@@ -43,7 +43,7 @@ def sandbox_python():
     """The interpreter the brokers under test run."""
     for candidate in (
         os.environ.get("CODEJAIL_TEST_PYTHON"),
-        "/var/tmp/codejail-sandbox-venv/bin/python",
+        "/var/tmp/codejail-sandbox-venv-lean/bin/python",
         "/usr/bin/python3",
     ):
         if candidate and os.path.exists(candidate):

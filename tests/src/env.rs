@@ -11,6 +11,9 @@ use std::time::Duration;
 
 /// Environment variable naming the sandbox interpreter (set by `scripts/test.sh`).
 pub const ENV_PYTHON: &str = "CODEJAIL_TEST_PYTHON";
+/// Environment variable naming the edx-platform profile's interpreter (what capa
+/// imports: requirements/sandbox-edx-platform.txt; set by `scripts/test.sh`).
+pub const ENV_EDX_PYTHON: &str = "CODEJAIL_TEST_EDX_PYTHON";
 /// When `1`, tests that cannot run for lack of privileges fail instead of skipping.
 pub const ENV_REQUIRE_PRIVILEGED: &str = "CODEJAIL_REQUIRE_PRIVILEGED";
 /// Directory holding the binaries, when they are not next to the test executable.
@@ -62,6 +65,22 @@ pub fn python() -> PathBuf {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PYTHON))
+}
+
+/// The edx-platform profile's interpreter ([`ENV_EDX_PYTHON`]), or `None` after a
+/// printed skip when it is not set (a failure under `CODEJAIL_REQUIRE_PRIVILEGED=1`:
+/// scripts/test.sh always sets it).
+pub fn edx_python() -> Option<PathBuf> {
+    match std::env::var_os(ENV_EDX_PYTHON).filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            skip_or_fail(&format!(
+                "{ENV_EDX_PYTHON} is not set, so there is no edx-platform sandbox venv \
+                 (scripts/test.sh builds it with scripts/setup-sandbox-venv.sh)"
+            ));
+            None
+        }
+    }
 }
 
 /// `CODEJAIL_TEST_POOL`: the warm pool size every broker under test gets (unset or 0:

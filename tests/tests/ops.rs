@@ -686,7 +686,8 @@ fn files_below(root: &Path, skip: &Path) -> Vec<String> {
 }
 
 /// The sandbox environment the tests use, when it is a virtualenv (it is under
-/// scripts/test.sh): copied into a staging root, the installer finds it up to date.
+/// scripts/test.sh: the lean profile): copied into a staging root, the installer given
+/// `--lean-sandbox` finds it up to date.
 fn test_venv() -> Option<PathBuf> {
     let prefix = python().parent()?.parent()?.to_path_buf();
     prefix.join("pyvenv.cfg").is_file().then_some(prefix)
@@ -709,6 +710,7 @@ fn installer_stages_every_file_and_uninstalls() {
                 .output()
                 .expect("cp");
             assert!(out.status.success(), "{}", describe(&out));
+            args.push("--lean-sandbox");
         }
         None => args.push("--skip-venv"),
     }
@@ -963,12 +965,34 @@ fn installer_stages_every_file_and_uninstalls() {
 // Accounts: --purge removes only what the installer created.
 
 /// Run `script` (sh, as root) in a private mount namespace whose /etc is a copy of
-/// the host's, so that creating and deleting accounts never touches the host.
+/// the host's, so that creating and deleting accounts never touches the host. The
+/// copy has none of the accounts the scenarios create (`sandbox`, `codejail`,
+/// `cjmember`), as users and groups and as group members, whatever the host has: a
+/// host migrating from upstream has a `sandbox` user, one where scripts/install.sh
+/// ran has both.
 fn with_private_etc(tag: &str, script: &str) -> Output {
     let dir = work_dir(tag);
     let etc = dir.path().join("etc");
     let wrapped = format!(
-        "set -e\ncp -a /etc/. {etc}/\nmount --bind {etc} /etc\n{script}",
+        r#"set -e
+cp -a /etc/. {etc}/
+for f in passwd shadow group gshadow; do
+    [ -f {etc}/$f ] || continue
+    awk -F: -v OFS=: '
+        $1 == "sandbox" || $1 == "codejail" || $1 == "cjmember" {{ next }}
+        FILENAME ~ /(group|gshadow)$/ {{
+            n = split($NF, m, ","); kept = ""
+            for (i = 1; i <= n; i++)
+                if (m[i] != "sandbox" && m[i] != "cjmember" && m[i] != "")
+                    kept = kept (kept == "" ? "" : ",") m[i]
+            $NF = kept
+        }}
+        {{ print }}' {etc}/$f > {etc}/$f.clean
+    cat {etc}/$f.clean > {etc}/$f
+    rm {etc}/$f.clean
+done
+mount --bind {etc} /etc
+{script}"#,
         etc = etc.display()
     );
     fs::create_dir(&etc).expect("mkdir etc");
