@@ -36,6 +36,7 @@ pub fn status_report(s: &StatusReport) -> Value {
             let layer = json!({
                 "state": l.state.as_str(),
                 "required": l.required,
+                "holds": l.holds,
                 "detail": l.detail,
             });
             (name.clone(), layer)
@@ -179,6 +180,7 @@ mod tests {
                 Layer {
                     state: LayerState::Partial,
                     required: true,
+                    holds: true,
                     detail: "ABI 3".into(),
                 },
             )]
@@ -260,7 +262,8 @@ mod tests {
         );
         assert_eq!(
             v["layers"],
-            json!({"landlock": {"state": "partial", "required": true, "detail": "ABI 3"}})
+            json!({"landlock": {"state": "partial", "required": true, "holds": true,
+                "detail": "ABI 3"}})
         );
         assert_eq!(
             v["load"],

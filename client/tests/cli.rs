@@ -20,6 +20,7 @@ fn report(required_layer_state: LayerState) -> StatusReport {
     let layer = |state, required| Layer {
         state,
         required,
+        holds: state == LayerState::Full,
         detail: "detail text".into(),
     };
     StatusReport {
@@ -300,8 +301,10 @@ async fn status_exit_codes_and_json_shape() {
         serde_json::json!({
             "broker_version": "0.1.0-fake", "protocol_version": PROTOCOL_VERSION, "mode": "dev",
             "layers": {
-                "landlock": {"state": "full", "required": true, "detail": "detail text"},
-                "seccomp": {"state": "unavailable", "required": false, "detail": "detail text"}
+                "landlock": {"state": "full", "required": true, "holds": true,
+                    "detail": "detail text"},
+                "seccomp": {"state": "unavailable", "required": false, "holds": false,
+                    "detail": "detail text"}
             },
             "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16},
             "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}},

@@ -91,7 +91,7 @@ fn plan() -> Plan {
         },
         clear_groups: true,
         hostname: "codejail".into(),
-        require_landlock: true,
+        landlock_min_abi: 1,
         apparmor_profile: Some("codejail-sandbox".into()),
         allow_exec: false,
         warm: None,

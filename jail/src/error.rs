@@ -217,9 +217,17 @@ pub enum JailError {
     /// Landlock could not be applied.
     #[error("landlock")]
     Landlock(#[source] super::landlock::LandlockError),
-    /// Landlock is required by the plan but the kernel enforces less.
-    #[error("landlock is required but only {0:?} is enforced by this kernel")]
-    LandlockNotEnforced(codejail_plan::Achieved),
+    /// The kernel's Landlock ABI is below the plan's minimum (0: no Landlock).
+    #[error(
+        "landlock ABI {min} or newer is required (landlock_min_abi) but this kernel has {}",
+        if *.abi == 0 { "no Landlock".to_string() } else { format!("ABI {abi}") }
+    )]
+    LandlockBelowMinimum {
+        /// The kernel's ABI.
+        abi: u32,
+        /// The plan's minimum.
+        min: u32,
+    },
     /// The AppArmor exec transition could not be requested.
     #[error("request AppArmor profile {profile:?} on exec")]
     AppArmor {
@@ -285,7 +293,7 @@ impl JailError {
             JailError::CompileSeccomp(_) => "compile seccomp",
             JailError::InstallSeccomp(_) => "install seccomp",
             JailError::DropCapabilities(_) => "drop capabilities",
-            JailError::Landlock(_) | JailError::LandlockNotEnforced(_) => "landlock",
+            JailError::Landlock(_) | JailError::LandlockBelowMinimum { .. } => "landlock",
             JailError::AppArmor { .. } => "apparmor",
             JailError::Exec { program, .. } => return format!("exec {program}"),
         };

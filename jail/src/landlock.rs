@@ -9,11 +9,12 @@
 use std::path::PathBuf;
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, RestrictionStatus,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
+    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
-/// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes).
+/// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes);
+/// `codejail_plan::NEWEST_LANDLOCK_ABI` says the same to the broker.
 const TESTED_ABI: ABI = ABI::V7;
 
 /// The paths the program may use, after `pivot_root`.
@@ -68,9 +69,13 @@ pub fn restrict_self(rules: &Rules) -> Result<Achieved, LandlockError> {
         .map_err(err)?
         .restrict_self()
         .map_err(err)?;
+    let abi = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi as u32,
+        _ => 0,
+    };
     Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => Achieved::Full,
-        RulesetStatus::PartiallyEnforced => Achieved::Partial,
+        RulesetStatus::FullyEnforced => Achieved::Full { abi },
+        RulesetStatus::PartiallyEnforced => Achieved::Partial { abi },
         RulesetStatus::NotEnforced => Achieved::None,
     })
 }
@@ -78,6 +83,11 @@ pub fn restrict_self(rules: &Rules) -> Result<Achieved, LandlockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_knows_the_newest_abi_asked_for() {
+        assert_eq!(TESTED_ABI as u32, codejail_plan::NEWEST_LANDLOCK_ABI);
+    }
 
     #[test]
     fn paths_without_a_rule_get_eacces_and_tcp_is_denied() {
@@ -108,7 +118,7 @@ mod tests {
         .expect("thread");
         assert_eq!(
             achieved,
-            Achieved::Full,
+            Achieved::Full { abi: 7 },
             "this kernel has Landlock ABI >= 7"
         );
         assert!(read_ok, "a path with a read rule is readable");

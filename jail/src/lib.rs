@@ -63,7 +63,7 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         clear_groups: false,
         hostname: "codejail".into(),
         ro_paths: vec![],
-        require_landlock: false,
+        landlock_min_abi: 0,
         apparmor_profile: None,
         allow_exec: false,
         warm: None,

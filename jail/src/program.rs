@@ -194,8 +194,11 @@ fn program_steps(
     // rules name the run's own view.
     let achieved = landlock::restrict_self(&rootfs::landlock_rules(plan, &spec.workdir_shown))
         .map_err(JailError::Landlock)?;
-    if plan.require_landlock && achieved != codejail_plan::Achieved::Full {
-        return Err(JailError::LandlockNotEnforced(achieved));
+    if achieved.abi() < plan.landlock_min_abi {
+        return Err(JailError::LandlockBelowMinimum {
+            abi: achieved.abi(),
+            min: plan.landlock_min_abi,
+        });
     }
     // Tell the broker what was achieved, for its confinement report.
     write_frame(

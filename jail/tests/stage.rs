@@ -69,7 +69,7 @@ fn python_plan(code: &str) -> Plan {
         clear_groups: is_root(),
         hostname: "codejail-test".into(),
         ro_paths: vec![],
-        require_landlock: true,
+        landlock_min_abi: 1,
         apparmor_profile: None,
         allow_exec: false,
         warm: None,
@@ -750,5 +750,46 @@ fn an_exec_failure_is_reported_with_its_step() {
     let (step, message) = out.failed().expect("a Failed report");
     assert_eq!(step, "exec /nonexistent/python");
     assert!(message.contains("No such file"), "{message}");
+    assert_eq!(out.exit_code(), Some(127));
+}
+
+/// The stage reports the kernel's Landlock ABI, and refuses to run the program on a
+/// kernel whose ABI is below the plan's minimum, naming both (an ABI-2 kernel under a
+/// minimum of 4 fails the same way; this machine's kernel has ABI 7).
+#[test]
+fn landlock_below_the_plans_minimum_fails_before_the_program_runs() {
+    let plan = python_plan("print('ran')");
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    out.assert_ok();
+    let abi = out
+        .reports
+        .iter()
+        .find_map(|r| match r {
+            StageReport::Confined { landlock, .. } => Some(landlock.abi()),
+            _ => None,
+        })
+        .expect("a Confined report");
+    assert!(abi >= 1, "this kernel has Landlock: {out:#?}");
+
+    let mut plan = python_plan("print('ran')");
+    plan.landlock_min_abi = abi + 1;
+    let Some(out) = run(&plan, Options::default()) else {
+        return;
+    };
+    let (step, message) = out.failed().expect("a Failed report");
+    assert_eq!(step, "landlock", "{message}");
+    assert_eq!(
+        message,
+        format!(
+            "landlock ABI {} or newer is required (landlock_min_abi) but this kernel has ABI {abi}",
+            abi + 1
+        )
+    );
+    assert!(
+        !out.stdout.contains("ran"),
+        "the program never ran: {out:#?}"
+    );
     assert_eq!(out.exit_code(), Some(127));
 }

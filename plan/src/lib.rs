@@ -78,15 +78,35 @@ pub enum EntryKind {
     },
 }
 
-/// What Landlock achieved for a run (reported by the stage, shown by the broker).
+/// The newest Landlock ABI the jail stage asks for: a minimum above it can never hold.
+pub const NEWEST_LANDLOCK_ABI: u32 = 7;
+
+/// What Landlock achieved for a run (reported by the stage, shown by the broker), with
+/// the kernel's Landlock ABI as the stage used it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Achieved {
     /// Every requested restriction holds.
-    Full,
-    /// Some hold (an older kernel ABI): the detail is the ABI.
-    Partial,
+    Full {
+        /// The ABI.
+        abi: u32,
+    },
+    /// Some hold: the kernel's ABI is older than the newest the stage knows.
+    Partial {
+        /// The ABI.
+        abi: u32,
+    },
     /// The kernel has no Landlock.
     None,
+}
+
+impl Achieved {
+    /// The kernel's Landlock ABI (0 without Landlock).
+    pub fn abi(self) -> u32 {
+        match self {
+            Achieved::Full { abi } | Achieved::Partial { abi } => abi,
+            Achieved::None => 0,
+        }
+    }
 }
 
 /// The uid and gid the program has inside its user namespace (never 0).
@@ -147,8 +167,9 @@ pub struct Plan {
     pub clear_groups: bool,
     /// The host name inside the run's UTS namespace.
     pub hostname: String,
-    /// Refuse to run unless Landlock is fully enforced.
-    pub require_landlock: bool,
+    /// Refuse to run unless the kernel's Landlock ABI is at least this (0: Landlock is
+    /// applied with whatever the kernel has, or not at all).
+    pub landlock_min_abi: u32,
     /// The AppArmor profile the program's exec stacks on, where the kernel has
     /// AppArmor and one is configured.
     pub apparmor_profile: Option<String>,

@@ -132,6 +132,10 @@ pub struct Layer {
     pub state: LayerState,
     /// Whether the broker's policy requires it.
     pub required: bool,
+    /// Whether it achieves the least the broker's configuration asks of it: `full`,
+    /// except Landlock, whose minimum is an ABI (`landlock_min_abi`) that an older
+    /// kernel's `partial` Landlock may meet. A required layer must hold.
+    pub holds: bool,
     /// Human-readable detail: what is applied, or what is missing and how to get it.
     pub detail: String,
 }
@@ -251,16 +255,14 @@ pub struct CommandInfo {
 }
 
 impl StatusReport {
-    /// True when every required layer is fully applied.
+    /// True when every required layer holds (achieves its configured minimum).
     pub fn required_layers_hold(&self) -> bool {
         self.missing_required().next().is_none()
     }
 
-    /// The required layers not fully applied, by name.
+    /// The required layers that do not hold, by name.
     pub fn missing_required(&self) -> impl Iterator<Item = (&String, &Layer)> {
-        self.layers
-            .iter()
-            .filter(|(_, l)| l.required && l.state != LayerState::Full)
+        self.layers.iter().filter(|(_, l)| l.required && !l.holds)
     }
 }
 

@@ -410,28 +410,38 @@ fn status_json_shape_and_exit_code() {
     }
     let layers = obj["layers"].as_object().expect("layers is an object");
     assert!(!layers.is_empty(), "the report names its layers");
-    let mut all_required_full = true;
+    let mut all_required_hold = true;
     for (name, layer) in layers {
         let layer = layer
             .as_object()
             .unwrap_or_else(|| panic!("layer {name} is not an object"));
-        assert_eq!(keys(layer), ["detail", "required", "state"], "layer {name}");
+        assert_eq!(
+            keys(layer),
+            ["detail", "holds", "required", "state"],
+            "layer {name}"
+        );
         let state = layer["state"].as_str().expect("state is a string");
         assert!(
             ["full", "partial", "unavailable"].contains(&state),
             "layer {name}: {state}"
         );
         let required = layer["required"].as_bool().expect("required is a bool");
+        let holds = layer["holds"].as_bool().expect("holds is a bool");
         assert!(layer["detail"].is_string());
-        if required && state != "full" {
-            all_required_full = false;
+        assert!(holds || state != "full", "layer {name}: a full layer holds");
+        assert!(
+            !holds || state != "unavailable",
+            "layer {name}: an unavailable layer does not hold"
+        );
+        if required && !holds {
+            all_required_hold = false;
         }
     }
-    let expected = if all_required_full { 0 } else { 1 };
+    let expected = if all_required_hold { 0 } else { 1 };
     assert_eq!(
         out.status.code(),
         Some(expected),
-        "exit 0 iff every required layer is full: {}",
+        "exit 0 iff every required layer holds (meets its configured minimum): {}",
         describe(&out)
     );
 

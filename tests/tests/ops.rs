@@ -1583,6 +1583,7 @@ fn status_exit_codes_serve_as_a_monitoring_check() {
         codejail_protocol::Layer {
             state: codejail_protocol::LayerState::Partial,
             required: true,
+            holds: false,
             detail: "pids only".into(),
         },
     );

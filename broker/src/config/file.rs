@@ -67,6 +67,11 @@ pub struct FileConfig {
     /// Refuse to start unless the AppArmor layer holds (default false: AppArmor is an
     /// extra layer, absent on some kernels).
     pub apparmor_required: Option<bool>,
+    /// The oldest Landlock ABI the broker serves with: every run fails, and the
+    /// broker refuses to start, on a kernel with less (0: Landlock is not required).
+    /// Default 1 (any Landlock: Ubuntu 22.04's 5.15, Debian 12's 6.1) in the confined
+    /// mode, 0 in the dev mode. The README's Landlock section says what each ABI adds.
+    pub landlock_min_abi: Option<u32>,
 }
 
 /// `[cgroup]`.

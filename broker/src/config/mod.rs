@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use codejail_plan::NEWEST_LANDLOCK_ABI;
 use codejail_protocol::{Mode, DEFAULT_MAX_FRAME};
 
 /// A configuration that cannot be used.
@@ -131,6 +132,8 @@ pub struct Settings {
     pub apparmor_profile: Option<String>,
     /// Whether the `apparmor` layer is required.
     pub apparmor_required: bool,
+    /// The oldest Landlock ABI runs may have (0: Landlock is not required).
+    pub landlock_min_abi: u32,
     /// Set by the binary, not the config: systemd passed the listening socket, so the
     /// socket file is systemd's and the broker neither binds nor removes it.
     pub socket_activated: bool,
@@ -325,6 +328,19 @@ impl Settings {
         let run_ids = run_ids_from_config(cfg, max_running, warm_jails, uid, gid)?;
         let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
+        let landlock_min_abi = cfg.landlock_min_abi.unwrap_or(match mode {
+            Mode::Confined => 1,
+            Mode::Dev => 0,
+        });
+        if landlock_min_abi > NEWEST_LANDLOCK_ABI {
+            return Err(invalid(
+                "landlock_min_abi",
+                format!(
+                    "{landlock_min_abi} is newer than the newest Landlock ABI the jail stage \
+                     knows ({NEWEST_LANDLOCK_ABI})"
+                ),
+            ));
+        }
         let socket_mode = match &cfg.socket.mode {
             Some(m) => parse_mode("socket.mode", m)?,
             None => 0o660,
@@ -357,6 +373,7 @@ impl Settings {
             allowed_gids: cfg.allowed_gids.iter().copied().collect(),
             apparmor_profile,
             apparmor_required,
+            landlock_min_abi,
             socket_activated: false,
         })
     }

@@ -198,3 +198,22 @@ fn memory_is_a_limit_with_a_default() {
         parse(&format!("{PY}[limits.defaults]\nMEMORY = 0\n")).expect("0 = no cgroup memory cap");
     assert_eq!(s.limits.defaults.effective(LimitName::Memory), None);
 }
+
+#[test]
+fn landlock_min_abi_defaults_to_any_landlock_and_is_bounded() {
+    let s = parse(PY).expect("valid");
+    assert_eq!(
+        s.landlock_min_abi, 1,
+        "confined: any Landlock (Debian 12: ABI 2)"
+    );
+    let cfg: FileConfig = toml::from_str(PY).expect("toml");
+    let dev = Settings::from_config(&cfg, Mode::Dev).expect("valid");
+    assert_eq!(dev.landlock_min_abi, 0, "dev: not required");
+    let s = parse(&format!("landlock_min_abi = 4\n{PY}")).expect("valid");
+    assert_eq!(s.landlock_min_abi, 4);
+    let e = parse(&format!("landlock_min_abi = 8\n{PY}")).expect_err("too new");
+    assert!(
+        e.to_string().contains("landlock_min_abi") && e.to_string().contains("(7)"),
+        "{e}"
+    );
+}

@@ -31,7 +31,7 @@ pub fn command_plan(
         limits,
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
-        require_landlock: settings.mode == codejail_protocol::Mode::Confined,
+        landlock_min_abi: settings.landlock_min_abi,
         // Stacked at the program's exec, where the kernel has AppArmor.
         apparmor_profile: crate::apparmor::profile_for_runs(settings.apparmor_profile.as_deref()),
         allow_exec: command.allow_exec,

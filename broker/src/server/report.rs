@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use codejail_protocol::{
-    CommandInfo, Layer, LayerState, LimitsReport, Load, Mode, StatusReport, PROTOCOL_VERSION,
+    CommandInfo, Layer, LayerState, LimitsReport, Load, StatusReport, PROTOCOL_VERSION,
 };
 
 use super::selftest::Probe;
@@ -13,10 +13,12 @@ use crate::config::Settings;
 use crate::run::cgroup::CgroupStatus;
 use codejail_plan::Achieved;
 
+/// A layer whose minimum is `full`.
 fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer {
     Layer {
         state,
         required,
+        holds: state == LayerState::Full,
         detail: detail.into(),
     }
 }
@@ -25,7 +27,6 @@ fn layer(state: LayerState, required: bool, detail: impl Into<String>) -> Layer 
 /// what the broker's cgroup set-up achieved.
 pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> StatusReport {
     let mut layers = BTreeMap::new();
-    let confined = settings.mode == Mode::Confined;
     let probe_ok = probe.verdict.is_ok();
     let held = |ok: bool| {
         if ok {
@@ -70,13 +71,14 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, /etc (Landlock-denied), 4 device nodes; no procfs (/proc denied: EACCES)"),
         ),
     );
-    let (ll_state, ll_detail) = match (probe_ok, probe.landlock) {
-        (true, Some(Achieved::Full)) => (LayerState::Full, "read/exec on the interpreter and libraries only, read on the workspace, write on its tmp/; TCP bind/connect denied; abstract-socket and signal scopes".to_string()),
-        (true, Some(Achieved::Partial)) => (LayerState::Partial, "this kernel's Landlock ABI enforces only part of the rules (upgrade the kernel to >= 6.15 for all of them)".to_string()),
-        (_, Some(Achieved::None)) => (LayerState::Unavailable, "the kernel has no Landlock (enable CONFIG_SECURITY_LANDLOCK and lsm=landlock,...)".to_string()),
-        (_, _) => (LayerState::Unavailable, probe_detail("the probe did not reach the Landlock step")),
-    };
-    layers.insert("landlock".into(), layer(ll_state, confined, ll_detail));
+    layers.insert(
+        "landlock".into(),
+        landlock_layer(
+            probe_ok.then_some(probe.landlock).flatten(),
+            settings.landlock_min_abi,
+            &probe_detail,
+        ),
+    );
     layers.insert(
         "seccomp".into(),
         layer(
@@ -126,6 +128,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
     let apparmor = crate::apparmor::layer_detail(
         settings.apparmor_profile.as_deref(),
         crate::apparmor::kernel_has_apparmor_cached(),
+        crate::apparmor::configured_profile_loaded(settings.apparmor_profile.as_deref()),
         probe_ok,
     );
     layers.insert(
@@ -213,4 +216,138 @@ fn shared_identity_detail(settings: &Settings) -> String {
 /// The report as lines for the start-up log and `--dev`'s banner.
 pub fn render(report: &StatusReport) -> String {
     codejail_protocol::render::layers_banner(report)
+}
+
+/// What each Landlock ABI adds to the rules the stage asks for, and what covers it on
+/// a kernel without it (the README's Landlock section says the same to operators).
+const LANDLOCK_ABIS: [(u32, &str, &str); 6] = [
+    (
+        2,
+        "linking and renaming across directories",
+        "denied outright without it",
+    ),
+    (
+        3,
+        "truncate",
+        "only the run's tmp/ is writable at all; the rest of its view is read-only",
+    ),
+    (
+        4,
+        "TCP bind and connect",
+        "the run's own network namespace has no interface up, and seccomp refuses non-AF_UNIX sockets",
+    ),
+    (
+        5,
+        "device ioctls",
+        "the run's /dev holds only null, zero, random and urandom",
+    ),
+    (
+        6,
+        "abstract unix socket and signal scopes",
+        "each run has its own network namespace (abstract sockets are per namespace) and pid namespace",
+    ),
+    (
+        7,
+        "audit logging flags",
+        "nothing to cover: logging only",
+    ),
+];
+
+/// The `landlock` layer: `achieved` by the start-up probe (`None`: it did not get
+/// there), against the configured minimum ABI (0: not required). `holds` when the
+/// kernel's ABI is at least the minimum, `partial` or not.
+fn landlock_layer(
+    achieved: Option<Achieved>,
+    min_abi: u32,
+    probe_detail: &dyn Fn(&str) -> String,
+) -> Layer {
+    let required = min_abi > 0;
+    let minimum = if required {
+        format!("minimum configured: ABI {min_abi} (landlock_min_abi)")
+    } else {
+        "not required (landlock_min_abi = 0)".to_string()
+    };
+    let (state, detail) = match achieved {
+        Some(Achieved::Full { abi }) => (
+            LayerState::Full,
+            format!(
+                "ABI {abi}: read/exec on the interpreter and libraries only, read on the \
+                 workspace, write on its tmp/; TCP bind/connect denied; abstract-socket and \
+                 signal scopes; {minimum}"
+            ),
+        ),
+        Some(Achieved::Partial { abi }) => {
+            let missing: Vec<String> = LANDLOCK_ABIS
+                .iter()
+                .filter(|(needs, _, _)| *needs > abi)
+                .map(|(needs, what, covered)| format!("{what} (ABI {needs}; {covered})"))
+                .collect();
+            (
+                LayerState::Partial,
+                format!(
+                    "ABI {abi}: the filesystem rules hold (read/exec on the interpreter and \
+                     libraries only, read on the workspace, write on its tmp/); this kernel \
+                     lacks {}; {minimum}",
+                    missing.join(", ")
+                ),
+            )
+        }
+        Some(Achieved::None) => (
+            LayerState::Unavailable,
+            format!(
+                "the kernel has no Landlock (enable CONFIG_SECURITY_LANDLOCK and \
+                 lsm=landlock,...); {minimum}"
+            ),
+        ),
+        None => (
+            LayerState::Unavailable,
+            probe_detail("the probe did not reach the Landlock step"),
+        ),
+    };
+    Layer {
+        state,
+        required,
+        holds: achieved.is_some_and(|a| a.abi() >= min_abi.max(1)),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_detail(what: &str) -> String {
+        what.to_string()
+    }
+
+    #[test]
+    fn landlock_holds_at_its_minimum_abi_and_says_what_covers_the_rest() {
+        // Debian 12's 6.1: ABI 2, under the shipped minimum of 1.
+        let l = landlock_layer(Some(Achieved::Partial { abi: 2 }), 1, &probe_detail);
+        assert_eq!(l.state, LayerState::Partial);
+        assert!(l.required && l.holds, "{l:?}");
+        for part in [
+            "ABI 2: the filesystem rules hold",
+            "TCP bind and connect (ABI 4; the run's own network namespace",
+            "abstract unix socket and signal scopes (ABI 6;",
+            "minimum configured: ABI 1",
+        ] {
+            assert!(l.detail.contains(part), "{part}: {}", l.detail);
+        }
+        assert!(!l.detail.contains("across directories"), "ABI 2 has it");
+        // The same kernel under a minimum of 4 does not hold.
+        let l = landlock_layer(Some(Achieved::Partial { abi: 2 }), 4, &probe_detail);
+        assert!(l.required && !l.holds, "{l:?}");
+        let l = landlock_layer(Some(Achieved::Full { abi: 7 }), 7, &probe_detail);
+        assert_eq!(l.state, LayerState::Full);
+        assert!(l.holds && l.detail.starts_with("ABI 7:"), "{l:?}");
+        // No Landlock: required, it does not hold; not required (the dev mode), it is
+        // reported and does not matter.
+        let l = landlock_layer(Some(Achieved::None), 1, &probe_detail);
+        assert!(l.required && !l.holds && l.state == LayerState::Unavailable);
+        let l = landlock_layer(Some(Achieved::None), 0, &probe_detail);
+        assert!(!l.required && l.detail.contains("not required"), "{l:?}");
+        let l = landlock_layer(None, 1, &probe_detail);
+        assert!(!l.holds && l.detail.contains("did not reach"), "{l:?}");
+    }
 }

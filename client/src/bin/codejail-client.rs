@@ -687,6 +687,7 @@ mod tests {
         let layer = |state, required| Layer {
             state,
             required,
+            holds: state == LayerState::Full,
             detail: "d".into(),
         };
         let mut r = StatusReport {
@@ -721,6 +722,16 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("OK"), "{t}");
+        // A required layer that is partial but meets its minimum (Landlock's ABI).
+        r.layers.insert(
+            "landlock".into(),
+            Layer {
+                holds: true,
+                ..layer(LayerState::Partial, true)
+            },
+        );
+        let t = codejail_protocol::render::status_table(&r);
+        assert!(t.contains("verdict   OK"), "{t}");
         r.layers
             .insert("userns".into(), layer(LayerState::Unavailable, true));
         let t = codejail_protocol::render::status_table(&r);
