@@ -24,12 +24,39 @@ pub fn kernel_has_apparmor_cached() -> bool {
     *HAS.get_or_init(kernel_has_apparmor)
 }
 
+/// The profiles the kernel has loaded, one per line: `name (mode)`.
+const LOADED_PROFILES: &str = "/sys/kernel/security/apparmor/profiles";
+
+/// Whether `name` is a loaded profile in `list` (the text of [`LOADED_PROFILES`]).
+fn loaded_in(list: &str, name: &str) -> bool {
+    list.lines()
+        .any(|line| line.rsplit_once(" (").map_or(line, |(n, _)| n) == name)
+}
+
+/// Whether the kernel has loaded the configured profile, asked once per process (the
+/// configuration names one profile for the broker's life; loading it later needs a
+/// restart). `None` when it cannot be told (no profile configured, no AppArmor, the
+/// list unreadable): runs then try the profile, as before this check existed.
+pub fn configured_profile_loaded(configured: Option<&str>) -> Option<bool> {
+    static LOADED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let name = configured?;
+    *LOADED.get_or_init(|| {
+        if !kernel_has_apparmor_cached() {
+            return None;
+        }
+        let list = std::fs::read_to_string(LOADED_PROFILES).ok()?;
+        Some(loaded_in(&list, name))
+    })
+}
+
 /// The profile a run's program stacks on at exec: the configured `apparmor_profile`,
-/// only where the kernel has AppArmor (elsewhere writing the exec attribute fails, and
-/// the layer is reported Unavailable instead).
+/// only where the kernel has AppArmor and has not said the profile is missing
+/// (elsewhere writing the exec attribute fails with ENOENT and so would every run: the
+/// layer is reported Unavailable instead, and a required one stops the start).
 pub fn profile_for_runs(configured: Option<&str>) -> Option<String> {
     configured
         .filter(|_| kernel_has_apparmor_cached())
+        .filter(|_| configured_profile_loaded(configured) != Some(false))
         .map(str::to_string)
 }
 
@@ -46,14 +73,20 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
 }
 
 /// The `apparmor` layer of the confinement report: `Ok(detail)` when it holds (the
-/// kernel has AppArmor, a profile is configured and the start-up probe ran under it),
-/// `Err(why not, and the fix)` otherwise.
+/// kernel has AppArmor, a profile is configured, loaded — `loaded` is
+/// [`configured_profile_loaded`] — and the start-up probe ran under it), `Err(why not,
+/// and the fix)` otherwise.
 pub fn layer_detail(
     configured: Option<&str>,
     kernel: bool,
+    loaded: Option<bool>,
     probe_ok: bool,
 ) -> Result<String, String> {
     match (configured, kernel, probe_ok) {
+        (Some(p), true, _) if loaded == Some(false) => Err(format!(
+            "profile {p} is not loaded, so runs go without it (the other layers still hold): \
+             load it with apparmor_parser -r /etc/apparmor.d/{p} and restart the broker"
+        )),
         (None, _, _) => Err(
             "no apparmor_profile configured (install apparmor/codejail-sandbox and set apparmor_profile = \"codejail-sandbox\")".into(),
         ),
@@ -79,18 +112,34 @@ mod tests {
         assert!(check_profile_name("").is_err());
         assert!(check_profile_name("a b").is_err());
         assert!(check_profile_name("a\nstack b").is_err());
-        assert!(layer_detail(None, true, true)
+        assert!(layer_detail(None, true, None, true)
             .expect_err("none")
             .contains("apparmor_profile"));
-        assert!(layer_detail(Some("p"), false, true)
+        assert!(layer_detail(Some("p"), false, None, true)
             .expect_err("no kernel")
             .contains("no AppArmor"));
-        assert!(layer_detail(Some("p"), true, false).is_err());
-        assert!(layer_detail(Some("p"), true, true).is_ok());
+        assert!(layer_detail(Some("p"), true, Some(true), false).is_err());
+        assert!(layer_detail(Some("p"), true, Some(true), true).is_ok());
+        assert!(layer_detail(Some("p"), true, None, true).is_ok());
+        let unloaded = layer_detail(Some("p"), true, Some(false), true).expect_err("unloaded");
+        assert!(
+            unloaded.contains("not loaded") && unloaded.contains("apparmor_parser -r"),
+            "{unloaded}"
+        );
         if !kernel_has_apparmor() {
             assert_eq!(profile_for_runs(Some("p")), None);
         }
         assert_eq!(profile_for_runs(None), None);
+    }
+
+    #[test]
+    fn loaded_profiles_are_found_by_their_whole_name() {
+        let list = "codejail-broker//&codejail-jail (enforce)\ncodejail-broker (enforce)\n\
+                    codejail-sandbox-old (complain)\n/usr/bin/man (enforce)\n";
+        assert!(loaded_in(list, "codejail-broker"));
+        assert!(loaded_in(list, "/usr/bin/man"));
+        assert!(!loaded_in(list, "codejail-sandbox"), "a prefix is not the profile");
+        assert!(!loaded_in("", "codejail-sandbox"));
     }
 
     #[test]

@@ -560,11 +560,20 @@ fn sysusers_and_tmpfiles_apply_to_a_root() {
     );
 }
 
-/// `apparmor_parser -Q -K` of `profile`, with `includes` searched first.
+/// The kernel feature set Debian's apparmor package ships for the parser: without it,
+/// on a kernel without AppArmor (this project's machines), the parser knows no kernel
+/// feature and refuses what Debian's kernels have, e.g. stacking in `change_profile`.
+const DEBIAN_KERNEL_FEATURES: &str = "/usr/share/apparmor-features/features";
+
+/// `apparmor_parser -Q -K` of `profile`, with `includes` searched first, for the kernel
+/// features of [`DEBIAN_KERNEL_FEATURES`] where the file exists.
 fn parse_profile(profile: &Path, includes: &[&Path]) -> Output {
     let parser = find_tool("apparmor_parser").expect("apparmor_parser (checked by the caller)");
     let mut cmd = Command::new(parser);
     cmd.args(["-Q", "-K"]);
+    if Path::new(DEBIAN_KERNEL_FEATURES).exists() {
+        cmd.args(["--kernel-features", DEBIAN_KERNEL_FEATURES]);
+    }
     for i in includes {
         cmd.arg("-I").arg(i);
     }
