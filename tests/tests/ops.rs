@@ -446,6 +446,30 @@ fn units_pass_systemd_analyze_verify() {
 
     // What the issue asks of the units, and what the broker relies on.
     let service_text = fs::read_to_string(&service).expect("read");
+    // A broker that cannot start is restarted at most StartLimitBurst times within
+    // StartLimitIntervalSec, then left failed: a loop of failed starts must fit
+    // that many starts in the interval (each waits RestartSec), or it never ends.
+    let seconds = |key: &str| -> u64 {
+        let value = service_text
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("service: no {key}="));
+        value
+            .trim()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}={value}: {e}"))
+    };
+    let (burst, interval, delay) = (
+        seconds("StartLimitBurst"),
+        seconds("StartLimitIntervalSec"),
+        seconds("RestartSec"),
+    );
+    assert!(
+        burst * delay < interval,
+        "{burst} restarts {delay} s apart must fit in {interval} s for the start limit to \
+         stop a broker that cannot start"
+    );
     for line in [
         "Type=notify",
         "WatchdogSec=",
