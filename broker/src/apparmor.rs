@@ -138,7 +138,10 @@ mod tests {
                     codejail-sandbox-old (complain)\n/usr/bin/man (enforce)\n";
         assert!(loaded_in(list, "codejail-broker"));
         assert!(loaded_in(list, "/usr/bin/man"));
-        assert!(!loaded_in(list, "codejail-sandbox"), "a prefix is not the profile");
+        assert!(
+            !loaded_in(list, "codejail-sandbox"),
+            "a prefix is not the profile"
+        );
         assert!(!loaded_in("", "codejail-sandbox"));
     }
 

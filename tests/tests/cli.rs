@@ -377,6 +377,7 @@ fn status_json_shape_and_exit_code() {
             "broker_version",
             "commands",
             "layers",
+            "limits",
             "load",
             "mode",
             "pool",
