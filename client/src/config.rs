@@ -9,6 +9,11 @@ use codejail_protocol::DEFAULT_MAX_FRAME;
 /// The socket used when `$CODEJAIL_SOCKET` is not set (CONTRACTS.md).
 pub const DEFAULT_SOCKET: &str = "/run/codejail/broker.sock";
 
+/// How long a client waits for a broker that is starting: the slowest broker start
+/// measured on the project's test hosts (a socket-activated start under software
+/// emulation, docs/hosts.md) times three.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The environment variable naming the broker's socket.
 pub const SOCKET_ENV: &str = "CODEJAIL_SOCKET";
 
@@ -17,8 +22,14 @@ pub const SOCKET_ENV: &str = "CODEJAIL_SOCKET";
 pub struct ClientConfig {
     /// The broker's Unix socket.
     pub socket: PathBuf,
-    /// Connecting plus the `Hello`/`Welcome` handshake. Default 2 s.
+    /// Connecting to the socket. Default 2 s (a Unix socket connects at once, or
+    /// fails at once when no broker or systemd socket listens there).
     pub connect_timeout: Duration,
+    /// From connected to the broker's `Welcome`: a serving broker answers at once,
+    /// but one that systemd is starting for this very connection (socket activation)
+    /// answers only once its start-up self-test has passed. Default
+    /// [`DEFAULT_START_TIMEOUT`]; past it, [`crate::ClientError::Timeout`]`("start")`.
+    pub start_timeout: Duration,
     /// From sending a run request until the broker says it `Started` (time spent in
     /// the broker's queue). Default 10 s.
     pub queue_timeout: Duration,
@@ -35,6 +46,7 @@ impl ClientConfig {
         ClientConfig {
             socket: socket.into(),
             connect_timeout: Duration::from_secs(2),
+            start_timeout: DEFAULT_START_TIMEOUT,
             queue_timeout: Duration::from_secs(10),
             total_timeout: Duration::from_secs(60),
             max_frame: DEFAULT_MAX_FRAME,

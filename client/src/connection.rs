@@ -36,6 +36,14 @@ impl Deadline {
         }
     }
 
+    /// No deadline.
+    pub(crate) fn never() -> Self {
+        Deadline {
+            at: None,
+            label: "total",
+        }
+    }
+
     /// Whichever comes first (`self` on a tie, so its label wins).
     fn earliest(self, other: Deadline) -> Deadline {
         match (self.at, other.at) {
@@ -76,18 +84,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to `cfg.socket` and do the handshake, within `cfg.connect_timeout`.
+    /// Connect to `cfg.socket` within `cfg.connect_timeout`, and do the handshake
+    /// within `cfg.start_timeout` (a broker being started answers once it serves).
     pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
-        Self::connect_until(cfg, Deadline::after(cfg.connect_timeout, "connect")).await
+        Self::connect_until(cfg, Deadline::never()).await
     }
 
-    /// Connect and handshake before `deadline` (or the connect timeout, if sooner).
+    /// [`Client::connect`], and done before `deadline` (the call's total).
     pub(crate) async fn connect_until(
         cfg: &ClientConfig,
         deadline: Deadline,
     ) -> Result<Client, ClientError> {
-        let deadline = Deadline::after(cfg.connect_timeout, "connect").earliest(deadline);
-        let (conn, welcome) = deadline.run(handshake(cfg)).await??;
+        let (conn, welcome) = handshake(cfg, deadline).await?;
         Ok(Client {
             conn: Some(conn),
             welcome,
@@ -248,9 +256,13 @@ impl Client {
 }
 
 /// Connect, send `Hello`, read and check the `Welcome`.
-async fn handshake(cfg: &ClientConfig) -> Result<(Conn, Welcome), ClientError> {
-    let stream = UnixStream::connect(&cfg.socket)
-        .await
+/// Connect (within the connect timeout), then send the `Hello` and read the `Welcome`
+/// (within the start timeout), all before `deadline`.
+async fn handshake(cfg: &ClientConfig, deadline: Deadline) -> Result<(Conn, Welcome), ClientError> {
+    let connecting = Deadline::after(cfg.connect_timeout, "connect").earliest(deadline);
+    let stream = connecting
+        .run(UnixStream::connect(&cfg.socket))
+        .await?
         .map_err(|source| ClientError::Connect {
             socket: cfg.socket.clone(),
             source,
@@ -259,8 +271,14 @@ async fn handshake(cfg: &ClientConfig) -> Result<(Conn, Welcome), ClientError> {
     let hello = encode_request(&Hello::current(), cfg.max_frame)?;
     // A broker that refuses may close before reading our Hello; its refusal is still
     // readable, so a failed send is reported only if no Welcome follows.
-    let sent = conn.send(hello).await;
-    let body = match (next_frame(&mut conn).await, sent) {
+    let starting = Deadline::after(cfg.start_timeout, "start").earliest(deadline);
+    let (answer, sent) = starting
+        .run(async {
+            let sent = conn.send(hello).await;
+            (next_frame(&mut conn).await, sent)
+        })
+        .await?;
+    let body = match (answer, sent) {
         (Ok(Some(body)), _) => body,
         (_, Err(e)) => return Err(ClientError::Io(e)),
         (Ok(None), Ok(())) => return Err(ClientError::Disconnected),
@@ -651,15 +669,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_broker_times_out_at_connect() {
+    async fn a_silent_broker_times_out_at_start() {
         let (_dir, mut cfg, broker) = fake_broker(|mut conn| async move {
             let _: Hello = read(&mut conn).await;
             // Never answer; hold the connection open until the client goes away.
             assert!(conn.next().await.is_none());
         });
-        cfg.connect_timeout = Duration::from_millis(200);
+        cfg.start_timeout = Duration::from_millis(200);
         let err = Client::connect(&cfg).await.expect_err("timeout");
-        assert!(matches!(err, ClientError::Timeout("connect")), "{err:?}");
+        assert!(matches!(err, ClientError::Timeout("start")), "{err:?}");
         broker.await.expect("fake broker");
     }
 

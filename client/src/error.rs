@@ -54,7 +54,8 @@ pub enum ClientError {
     /// so the connection was closed; connect again.
     #[error("the connection to the broker was closed after an earlier failure; connect again")]
     Closed,
-    /// A timeout of [`crate::ClientConfig`] expired: `"connect"`, `"queue"` or `"total"`.
+    /// A timeout of [`crate::ClientConfig`] expired: `"connect"`, `"start"`, `"queue"` or
+    /// `"total"`.
     #[error("{}", timeout_message(.0))]
     Timeout(&'static str),
     /// Reading from or writing to the broker's socket failed.
@@ -97,6 +98,12 @@ pub enum ClientError {
 fn timeout_message(which: &str) -> &'static str {
     match which {
         "connect" => "timed out connecting to the broker (connect timeout)",
+        "start" => {
+            "the broker accepted the connection but did not answer within the start \
+                    timeout: it is still starting (under socket activation it serves only once \
+                    its start-up self-test passed) or it is wedged (systemctl status \
+                    codejail-broker)"
+        }
         "queue" => "timed out waiting for a free slot on the broker (queue timeout)",
         "total" => "timed out waiting for the broker to finish (total timeout)",
         _ => "timed out talking to the broker",

@@ -53,15 +53,18 @@ def jail_code(
     connect_timeout: Optional[float] = None,
     queue_timeout: Optional[float] = None,
     total_timeout: Optional[float] = None,
+    start_timeout: Optional[float] = None,
 ) -> RunResult:
     """Run one program on the broker at `socket`; timeouts in seconds (None: the
-    client's defaults, 2 s connect, 10 s queue, 60 s total; a negative total: none).
+    client's defaults, 2 s connect, 30 s for a starting broker's answer, 10 s queue,
+    60 s total; a negative total: none).
     A kept connection found dead (the broker restarted) is replaced once."""
 
 def status_json(
     socket: str,
     connect_timeout: Optional[float] = None,
     total_timeout: Optional[float] = None,
+    start_timeout: Optional[float] = None,
 ) -> str:
     """The broker's status report as JSON (codejail-client status --json's shape)."""
 

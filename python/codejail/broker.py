@@ -23,8 +23,13 @@ SOCKET_ENV = "CODEJAIL_SOCKET"
 #: time, so it may be changed at any point.
 BROKER_SOCKET = None
 
-#: Seconds to wait for connecting and the handshake (``None``: 2 s).
+#: Seconds to wait for connecting to the socket (``None``: 2 s).
 CONNECT_TIMEOUT = None
+
+#: Seconds to wait, once connected, for the broker's answer to the handshake
+#: (``None``: 30 s): a broker systemd starts for this connection (socket activation)
+#: answers once its start-up self-test passed; past it, :class:`BrokerUnavailable`.
+START_TIMEOUT = None
 
 #: Seconds a run may wait in the broker's queue for a slot (``None``: 10 s); past it the
 #: call raises :class:`BrokerBusy`.
@@ -90,7 +95,7 @@ def status(socket=None):
     ``broker_version``, ``protocol_version``, ``mode``, ``layers``, ``load``,
     ``commands``). Raises :class:`BrokerError` subclasses."""
     text = _native.status_json(
-        socket or socket_path(), connect_timeout=CONNECT_TIMEOUT
+        socket or socket_path(), connect_timeout=CONNECT_TIMEOUT, start_timeout=START_TIMEOUT
     )
     return json.loads(text)
 

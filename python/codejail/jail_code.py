@@ -218,6 +218,7 @@ def jail_code(
         limits_context=limit_overrides_context,
         slug=slug,
         connect_timeout=broker.CONNECT_TIMEOUT,
+        start_timeout=broker.START_TIMEOUT,
         queue_timeout=broker.QUEUE_TIMEOUT,
         total_timeout=total,
     )

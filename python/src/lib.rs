@@ -29,6 +29,7 @@ mod process;
 /// negative value means no total timeout).
 struct Timeouts {
     connect: Option<f64>,
+    start: Option<f64>,
     queue: Option<f64>,
     total: Option<f64>,
 }
@@ -38,6 +39,9 @@ impl Timeouts {
         let mut cfg = ClientConfig::new(socket);
         if let Some(s) = self.connect {
             cfg.connect_timeout = seconds("connect_timeout", s)?;
+        }
+        if let Some(s) = self.start {
+            cfg.start_timeout = seconds("start_timeout", s)?;
         }
         if let Some(s) = self.queue {
             cfg.queue_timeout = seconds("queue_timeout", s)?;
@@ -64,7 +68,7 @@ fn seconds(what: &str, s: f64) -> PyResult<Duration> {
 #[pyo3(signature = (
     socket, command, code, files, extra_files, argv, stdin, limits,
     limits_context=None, slug=None, connect_timeout=None, queue_timeout=None,
-    total_timeout=None,
+    total_timeout=None, start_timeout=None,
 ))]
 #[allow(clippy::too_many_arguments)] // One per keyword of the Python signature.
 fn jail_code<'py>(
@@ -82,9 +86,11 @@ fn jail_code<'py>(
     connect_timeout: Option<f64>,
     queue_timeout: Option<f64>,
     total_timeout: Option<f64>,
+    start_timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = Timeouts {
         connect: connect_timeout,
+        start: start_timeout,
         queue: queue_timeout,
         total: total_timeout,
     }
@@ -109,15 +115,17 @@ fn jail_code<'py>(
 
 /// The broker's status report as JSON text (`codejail-client status --json`'s shape).
 #[pyfunction]
-#[pyo3(signature = (socket, connect_timeout=None, total_timeout=None))]
+#[pyo3(signature = (socket, connect_timeout=None, total_timeout=None, start_timeout=None))]
 fn status_json(
     py: Python<'_>,
     socket: String,
     connect_timeout: Option<f64>,
     total_timeout: Option<f64>,
+    start_timeout: Option<f64>,
 ) -> PyResult<String> {
     let cfg = Timeouts {
         connect: connect_timeout,
+        start: start_timeout,
         queue: None,
         total: total_timeout,
     }
@@ -184,7 +192,7 @@ fn error_class(e: &ClientError) -> &'static str {
         | ClientError::Disconnected
         | ClientError::Closed
         | ClientError::Io(_)
-        | ClientError::Timeout("connect") => "BrokerUnavailable",
+        | ClientError::Timeout("connect" | "start") => "BrokerUnavailable",
         // Waiting too long for a slot is the broker being busy: the caller may retry.
         ClientError::Timeout("queue") => "BrokerBusy",
         ClientError::Refused(_) | ClientError::VersionMismatch { .. } => "BrokerRefused",

@@ -1291,6 +1291,52 @@ fn socket_activated_broker_serves_a_run() {
     );
 }
 
+/// Socket activation on a slow host: the first caller connects to systemd's socket
+/// before the broker has even started, and waits for it past the connect timeout
+/// (2 s) rather than failing with 125.
+#[test]
+fn a_caller_waits_for_a_socket_activated_broker_that_is_starting() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let dir = work_dir("activation-slow");
+    let ids = next_ids();
+    broker_config(dir.path(), &ids, "", None);
+    let socket = sock(dir.path());
+    let listener = listening_socket(&socket);
+    let first = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let out = client(&socket, &["exec", "-c", "print('first caller')"]);
+            (out, started.elapsed())
+        })
+    };
+    // The broker starts late: longer than the client's connect timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut b = Prod::spawn(
+        dir.path(),
+        &ids,
+        Launch {
+            listener: Some(listener),
+            ..Launch::default()
+        },
+    );
+    let (out, waited) = first.join().expect("client thread");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first caller\n",
+        "{}\n{}",
+        describe(&out),
+        b.log()
+    );
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "the caller waited for the start: {waited:?}"
+    );
+    assert!(b.terminate().success(), "{}", b.log());
+}
+
 #[test]
 fn listen_pid_of_another_process_is_ignored() {
     if !require_privileged("starting the broker as the unit's user with its capabilities") {
