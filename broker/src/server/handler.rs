@@ -40,8 +40,11 @@ pub(crate) struct Refuse(pub(crate) ErrorKind, pub(crate) String);
 
 /// How long one frame may take to reach a client. A client that stops reading is
 /// treated as gone (its run is cancelled) rather than holding a slot, a uid and a
-/// cgroup for as long as it likes.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// cgroup for as long as it likes. The clients read as frames arrive (each has a
+/// reader of its own, the Python package's off the GIL), so a frame that waits this
+/// long is a stalled client, whose slot is held up to this long after its run ended
+/// (its pending frame is waited for before the clean-up).
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Send one response; `false` when the client is gone or not reading.
 async fn send(tx: &mut Tx, resp: &Response) -> bool {
