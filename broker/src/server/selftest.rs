@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use codejail_protocol::Exec;
+use codejail_protocol::{Exec, LimitName};
 use tokio::sync::mpsc;
 
 use super::handler::Warmth;
@@ -87,15 +87,7 @@ async fn probe_in(shared: &Shared, warmth: Warmth) -> Probe {
     let exec = Exec {
         command: "python".into(),
         code: Some(PROBE.as_bytes().to_vec()),
-        limits: [("REALTIME".to_string(), 10u64), ("CPU".to_string(), 5u64)]
-            .into_iter()
-            .filter(|(k, _)| {
-                k.parse()
-                    .ok()
-                    .and_then(|n| shared.settings.limits.ceilings.get(&n))
-                    .is_none()
-            })
-            .collect::<BTreeMap<_, _>>(),
+        limits: probe_limits(&shared.settings.limits.ceilings),
         slug: Some("self-test".into()),
         ..Exec::default()
     };
@@ -149,5 +141,41 @@ async fn probe_in(shared: &Shared, warmth: Warmth) -> Probe {
         verdict,
         landlock: result.landlock,
         seccomp_denied: result.seccomp_denied,
+    }
+}
+
+/// The probe's REALTIME and CPU: generous, because a host's first interpreter start
+/// can be slow (cold caches; a software-emulated VM took seconds), but within the
+/// configured ceilings. A limit above its ceiling would be refused, and leaving it out
+/// would give the probe the defaults (upstream's REALTIME of 1 s), which such a start
+/// outlasts.
+fn probe_limits(ceilings: &BTreeMap<LimitName, u64>) -> BTreeMap<String, u64> {
+    [(LimitName::Realtime, 30u64), (LimitName::Cpu, 10u64)]
+        .into_iter()
+        .map(|(name, wanted)| {
+            let value = match ceilings.get(&name) {
+                Some(&ceiling) if ceiling > 0 => wanted.min(ceiling),
+                _ => wanted,
+            };
+            (name.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_gets_generous_limits_within_the_ceilings() {
+        let none = probe_limits(&BTreeMap::new());
+        assert_eq!(none["REALTIME"], 30);
+        assert_eq!(none["CPU"], 10);
+        // The shipped broker.toml's ceilings: the probe keeps its limits, clamped.
+        let ceilings = [(LimitName::Realtime, 20), (LimitName::Cpu, 10)]
+            .into_iter()
+            .collect();
+        let clamped = probe_limits(&ceilings);
+        assert_eq!((clamped["REALTIME"], clamped["CPU"]), (20, 10));
     }
 }
