@@ -211,6 +211,12 @@ run_ids = { first = $RUN_IDS_FIRST, count = $RUN_IDS_COUNT }
 apparmor_profile = "codejail-sandbox"
 apparmor_required = false
 
+# Landlock: the oldest ABI the broker serves with (1: any Landlock, e.g. Ubuntu
+# 22.04's 5.15 or Debian 12's 6.1; each newer ABI adds rules the run's namespaces and
+# seccomp already cover; README, "Kernels: Landlock ABIs and AppArmor"). 0: not
+# required.
+# landlock_min_abi = 1
+
 # The listening socket. Under systemd, codejail-broker.socket creates it and these
 # are not used; a broker started by hand binds it with this mode and group.
 [socket]

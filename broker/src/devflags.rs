@@ -89,6 +89,14 @@ pub struct DevFlags {
     /// max_age_secs`).
     #[arg(long, value_name = "SECS", requires = "dev")]
     pub pool_max_age_secs: Option<u64>,
+    /// Dev: ask Landlock for at most this ABI, as a kernel of that ABI would apply
+    /// (config `landlock_max_abi`): the tests of older kernels on a newer one.
+    #[arg(long, value_name = "ABI", requires = "dev")]
+    pub landlock_abi: Option<u32>,
+    /// Dev: refuse to run below this Landlock ABI (config `landlock_min_abi`; the dev
+    /// mode's default is 0, not required).
+    #[arg(long, value_name = "ABI", requires = "dev")]
+    pub landlock_min_abi: Option<u32>,
 }
 
 impl DevFlags {
@@ -149,6 +157,8 @@ fn dev_config(cli: &DevFlags) -> anyhow::Result<FileConfig> {
         idle_timeout_secs: cli.idle_timeout_secs,
         request_budget_bytes: cli.request_budget,
         shutdown_grace_secs: cli.shutdown_grace_secs,
+        landlock_max_abi: cli.landlock_abi,
+        landlock_min_abi: cli.landlock_min_abi,
         ..FileConfig::default()
     };
     cfg.commands.insert(

@@ -92,6 +92,7 @@ fn plan() -> Plan {
         clear_groups: true,
         hostname: "codejail".into(),
         landlock_min_abi: 1,
+        landlock_max_abi: codejail_plan::NEWEST_LANDLOCK_ABI,
         apparmor_profile: Some("codejail-sandbox".into()),
         allow_exec: false,
         warm: None,

@@ -41,22 +41,44 @@ fn err(e: impl std::fmt::Display) -> LandlockError {
     LandlockError(e.to_string())
 }
 
-/// Restrict the calling thread (and what it execs) to `rules`. TCP bind/connect are
-/// handled with no rule (so denied), and the abstract-unix-socket and signal scopes
-/// keep the program from reaching sockets or processes outside its own domain.
-pub fn restrict_self(rules: &Rules) -> Result<Achieved, LandlockError> {
-    let abi = TESTED_ABI;
+/// Whether two ABIs give the same access rights (ABI 7 only adds logging flags).
+fn same_rights(a: ABI, b: ABI) -> bool {
+    AccessFs::from_all(a) == AccessFs::from_all(b)
+        && AccessNet::from_all(a) == AccessNet::from_all(b)
+        && Scope::from_all(a) == Scope::from_all(b)
+}
+
+/// Restrict the calling thread (and what it execs) to `rules`, asking for the rights
+/// of at most ABI `max_abi` (the newest this code knows, or less to apply what an
+/// older kernel would). TCP bind/connect are handled with no rule (so denied), and
+/// the abstract-unix-socket and signal scopes keep the program from reaching sockets
+/// or processes outside its own domain. The result is `Full` when the kernel enforces
+/// every right of [`TESTED_ABI`], with the ABI that was applied.
+pub fn restrict_self(rules: &Rules, max_abi: u32) -> Result<Achieved, LandlockError> {
+    let abi = if max_abi < TESTED_ABI as u32 {
+        ABI::from(i32::try_from(max_abi).unwrap_or(0))
+    } else {
+        TESTED_ABI
+    };
     let read_exec = AccessFs::from_read(abi);
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let rw_files = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
-    let status: RestrictionStatus = Ruleset::default()
+    // Truncate from ABI 3 on: a rule may not name a right the ruleset does not handle.
+    let rw_files =
+        (AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate) & AccessFs::from_all(abi);
+    let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
-        .map_err(err)?
-        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
-        .map_err(err)?
-        .scope(Scope::from_all(abi))
-        .map_err(err)?
+        .map_err(err)?;
+    // TCP bind and connect (every network right there is) from ABI 4, scopes from 6.
+    let net = AccessNet::from_all(abi);
+    if !net.is_empty() {
+        ruleset = ruleset.handle_access(net).map_err(err)?;
+    }
+    let scopes = Scope::from_all(abi);
+    if !scopes.is_empty() {
+        ruleset = ruleset.scope(scopes).map_err(err)?;
+    }
+    let status: RestrictionStatus = ruleset
         .create()
         .map_err(err)?
         .add_rules(path_beneath_rules(&rules.read_exec, read_exec))
@@ -69,14 +91,23 @@ pub fn restrict_self(rules: &Rules) -> Result<Achieved, LandlockError> {
         .map_err(err)?
         .restrict_self()
         .map_err(err)?;
-    let abi = match status.landlock {
-        LandlockStatus::Available { effective_abi, .. } => effective_abi as u32,
-        _ => 0,
+    let kernel = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi,
+        _ => ABI::Unsupported,
+    };
+    let applied = if (kernel as u32) < (abi as u32) {
+        kernel
+    } else {
+        abi
     };
     Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => Achieved::Full { abi },
-        RulesetStatus::PartiallyEnforced => Achieved::Partial { abi },
         RulesetStatus::NotEnforced => Achieved::None,
+        RulesetStatus::FullyEnforced if same_rights(applied, TESTED_ABI) => Achieved::Full {
+            abi: applied as u32,
+        },
+        _ => Achieved::Partial {
+            abi: applied as u32,
+        },
     })
 }
 
@@ -105,7 +136,7 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         // Landlock restricts the calling thread only: run the attempt on its own thread.
         let (achieved, read_ok, read_denied, write_denied, tcp) = std::thread::spawn(move || {
-            let achieved = restrict_self(&rules).expect("restrict");
+            let achieved = restrict_self(&rules, TESTED_ABI as u32).expect("restrict");
             let read_ok = std::fs::read(allowed.join("ok")).is_ok();
             let read_denied = std::fs::read(&denied).map_err(|e| e.raw_os_error());
             let write_denied =

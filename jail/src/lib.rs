@@ -64,6 +64,7 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         hostname: "codejail".into(),
         ro_paths: vec![],
         landlock_min_abi: 0,
+        landlock_max_abi: codejail_plan::NEWEST_LANDLOCK_ABI,
         apparmor_profile: None,
         allow_exec: false,
         warm: None,

@@ -192,8 +192,11 @@ fn program_steps(
     // Landlock: paths without a rule give EACCES (upstream's errors), no TCP, no
     // abstract sockets or signals outside the run. Applied after pivot_root, so the
     // rules name the run's own view.
-    let achieved = landlock::restrict_self(&rootfs::landlock_rules(plan, &spec.workdir_shown))
-        .map_err(JailError::Landlock)?;
+    let achieved = landlock::restrict_self(
+        &rootfs::landlock_rules(plan, &spec.workdir_shown),
+        plan.landlock_max_abi,
+    )
+    .map_err(JailError::Landlock)?;
     if achieved.abi() < plan.landlock_min_abi {
         return Err(JailError::LandlockBelowMinimum {
             abi: achieved.abi(),

@@ -70,6 +70,7 @@ fn python_plan(code: &str) -> Plan {
         hostname: "codejail-test".into(),
         ro_paths: vec![],
         landlock_min_abi: 1,
+        landlock_max_abi: codejail_plan::NEWEST_LANDLOCK_ABI,
         apparmor_profile: None,
         allow_exec: false,
         warm: None,

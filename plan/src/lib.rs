@@ -170,6 +170,9 @@ pub struct Plan {
     /// Refuse to run unless the kernel's Landlock ABI is at least this (0: Landlock is
     /// applied with whatever the kernel has, or not at all).
     pub landlock_min_abi: u32,
+    /// The newest Landlock ABI the stage asks for: [`NEWEST_LANDLOCK_ABI`], or less to
+    /// get the rules an older kernel would enforce (the tests of older ABIs).
+    pub landlock_max_abi: u32,
     /// The AppArmor profile the program's exec stacks on, where the kernel has
     /// AppArmor and one is configured.
     pub apparmor_profile: Option<String>,

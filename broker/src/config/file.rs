@@ -72,6 +72,10 @@ pub struct FileConfig {
     /// Default 1 (any Landlock: Ubuntu 22.04's 5.15, Debian 12's 6.1) in the confined
     /// mode, 0 in the dev mode. The README's Landlock section says what each ABI adds.
     pub landlock_min_abi: Option<u32>,
+    /// The newest Landlock ABI runs ask for (default: the newest the jail stage knows).
+    /// Lower, it applies the rules a kernel of that ABI would: for testing how the
+    /// broker behaves on older kernels on a newer one (dev: `--landlock-abi`).
+    pub landlock_max_abi: Option<u32>,
 }
 
 /// `[cgroup]`.

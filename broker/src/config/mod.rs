@@ -134,6 +134,8 @@ pub struct Settings {
     pub apparmor_required: bool,
     /// The oldest Landlock ABI runs may have (0: Landlock is not required).
     pub landlock_min_abi: u32,
+    /// The newest Landlock ABI runs ask for.
+    pub landlock_max_abi: u32,
     /// Set by the binary, not the config: systemd passed the listening socket, so the
     /// socket file is systemd's and the broker neither binds nor removes it.
     pub socket_activated: bool,
@@ -332,6 +334,13 @@ impl Settings {
             Mode::Confined => 1,
             Mode::Dev => 0,
         });
+        let landlock_max_abi = cfg.landlock_max_abi.unwrap_or(NEWEST_LANDLOCK_ABI);
+        if !(1..=NEWEST_LANDLOCK_ABI).contains(&landlock_max_abi) {
+            return Err(invalid(
+                "landlock_max_abi",
+                format!("{landlock_max_abi} is not a Landlock ABI from 1 to {NEWEST_LANDLOCK_ABI}"),
+            ));
+        }
         if landlock_min_abi > NEWEST_LANDLOCK_ABI {
             return Err(invalid(
                 "landlock_min_abi",
@@ -374,6 +383,7 @@ impl Settings {
             apparmor_profile,
             apparmor_required,
             landlock_min_abi,
+            landlock_max_abi,
             socket_activated: false,
         })
     }

@@ -32,6 +32,7 @@ pub fn command_plan(
         clear_groups: settings.identity.clear_groups,
         hostname: "codejail".into(),
         landlock_min_abi: settings.landlock_min_abi,
+        landlock_max_abi: settings.landlock_max_abi,
         // Stacked at the program's exec, where the kernel has AppArmor.
         apparmor_profile: crate::apparmor::profile_for_runs(settings.apparmor_profile.as_deref()),
         allow_exec: command.allow_exec,

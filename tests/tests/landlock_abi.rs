@@ -1,0 +1,89 @@
+//! The broker on older Landlock ABIs, emulated on this machine's newer kernel: the
+//! stage asks Landlock for at most ABI N (`--landlock-abi N`), which is what a kernel
+//! of that ABI applies (Ubuntu 22.04's 5.15 has ABI 1, Debian 12's 6.1 ABI 2, Ubuntu
+//! 24.04's 6.8 ABI 4). Each must serve under the default minimum (ABI 1), report
+//! Landlock `partial` with what covers the rest, and keep the confinement battery's
+//! errnos; a minimum above the ABI refuses to start, naming both. The real kernels
+//! 6.1 and 6.12 are booted by tests/hosts/.
+
+use codejail_tests::*;
+
+/// What a run sees when it tries the attacks whose errnos depend on Landlock or the
+/// layers that stand in for its newer rules.
+const ATTACKS: &str = r#"
+import errno, os, socket
+def attempt(name, f):
+    try:
+        f()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+attempt("read /etc/passwd", lambda: open("/etc/passwd").read())
+attempt("list /", lambda: os.listdir("/"))
+attempt("write the workdir", lambda: open("x", "w"))
+attempt("write tmp/", lambda: open(os.path.join(os.environ["TMPDIR"], "f"), "w").write("x"))
+attempt("AF_INET socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+os.mkdir(os.path.join(os.environ["TMPDIR"], "d"))
+attempt("rename within tmp/", lambda: os.rename(os.path.join(os.environ["TMPDIR"], "f"), os.path.join(os.environ["TMPDIR"], "d", "f")))
+"#;
+
+const EXPECTED: &str = "read /etc/passwd EACCES\nlist / EACCES\nwrite the workdir EACCES\n\
+                        write tmp/ ok\nAF_INET socket EACCES\n";
+
+#[tokio::test]
+async fn older_landlock_abis_serve_report_partial_and_keep_the_errnos() {
+    for abi in [1u32, 2, 4] {
+        let b = broker!(BrokerOpts::new().args([
+            "--landlock-abi",
+            &abi.to_string(),
+            "--landlock-min-abi",
+            "1",
+        ]));
+        let status = codejail_client::status(&b.cfg()).await.expect("status");
+        let landlock = &status.layers["landlock"];
+        assert_eq!(
+            (landlock.state, landlock.required, landlock.holds),
+            (codejail_protocol::LayerState::Partial, true, true),
+            "ABI {abi}: {landlock:?}"
+        );
+        assert!(
+            landlock.detail.starts_with(&format!("ABI {abi}: ")),
+            "ABI {abi}: {}",
+            landlock.detail
+        );
+        assert!(status.required_layers_hold(), "ABI {abi}: {status:?}");
+        let res = b.run(&py(ATTACKS)).await;
+        let out = text(&res.stdout);
+        assert!(
+            out.starts_with(EXPECTED),
+            "ABI {abi}: {out}\nstderr: {}",
+            text(&res.stderr)
+        );
+        // Moving a file between directories: ABI 1 denies it outright (EXDEV, as a
+        // kernel without ABI 2's rule does); from ABI 2 on the run's tmp/ allows it.
+        let rename = if abi == 1 { "EXDEV" } else { "ok" };
+        assert!(
+            out.ends_with(&format!("rename within tmp/ {rename}\n")),
+            "ABI {abi}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_minimum_above_the_kernels_abi_refuses_to_start_naming_both() {
+    let Some((status, log)) = TestBroker::start_expecting_failure(BrokerOpts::new().args([
+        "--landlock-abi",
+        "2",
+        "--landlock-min-abi",
+        "4",
+    ])) else {
+        return;
+    };
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(
+            "landlock ABI 4 or newer is required (landlock_min_abi) but this kernel has ABI 2"
+        ),
+        "{log}"
+    );
+}
