@@ -349,6 +349,10 @@ if $uninstall; then
     fi
     if $live && systemd_pid1; then
         run systemctl daemon-reload
+        # A unit that failed (e.g. a broker stopped by its start limit) stays listed
+        # by `systemctl --failed` after its file is gone, until reset.
+        run systemctl reset-failed codejail-broker.service codejail-broker.socket \
+            codejail-http.service 2>/dev/null || true
     fi
     if $purge; then
         # Accounts first: their record is in $STATEDIR. Only those the installer
