@@ -255,9 +255,8 @@ impl Client {
     }
 }
 
-/// Connect, send `Hello`, read and check the `Welcome`.
-/// Connect (within the connect timeout), then send the `Hello` and read the `Welcome`
-/// (within the start timeout), all before `deadline`.
+/// Connect (within the connect timeout), then send the `Hello` and read and check the
+/// `Welcome` (within the start timeout), all before `deadline`.
 async fn handshake(cfg: &ClientConfig, deadline: Deadline) -> Result<(Conn, Welcome), ClientError> {
     let connecting = Deadline::after(cfg.connect_timeout, "connect").earliest(deadline);
     let stream = connecting
