@@ -9,9 +9,10 @@ use codejail_protocol::DEFAULT_MAX_FRAME;
 /// The socket used when `$CODEJAIL_SOCKET` is not set (CONTRACTS.md).
 pub const DEFAULT_SOCKET: &str = "/run/codejail/broker.sock";
 
-/// How long a client waits for a broker that is starting: ten times the slowest
-/// broker start measured on the project's test hosts (about 3 s, socket-activated in a
-/// VM under software emulation: docs/hosts.md).
+/// How long a client waits for a broker that is starting: about eight times the
+/// slowest broker start measured on the project's test hosts (4 s from the first
+/// connection to the answer, socket-activated in a VM under software emulation:
+/// docs/hosts.md).
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The environment variable naming the broker's socket.
