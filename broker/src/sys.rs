@@ -92,13 +92,19 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// In the child between fork and exec: put the control pipe on fd 3, the report
-/// pipe on fd 4 and a warm jail's hand-over pipe on fd 5 (dup2 clears FD_CLOEXEC on the new fd, so exactly these survive
-/// exec), and clear the ambient capabilities, so that the stage does not inherit the
-/// broker's CAP_SETUID/CAP_SETGID across exec (capabilities(7): ambient capabilities
-/// are kept over execve of an unprivileged program). The stage needs no capability
-/// in the initial namespace: it only creates a user namespace, which is unprivileged.
-/// Only async-signal-safe calls, no allocation (STYLE.md §4).
-pub fn install_stage_fds(control: RawFd, report: RawFd, handover: Option<RawFd>) -> io::Result<()> {
+/// pipe on fd 4 and a warm jail's hand-over pipe on fd 5 (dup2 clears FD_CLOEXEC on
+/// the new fd, so exactly these survive exec), clear the ambient capabilities, so that
+/// the stage does not inherit the broker's CAP_SETUID/CAP_SETGID across exec
+/// (capabilities(7): ambient capabilities are kept over execve of an unprivileged
+/// program), and take the run's identity ([`become_run_identity`]). The stage needs
+/// no capability in the initial namespace: it only creates a user namespace, which is
+/// unprivileged. Only async-signal-safe calls, no allocation.
+pub fn install_stage_fds(
+    control: RawFd,
+    report: RawFd,
+    handover: Option<RawFd>,
+    identity: StageIdentity,
+) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
     // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
     if unsafe {
@@ -126,6 +132,87 @@ pub fn install_stage_fds(control: RawFd, report: RawFd, handover: Option<RawFd>)
         if unsafe { libc::dup2(handover, HANDOVER_FD) } < 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    become_run_identity(identity)
+}
+
+/// Who the stage runs as, outside: the run's uid and gid, and the real uid to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageIdentity {
+    /// The run's outside uid: the stage's effective and saved uid.
+    pub uid: u32,
+    /// The run's outside gid: the stage's real, effective and saved gid.
+    pub gid: u32,
+    /// The stage's real uid: the broker's own, so that the broker can still signal the
+    /// stage (kill(2) needs a matching real or saved uid, and the broker holds no
+    /// capability over a user namespace it did not create); the run's when the broker
+    /// is root (a real uid 0 would give the stage every capability at exec).
+    pub real_uid: u32,
+    /// Clear the supplementary groups (the broker holds CAP_SETGID).
+    pub clear_groups: bool,
+}
+
+impl StageIdentity {
+    /// The stage identity for a run of `identity`, spawned by a broker of real uid
+    /// `broker_uid`.
+    pub fn new(identity: crate::config::RunIdentity, broker_uid: u32) -> StageIdentity {
+        StageIdentity {
+            uid: identity.outer_uid,
+            gid: identity.outer_gid,
+            real_uid: if broker_uid == 0 {
+                identity.outer_uid
+            } else {
+                broker_uid
+            },
+            clear_groups: identity.clear_groups,
+        }
+    }
+}
+
+/// Take the run's identity in the stage's child before exec, so that the user
+/// namespace the stage creates is owned, and charged, by the run's uid (see
+/// `codejail_jail::userns`): the supplementary groups (when we may), then the gid,
+/// then the uid, each only if it differs (dev: the broker's own ids, nothing to do).
+/// Raw system calls: the child of a multi-threaded process must not use libc's
+/// set*id wrappers, which signal the parent's other threads (gone in the child).
+fn become_run_identity(id: StageIdentity) -> io::Result<()> {
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    if id.clear_groups {
+        // SAFETY: setgroups(0, NULL) reads no memory.
+        check(unsafe { libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) })?;
+    }
+    // SAFETY: getresgid/getresuid write three ids into our stack variables.
+    let (mut rg, mut eg, mut sg, mut ru, mut eu, mut su) = (0, 0, 0, 0, 0, 0);
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_getresgid,
+            &mut rg as *mut libc::gid_t,
+            &mut eg as *mut libc::gid_t,
+            &mut sg as *mut libc::gid_t,
+        )
+    })?;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_getresuid,
+            &mut ru as *mut libc::uid_t,
+            &mut eu as *mut libc::uid_t,
+            &mut su as *mut libc::uid_t,
+        )
+    })?;
+    if (rg, eg, sg) != (id.gid, id.gid, id.gid) {
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) })?;
+    }
+    if (ru, eu, su) != (id.real_uid, id.uid, id.uid) {
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::syscall(libc::SYS_setresuid, id.real_uid, id.uid, id.uid) })?;
     }
     Ok(())
 }
@@ -181,6 +268,39 @@ pub fn pidfd_kill(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Send `signal` to the process a pidfd names, whose real uid is `owner`: directly,
+/// or, when that is refused with `EPERM`, with this thread's effective uid set to
+/// `owner` for the one call. A run's processes are its own uid in a user namespace
+/// the run's uid created, so the broker has no capability over them and kill(2)'s
+/// rule (the sender's real or effective uid is the target's real or saved uid) is
+/// the way in; the broker holds CAP_SETUID for exactly such identity changes.
+///
+/// The kernel keeps credentials per thread; only libc's wrappers make a set*id call
+/// process-wide, so the raw system call changes this thread alone, and nothing else
+/// runs on it until it is switched back (no `.await` in between). If switching back
+/// fails the process aborts: it must never go on with another uid.
+pub fn pidfd_kill_as(pidfd: &OwnedFd, signal: i32, owner: u32) -> io::Result<()> {
+    match pidfd_kill(pidfd, signal) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        done => return done,
+    }
+    let mine = nix::unistd::geteuid().as_raw();
+    if mine == owner {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    let keep = -1 as libc::c_long;
+    // SAFETY: integer arguments only; changes this thread's effective uid.
+    if unsafe { libc::syscall(libc::SYS_setresuid, keep, owner as libc::c_long, keep) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sent = pidfd_kill(pidfd, signal);
+    // SAFETY: as above, back to our own effective uid (our real uid, always allowed).
+    if unsafe { libc::syscall(libc::SYS_setresuid, keep, mine as libc::c_long, keep) } < 0 {
+        std::process::abort();
+    }
+    sent
 }
 
 /// Append to `buf` what can be read from the non-blocking `fd` now, at most `max`

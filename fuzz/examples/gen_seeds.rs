@@ -89,7 +89,7 @@ fn plan() -> Plan {
             tmp_inodes: Some(16384),
             ..RunLimits::default()
         },
-        clear_groups: true,
+        sigpending: None,
         hostname: "codejail".into(),
         landlock_min_abi: 1,
         landlock_max_abi: codejail_plan::NEWEST_LANDLOCK_ABI,

@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
                     .collect(),
                 workdir_name: "codejail-0123abcd".into(),
                 limits: RunLimits::default(),
-                clear_groups: true,
+                sigpending: None,
                 hostname: "codejail".into(),
                 landlock_min_abi: s.landlock_min_abi,
                 landlock_max_abi: s.landlock_max_abi,

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         ro_paths: vec![],
         workdir_name: "codejail-0123abcd".into(),
         limits: RunLimits::default(),
-        clear_groups: true,
+        sigpending: None,
         hostname: "codejail".into(),
         landlock_min_abi: settings.landlock_min_abi,
         landlock_max_abi: settings.landlock_max_abi,

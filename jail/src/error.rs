@@ -39,12 +39,10 @@ pub enum JailError {
     /// `unshare(CLONE_NEWUSER)` failed.
     #[error("unshare(CLONE_NEWUSER)")]
     UnshareUser(#[source] io::Error),
-    /// Reading the go-ahead byte after the id maps failed.
-    #[error("cannot read the go-ahead byte from fd {CONTROL_FD}")]
-    WaitIdMaps(#[source] io::Error),
-    /// `setgroups([])` failed.
-    #[error("setgroups([])")]
-    ClearGroups(#[source] io::Error),
+    /// Writing the stage's own id maps (`/proc/self/{uid_map,setgroups,gid_map}`)
+    /// failed.
+    #[error("mapping the run's outside uid and gid in its user namespace")]
+    WriteIdMaps(#[source] io::Error),
     /// `setresgid` to the run's gid failed.
     #[error("setresgid({gid})")]
     SetGid {
@@ -262,8 +260,7 @@ impl JailError {
             JailError::ValidateName(_) | JailError::ValidatePlan(_) => "validate plan",
             JailError::Report(_) => "write report",
             JailError::UnshareUser(_) => "unshare user namespace",
-            JailError::WaitIdMaps(_) => "wait for id maps",
-            JailError::ClearGroups(_) => "clear supplementary groups",
+            JailError::WriteIdMaps(_) => "write id maps",
             JailError::SetGid { .. } => "set gid",
             JailError::SetUid { .. } => "set uid",
             JailError::UnshareNamespaces(_) => "unshare namespaces",

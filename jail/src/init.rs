@@ -26,6 +26,7 @@ use super::program::{exec_program, ExecSpec};
 use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
 use super::seccomp;
 use super::sys::{self, Forked, Reaped};
+use super::userns::switch_to_run_identity;
 use super::warm::{self, Warm};
 use super::workspace::{mount_workspace_tmpfs, populate_workspace, prepare_warm_workspace};
 use codejail_plan::{write_frame, Plan, StageReport};
@@ -76,6 +77,9 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         lifeline_read,
         lifeline_write,
     } = ctx;
+    // The run's inner identity, for the init and the program it forks (the stage
+    // keeps its own: see `userns`).
+    switch_to_run_identity()?;
     // Die with the stage, first: if the broker kills the stage, the whole run must go
     // (the stage is single-threaded, so "parent thread exits" means "stage exits").
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| JailError::TieToStage(e.into()))?;
@@ -152,7 +156,12 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Some((ours, program_end, handover)) => {
             drop(program_end);
             let preimport = plan.warm.as_ref().map(|w| w.preimport.as_slice());
-            Some(Warm::start(ours, handover, preimport.unwrap_or_default())?)
+            Some(Warm::start(
+                ours,
+                handover,
+                preimport.unwrap_or_default(),
+                spec.nproc_shared,
+            )?)
         }
         None => None,
     };

@@ -4,11 +4,11 @@
 //!
 //! The trust boundary: the broker (a tokio daemon) shares only the plan crate with
 //! this one (the plan it sends, the reports it reads); it spawns the stage binary,
-//! whose `main` is [`run_stage`], and writes the run's id maps when the stage reports
-//! `NeedMaps`. One module per mechanism, in the order they apply:
+//! whose `main` is [`run_stage`], as the run's outside uid and gid. One module per
+//! mechanism, in the order they apply:
 //!
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
-//! - [`userns`]: user namespace (id maps written by the broker), run identity;
+//! - [`userns`]: user namespace and its id maps, run identity;
 //! - [`namespaces`]: mount, pid, net, ipc, uts namespaces and the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
@@ -60,7 +60,7 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         tmpfs_mount: "/tmp".into(),
         workdir_name: workdir_name.into(),
         limits: codejail_plan::RunLimits::default(),
-        clear_groups: false,
+        sigpending: None,
         hostname: "codejail".into(),
         ro_paths: vec![],
         landlock_min_abi: 0,

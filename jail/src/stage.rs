@@ -22,10 +22,11 @@ use super::error::{report_failure, JailError};
 use super::init::{run_init, InitContext};
 use super::namespaces::{set_hostname, unshare_run_namespaces};
 use super::program::ExecSpec;
+use super::rlimits::nproc_shared;
 use super::sys::{self, Forked};
-use super::userns::{enter_user_namespace, switch_to_run_identity, wait_for_id_maps, IdMapsSignal};
+use super::userns::{enter_user_namespace, map_own_ids};
 use super::workspace::check_names;
-use codejail_plan::{read_frame, write_frame, Plan, StageReport, HANDOVER_FD, MAX_PLAN_FRAME};
+use codejail_plan::{read_frame, Plan, HANDOVER_FD, MAX_PLAN_FRAME};
 
 /// Exit status of the stage when the run was built and has ended (however the
 /// program ended: the reports say how).
@@ -36,14 +37,6 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit status of the stage when fds 3 and 4 are not usable (nothing can be reported).
 pub const EXIT_NO_FDS: i32 = 2;
 
-/// How the checklist ended when no step failed.
-enum Outcome {
-    /// The init ran and has ended, with every process of the run.
-    RunEnded,
-    /// The broker closed the control pipe (or sent garbage) instead of the go-ahead.
-    Abandoned,
-}
-
 /// Run the jail stage: take fds 3 and 4, build the jail, supervise it, and return the
 /// process exit status ([`EXIT_RUN_ENDED`], [`EXIT_FAILED`] or [`EXIT_NO_FDS`]). A
 /// failed step is reported on fd 4 as `StageReport::Failed`; nothing is ever written
@@ -53,8 +46,7 @@ pub fn run_stage() -> i32 {
         return EXIT_NO_FDS;
     };
     match build_jail(control, handover, &mut report) {
-        Ok(Outcome::RunEnded) => EXIT_RUN_ENDED,
-        Ok(Outcome::Abandoned) => EXIT_FAILED,
+        Ok(()) => EXIT_RUN_ENDED,
         Err(error) => {
             report_failure(&mut report, &error);
             EXIT_FAILED
@@ -63,12 +55,13 @@ pub fn run_stage() -> i32 {
 }
 
 /// The stage's checklist, in order. Each step is one call; the comment says why it
-/// sits where it does.
+/// sits where it does. Returns once the init ran and has ended, with every process
+/// of the run.
 fn build_jail(
     mut control: File,
     handover: Option<File>,
     report: &mut File,
-) -> Result<Outcome, JailError> {
+) -> Result<(), JailError> {
     // Sanitize first: nothing of the broker's beyond the fd contract may reach the
     // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
     // passed on: the program gets exactly the plan's.
@@ -92,20 +85,17 @@ fn build_jail(
         }
     };
     // C strings for execve now, so a bad plan fails before any namespace exists.
-    let spec = ExecSpec::from_plan(&plan)?;
+    let mut spec = ExecSpec::from_plan(&plan)?;
     // (The broker has already moved us into the run's cgroup, before sending the plan:
     // everything from here on is charged to the run.)
-    // The user namespace first: it grants the capabilities every later step needs.
-    enter_user_namespace()?;
-    // Only the broker, outside, can write our id maps: ask, then wait for them.
-    write_frame(report, &StageReport::NeedMaps).map_err(JailError::Report)?;
-    if wait_for_id_maps(&mut control)? == IdMapsSignal::Abandoned {
-        return Ok(Outcome::Abandoned);
-    }
-    // The run's identity now, while the stage is alone: the init and the program
-    // inherit it, and the capabilities survive (see `userns`). The stage then shares
-    // the run's uid in every mode, which the NPROC limit accounts for (`rlimits`).
-    switch_to_run_identity(plan.clear_groups)?;
+    // The user namespace first: it grants the capabilities every later step needs. We
+    // are the run's outside uid and gid already (the broker switched before exec), so
+    // the namespace, and what its processes hold, is charged to the run's uid.
+    let outside = enter_user_namespace()?;
+    // Our own id maps: the run's outside ids, as the run's inner id.
+    map_own_ids(outside)?;
+    // Whether the stage counts with the program under NPROC follows from who we are.
+    spec.nproc_shared = nproc_shared(outside.stage_is_run_uid);
     // The other namespaces, owned by the run's user namespace; our next child is the
     // run's PID 1.
     unshare_run_namespaces()?;
@@ -150,7 +140,7 @@ fn build_jail(
     // init's end (after every process of the run is gone) ends the stage.
     let supervised = supervise_init(&mut control, init);
     drop(lifeline_write);
-    supervised.map(|()| Outcome::RunEnded)
+    supervised
 }
 
 fn check_single_threaded() -> Result<(), JailError> {

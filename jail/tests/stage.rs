@@ -1,7 +1,7 @@
-//! Runs the `codejail-jail` stage binary directly, playing the broker's part: the five
-//! fds, the plan, the id maps, the go-ahead, and the program's pipes.
+//! Runs the `codejail-jail` stage binary directly, playing the broker's part: the
+//! fds, the run's outside identity, the plan, and the program's pipes.
 //!
-//! These tests need user namespaces (and, as root, `CAP_SETUID` to map uid 4242).
+//! These tests need user namespaces (and, as root, `CAP_SETUID` to become uid 4242).
 //! Where the kernel refuses them they are skipped with the reason printed, unless
 //! `CODEJAIL_REQUIRE_PRIVILEGED=1`, where they fail. As root, the run is mapped to
 //! the outer uid/gid 4242, never to 0: no program ever runs as root.
@@ -17,16 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use codejail_broker::run::idmap::write_id_maps;
-use codejail_plan::{
-    read_frame, write_frame, Plan, RunLimits, StageReport, GO_BYTE, MAX_REPORT_FRAME,
-};
+use codejail_plan::{read_frame, write_frame, Plan, RunLimits, StageReport, MAX_REPORT_FRAME};
 use codejail_plan::{EntryKind, FileEntry};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::unistd::{getgid, getuid, pipe2};
+use nix::unistd::{getuid, pipe2};
 
 const PYTHON: &str = "/usr/bin/python3";
-/// Outer uid/gid a root harness maps the run to (never 0).
+/// Outer uid/gid a root harness runs the stage as (never 0).
 const ROOT_HARNESS_OUTER_ID: u32 = 4242;
 /// Longest a stage may take in any test before it is killed and the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -66,7 +63,7 @@ fn python_plan(code: &str) -> Plan {
             tmp_bytes: Some(16 << 20),
             tmp_inodes: Some(1000),
         },
-        clear_groups: is_root(),
+        sigpending: None,
         hostname: "codejail-test".into(),
         ro_paths: vec![],
         landlock_min_abi: 1,
@@ -84,13 +81,13 @@ struct Options {
     close_control_after: Option<Duration>,
     /// SIGKILL the stage itself this long after the go-ahead (the broker's last resort).
     kill_stage_after: Option<Duration>,
-    /// Close the control pipe instead of sending the go-ahead.
-    abandon_before_go: bool,
+    /// Close the control pipe instead of sending the plan.
+    no_plan: bool,
 }
 
 #[derive(Debug)]
 struct Outcome {
-    /// Every report, `NeedMaps` included.
+    /// Every report.
     reports: Vec<StageReport>,
     stdout: String,
     stderr: String,
@@ -174,73 +171,50 @@ fn run(plan: &Plan, options: Options) -> Option<Outcome> {
     let (report, report_child) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
     let (control_child, report_child) = (high_fd(control_child), high_fd(report_child));
     let (c, r) = (control_child.as_raw_fd(), report_child.as_raw_fd());
+    let root = is_root();
     let mut command = Command::new(env!("CARGO_BIN_EXE_codejail-jail"));
     command
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure only calls dup2 (async-signal-safe) and builds an
+    // SAFETY: the closure only calls dup2 and the set*id system calls (async-signal-
+    // safe; raw, as the child of a multi-threaded process needs) and builds an
     // io::Error from errno (no allocation), as required between fork and exec.
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(c, 3) == -1 || libc::dup2(r, 4) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
+            // As the broker does: the stage runs as the run's outside ids, never root.
+            let id = ROOT_HARNESS_OUTER_ID as libc::c_long;
+            if root
+                && (libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) != 0
+                    || libc::syscall(libc::SYS_setresgid, id, id, id) != 0
+                    || libc::syscall(libc::SYS_setresuid, id, id, id) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    let mut child = command.spawn().expect("spawn codejail-jail");
+    let child = command.spawn().expect("spawn codejail-jail");
     drop((control_child, report_child));
     let mut control = File::from(control);
-    let mut report = File::from(report);
+    let report = File::from(report);
 
-    write_frame(&mut control, plan).expect("write plan");
-    let mut reports = Vec::new();
-    let first: Option<StageReport> =
-        read_frame(&mut report, MAX_REPORT_FRAME).expect("read report");
-    match first {
-        Some(StageReport::NeedMaps) => reports.push(StageReport::NeedMaps),
-        Some(StageReport::Failed { step, message }) => {
-            if step == "unshare user namespace" {
-                let _ = child.wait();
-                return unavailable(&format!("{step}: {message}"));
-            }
-            reports.push(StageReport::Failed { step, message });
-            return Some(finish(child, control, report, reports, Options::default()));
-        }
-        other => panic!("unexpected first report {other:?}"),
+    if !options.no_plan {
+        write_frame(&mut control, plan).expect("write plan");
     }
-
-    let (outer_uid, outer_gid) = if is_root() {
-        (ROOT_HARNESS_OUTER_ID, ROOT_HARNESS_OUTER_ID)
-    } else {
-        (getuid().as_raw(), getgid().as_raw())
-    };
-    if let Err(e) = write_id_maps(child.id(), outer_uid, outer_gid, is_root()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return unavailable(&format!("write_id_maps: {e}"));
-    }
-    if options.abandon_before_go {
-        drop(control);
-        let status = wait_with_deadline(&mut child);
-        while let Some(r) = read_frame(&mut report, MAX_REPORT_FRAME).expect("read report") {
-            reports.push(r);
-        }
-        return Some(Outcome {
-            reports,
-            stdout: String::new(),
-            stderr: String::new(),
-            status,
-            elapsed: Duration::ZERO,
-        });
-    }
-    control.write_all(&[GO_BYTE]).expect("go");
-    let outcome = finish(child, control, report, reports, options);
+    let no_plan = options.no_plan;
+    let outcome = finish(child, control, report, Vec::new(), options, no_plan);
     if let Some((step, message)) = outcome.failed() {
         // A host whose /proc has over-mounted files (container runtimes mask some)
-        // refuses a new procfs in a user namespace: an environment limit, not a bug.
+        // refuses a new procfs in a user namespace, and some refuse user namespaces:
+        // environment limits, not bugs.
+        if step == "unshare user namespace" {
+            return unavailable(&format!("{step}: {message}"));
+        }
         let environment_limited = ["unshare namespaces", "mount proc"].contains(&step);
         if environment_limited && message.contains("Operation not permitted") {
             return unavailable(&format!("{step}: {message}"));
@@ -256,6 +230,7 @@ fn finish(
     report: File,
     mut reports: Vec<StageReport>,
     options: Options,
+    close_control_now: bool,
 ) -> Outcome {
     let mut stdin = child.stdin.take().expect("stdin");
     let stdin_data = options.stdin;
@@ -273,7 +248,12 @@ fn finish(
         reports
     });
     let mut start = Instant::now();
-    let status = match (options.close_control_after, options.kill_stage_after) {
+    let close_control_after = if close_control_now {
+        Some(Duration::ZERO)
+    } else {
+        options.close_control_after
+    };
+    let status = match (close_control_after, options.kill_stage_after) {
         (Some(after), _) => {
             thread::sleep(after);
             drop(control);
@@ -337,7 +317,11 @@ fn hello_world_reaches_stdout() {
     assert_eq!(out.stdout, "hello world\n");
     assert_eq!(out.stderr, "");
     assert!(out.status.success(), "stage exit {:?}", out.status);
-    assert_eq!(out.reports.first(), Some(&StageReport::NeedMaps));
+    assert!(
+        matches!(out.reports.first(), Some(StageReport::Confined { .. })),
+        "{:?}",
+        out.reports
+    );
 }
 
 #[test]
@@ -506,7 +490,7 @@ fn the_program_is_pid_2_as_the_run_uid_alone_in_its_namespaces() {
         "only the run's init and program are visible"
     );
     assert_eq!(lines[2], "1000 1000 1000 1000");
-    if plan.clear_groups {
+    if is_root() {
         assert_eq!(lines[3], "[]");
     }
     assert_eq!(lines[4], "codejail-test");
@@ -613,15 +597,14 @@ fn killing_the_stage_kills_the_run() {
 }
 
 #[test]
-fn closing_the_control_pipe_before_the_go_ahead_ends_the_stage_quietly() {
+fn closing_the_control_pipe_before_the_plan_ends_the_stage() {
     let options = Options {
-        abandon_before_go: true,
+        no_plan: true,
         ..Options::default()
     };
-    let Some(out) = run(&python_plan("print('never')"), options) else {
-        return;
-    };
-    assert_eq!(out.reports, vec![StageReport::NeedMaps]);
+    let out = run(&python_plan("print('never')"), options).expect("needs no namespaces");
+    assert_eq!(out.failed().map(|f| f.0), Some("read plan"), "{out:#?}");
+    assert_eq!(out.stdout, "");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -642,10 +625,7 @@ fn hostile_names_are_refused_before_anything_is_built() {
             .failed()
             .unwrap_or_else(|| panic!("{bad:?} accepted: {out:#?}"));
         assert_eq!(step, "validate plan", "{message}");
-        assert!(
-            !out.reports.contains(&StageReport::NeedMaps),
-            "{bad:?}: the stage went on"
-        );
+        assert_eq!(out.reports.len(), 1, "{bad:?}: the stage went on: {out:#?}");
         assert_eq!(out.status.code(), Some(1));
         for host_dir in ["/tmp", "/workspace"] {
             assert!(!std::path::Path::new(host_dir)

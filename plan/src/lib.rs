@@ -13,7 +13,7 @@
 //! | 0  | broker -> program | the program's stdin (a pipe) |
 //! | 1  | program -> broker | the program's stdout (a pipe) |
 //! | 2  | program -> broker | the program's stderr (a pipe) |
-//! | 3  | broker -> stage | control: one [`Plan`] frame, later one [`GO_BYTE`] once the id maps are written; EOF at any time means "kill the run now" |
+//! | 3  | broker -> stage | control: one [`Plan`] frame; EOF at any time means "kill the run now" |
 //! | 4  | stage -> broker | reports: a sequence of [`StageReport`] frames |
 //! | 5  | broker -> init | warm jails only ([`Plan::warm`]): one [`HandOver`] frame, the request the waiting jail is given |
 //!
@@ -37,8 +37,6 @@ pub const HANDOVER_FD: i32 = 5;
 /// the init (`jail/warm/_codejail_warm.py`): the number the control pipe had, which the
 /// init never passes on. Cold programs never have it open.
 pub const WARM_FD: i32 = 3;
-/// The byte the broker writes on the control pipe once the id maps are in place.
-pub const GO_BYTE: u8 = b'G';
 /// Largest plan frame the stage accepts (files travel inside the plan).
 pub const MAX_PLAN_FRAME: usize = 256 * 1024 * 1024;
 /// Largest report frame (reports are small; anything bigger is a bug or an attack).
@@ -121,9 +119,10 @@ pub struct RunLimits {
     pub vmem_bytes: Option<u64>,
     /// RLIMIT_FSIZE bytes (0 = no file may be written).
     pub fsize_bytes: u64,
-    /// RLIMIT_NPROC: processes+threads of the program. The stage adds two, for the
-    /// stage itself and the init, which share the run's uid and are counted (since
-    /// Linux 5.14 the count is per user namespace and uid, so it is per run).
+    /// RLIMIT_NPROC: processes+threads of the program. The stage adds the run's own
+    /// processes that share the program's uid and are counted with it: the init, and
+    /// the stage itself when it runs as the run's uid (since Linux 5.14 the count is
+    /// per user namespace and uid, so it is per run).
     pub nproc: Option<u64>,
     /// RLIMIT_NOFILE, soft = hard (never the broker's own: always set).
     pub nofile: u64,
@@ -161,10 +160,12 @@ pub struct Plan {
     pub workdir_name: String,
     /// Limits to apply.
     pub limits: RunLimits,
-    /// Whether the broker wrote `allow` to `setgroups`, so the stage must clear the
-    /// supplementary groups (`setgroups([])`); `false` in unprivileged dev mode, where
-    /// the kernel forbids it (user_namespaces(7)).
-    pub clear_groups: bool,
+    /// RLIMIT_SIGPENDING of the program (queued signals, and the POSIX timers that
+    /// each reserve one), when the broker bounds it: where every run is the same
+    /// outside uid (dev), the kernel charges all runs' signals to that one uid, so the
+    /// broker gives each run its share. `None`: the stage's own limit (per-run uids
+    /// charge each run's user namespace to its own uid).
+    pub sigpending: Option<u64>,
     /// The host name inside the run's UTS namespace.
     pub hostname: String,
     /// Refuse to run unless the kernel's Landlock ABI is at least this (0: Landlock is
@@ -237,9 +238,6 @@ impl Plan {
 /// What the stage (and the init inside the jail) tells the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageReport {
-    /// The stage is in its new user namespace: the broker must write its id maps now,
-    /// then send [`GO_BYTE`].
-    NeedMaps,
     /// A step failed before the program was exec'd; nothing of the user's ran.
     Failed {
         /// The step that failed, e.g. `"mount workspace tmpfs"`.
@@ -342,7 +340,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_cap_holds() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &StageReport::NeedMaps).expect("write");
+        write_frame(&mut buf, &StageReport::Ready).expect("write");
         let rep = StageReport::Failed {
             step: "x".into(),
             message: "y".into(),
@@ -351,7 +349,7 @@ mod tests {
         let mut r = &buf[..];
         assert_eq!(
             read_frame::<_, StageReport>(&mut r, 100).expect("read"),
-            Some(StageReport::NeedMaps)
+            Some(StageReport::Ready)
         );
         assert_eq!(
             read_frame::<_, StageReport>(&mut r, 100).expect("read"),

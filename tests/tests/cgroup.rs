@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -541,43 +541,27 @@ fn production_shape_gives_concurrent_runs_distinct_uids() {
     assert_eq!(fx.leftover_runs(), Vec::<PathBuf>::new());
 }
 
-/// A process as `uid` in a user namespace it created, whose inner root the test (root)
-/// maps to `outer`: what a run of a crashed broker of that uid looks like.
-fn spawn_userns_leftover(uid: u32, outer: u32) -> Child {
-    let code = "import ctypes, os, sys, time\n\
+/// A process as `outer` in a user namespace it created and mapped as a run's stage
+/// does (`1000 <outer> 1`): what a run of a crashed broker looks like.
+fn spawn_userns_leftover(outer: u32) -> Child {
+    let code = "import ctypes, os, time\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         assert libc.unshare(0x10000000) == 0, ctypes.get_errno()\n\
-        print('unshared', flush=True)\n\
-        sys.stdin.readline()\n\
-        os.setresuid(0, 0, 0)\n\
+        open('/proc/self/uid_map', 'w').write('1000 %d 1\\n' % os.geteuid_outer)\n\
         print('ready', flush=True)\n\
         time.sleep(600)\n";
+    let code = code.replace("os.geteuid_outer", &outer.to_string());
     let mut child = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
+        .arg(format!("--reuid={outer}"))
+        .arg(format!("--regid={outer}"))
         .args(["--clear-groups", "--pdeathsig", "SIGKILL"])
         .arg(python())
-        .args(["-c", code])
-        .stdin(Stdio::piped())
+        .args(["-c", &code])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn the leftover");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    out.read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), "unshared");
-    fs::write(
-        format!("/proc/{}/uid_map", child.id()),
-        format!("0 {outer} 1\n"),
-    )
-    .expect("uid_map");
-    child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("go");
-    line.clear();
     out.read_line(&mut line).expect("read");
     assert_eq!(line.trim(), "ready");
     child
@@ -615,7 +599,7 @@ fn start_up_sweep_removes_leftover_runs_and_cgroups() {
         chown_tree(&dir, UID);
         fs::write(dir.join("cgroup.procs"), in_cgroup.id().to_string()).expect("move the sleeper");
     }
-    let mut stray = spawn_userns_leftover(UID, FIRST + 5);
+    let mut stray = spawn_userns_leftover(FIRST + 5);
     let strays = processes(|u| u == FIRST + 5);
     assert_eq!(strays.len(), 1, "{strays:?}");
 
@@ -658,8 +642,9 @@ fn start_up_sweep_removes_leftover_runs_and_cgroups() {
     );
     drop(b);
 
-    // A process in the range that is *not* in a user namespace of the broker's uid
-    // cannot be killed by it: something else uses those ids, and the broker refuses.
+    // A process in the range that is *not* in a run's user namespace (one mapping
+    // only `1000 <its uid>`) is not the broker's to kill: something else uses those
+    // ids, and the broker refuses.
     let mut foreign = Command::new("setpriv")
         .arg(format!("--reuid={}", FIRST + 6))
         .arg(format!("--regid={}", FIRST + 6))

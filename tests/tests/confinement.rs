@@ -1971,6 +1971,119 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
 }
 both_shapes!(concurrent_runs_cannot_see_each_other);
 
+// ---------------------------------------------------------------- the kernel's per-user budgets
+
+/// What a run can take from the kernel's per-user budgets (`ucounts`: pending signals,
+/// which every POSIX timer preallocates, and POSIX message queue bytes), as Python with
+/// ctypes reaches them; each tries at most `most` and says how many it got and why it
+/// stopped. `@HOLD@` is replaced by code run once the budgets are tried.
+const BUDGETS: &str = r#"
+import ctypes, json, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+R = {}
+def errno_name():
+    e = ctypes.get_errno()
+    return __import__("errno").errorcode.get(e, str(e))
+class SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int),
+                ("notify", ctypes.c_int), ("pad", ctypes.c_byte * 48)]
+SIGEV_NONE = 1
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+def timers(most):
+    ev, tid, n = SigEvent(notify=SIGEV_NONE), ctypes.c_void_p(), 0
+    while n < most:
+        if libc.timer_create(time.CLOCK_MONOTONIC, ctypes.byref(ev), ctypes.byref(tid)) != 0:
+            return n, errno_name()
+        n += 1
+    return n, "ok"
+def sigqueue(most):
+    n = 0
+    while n < most:
+        if libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(0)) != 0:
+            return n, errno_name()
+        n += 1
+    return n, "ok"
+def queues(most):
+    n = 0
+    while n < most:
+        name = b"/cj-budget-%d" % n
+        if libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None) == -1:
+            return n, errno_name()
+        n += 1
+    return n, "ok"
+@HOLD@
+"#;
+
+/// Two concurrent runs: A takes every pending signal, timer and message-queue byte the
+/// kernel lets it take, then holds them while B asks for one of each. Per-run uids
+/// (production) charge each run's user namespace to its own uid; in dev, where every
+/// run is the broker's uid, each run's share is bounded instead. Either way B's calls
+/// work; before, A's exhaustion made them fail with EAGAIN/EMFILE in every run.
+async fn per_user_budgets_of_one_run_leave_the_others_theirs(shape: Shape) {
+    let b = shaped_broker!(shape);
+    let a_code = BUDGETS.replace(
+        "@HOLD@",
+        r#"
+R["timers"] = timers(1 << 22)
+R["sigqueue"] = sigqueue(1 << 22)
+R["queues"] = queues(1 << 16)
+print(json.dumps(R), flush=True)
+time.sleep(30)
+"#,
+    );
+    let mut exec_a = raw_python(&a_code);
+    exec_a.limits = codejail_tests::limits(&[("REALTIME", 60), ("CPU", 30)]);
+    let (mut conn, _) = RawConn::handshake(b.socket()).await;
+    conn.exec(exec_a).await;
+    let mut first = Vec::new();
+    while !first.contains(&b'\n') {
+        match conn.recv().await {
+            Some(Response::Stdout(chunk)) => first.extend(chunk),
+            Some(Response::Queued { .. } | Response::Started { .. }) => {}
+            other => panic!("run A: unexpected {other:?}; broker log:\n{}", b.log()),
+        }
+    }
+    let a: BTreeMap<String, (u64, String)> =
+        serde_json::from_slice(&first).expect("run A's counts");
+    // A really exhausted each budget (else B proves nothing).
+    assert_eq!(a["sigqueue"].1, "EAGAIN", "A: {a:?}");
+    assert_eq!(a["timers"].1, "EAGAIN", "A: {a:?}");
+    // POSIX message queues (the MSGQUEUE budget) are out of reach: a run's ipc
+    // namespace has no mqueue file system in its view, and Landlock refuses creating
+    // one in the kernel's internal mount.
+    assert_eq!(a["queues"], (0, "EACCES".to_string()), "A: {a:?}");
+    let b_code = BUDGETS.replace(
+        "@HOLD@",
+        r#"
+R["timers"] = timers(1)
+R["sigqueue"] = sigqueue(1)
+R["queues"] = queues(1)
+print(json.dumps(R))
+"#,
+    );
+    let res = b
+        .run(&with_limit(
+            with_limit(codejail_tests::py(&b_code), "REALTIME", 20),
+            "CPU",
+            10,
+        ))
+        .await;
+    assert_eq!(res.status, 0, "run B: {}", text(&res.stderr));
+    let got: BTreeMap<String, (u64, String)> =
+        serde_json::from_slice(&res.stdout).expect("run B's counts");
+    for call in ["sigqueue", "timers"] {
+        assert_eq!(
+            got[call],
+            (1, "ok".to_string()),
+            "run B's {call} while A holds its budgets ({a:?}): {got:?}"
+        );
+    }
+    assert_eq!(got["queues"], (0, "EACCES".to_string()), "B: {got:?}");
+    drop(conn);
+    assert_clean(&b).await;
+}
+both_shapes!(per_user_budgets_of_one_run_leave_the_others_theirs);
+
 // ---------------------------------------------------------------- the shapes themselves
 
 /// The shapes are what the attacks above claim to run against: the production broker

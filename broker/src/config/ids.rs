@@ -10,8 +10,9 @@ pub struct RunIdentity {
     pub outer_uid: u32,
     /// Outside gid mapped to the run's inner gid.
     pub outer_gid: u32,
-    /// Whether the broker may allow `setgroups` (it holds CAP_SETGID), so the stage
-    /// clears the supplementary groups.
+    /// Whether the broker clears the stage's supplementary groups before its exec (it
+    /// holds CAP_SETGID); an unprivileged dev broker cannot, and its runs keep its
+    /// groups (the run's user namespace denies `setgroups` either way).
     pub clear_groups: bool,
 }
 

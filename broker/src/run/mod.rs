@@ -1,10 +1,10 @@
-//! One run, from the broker's side (ARCHITECTURE §4 steps 6–8), in one life:
+//! One run, from the broker's side, in one life:
 //!
 //! 1. [`Jail`]: where it runs, a jail built for it or a warm one from the [`pool`];
 //!    either way a [`Cleanup`] guard owns its cgroup ([`cgroup`]) and its outside uid
 //!    ([`uidpool`], production) from the moment they are taken to the end.
-//! 2. [`Stage::spawn`]: spawn the jail stage with its fds, move it into the cgroup,
-//!    hand it the Plan ([`planning`]), write its id maps ([`idmap`]), give the go.
+//! 2. [`Stage::spawn`]: spawn the jail stage with its fds as the run's outside uid,
+//!    move it into the cgroup, hand it the Plan ([`planning`]).
 //!    A warm jail stops here until its request comes (`pool::WarmJail::run`).
 //! 3. [`Stage::supervise`]: feed stdin, stream stdout/stderr under the output cap,
 //!    enforce REALTIME and cancellation by ending the run, collect the reports into
@@ -26,11 +26,10 @@ use tokio::sync::mpsc;
 
 use crate::config::RunIdentity;
 use crate::sys;
-use codejail_plan::{self as plan, Plan, StageReport, GO_BYTE, MAX_REPORT_FRAME};
+use codejail_plan::{self as plan, Plan, StageReport, MAX_REPORT_FRAME};
 use uidpool::Lease;
 
 pub mod cgroup;
-pub mod idmap;
 mod outcome;
 pub mod planning;
 pub mod pool;
@@ -340,10 +339,10 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Spawn the stage, move it into `cgroup` while it waits for its plan, send the
-    /// plan (then drop its payload and `held`), write the id maps for `identity` when
-    /// asked, and give the go-ahead. A plan with `warm` set also gets the hand-over
-    /// pipe.
+    /// Spawn the stage as `identity` (it creates the run's user namespace as the run's
+    /// uid and maps its own ids: `codejail_jail::userns`), move it into `cgroup` while
+    /// it waits for its plan, and send the plan (then drop its payload and `held`). A
+    /// plan with `warm` set also gets the hand-over pipe.
     pub async fn spawn(
         stage: &std::path::Path,
         plan: &mut Plan,
@@ -369,12 +368,13 @@ impl Stage {
             .kill_on_drop(true);
         let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
         let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
-        // SAFETY: the closure only calls prctl and dup2 (async-signal-safe, no allocation),
-        // the latter on fds that stay open in the parent until spawn returns; both are
-        // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot have
-        // clobbered them.
+        let id = sys::StageIdentity::new(identity, nix::unistd::getuid().as_raw());
+        // SAFETY: the closure only calls prctl, dup2 and the set*id system calls
+        // (async-signal-safe, no allocation), dup2 on fds that stay open in the parent
+        // until spawn returns; both are >= 10 (pipe_high), so the stdio set-up std does
+        // before this closure cannot have clobbered them.
         unsafe {
-            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr));
+            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr, id));
         }
         let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
             path: stage.to_path_buf(),
@@ -402,11 +402,11 @@ impl Stage {
             }
         }
         let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
-        let mut reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
+        let reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
 
-        // Handshake with the stage: plan, then maps when it asks, then go.
         // The plan, serialised once; its files then leave memory (the frame has them),
-        // and the frame itself once it is in the pipe.
+        // and the frame itself once it is in the pipe. A stage that fails from here on
+        // reports it on the report pipe, which the caller reads next.
         let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
         plan.drop_payload();
         let setup = async {
@@ -416,24 +416,6 @@ impl Stage {
                 .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
             drop(frame);
             drop(held);
-            match read_report(&mut reports).await? {
-                Some(StageReport::NeedMaps) => {}
-                Some(StageReport::Failed { step, message }) => {
-                    return Err(RunError::Stage { step, message })
-                }
-                other => {
-                    return Err(RunError::Protocol(format!(
-                        "expected NeedMaps, got {other:?}"
-                    )))
-                }
-            }
-            let id = identity;
-            idmap::write_id_maps(pid, id.outer_uid, id.outer_gid, id.clear_groups)
-                .map_err(RunError::IdMaps)?;
-            control
-                .write_all(&[GO_BYTE])
-                .await
-                .map_err(|e| RunError::Protocol(format!("sending go: {e}")))?;
             Ok::<(), RunError>(())
         };
         if let Err(e) = setup.await {

@@ -29,7 +29,7 @@ pub fn command_plan(
             .collect(),
         workdir_name,
         limits,
-        clear_groups: settings.identity.clear_groups,
+        sigpending: sigpending_share(settings),
         hostname: "codejail".into(),
         landlock_min_abi: settings.landlock_min_abi,
         landlock_max_abi: settings.landlock_max_abi,
@@ -38,6 +38,31 @@ pub fn command_plan(
         allow_exec: command.allow_exec,
         warm: None,
     }
+}
+
+/// A run's share of the queued-signal budget (`RLIMIT_SIGPENDING`, which every POSIX
+/// timer also draws on) when every run is the broker's own uid (no `run_ids`): the
+/// kernel charges what all their user namespaces hold to that one uid, up to the
+/// limit the stage had when it created them (the broker's), so each run that can
+/// exist at once (running, or waiting warm) gets an equal part and none can exhaust
+/// the others'. `None` with per-run uids: each run's namespace is charged to its own
+/// uid, and the run keeps the broker's limit.
+pub fn sigpending_share(settings: &Settings) -> Option<u64> {
+    if settings.run_ids.is_some() {
+        return None;
+    }
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_SIGPENDING).ok()?;
+    if soft == nix::sys::resource::RLIM_INFINITY {
+        return None;
+    }
+    let runs = u64::from(settings.max_running)
+        + settings
+            .pools
+            .values()
+            .map(|p| u64::from(p.size))
+            .sum::<u64>();
+    Some((soft / runs.max(1)).max(1))
 }
 
 /// The program's argv up to and including its script: the command's program and

@@ -453,7 +453,6 @@ pub async fn build(shared: &Shared, command: &str, spec: &PoolSpec) -> Result<Wa
         }
         None => (settings.identity, None),
     };
-    plan.clear_groups = identity.clear_groups;
     let caps = shared.cgroups.limits_for(None, None);
     let cgroup = shared
         .cgroups

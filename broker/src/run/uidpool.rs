@@ -214,6 +214,22 @@ pub fn real_uid(status: &str) -> Option<u32> {
         .and_then(|u| u.parse().ok())
 }
 
+/// Whether process `pid` (of outside uid `uid`) is in a user namespace as a run's
+/// stage makes it: one that maps exactly `INNER_RUN_ID` to `uid` (its `uid_map`, which
+/// anyone may read). That, and its uid being in the broker's range, is what makes it
+/// one of ours to kill; a process of such a uid elsewhere is someone else's.
+fn in_run_namespace(pid: i32, uid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/uid_map")).is_ok_and(|map| {
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        fields
+            == [
+                codejail_plan::INNER_RUN_ID.to_string(),
+                uid.to_string(),
+                "1".into(),
+            ]
+    })
+}
+
 /// Whether a `/proc/<pid>/status` is a zombie's (or a task being torn down).
 fn is_zombie(status: &str) -> bool {
     status
@@ -278,7 +294,14 @@ pub fn kill_uid_processes(wanted: impl Fn(u32) -> bool + Copy) -> Result<usize, 
             if !still {
                 continue;
             }
-            match sys::pidfd_kill(&fd, libc::SIGKILL) {
+            // A run's process is signalled as its uid (the broker holds no capability
+            // over a namespace its run created); anything else only as ourselves.
+            let sent = if in_run_namespace(*pid, *uid) {
+                sys::pidfd_kill_as(&fd, libc::SIGKILL, *uid)
+            } else {
+                sys::pidfd_kill(&fd, libc::SIGKILL)
+            };
+            match sent {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(source) => {

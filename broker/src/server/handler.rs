@@ -423,7 +423,6 @@ pub(crate) fn choose_jail(
         )
     })?;
     spec.identity = lease.identity();
-    spec.plan.clear_groups = spec.identity.clear_groups;
     Ok(Jail::Cold(Some(lease)))
 }
 

@@ -398,7 +398,16 @@ pub(super) fn kill_listed(fs: &dyn CgroupFs, dir: &Path) -> io::Result<()> {
     let still = listed(&fs.read(&procs)?);
     for (pid, fd) in pinned {
         if still.contains(&pid) {
-            match sys::pidfd_kill(&fd, libc::SIGKILL) {
+            // A run's processes are the run's uid, in a namespace the broker does not
+            // own: signalled as their owner (see `sys::pidfd_kill_as`).
+            let owner = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| crate::run::uidpool::real_uid(&s));
+            let sent = match owner {
+                Some(uid) => sys::pidfd_kill_as(&fd, libc::SIGKILL, uid),
+                None => sys::pidfd_kill(&fd, libc::SIGKILL),
+            };
+            match sent {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(e) => return Err(e),
