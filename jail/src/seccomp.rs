@@ -62,7 +62,13 @@ const CLONE_NAMESPACE_FLAGS: [u64; 8] = [
 #[allow(clippy::unnecessary_cast)]
 const TERMINAL_INJECTION: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
 
-/// The reviewed deny list: (syscall, condition, why).
+/// `fcntl(F_NOTIFY)` asks for directory change notifications (dnotify).
+const DIRECTORY_NOTIFY: &[u64] = &[libc::F_NOTIFY as u64];
+
+/// The reviewed deny list: (syscall, condition, why). Memory a run could hold outside
+/// its address space (RLIMIT_AS) and its workspace (TMP) without a memory cgroup to
+/// count it — SysV IPC objects, memfd pages — is denied in every shape, so the bound
+/// does not depend on the host's cgroups.
 #[rustfmt::skip]
 const DENIED: &[(i64, Deny, &str)] = &[
     (libc::SYS_socket, Deny::UnlessArg0IsAfUnix, "no network: only AF_UNIX sockets (the net namespace has only a down loopback anyway); EACCES"),
@@ -122,6 +128,15 @@ const DENIED: &[(i64, Deny, &str)] = &[
     (libc::SYS_personality, Deny::Always, "can turn off ASLR (ADDR_NO_RANDOMIZE) or enable legacy behaviours"),
     (libc::SYS_lookup_dcookie, Deny::Always, "oprofile: obsolete"),
     (libc::SYS_memfd_secret, Deny::Always, "memory hidden from the kernel: no use here"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_inotify_init, Deny::Always, "watches accesses to files the view shares with the host and other runs"),
+    (libc::SYS_inotify_init1, Deny::Always, "as inotify_init"),
+    (libc::SYS_inotify_add_watch, Deny::Always, "as inotify_init"),
+    (libc::SYS_fcntl, Deny::IfArg1In(DIRECTORY_NOTIFY), "dnotify: as inotify, on directories"),
+    (libc::SYS_memfd_create, Deny::Always, "pages no rlimit bounds (only a memory cgroup); fileless exec"),
+    (libc::SYS_shmget, Deny::Always, "SysV shared memory outlives its mappings: bounded by no rlimit"),
+    (libc::SYS_msgget, Deny::Always, "SysV message queues: kernel memory bounded by no rlimit"),
+    (libc::SYS_semget, Deny::Always, "SysV semaphore sets: kernel memory bounded by no rlimit"),
 ];
 
 /// The denied calls that fail with `EACCES` rather than `EPERM`: an AppArmor-confined

@@ -1090,6 +1090,26 @@ fn denied_calls() -> Vec<Call> {
             "EACCES",
         ),
         call("socket(AF_VSOCK)", libc::SYS_socket, &[40, 1, 0], "EACCES"),
+        // Watching files the view shares with the host and other runs (without the
+        // filter: EBADF, ENOTDIR).
+        call("inotify_init1", libc::SYS_inotify_init1, &[0], "EPERM"),
+        call(
+            "inotify_add_watch",
+            libc::SYS_inotify_add_watch,
+            &[-1, 0, 0],
+            "EPERM",
+        ),
+        call(
+            "fcntl(F_NOTIFY)",
+            libc::SYS_fcntl,
+            &[0, i64::from(libc::F_NOTIFY), 0],
+            "EPERM",
+        ),
+        // Memory beyond RLIMIT_AS that only a memory cgroup would count.
+        call("memfd_create", libc::SYS_memfd_create, &[0, 0], "EPERM"),
+        call("shmget", libc::SYS_shmget, &[0, 4096, 0o600], "EPERM"),
+        call("msgget", libc::SYS_msgget, &[0, 0o600], "EPERM"),
+        call("semget", libc::SYS_semget, &[0, 1, 0o600], "EPERM"),
         call("clone3", libc::SYS_clone3, &[0, 0], "ENOSYS"),
         call(
             "clone(CLONE_NEWUSER)",
@@ -1411,12 +1431,13 @@ both_shapes!(upstream_paths_and_errnos);
 
 /// Every way to start another program once the run's own has started: a path, `ls`
 /// and `ps` through subprocess, a `#!` script, `sys.executable`, `python3` on PATH, the
-/// dynamic loader, an ELF and a script in memfds (`execveat` on an fd), a path that
+/// dynamic loader, an ELF and a script by fd (`execveat` on an fd), a path that
 /// does not exist, raw `execveat`, from a forked child and from a thread. Stopped by
 /// the init's exec guard (a seccomp user-notification filter: EACCES, upstream's
 /// AppArmor answer). Also tried: installing a listener of one's own to answer one's
-/// own exec (the kernel refuses a second listener: EBUSY). Positive control: fork
-/// works, so the denial is the exec's.
+/// own exec (the kernel refuses a second listener: EBUSY). A memfd, the usual way to
+/// exec what was never on disk, cannot even be made (seccomp: EPERM). Positive
+/// control: fork works, so the denial is the exec's.
 async fn exec_after_start_is_denied(shape: Shape) {
     let b = shaped_broker!(shape);
     let req = with_limit(
@@ -1446,15 +1467,11 @@ async fn exec_after_start_is_denied(shape: Shape) {
             loaders = [p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1") if os.path.exists(p)]
             attempt("dynamic loader", lambda: run([loaders[0], "/usr/bin/true"]))
             attempt("does not exist", lambda: os.execv("/nonexistent/program", ["x"]))
-            def memfd(name, data):
-                fd = os.memfd_create(name, 0)
-                os.write(fd, data)
-                return fd
-            with open("/usr/bin/true", "rb") as f:
-                elf = memfd("elf", f.read())
-            attempt("memfd ELF (execveat)", lambda: os.execve(elf, ["true"], {}))
-            sh = memfd("sh", b"#!/bin/sh\necho hi\n")
-            attempt("memfd script", lambda: os.execve(sh, ["sh"], {}))
+            attempt("memfd_create", lambda: os.memfd_create("elf", 0))
+            elf = os.open("/usr/bin/true", os.O_RDONLY)
+            attempt("ELF by fd (execveat)", lambda: os.execve(elf, ["true"], {}))
+            sh = os.open(script, os.O_RDONLY)
+            attempt("script by fd", lambda: os.execve(sh, ["sh"], {}))
             AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
             argv = (ctypes.c_char_p * 2)(b"true", None)
             envp = (ctypes.c_char_p * 1)(None)
@@ -1518,13 +1535,14 @@ async fn exec_after_start_is_denied(shape: Shape) {
         "python3 on PATH",
         "dynamic loader",
         "does not exist",
-        "memfd ELF (execveat)",
-        "memfd script",
+        "ELF by fd (execveat)",
+        "script by fd",
         "raw execveat",
         "raw execveat on fd",
     ] {
         expect(&r, name, &["EACCES"]);
     }
+    expect(&r, "memfd_create", &["EPERM"]);
     expect(&r, "forked child's errno", &[&libc::EACCES.to_string()]);
     expect(&r, "thread", &["['EACCES']"]);
     expect(&r, "own listener", &["EBUSY"]);
@@ -1534,9 +1552,10 @@ async fn exec_after_start_is_denied(shape: Shape) {
 both_shapes!(exec_after_start_is_denied);
 
 /// With `--allow-exec` (config `allow_exec = true`) a program may start others, and
-/// what it starts keeps every layer: a copy of the interpreter exec'd from a memfd
-/// (code the jail never wrote to disk) still cannot read /etc/passwd or open an
-/// AF_INET socket, and has the seccomp filter and no_new_privs.
+/// what it starts keeps every layer: the interpreter exec'd again, with code of the
+/// run's, still cannot read /etc/passwd or open an AF_INET socket, and has the seccomp
+/// filter and no_new_privs. No memfd can be made (EPERM), the usual way to exec code
+/// that was never on disk.
 async fn allowed_exec_stays_confined(shape: Shape) {
     let b = broker!(BrokerOpts::new().shape(shape).args(["--allow-exec"]));
     let req = with_limit(
@@ -1544,9 +1563,7 @@ async fn allowed_exec_stays_confined(shape: Shape) {
             r##"
             import subprocess
             attempt("true", lambda: subprocess.run(["/usr/bin/true"]).returncode)
-            with open(sys.executable, "rb") as f:
-                fd = os.memfd_create("python", 0)
-                os.write(fd, f.read())
+            attempt("memfd_create", lambda: os.memfd_create("python", 0))
             inner = ("import ctypes, socket\n"
                      "libc = ctypes.CDLL(None)\n"
                      "try:\n    print(open('/etc/passwd').read()[:100])\n"
@@ -1559,7 +1576,7 @@ async fn allowed_exec_stays_confined(shape: Shape) {
             if pid == 0:
                 os.dup2(w, 1); os.dup2(w, 2)
                 try:
-                    os.execve(fd, ["python", "-I", "-c", inner], {})
+                    os.execve(sys.executable, ["python", "-I", "-c", inner], {})
                 except OSError as e:
                     os.write(1, b"EXEC DENIED %d" % e.errno)
                 os._exit(127)
@@ -1582,6 +1599,7 @@ async fn allowed_exec_stays_confined(shape: Shape) {
     let res = b.run(&req).await;
     let r = results(&res, &b);
     expect(&r, "true", &["ok 0"]);
+    expect(&r, "memfd_create", &["EPERM"]);
     assert_eq!(
         r.get("interpreter").map(String::as_str),
         Some(
@@ -1815,13 +1833,13 @@ both_shapes!(daemonized_grandchild_does_not_survive);
 
 // ---------------------------------------------------------------- run vs run
 
-/// Two concurrent runs: A leaves a file in its tmp/, a SysV shared memory segment and
-/// an abstract socket, then sleeps; B looks for all of them and tries to signal
-/// everything. Stopped by the mount namespace (each run's workspace tmpfs is its own:
-/// A's path does not exist for B), Landlock (`/tmp` cannot be listed), the pid
-/// namespace (B sees and signals only its own processes), the ipc namespace (A's
-/// segment key is unknown to B), the network namespace and Landlock's scope (A's
-/// abstract socket). In production the runs also have distinct outside uids (checked
+/// Two concurrent runs: A leaves a file in its tmp/ and an abstract socket, and tries
+/// a SysV shared memory segment, then sleeps; B looks for all of them and tries to
+/// signal everything. Stopped by the mount namespace (each run's workspace tmpfs is
+/// its own: A's path does not exist for B), Landlock (`/tmp` cannot be listed), the pid
+/// namespace (B sees and signals only its own processes), seccomp (SysV IPC is denied
+/// to both: EPERM; each run's ipc namespace would keep them apart anyway), the network
+/// namespace and Landlock's scope (A's abstract socket). In production the runs also have distinct outside uids (checked
 /// from the host).
 async fn concurrent_runs_cannot_see_each_other(shape: Shape) {
     let b = shaped_broker!(shape);
@@ -1833,10 +1851,11 @@ import ctypes, os, socket, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 open(os.path.join(os.environ["TMPDIR"], "@MARK@"), "w").close()
 shm = libc.shmget(@KEY@, 4096, 0o1666)
+shm = "made" if shm >= 0 else __import__("errno").errorcode[ctypes.get_errno()]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind("\0@MARK@")
 s.listen()
-print(os.getcwd(), shm >= 0, flush=True)
+print(os.getcwd(), shm, flush=True)
 time.sleep(8)
 print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
 "#
@@ -1857,8 +1876,8 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
         }
     }
     let first = String::from_utf8(first).unwrap();
-    let (workdir_a, shm_ok) = first.trim().split_once(' ').expect("cwd and shm");
-    assert_eq!(shm_ok, "True", "positive control: A made its segment");
+    let (workdir_a, shm_a) = first.trim().split_once(' ').expect("cwd and shm");
+    assert_eq!(shm_a, "EPERM", "A's SysV segment");
     let suffix = workdir_a.strip_prefix("/tmp/codejail-").unwrap_or("");
     assert!(
         suffix.len() == 8
@@ -1931,7 +1950,7 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
         r["own workdir"], workdir_a,
         "both runs got the same workdir"
     );
-    expect(&r, "A's shm", &["ENOENT"]);
+    expect(&r, "A's shm", &["EPERM"]);
     expect(&r, "A's abstract socket", &["ECONNREFUSED", "EPERM"]);
     expect(&r, "pids", &["[1, 2]"]);
     expect(&r, "list /proc", &["EACCES"]);
