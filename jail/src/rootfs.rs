@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `/usr`, `/bin`, `/lib*`, `/sbin` | the system's interpreter and libraries (symlinks kept as symlinks on merged-/usr hosts) |
 //! | the plan's `ro_paths` | the sandbox environment (`<SANDENV>`) and configured package dirs |
-//! | `/etc` | the host's, read-only, so that reading `/etc/passwd` gives upstream's `EACCES` from Landlock rather than `ENOENT` (only `ld.so.cache` and `localtime` get a Landlock rule) |
+//! | `/etc` | only what the interpreter reads: the host's `ld.so.cache` (bound read-only) and `localtime` (the same symlink, or bound), plus empty mode-0 files named as [`ETC_PLACEHOLDERS`], so that reading `/etc/passwd` gives upstream's `EACCES` rather than `ENOENT`; nothing else of the host's `/etc` is in the view, not even for `stat()` (Landlock mediates opening, not `stat`) |
 //! | `/dev/{null,zero,random,urandom}` | bind mounts of the host's nodes (no `/dev/fd` or `/dev/std*`: they would point into a procfs) |
 //! | `/proc` | an empty directory with mode 0: no procfs for the program (`mounts`) |
 //! | `/tmp` | the run's workspace tmpfs, size and inodes capped, holding only the run's directory `/tmp/codejail-XXXXXXXX` (`workspace`) |
@@ -50,13 +50,20 @@ const MASK_LIMIT: usize = 512;
 
 /// Top-level host entries exposed when they exist: directories are bound read-only,
 /// symlinks (merged /usr: `/lib -> usr/lib`) are recreated as the same symlinks.
-const SYSTEM_ENTRIES: [&str; 8] = [
-    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
-];
+const SYSTEM_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-/// The system entries the program may read and execute (all but `etc`, which is in
-/// the view only to be denied): the bind mounts and the Landlock rules agree.
-const EXEC_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// The system entries the program may read and execute: the bind mounts and the
+/// Landlock rules agree.
+const EXEC_ENTRIES: [&str; 7] = SYSTEM_ENTRIES;
+
+/// The host's `/etc` files a run may read (each gets a Landlock read rule): the
+/// dynamic loader's cache and the local time zone.
+const ETC_FILES: [&str; 2] = ["ld.so.cache", "localtime"];
+
+/// Names in the view's `/etc` that are empty files with mode 0, not the host's: a run
+/// reading them gets `EACCES`, as upstream's callers' tests expect of `/etc/passwd`,
+/// and `stat()` shows nothing of the host. A fixed list, never the host's names.
+const ETC_PLACEHOLDERS: [&str; 4] = ["passwd", "group", "shadow", "hosts"];
 
 /// Device nodes bound from the host. Everything else in /dev is absent.
 pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
@@ -187,6 +194,8 @@ pub(crate) fn build_and_enter(
             bind_read_only(&host, &dst)?;
         }
     }
+    // The few host files of /etc the interpreter reads, and placeholders.
+    build_etc(&root.join("etc"))?;
     // The sandbox environment and package dirs outside /usr.
     let extra = extra_ro_paths(plan);
     for host in &extra {
@@ -240,6 +249,34 @@ pub(crate) fn build_and_enter(
     Ok(())
 }
 
+/// The view's `/etc` in the skeleton directory `etc`: [`ETC_FILES`] as the host has
+/// them (a symlink recreated, a file bound read-only), absent ones skipped, and the
+/// [`ETC_PLACEHOLDERS`].
+fn build_etc(etc: &Path) -> Result<(), JailError> {
+    std::fs::create_dir(etc).map_err(io_err("mkdir", etc))?;
+    for name in ETC_FILES {
+        let host = Path::new("/etc").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let dst = etc.join(name);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host).map_err(io_err("readlink", &host))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
+        } else if meta.is_file() {
+            std::fs::File::create(&dst).map_err(io_err("create", &dst))?;
+            bind_read_only(&host, &dst)?;
+        }
+    }
+    for name in ETC_PLACEHOLDERS {
+        let dst = etc.join(name);
+        std::fs::File::create(&dst).map_err(io_err("create", &dst))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o000))
+            .map_err(io_err("chmod", &dst))?;
+    }
+    Ok(())
+}
+
 /// For each entry of the host directory `host` that the skeleton directory `skel`
 /// lacks, create an empty directory with mode 0 in `skel`: a lookup through it fails
 /// with `EACCES` (no search permission, and no capability to override it).
@@ -280,11 +317,8 @@ pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rul
         .map(|e| Path::new("/").join(e))
         .collect();
     read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
-    let mut read = vec![
-        PathBuf::from(workdir),
-        PathBuf::from("/etc/ld.so.cache"),
-        PathBuf::from("/etc/localtime"),
-    ];
+    let mut read = vec![PathBuf::from(workdir)];
+    read.extend(ETC_FILES.iter().map(|f| Path::new("/etc").join(f)));
     read.extend(
         DEVICES
             .iter()

@@ -570,7 +570,9 @@ async fn host_files_are_unreadable(shape: Shape) {
     );
     expect(&r, "/etc/passwd", &["EACCES"]);
     expect(&r, "/etc/shadow", &["EACCES"]);
-    expect(&r, "/etc/hostname", &["EACCES"]);
+    // Not in the view at all: its /etc holds only what the interpreter reads and
+    // the placeholders above (`host_etc_files_cannot_be_stat`).
+    expect(&r, "/etc/hostname", &["ENOENT"]);
     expect(&r, "list /etc", &["EACCES"]);
     expect(&r, "/root", &["ENOENT", "EACCES"]);
     expect(&r, "/root/.bashrc", &["ENOENT", "EACCES"]);
@@ -599,6 +601,58 @@ async fn host_files_are_unreadable(shape: Shape) {
     assert_clean(&b).await;
 }
 both_shapes!(host_files_are_unreadable);
+
+/// `stat()` is not mediated by Landlock, so whatever the view shares with the host can
+/// be probed for existence, size and times even where it cannot be opened. The view's
+/// `/etc` holds only the loader's cache and the time zone (readable, as the
+/// interpreter needs them) and fixed, empty, mode-0 placeholders (`passwd` must give
+/// upstream's EACCES): host files such as `/etc/shadow`'s size, `/etc/machine-id` or
+/// the test's own file planted in the host's `/etc` are not there to stat.
+async fn host_etc_files_cannot_be_stat(shape: Shape) {
+    let b = shaped_broker!(shape);
+    let planted = tempfile::Builder::new()
+        .prefix("codejail-etc-probe-")
+        .tempfile_in("/etc")
+        .expect("a file in the host's /etc");
+    std::fs::write(planted.path(), "host data").expect("write");
+    let name = planted
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+    // Positive controls on the host.
+    let host_shadow = std::fs::metadata("/etc/shadow").expect("host /etc/shadow");
+    assert!(host_shadow.len() > 0);
+    let req = probe(
+        r#"
+        def st(p):
+            s = os.stat(p)
+            return (oct(s.st_mode), s.st_size)
+        for p in ["/etc/passwd", "/etc/shadow", "/etc/machine-id", "/etc/os-release",
+                  "/etc/@NAME@", "/etc/apt"]:
+            attempt("stat " + p, lambda p=p: st(p))
+        attempt("read /etc/passwd", lambda: open("/etc/passwd").read())
+        attempt("read /etc/ld.so.cache", lambda: len(open("/etc/ld.so.cache", "rb").read()) > 0)
+        attempt("list /etc", lambda: os.listdir("/etc"))
+        done()
+        "#,
+        &[("NAME", name.clone())],
+    );
+    let res = b.run(&req).await;
+    let r = results(&res, &b);
+    expect(&r, "stat /etc/passwd", &["ok ('0o100000', 0)"]);
+    expect(&r, "stat /etc/shadow", &["ok ('0o100000', 0)"]);
+    for p in ["/etc/machine-id", "/etc/os-release", "/etc/apt"] {
+        expect(&r, &format!("stat {p}"), &["ENOENT"]);
+    }
+    expect(&r, &format!("stat /etc/{name}"), &["ENOENT"]);
+    expect(&r, "read /etc/passwd", &["EACCES"]);
+    expect(&r, "read /etc/ld.so.cache", &["ok True"]);
+    expect(&r, "list /etc", &["EACCES"]);
+    assert_clean(&b).await;
+}
+both_shapes!(host_etc_files_cannot_be_stat);
 
 // ---------------------------------------------------------------- writes
 
