@@ -1728,6 +1728,72 @@ async fn tmp_quota_holds_against_many_small_files(shape: Shape) {
 }
 both_shapes!(tmp_quota_holds_against_many_small_files);
 
+/// Memory a run could hold beyond its address space, where no memory cgroup counts it
+/// (dev, and hosts or pods with `cgroup.mode = "none"`): with `VMEM` 128 MiB and `TMP`
+/// 16 MiB, touching 256 MiB of anonymous memory fails (RLIMIT_AS), SysV shared memory,
+/// message queues, semaphores and memfds cannot be made (seccomp: EPERM), there is no
+/// `/dev/shm` and no mqueue file system, and the workspace holds at most `TMP`
+/// (ENOSPC). Positive controls: 64 MiB of anonymous memory and 8 MiB in tmp/ work.
+async fn memory_stays_within_vmem_and_tmp_without_a_cgroup(shape: Shape) {
+    let b = shaped_broker!(shape);
+    let mut req = probe(
+        r#"
+        import mmap
+        libc = ctypes.CDLL(None, use_errno=True)
+        def raise_errno(r):
+            if r == -1:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            return r
+        def touch(mib):
+            m = mmap.mmap(-1, mib << 20)
+            for off in range(0, mib << 20, 4096):
+                m[off] = 1
+            m.close()
+            return mib
+        attempt("anonymous 64 MiB", lambda: touch(64))
+        attempt("anonymous 256 MiB", lambda: touch(256))
+        attempt("shmget", lambda: raise_errno(libc.shmget(0, 64 << 20, 0o600)))
+        attempt("msgget", lambda: raise_errno(libc.msgget(0, 0o600)))
+        attempt("semget", lambda: raise_errno(libc.semget(0, 1, 0o600)))
+        attempt("memfd_create", lambda: os.memfd_create("m", 0))
+        attempt("/dev/shm", lambda: open("/dev/shm/x", "w"))
+        attempt("mq_open", lambda: raise_errno(libc.mq_open(b"/m", os.O_CREAT | os.O_RDWR, 0o600, None)))
+        def fill(path, mib):
+            with open(path, "wb") as f:
+                for _ in range(mib):
+                    f.write(b"x" * (1 << 20))
+                    f.flush()
+            return mib
+        tmp = os.environ["TMPDIR"]
+        attempt("tmp 8 MiB", lambda: fill(os.path.join(tmp, "a"), 8))
+        attempt("tmp 32 MiB more", lambda: fill(os.path.join(tmp, "b"), 32))
+        done()
+        "#,
+        &[],
+    );
+    for (name, value) in [
+        ("VMEM", 128 << 20),
+        ("TMP", 16 << 20),
+        ("FSIZE", 64 << 20),
+    ] {
+        req = with_limit(req, name, value);
+    }
+    let res = b.run(&req).await;
+    let r = results(&res, &b);
+    expect(&r, "anonymous 64 MiB", &["ok 64"]);
+    expect(&r, "anonymous 256 MiB", &["ENOMEM", "MemoryError: "]);
+    for call in ["shmget", "msgget", "semget", "memfd_create"] {
+        expect(&r, call, &["EPERM"]);
+    }
+    expect(&r, "/dev/shm", &["ENOENT", "EACCES"]);
+    expect(&r, "mq_open", &["EACCES"]);
+    expect(&r, "tmp 8 MiB", &["ok 8"]);
+    expect(&r, "tmp 32 MiB more", &["ENOSPC"]);
+    assert_clean(&b).await;
+}
+both_shapes!(memory_stays_within_vmem_and_tmp_without_a_cgroup);
+
 const FORK_BOMB: &str = "
     import os
     print('bombing', flush=True)
