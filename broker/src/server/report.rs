@@ -68,7 +68,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, /etc (Landlock-denied), 4 device nodes; no procfs (/proc denied: EACCES)"),
+            probe_detail("pivot_root into a minimal read-only root: /usr, /lib*, the interpreter's environment, an /etc of its own (the loader cache, localtime, mode-0 placeholders), 4 device nodes; no procfs (/proc denied: EACCES)"),
         ),
     );
     layers.insert(
@@ -85,7 +85,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             held(probe_ok),
             true,
             probe_detail(&format!(
-                "deny list of {} reviewed entries (non-AF_UNIX sockets: EACCES; ptrace, namespaces, mount, bpf, io_uring, keyrings, ...: EPERM), clone3 -> ENOSYS, x32 and foreign ABIs killed",
+                "deny list of {} reviewed entries (non-AF_UNIX sockets: EACCES; ptrace, namespaces, mount, bpf, io_uring, keyrings, inotify, SysV IPC, memfd, ...: EPERM), clone3 -> ENOSYS, x32 and foreign ABIs killed",
                 probe.seccomp_denied.map_or_else(|| "?".to_string(), |n| n.to_string())
             )),
         ),
@@ -106,7 +106,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
                 LayerState::Full,
                 true,
                 format!(
-                    "each run is uid 1000 in its own user namespace, mapped to its own outside uid/gid from {range} ({} ids, one per running run, returned once its processes are gone); supplementary groups cleared",
+                    "each run is uid 1000 in its own user namespace, mapped to its own outside uid/gid from {range} ({} ids, one per running run, returned once its processes are gone) and created by it, so the kernel's per-user budgets (queued signals, timers) are per run; supplementary groups cleared",
                     range.count
                 ),
             ),
@@ -201,7 +201,7 @@ fn shared_identity_detail(settings: &Settings) -> String {
     let own_uid = nix::unistd::geteuid().as_raw();
     let detail = if id.outer_uid == own_uid {
         format!(
-            "runs are uid 1000 in their own user namespace, mapped to the broker's own uid {own_uid} (shared by all runs); supplementary groups kept (unprivileged: setgroups denied)"
+            "runs are uid 1000 in their own user namespace, mapped to the broker's own uid {own_uid} (shared by all runs: each run gets an equal share of its queued-signal budget, RLIMIT_SIGPENDING); supplementary groups kept (unprivileged: setgroups denied)"
         )
     } else {
         format!(
