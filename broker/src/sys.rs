@@ -187,8 +187,8 @@ fn become_run_identity(id: StageIdentity) -> io::Result<()> {
         // SAFETY: setgroups(0, NULL) reads no memory.
         check(unsafe { libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) })?;
     }
-    // SAFETY: getresgid/getresuid write three ids into our stack variables.
     let (mut rg, mut eg, mut sg, mut ru, mut eu, mut su) = (0, 0, 0, 0, 0, 0);
+    // SAFETY: getresgid/getresuid write three ids into our stack variables.
     check(unsafe {
         libc::syscall(
             libc::SYS_getresgid,
