@@ -364,21 +364,28 @@ fn pct(s: &str) -> String {
 
 /// The content type and body of a multipart form with `payload` and these files.
 pub fn multipart(payload: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut parts = vec![("payload", None, payload.as_bytes())];
+    parts.extend(
+        files
+            .iter()
+            .map(|(name, contents)| (*name, Some(*name), *contents)),
+    );
+    multipart_parts(&parts)
+}
+
+/// The content type and body of a multipart form of these `(name, file name if a
+/// file, contents)` parts, in this order, as `requests` writes them.
+pub fn multipart_parts(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "e3b0c44298fc1c149afbf4c8996fb924";
     let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{payload}\r\n"
-        )
-        .as_bytes(),
-    );
-    for (name, contents) in files {
+    for (name, file, contents) in parts {
         body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\r\n"
-            )
-            .as_bytes(),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes(),
         );
+        if let Some(file) = file {
+            body.extend_from_slice(format!("; filename=\"{file}\"").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
         body.extend_from_slice(contents);
         body.extend_from_slice(b"\r\n");
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use codejail_client::pyjson::Value;
 use codejail_tests::http::{
-    closed_within, config_text, front_command, multipart, raise_open_files_limit, zip_of,
-    HttpResponse, TestFront, READY_TIMEOUT,
+    closed_within, config_text, front_command, multipart, multipart_parts, raise_open_files_limit,
+    zip_of, HttpResponse, TestFront, READY_TIMEOUT,
 };
 use codejail_tests::{bin, broker, wait_until, BrokerOpts, TestBroker};
 
@@ -643,4 +643,66 @@ fn a_connection_cap_over_the_open_files_limit_is_refused() {
         "{log}"
     );
     assert_eq!(front.get("/live").status, 200);
+}
+
+/// A multipart form of many parts: the last `payload` and the last file of each name
+/// win, whatever comes between (hundreds of other fields, a hundred files of the one
+/// allowed name); one field or one file over Django's default caps (1000 fields, 100
+/// files) is a clear 400.
+#[test]
+fn many_part_forms_keep_the_last_of_each_name_and_are_capped() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "");
+    let first = zip_of(&[("lib.py", "VALUE = 'first'\n")]);
+    let last = zip_of(&[("lib.py", "VALUE = 'last'\n")]);
+    let payload = "{\"code\": \"import lib\\nx = lib.VALUE\", \"globals_dict\": {}, \
+         \"python_path\": [\"python_lib.zip\"], \"slug\": \"parts\"}";
+    let fillers: Vec<String> = (0..1_000).map(|i| format!("field{i}")).collect();
+    let form = |fields: usize, files: usize| {
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![("payload", None, b"not JSON")];
+        parts.extend(
+            fillers[..fields - 2]
+                .iter()
+                .map(|n| (n.as_str(), None, &b"x"[..])),
+        );
+        for i in 0..files {
+            let zip = if i + 1 == files { &last } else { &first };
+            parts.push(("python_lib.zip", Some("python_lib.zip"), zip));
+        }
+        parts.push(("payload", None, payload.as_bytes()));
+        multipart_parts(&parts)
+    };
+
+    let (ct, body) = form(1_000, 100);
+    let r = front.post(CODE_EXEC, Some(&ct), &body);
+    assert_eq!(
+        globals_of(&r).to_json(),
+        r#"{"x": "last"}"#,
+        "the last python_lib.zip and the last payload"
+    );
+
+    let (ct, body) = form(1_000, 101);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "detail",
+        "Form parse error - too many files: the limit is 100",
+    );
+    let (ct, body) = form(1_001, 1);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "detail",
+        "Form parse error - too many fields: the limit is 1000",
+    );
+    // A file of another name among many is still refused by name.
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = (0..50)
+        .map(|_| ("python_lib.zip", Some("python_lib.zip"), &last[..]))
+        .collect();
+    parts.insert(10, ("evil.py", Some("evil.py"), b"x"));
+    parts.push(("payload", None, payload.as_bytes()));
+    let (ct, body) = multipart_parts(&parts);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "error",
+        "Only allowed name for uploaded file is 'python_lib.zip'",
+    );
 }
