@@ -180,8 +180,12 @@ fn busy(state: &AppState) -> ApiError {
     }
 }
 
-/// The request's form, as DRF's `FormParser` / `MultiPartParser` read it.
+/// The request's form, as DRF's `FormParser` / `MultiPartParser` read it. A declared
+/// `Content-Length` over `limit` is refused before any of the body is read.
 async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
+    if declared_length(&req).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -255,6 +259,17 @@ async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
             content_type.unwrap_or_default(),
         )),
     }
+}
+
+/// The request's `Content-Length`, if it has a valid one (hyper refuses an invalid
+/// one before the request gets here).
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn body_is_empty(req: &Request) -> bool {

@@ -706,3 +706,57 @@ fn many_part_forms_keep_the_last_of_each_name_and_are_capped() {
         "Only allowed name for uploaded file is 'python_lib.zip'",
     );
 }
+
+/// A request that declares a body over `max_body_bytes` (100 TB here) is answered 413
+/// with the JSON refusal from its headers alone: no body byte is sent, and the body
+/// timeout (long here) is not waited out.
+#[test]
+fn a_declared_body_over_the_cap_is_refused_before_it_is_sent() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "body_timeout_secs = 600");
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=zzz",
+    ] {
+        let head = format!(
+            "POST {CODE_EXEC} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Type: {ct}\r\nContent-Length: 100000000000000\r\n\r\n"
+        );
+        let r = front
+            .send_within(head.as_bytes(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{ct}: no answer to the headers: {e}"));
+        r.assert_refusal(
+            413,
+            "detail",
+            "Request body too large: the limit is 10485760 bytes",
+        );
+    }
+    // A declared length at the cap is read as usual.
+    let head = format!(
+        "POST {CODE_EXEC} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10485760\r\n\r\n"
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(b"payload=");
+    request.resize(request.len() + 10_485_760 - b"payload=".len(), b'a');
+    front.send(&request).expect("an answer").assert_refusal(
+        400,
+        "error",
+        "Unable to parse payload JSON: Expecting value: line 1 column 1 (char 0)",
+    );
+}
+
+/// A header block over 16 KiB is refused by hyper with 431 (its own answer: an empty
+/// body, hyper offers no way to give it one), and the front keeps serving.
+#[test]
+fn an_oversized_header_block_is_refused_with_431() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let front = TestFront::start(&dir.path().join("none.sock"), "");
+    let big = format!(
+        "GET /live HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let r = front.send(big.as_bytes()).expect("an answer");
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(front.get("/live").status, 200);
+}
