@@ -309,6 +309,13 @@ broker_socket = "/run/codejail/broker.sock"
 # max_in_flight = 64
 # max_body_bytes = 10485760
 # body_timeout_secs = 10.0
+# A connection that has not sent a request's header block this long after it opened
+# (or after its previous answer: also the keep-alive idle time) is closed.
+# header_read_timeout_secs = 5.0
+# Connections open at once (more wait in the listen backlog). Each may need two open
+# files: it must fit the unit's LimitNOFILE (16384) as 2 * max_connections + 64, or
+# the front refuses to start, naming both numbers.
+# max_connections = 4096
 # How often the broker is polled for /health/ (at most 30: below the broker's
 # idle_timeout_secs).
 # health_interval_secs = 1.0

@@ -13,6 +13,32 @@ use serde::Deserialize;
 /// edx-platform's default `CODE_JAIL_REST_SERVICE_HOST` is `http://127.0.0.1:8550`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8550";
 
+/// Client connections held open at once when `max_connections` is not set (fitted
+/// down to `RLIMIT_NOFILE` when that is too low for it, see [`Config::connection_cap`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The largest `max_connections` accepted.
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+
+/// The fewest connections a default cap may be fitted down to before the front
+/// refuses to start instead.
+pub const MIN_FITTED_CONNECTIONS: usize = 16;
+
+/// Open files the front needs besides its connections: standard streams, the listener,
+/// the runtime's epoll and wakers, the signal pipes, the monitor's broker connection
+/// and a round of safety checks.
+pub const OPEN_FILES_RESERVE: u64 = 64;
+
+/// The open files `connections` client connections may need at once: each one its
+/// socket and the broker connection of the request it is serving (one request at a
+/// time per HTTP/1.1 connection; `/health/` and code-exec each call the broker), plus
+/// [`OPEN_FILES_RESERVE`].
+pub fn open_files_needed(connections: usize) -> u64 {
+    (connections as u64)
+        .saturating_mul(2)
+        .saturating_add(OPEN_FILES_RESERVE)
+}
+
 /// Everything `codejail-http` can be told, with its defaults.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +80,18 @@ pub struct Config {
     pub removed_context_realtime_secs: Option<toml::Value>,
     /// The longest a client may take to send its request body. Seconds, default 10.
     pub body_timeout_secs: f64,
+    /// The longest a connection may take to send a request's header block, counted
+    /// from its opening or from the end of its previous answer (so it is also how long
+    /// a kept-alive connection may sit idle); then it is closed without an answer.
+    /// Seconds, default 5.
+    pub header_read_timeout_secs: f64,
+    /// Client connections held open at once; while that many are open, new ones wait
+    /// in the listen backlog. Each may need two open files (its socket and its broker
+    /// call): the front raises its soft `RLIMIT_NOFILE` to fit, up to the hard limit,
+    /// and refuses to start if a set value still does not fit. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`], fitted down (with a warning) to what
+    /// `RLIMIT_NOFILE` allows.
+    pub max_connections: Option<usize>,
     /// How often the broker is polled (and, after it came back, checked). Seconds,
     /// default 1.
     pub health_interval_secs: f64,
@@ -75,6 +113,8 @@ impl Default for Config {
             removed_realtime_secs: None,
             removed_context_realtime_secs: None,
             body_timeout_secs: 10.0,
+            header_read_timeout_secs: 5.0,
+            max_connections: None,
             health_interval_secs: 1.0,
         }
     }
@@ -115,6 +155,52 @@ pub enum ConfigError {
          in the config (or pass --allow-non-loopback) and restrict who can reach the port"
     )]
     NonLoopback(SocketAddr),
+    /// `max_connections` needs more open files than `RLIMIT_NOFILE` allows.
+    #[error(
+        "max_connections = {connections} needs {needed} open files (two per connection: \
+         its socket and its broker call, plus {OPEN_FILES_RESERVE}), but RLIMIT_NOFILE \
+         is {limit}: raise the limit (LimitNOFILE= in the unit, ulimit -n) or lower \
+         max_connections to at most {fits}"
+    )]
+    OpenFiles {
+        /// The configured cap.
+        connections: usize,
+        /// [`open_files_needed`] for it.
+        needed: u64,
+        /// The soft `RLIMIT_NOFILE`, after the front tried to raise it.
+        limit: u64,
+        /// The largest cap that fits.
+        fits: usize,
+    },
+    /// Not even [`MIN_FITTED_CONNECTIONS`] fit in `RLIMIT_NOFILE`.
+    #[error(
+        "RLIMIT_NOFILE is {limit}: too low to serve even {MIN_FITTED_CONNECTIONS} \
+         connections (each may need two open files, plus {OPEN_FILES_RESERVE}); raise it \
+         (LimitNOFILE= in the unit, ulimit -n) to at least {}",
+        open_files_needed(DEFAULT_MAX_CONNECTIONS)
+    )]
+    TooFewOpenFiles {
+        /// The soft `RLIMIT_NOFILE`, after the front tried to raise it.
+        limit: u64,
+    },
+}
+
+/// The connection cap [`Config::connection_cap`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// `max_connections` as set, or the default: it fits.
+    AsConfigured(usize),
+    /// The default did not fit `RLIMIT_NOFILE` and was lowered to this.
+    Fitted(usize),
+}
+
+impl ConnectionCap {
+    /// The cap.
+    pub fn get(self) -> usize {
+        match self {
+            ConnectionCap::AsConfigured(n) | ConnectionCap::Fitted(n) => n,
+        }
+    }
 }
 
 impl Config {
@@ -139,6 +225,23 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
             return Err(ConfigError::NonLoopback(self.listen));
+        }
+        if !(0.1..=600.0).contains(&self.header_read_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                key: "header_read_timeout_secs",
+                reason: format!(
+                    "{} is not a number of seconds between 0.1 and 600",
+                    self.header_read_timeout_secs
+                ),
+            });
+        }
+        if let Some(n) = self.max_connections {
+            if !(1..=MAX_CONNECTIONS_CEILING).contains(&n) {
+                return Err(ConfigError::Invalid {
+                    key: "max_connections",
+                    reason: format!("{n} is not between 1 and {MAX_CONNECTIONS_CEILING}"),
+                });
+            }
         }
         for (key, value) in [
             ("queue_wait_secs", self.queue_wait_secs),
@@ -187,6 +290,40 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The open files the configured (or default) connection cap needs.
+    pub fn open_files_wanted(&self) -> u64 {
+        open_files_needed(self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS))
+    }
+
+    /// The connection cap under a soft `RLIMIT_NOFILE` of `limit`: `max_connections`
+    /// if it fits, else an error naming both numbers; without `max_connections`, the
+    /// default, lowered to what fits (refused below [`MIN_FITTED_CONNECTIONS`]).
+    pub fn connection_cap(&self, limit: u64) -> Result<ConnectionCap, ConfigError> {
+        let fits =
+            usize::try_from(limit.saturating_sub(OPEN_FILES_RESERVE) / 2).unwrap_or(usize::MAX);
+        match self.max_connections {
+            Some(connections) if open_files_needed(connections) <= limit => {
+                Ok(ConnectionCap::AsConfigured(connections))
+            }
+            Some(connections) => Err(ConfigError::OpenFiles {
+                connections,
+                needed: open_files_needed(connections),
+                limit,
+                fits,
+            }),
+            None if fits >= DEFAULT_MAX_CONNECTIONS => {
+                Ok(ConnectionCap::AsConfigured(DEFAULT_MAX_CONNECTIONS))
+            }
+            None if fits >= MIN_FITTED_CONNECTIONS => Ok(ConnectionCap::Fitted(fits)),
+            None => Err(ConfigError::TooFewOpenFiles { limit }),
+        }
+    }
+
+    /// How long a connection may take to send a header block.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout_secs)
     }
 
     /// How long busy answers are retried.
@@ -351,6 +488,57 @@ mod tests {
             .validate()
             .expect_err("longer than the broker's idle timeout");
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_connection_cap_must_fit_the_open_files_limit() {
+        let c = Config::default();
+        assert_eq!(c.open_files_wanted(), 2 * 4096 + OPEN_FILES_RESERVE);
+        assert_eq!(
+            c.connection_cap(16_384).expect("fits"),
+            ConnectionCap::AsConfigured(DEFAULT_MAX_CONNECTIONS)
+        );
+        assert_eq!(
+            c.connection_cap(open_files_needed(DEFAULT_MAX_CONNECTIONS))
+                .expect("exactly fits"),
+            ConnectionCap::AsConfigured(DEFAULT_MAX_CONNECTIONS)
+        );
+        // systemd's default soft limit: the default cap is fitted down.
+        assert_eq!(
+            c.connection_cap(1024).expect("fitted"),
+            ConnectionCap::Fitted(480)
+        );
+        assert!(open_files_needed(480) <= 1024 && open_files_needed(481) > 1024);
+        let e = c.connection_cap(64).expect_err("not even the minimum");
+        assert!(e.to_string().contains("RLIMIT_NOFILE is 64"), "{e}");
+
+        let set = Config::from_toml("max_connections = 4096").expect("parses");
+        set.validate().expect("validates");
+        let e = set
+            .connection_cap(1024)
+            .expect_err("a set cap is never lowered");
+        let text = e.to_string();
+        assert!(
+            text.contains("max_connections = 4096")
+                && text.contains("RLIMIT_NOFILE is 1024")
+                && text.contains("at most 480"),
+            "{text}"
+        );
+        assert_eq!(
+            Config::from_toml("max_connections = 100")
+                .expect("parses")
+                .connection_cap(1024)
+                .expect("fits"),
+            ConnectionCap::AsConfigured(100)
+        );
+        for bad in ["max_connections = 0", "header_read_timeout_secs = 0"] {
+            let e = Config::from_toml(bad)
+                .expect("parses")
+                .validate()
+                .expect_err(bad);
+            assert!(e.to_string().contains(&bad[..bad.len() - 4]), "{e}");
+        }
+        assert_eq!(c.header_read_timeout(), Duration::from_secs(5));
     }
 
     #[test]

@@ -52,9 +52,17 @@ pub enum ApiError {
     /// A form body that cannot be parsed.
     #[error("{0}")]
     MalformedBody(String),
-    /// A body over the configured cap.
+    /// A body over the configured cap (declared, or as it is read).
     #[error("Request body too large: the limit is {0} bytes")]
     BodyTooLarge(usize),
+    /// A multipart form with more parts of a kind than the front reads.
+    #[error("Form parse error - too many {what}: the limit is {max}")]
+    TooManyParts {
+        /// `fields` or `files`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// No such path.
     #[error("Not found.")]
     NotFound,
@@ -69,7 +77,8 @@ impl ApiError {
             | ApiError::PythonPath
             | ApiError::FileName
             | ApiError::Unsafely
-            | ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            | ApiError::MalformedBody(_)
+            | ApiError::TooManyParts { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -84,6 +93,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::MalformedBody(_)
+            | ApiError::TooManyParts { .. }
             | ApiError::BodyTooLarge(_)
             | ApiError::NotFound => "detail",
             _ => "error",

@@ -6,6 +6,7 @@
 //! A client that disconnects drops this handler's future, which drops the broker
 //! connection, which cancels the run (the broker's rule: a disconnect is a cancel).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -28,12 +29,21 @@ const CORRUPTED_STDOUT: &str = "Sandboxed code produced corrupted stdout.";
 /// upstream's `emsg` for any other failure of the run.
 const SEE_LOGS: &str = "Couldn't execute sandboxed code: See logs.";
 
+/// The most parts of a multipart form that are not files (Django's
+/// `DATA_UPLOAD_MAX_NUMBER_FIELDS` default, which codejail-service runs with); more are
+/// refused before they are read. edx-platform sends one, `payload`.
+pub const MAX_FORM_FIELDS: usize = 1000;
+/// The most file parts of a multipart form (Django's `DATA_UPLOAD_MAX_NUMBER_FILES`
+/// default). edx-platform sends at most one, `python_lib.zip`.
+pub const MAX_FORM_FILES: usize = 100;
+
 /// The form as DRF's `request.data` and `request.FILES` see it.
 #[derive(Debug, Default)]
 struct Form {
     /// The last `payload` field.
     payload: Option<String>,
-    /// `(field name, contents)` of each uploaded file, last wins per name.
+    /// `(field name, contents)` of each uploaded file, last wins per name, in the
+    /// order of each name's last part.
     files: Vec<(String, Vec<u8>)>,
 }
 
@@ -170,8 +180,12 @@ fn busy(state: &AppState) -> ApiError {
     }
 }
 
-/// The request's form, as DRF's `FormParser` / `MultiPartParser` read it.
+/// The request's form, as DRF's `FormParser` / `MultiPartParser` read it. A declared
+/// `Content-Length` over `limit` is refused before any of the body is read.
 async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
+    if declared_length(&req).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -197,27 +211,47 @@ async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
             let mut multipart = Multipart::from_request(req, &())
                 .await
                 .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
-            let mut form = Form::default();
+            let mut payload = None;
+            // Per name, the index of its last part and its contents: one lookup per
+            // part, whatever the number of parts.
+            let mut files: HashMap<String, (usize, Bytes)> = HashMap::new();
+            let (mut fields_seen, mut files_seen) = (0usize, 0usize);
             loop {
                 let field = match multipart.next_field().await {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => return Err(body_error(e.status(), e.body_text(), limit)),
                 };
-                let name = field.name().unwrap_or_default().to_string();
                 let is_file = field.file_name().is_some();
+                let (seen, max, what) = if is_file {
+                    (&mut files_seen, MAX_FORM_FILES, "files")
+                } else {
+                    (&mut fields_seen, MAX_FORM_FIELDS, "fields")
+                };
+                *seen += 1;
+                if *seen > max {
+                    return Err(ApiError::TooManyParts { what, max });
+                }
+                let name = field.name().unwrap_or_default().to_string();
                 let data = field
                     .bytes()
                     .await
                     .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
                 if is_file {
-                    form.files.retain(|(n, _)| *n != name);
-                    form.files.push((name, data.to_vec()));
+                    files.insert(name, (files_seen, data));
                 } else if name == "payload" {
-                    form.payload = Some(String::from_utf8_lossy(&data).into_owned());
+                    payload = Some(String::from_utf8_lossy(&data).into_owned());
                 }
             }
-            Ok(form)
+            let mut files: Vec<_> = files.into_iter().collect();
+            files.sort_unstable_by_key(|(_, (last, _))| *last);
+            Ok(Form {
+                payload,
+                files: files
+                    .into_iter()
+                    .map(|(name, (_, data))| (name, data.to_vec()))
+                    .collect(),
+            })
         }
         // DRF reads an empty body without a content type as an empty form.
         None if body_is_empty(&req) => Ok(Form::default()),
@@ -225,6 +259,17 @@ async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
             content_type.unwrap_or_default(),
         )),
     }
+}
+
+/// The request's `Content-Length`, if it has a valid one (hyper refuses an invalid
+/// one before the request gets here).
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn body_is_empty(req: &Request) -> bool {
@@ -239,5 +284,100 @@ fn body_error(status: StatusCode, text: String, limit: usize) -> ApiError {
         ApiError::BodyTooLarge(limit)
     } else {
         ApiError::MalformedBody(format!("Form parse error - {text}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    const BOUNDARY: &str = "b0undary";
+
+    /// A multipart request of `(name, Some(file name) | None, contents)` parts.
+    fn multipart(parts: &[(&str, Option<&str>, &str)]) -> Request {
+        let mut body = String::new();
+        for (name, file, contents) in parts {
+            body.push_str(&format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\""
+            ));
+            if let Some(file) = file {
+                body.push_str(&format!("; filename=\"{file}\""));
+            }
+            body.push_str(&format!("\r\n\r\n{contents}\r\n"));
+        }
+        body.push_str(&format!("--{BOUNDARY}--\r\n"));
+        Request::builder()
+            .method("POST")
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(Body::from(body))
+            .expect("a request")
+    }
+
+    #[tokio::test]
+    async fn the_last_part_of_a_name_wins_and_files_keep_their_last_order() {
+        let form = read_form(
+            multipart(&[
+                ("a", Some("a"), "1"),
+                ("payload", None, "first"),
+                ("b", Some("b"), "2"),
+                ("a", Some("a"), "3"),
+                ("payload", None, "last"),
+                ("other", None, "x"),
+            ]),
+            1 << 20,
+        )
+        .await
+        .expect("a valid form");
+        assert_eq!(form.payload.as_deref(), Some("last"));
+        assert_eq!(
+            form.files,
+            [
+                ("b".to_string(), b"2".to_vec()),
+                ("a".to_string(), b"3".to_vec())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn parts_over_the_caps_are_refused() {
+        let name = |i: usize| format!("f{i}");
+        let names: Vec<String> = (0..=MAX_FORM_FIELDS).map(name).collect();
+        let at_caps: Vec<(&str, Option<&str>, &str)> = names[..MAX_FORM_FIELDS]
+            .iter()
+            .map(|n| (n.as_str(), None, ""))
+            .chain(
+                names[..MAX_FORM_FILES]
+                    .iter()
+                    .map(|n| (n.as_str(), Some(n.as_str()), "")),
+            )
+            .collect();
+        let form = read_form(multipart(&at_caps), 1 << 20)
+            .await
+            .expect("exactly at both caps");
+        assert_eq!(form.files.len(), MAX_FORM_FILES);
+
+        let mut files = at_caps.clone();
+        files.push(("extra", Some("extra"), ""));
+        let e = read_form(multipart(&files), 1 << 20)
+            .await
+            .expect_err("one file too many");
+        assert_eq!(
+            e.to_string(),
+            "Form parse error - too many files: the limit is 100"
+        );
+        let mut fields = at_caps;
+        fields.push(("extra", None, ""));
+        let e = read_form(multipart(&fields), 1 << 20)
+            .await
+            .expect_err("one field too many");
+        assert_eq!(
+            e.to_string(),
+            "Form parse error - too many fields: the limit is 1000"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - [`error`] — the one error type ([`ApiError`]) with upstream's codes and messages;
 //! - [`metrics`] — `/metrics`;
 //! - [`config`] — the TOML configuration;
-//! - [`serve`] — listen until a shutdown future resolves, then finish what runs.
+//! - [`server`] — accept connections (header-read timeout, connection cap, open
+//!   files) and [`serve`] them until a shutdown future resolves, then finish what runs.
 
 pub mod checks;
 pub mod config;
@@ -18,8 +19,8 @@ pub mod error;
 pub mod exec;
 pub mod metrics;
 pub mod payload;
+pub mod server;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use codejail_client::pyjson::{Dict, Value};
 use codejail_client::ClientConfig;
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -40,6 +40,7 @@ pub use checks::Readiness;
 pub use config::Config;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use server::serve;
 
 use error::json_response;
 use metrics::BusySource;
@@ -165,29 +166,4 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
-}
-
-/// Serve on `listener` with the broker monitor running, until `shutdown` resolves;
-/// then stop accepting, let the requests in flight finish (each is bounded by its
-/// deadline) and return.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let mut monitor_cfg = state.client.clone();
-    monitor_cfg.queue_timeout = Duration::from_secs(10);
-    monitor_cfg.total_timeout = Duration::from_secs(10);
-    let interval = Duration::from_secs_f64(state.config.health_interval_secs);
-    let readiness = state.readiness.clone();
-    let metrics = state.metrics.clone();
-    let monitor = tokio::spawn(async move {
-        checks::monitor(monitor_cfg, interval, &readiness, &metrics).await;
-    });
-    let app = routes(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    monitor.abort();
-    result
 }

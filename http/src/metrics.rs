@@ -56,6 +56,8 @@ pub struct Metrics {
     pub run_seconds: Histogram,
     /// Code-exec requests being handled now.
     pub in_flight: Gauge,
+    /// Client connections open now (at most `max_connections`).
+    pub connections: Gauge,
     /// Requests answered 503 busy, by who was busy.
     pub busy: Family<BusyLabel, Counter>,
     /// 1 while the broker answers, else 0.
@@ -86,6 +88,12 @@ impl Metrics {
             "Code-exec requests being handled",
             in_flight.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Client connections open (at most max_connections)",
+            connections.clone(),
+        );
         let busy = Family::<BusyLabel, Counter>::default();
         registry.register(
             "busy_rejections",
@@ -105,6 +113,7 @@ impl Metrics {
             requests,
             run_seconds,
             in_flight,
+            connections,
             busy,
             broker_up,
             ready,
@@ -175,6 +184,7 @@ mod tests {
             "codejail_http_requests_total{outcome=\"Busy\"} 1",
             "codejail_http_busy_rejections_total{source=\"Front\"} 1",
             "codejail_http_in_flight 0",
+            "codejail_http_connections 0",
             "codejail_http_run_seconds_count 1",
             "codejail_http_broker_up 0",
             "codejail_http_ready 0",

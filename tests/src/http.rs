@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -41,26 +42,21 @@ impl TestFront {
     /// file (TOML keys of `codejail_http::Config`). Panics with its log if it does not
     /// listen within [`FRONT_START_TIMEOUT`].
     pub fn start(socket: &Path, extra: &str) -> TestFront {
+        Self::start_with_nofile(socket, extra, None)
+    }
+
+    /// [`TestFront::start`], with the front's `RLIMIT_NOFILE` set to `(soft, hard)`
+    /// when given (else it inherits the test's).
+    pub fn start_with_nofile(socket: &Path, extra: &str, nofile: Option<(u64, u64)>) -> TestFront {
         let dir = tempfile::Builder::new()
             .prefix("codejail-http-test-")
             .tempdir()
             .expect("create the front's temp dir");
         let config = dir.path().join("http.toml");
-        fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nbroker_socket = {:?}\nhealth_interval_secs = 0.2\n{extra}\n",
-                socket.to_str().expect("a UTF-8 socket path")
-            ),
-        )
-        .expect("write the front's config");
+        fs::write(&config, config_text(socket, extra)).expect("write the front's config");
         let log = dir.path().join("http.log");
         let log_file = File::create(&log).expect("create the front's log");
-        let child = Command::new(bin("codejail-http"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+        let child = front_command(&config, nofile)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup the log"))
             .stderr(log_file)
@@ -137,8 +133,13 @@ impl TestFront {
 
     /// Send raw request bytes on a new connection and read the answer.
     pub fn send(&self, request: &[u8]) -> io::Result<HttpResponse> {
+        self.send_within(request, HTTP_TIMEOUT)
+    }
+
+    /// [`TestFront::send`], giving up (an error) when no byte came for `timeout`.
+    pub fn send_within(&self, request: &[u8], timeout: Duration) -> io::Result<HttpResponse> {
         let mut s = TcpStream::connect(self.addr)?;
-        s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        s.set_read_timeout(Some(timeout))?;
         s.write_all(request)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
@@ -147,7 +148,31 @@ impl TestFront {
 
     /// `GET path`.
     pub fn try_get(&self, path: &str) -> io::Result<HttpResponse> {
-        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        self.try_get_within(path, HTTP_TIMEOUT)
+    }
+
+    /// `GET path`, giving up when no byte came for `timeout`.
+    pub fn try_get_within(&self, path: &str, timeout: Duration) -> io::Result<HttpResponse> {
+        self.send_within(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            timeout,
+        )
+    }
+
+    /// A connection that sent half a header block (no blank line) and stalls.
+    pub fn stall(&self) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr).expect("connect to the front");
+        s.write_all(b"GET /live HTTP/1.1\r\nHost: t\r\n")
+            .expect("send half a header block");
+        s
+    }
+
+    /// The value of a metric without labels in `/metrics`, if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let m = self.get("/metrics");
+        String::from_utf8_lossy(&m.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// `GET path`; panics on a transport error.
@@ -239,6 +264,72 @@ impl Drop for TestFront {
     }
 }
 
+/// The front's config file text: loopback on an ephemeral port, this broker, a quick
+/// health poll, then `extra`.
+pub fn config_text(socket: &Path, extra: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\nbroker_socket = {:?}\nhealth_interval_secs = 0.2\n{extra}\n",
+        socket.to_str().expect("a UTF-8 socket path")
+    )
+}
+
+/// `codejail-http --config CONFIG`, logging at info without colours, its
+/// `RLIMIT_NOFILE` set to `(soft, hard)` when given.
+pub fn front_command(config: &Path, nofile: Option<(u64, u64)>) -> Command {
+    let mut cmd = Command::new(bin("codejail-http"));
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    if let Some((soft, hard)) = nofile {
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setrlimit(2), which is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// Raise this test process's soft `RLIMIT_NOFILE` to its hard limit (for tests that
+/// hold many connections) and return it.
+pub fn raise_open_files_limit() -> u64 {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("raise the soft RLIMIT_NOFILE to the hard one");
+    hard
+}
+
+/// Whether the peer closed `s` (EOF or reset) within `within`; false if it is still
+/// open then.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // An answer (there should be none) is read past, to the close.
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// The address in the front's `codejail-http listening listen=ADDR` line.
 fn listening_addr(log: &str) -> Option<SocketAddr> {
     log.lines()
@@ -273,21 +364,28 @@ fn pct(s: &str) -> String {
 
 /// The content type and body of a multipart form with `payload` and these files.
 pub fn multipart(payload: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut parts = vec![("payload", None, payload.as_bytes())];
+    parts.extend(
+        files
+            .iter()
+            .map(|(name, contents)| (*name, Some(*name), *contents)),
+    );
+    multipart_parts(&parts)
+}
+
+/// The content type and body of a multipart form of these `(name, file name if a
+/// file, contents)` parts, in this order, as `requests` writes them.
+pub fn multipart_parts(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "e3b0c44298fc1c149afbf4c8996fb924";
     let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{payload}\r\n"
-        )
-        .as_bytes(),
-    );
-    for (name, contents) in files {
+    for (name, file, contents) in parts {
         body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\r\n"
-            )
-            .as_bytes(),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes(),
         );
+        if let Some(file) = file {
+            body.extend_from_slice(format!("; filename=\"{file}\"").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
         body.extend_from_slice(contents);
         body.extend_from_slice(b"\r\n");
     }

@@ -9,12 +9,16 @@
 
 #![allow(clippy::expect_used)]
 
+use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codejail_client::pyjson::Value;
-use codejail_tests::http::{multipart, zip_of, HttpResponse, TestFront};
+use codejail_tests::http::{
+    closed_within, config_text, front_command, multipart, multipart_parts, raise_open_files_limit,
+    zip_of, HttpResponse, TestFront, READY_TIMEOUT,
+};
 use codejail_tests::{bin, broker, wait_until, BrokerOpts, TestBroker};
 
 const CODE_EXEC: &str = "/api/v0/code-exec";
@@ -548,4 +552,211 @@ fn sigterm_finishes_the_request_in_flight() {
         std::net::TcpStream::connect(addr).is_err(),
         "no longer listening"
     );
+}
+
+/// 1,100 clients that each send half a header block and stall, against a front with
+/// the open-files limit systemd gives a service by default (soft 1024): `/live` and
+/// `/health/` still answer while every stalled connection is held open, and a
+/// stalled connection is closed by the header-read timeout.
+#[test]
+fn stalled_clients_do_not_starve_the_front_and_are_timed_out() {
+    const STALLED: usize = 1_100;
+    let hard = raise_open_files_limit();
+    assert!(
+        hard >= 4_096,
+        "this test holds {STALLED} connections: the hard RLIMIT_NOFILE ({hard}) is too low"
+    );
+    let b = broker!();
+    // A long timeout: the stalls must stay open while the probes run.
+    let front = TestFront::start_with_nofile(
+        b.socket(),
+        "header_read_timeout_secs = 300",
+        Some((1024, hard)),
+    );
+    assert!(
+        front.wait_health(200, READY_TIMEOUT),
+        "not ready:\n{}",
+        front.log()
+    );
+    let stalled: Vec<TcpStream> = (0..STALLED).map(|_| front.stall()).collect();
+    for path in ["/live", "/health/"] {
+        let r = front
+            .try_get_within(path, Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GET {path} with {STALLED} stalled clients: {e}; log:\n{}",
+                    front.log()
+                )
+            });
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.json().to_json(), r#"{"status": "OK"}"#);
+    }
+    let open = front.metric("codejail_http_connections").unwrap_or(0.0);
+    assert!(
+        open >= STALLED as f64,
+        "the stalled connections are held, not dropped: {open} open"
+    );
+    let log = front.log();
+    assert!(
+        log.contains("raised the soft RLIMIT_NOFILE") && log.contains("max_connections=4096"),
+        "the front raised its soft limit for its default cap:\n{log}"
+    );
+    assert!(!log.contains("accept failed"), "accept ran out:\n{log}");
+    drop(stalled);
+
+    // A short timeout: a stalled connection is closed, the next one served.
+    let quick = TestFront::start(b.socket(), "header_read_timeout_secs = 0.5");
+    let mut s = quick.stall();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(30)),
+        "a connection that stalled in its header block is still open:\n{}",
+        quick.log()
+    );
+    assert_eq!(quick.get("/live").status, 200);
+}
+
+/// A connection cap set in the config that does not fit the front's open-files limit
+/// (hard 1024: it cannot raise it) refuses to start, naming both numbers; without the
+/// key, the default cap is fitted to the limit, and the log says so.
+#[test]
+fn a_connection_cap_over_the_open_files_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let socket = dir.path().join("none.sock");
+    let cfg = dir.path().join("http.toml");
+    std::fs::write(&cfg, config_text(&socket, "max_connections = 4096")).expect("write");
+    let out = front_command(&cfg, Some((1024, 1024)))
+        .output()
+        .expect("run codejail-http");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_connections = 4096")
+            && err.contains("needs 8256 open files")
+            && err.contains("RLIMIT_NOFILE is 1024"),
+        "{err}"
+    );
+
+    let front = TestFront::start_with_nofile(&socket, "", Some((1024, 1024)));
+    let log = front.log();
+    assert!(
+        log.contains("max_connections lowered") && log.contains("max_connections=480"),
+        "{log}"
+    );
+    assert_eq!(front.get("/live").status, 200);
+}
+
+/// A multipart form of many parts: the last `payload` and the last file of each name
+/// win, whatever comes between (hundreds of other fields, a hundred files of the one
+/// allowed name); one field or one file over Django's default caps (1000 fields, 100
+/// files) is a clear 400.
+#[test]
+fn many_part_forms_keep_the_last_of_each_name_and_are_capped() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "");
+    let first = zip_of(&[("lib.py", "VALUE = 'first'\n")]);
+    let last = zip_of(&[("lib.py", "VALUE = 'last'\n")]);
+    let payload = "{\"code\": \"import lib\\nx = lib.VALUE\", \"globals_dict\": {}, \
+         \"python_path\": [\"python_lib.zip\"], \"slug\": \"parts\"}";
+    let fillers: Vec<String> = (0..1_000).map(|i| format!("field{i}")).collect();
+    let form = |fields: usize, files: usize| {
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![("payload", None, b"not JSON")];
+        parts.extend(
+            fillers[..fields - 2]
+                .iter()
+                .map(|n| (n.as_str(), None, &b"x"[..])),
+        );
+        for i in 0..files {
+            let zip = if i + 1 == files { &last } else { &first };
+            parts.push(("python_lib.zip", Some("python_lib.zip"), zip));
+        }
+        parts.push(("payload", None, payload.as_bytes()));
+        multipart_parts(&parts)
+    };
+
+    let (ct, body) = form(1_000, 100);
+    let r = front.post(CODE_EXEC, Some(&ct), &body);
+    assert_eq!(
+        globals_of(&r).to_json(),
+        r#"{"x": "last"}"#,
+        "the last python_lib.zip and the last payload"
+    );
+
+    let (ct, body) = form(1_000, 101);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "detail",
+        "Form parse error - too many files: the limit is 100",
+    );
+    let (ct, body) = form(1_001, 1);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "detail",
+        "Form parse error - too many fields: the limit is 1000",
+    );
+    // A file of another name among many is still refused by name.
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = (0..50)
+        .map(|_| ("python_lib.zip", Some("python_lib.zip"), &last[..]))
+        .collect();
+    parts.insert(10, ("evil.py", Some("evil.py"), b"x"));
+    parts.push(("payload", None, payload.as_bytes()));
+    let (ct, body) = multipart_parts(&parts);
+    front.post(CODE_EXEC, Some(&ct), &body).assert_refusal(
+        400,
+        "error",
+        "Only allowed name for uploaded file is 'python_lib.zip'",
+    );
+}
+
+/// A request that declares a body over `max_body_bytes` (100 TB here) is answered 413
+/// with the JSON refusal from its headers alone: no body byte is sent, and the body
+/// timeout (long here) is not waited out.
+#[test]
+fn a_declared_body_over_the_cap_is_refused_before_it_is_sent() {
+    let b = broker!();
+    let front = TestFront::start_ready(b.socket(), "body_timeout_secs = 600");
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=zzz",
+    ] {
+        let head = format!(
+            "POST {CODE_EXEC} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Type: {ct}\r\nContent-Length: 100000000000000\r\n\r\n"
+        );
+        let r = front
+            .send_within(head.as_bytes(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{ct}: no answer to the headers: {e}"));
+        r.assert_refusal(
+            413,
+            "detail",
+            "Request body too large: the limit is 10485760 bytes",
+        );
+    }
+    // A declared length at the cap is read as usual.
+    let head = format!(
+        "POST {CODE_EXEC} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10485760\r\n\r\n"
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(b"payload=");
+    request.resize(request.len() + 10_485_760 - b"payload=".len(), b'a');
+    front.send(&request).expect("an answer").assert_refusal(
+        400,
+        "error",
+        "Unable to parse payload JSON: Expecting value: line 1 column 1 (char 0)",
+    );
+}
+
+/// A header block over 16 KiB is refused by hyper with 431 (its own answer: an empty
+/// body, hyper offers no way to give it one), and the front keeps serving.
+#[test]
+fn an_oversized_header_block_is_refused_with_431() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let front = TestFront::start(&dir.path().join("none.sock"), "");
+    let big = format!(
+        "GET /live HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let r = front.send(big.as_bytes()).expect("an answer");
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(front.get("/live").status, 200);
 }

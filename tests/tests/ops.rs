@@ -409,6 +409,22 @@ fn http_unit_passes_systemd_analyze_verify_and_holds_no_capability() {
     ] {
         assert!(lines.contains(&line), "codejail-http.service: {line}");
     }
+    // The front's default connection cap fits the unit's open-files limit as it is
+    // (no lowering at start).
+    let nofile: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.parse().ok())
+        .expect("codejail-http.service sets LimitNOFILE= to a number");
+    assert!(
+        matches!(
+            codejail_http::Config::default().connection_cap(nofile),
+            Ok(codejail_http::config::ConnectionCap::AsConfigured(
+                codejail_http::config::DEFAULT_MAX_CONNECTIONS
+            ))
+        ),
+        "LimitNOFILE={nofile} does not fit the default max_connections"
+    );
     // Exactly empty capability sets, and never root or a broker dependency that would
     // stop the front when the broker restarts.
     for forbidden in ["User=root", "Requires=codejail-broker", "BindsTo="] {

@@ -1,6 +1,7 @@
-//! The `codejail-http` daemon (CONTRACTS.md): reads the configuration and the flags,
-//! refuses a non-loopback address unless told, listens, serves until SIGTERM or SIGINT,
-//! then finishes the requests in flight and exits 0.
+//! The `codejail-http` daemon: reads the configuration and the flags, refuses a
+//! non-loopback address unless told, fits its connection cap to its open-files limit,
+//! listens, serves until SIGTERM or SIGINT, then finishes the requests in flight and
+//! exits 0.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use codejail_http::server::fit_open_files;
 use codejail_http::{serve, AppState, Config};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.allow_non_loopback |= cli.allow_non_loopback;
     config.validate()?;
+    let max_connections = fit_open_files(&mut config)?;
     for key in config.removed_keys() {
         tracing::warn!(
             key,
@@ -87,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(
             listen = %local,
             broker = %state.client.socket.display(),
+            max_connections,
+            header_read_timeout_secs = state.config.header_read_timeout_secs,
             "codejail-http listening"
         );
         let shutdown = async move {
