@@ -2,6 +2,7 @@
 # `codejail-client exec --code-file attacks.py BROKER_PID`). Each attempt records
 # `ok <result>` (it worked: a hole) or the errno's name, as the project's confinement
 # battery (tests/tests/confinement.rs, its PRELUDE) does; one JSON line at the end.
+import ctypes
 import errno
 import json
 import os
@@ -47,6 +48,35 @@ attempt("AF_INET socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STRE
 attempt("connect 127.0.0.1:8550", lambda: connect("127.0.0.1", 8550))
 attempt("subprocess /bin/true", lambda: subprocess.run(["/bin/true"]).returncode)
 attempt("kill broker", lambda: os.kill(broker_pid, signal.SIGKILL))
+# Watching the host's files, memory no rlimit counts, host files to stat.
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def raise_errno(r):
+    if r == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+attempt("inotify_init1", lambda: raise_errno(libc.inotify_init1(0)))
+attempt("memfd_create", lambda: os.memfd_create("m", 0))
+attempt("shmget", lambda: raise_errno(libc.shmget(0, 1 << 20, 0o600)))
+attempt("stat /etc/machine-id", lambda: os.stat("/etc/machine-id").st_size)
+
+
+# Beside a run that holds every queued signal it can (budget_hog.py), a timer of our
+# own: each run's user namespace is charged to its own uid.
+class SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int),
+                ("notify", ctypes.c_int), ("pad", ctypes.c_byte * 48)]
+
+
+def timer():
+    return raise_errno(libc.timer_create(1, ctypes.byref(SigEvent(notify=1)), ctypes.byref(ctypes.c_void_p())))
+
+
+attempt("timer_create beside the hog", timer)
 # Positive control: the run's own tmp/ is writable (the jail works, the denials are
 # the layers').
 def write_tmp():

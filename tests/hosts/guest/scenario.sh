@@ -460,8 +460,20 @@ phase limits
 
 # ---------------------------------------------------------------- 8. attacks
 bpid=$(main_pid)
+# A run holding every queued signal (and so POSIX timer) it can, beside the attacks.
+client 90 exec --limit REALTIME=30 --limit CPU=10 --code-file "$here/budget_hog.py" >"$logs/budget-hog.txt" 2>&1 &
+hog=$!
+hog_ready() { grep -q '^exhausted' "$logs/budget-hog.txt"; }
+wait_until 60 hog_ready
+check "attack: a run exhausts its queued signals (the hog)" $? "$(head -c 200 "$logs/budget-hog.txt")"
 client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$bpid" >"$logs/attacks.txt" 2>&1
 rc=$?
+# The hog must still hold its timers for the check below to mean anything.
+kill -0 "$hog" 2>/dev/null
+check "attack: the hog held its timers through the attacks" $? "$(head -c 200 "$logs/budget-hog.txt")"
+# End the hog (its client: the broker then ends the run), and wait for it.
+pkill -f -- "--code-file $here/budget_hog.py" 2>/dev/null
+wait "$hog" 2>/dev/null
 line=$(grep '^{' "$logs/attacks.txt" | tail -1)
 printf '%s\n' "$line" >"$logs/attacks.json"
 attack() { # NAME EXPECTED-ERRNO... (tests/tests/confinement.rs)
@@ -485,6 +497,11 @@ attack "AF_INET socket" EACCES
 attack "connect 127.0.0.1:8550" EACCES
 attack "subprocess /bin/true" EACCES
 attack "kill broker" ESRCH
+attack "inotify_init1" EPERM
+attack "memfd_create" EPERM
+attack "shmget" EPERM
+attack "stat /etc/machine-id" ENOENT
+attack "timer_create beside the hog" "ok 0"
 attack "write own tmp/" "ok 1"
 [ "$(main_pid)" = "$bpid" ] && [ "$(unit_state codejail-broker.service)" = active ]
 check "attack: the broker survived" $? "MainPID $bpid -> $(main_pid), $(unit_state codejail-broker.service)"
