@@ -9,7 +9,7 @@
 //!
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
 //! - [`userns`]: user namespace (id maps written by the broker), run identity;
-//! - [`namespaces`]: mount, pid, net, ipc, uts namespaces and the host name;
+//! - [`namespaces`]: mount, pid, net, ipc, uts and time namespaces, the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
 //! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
