@@ -160,6 +160,15 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
+    /// Setting a warm jail's timestamps to its hand-over failed.
+    #[error("set the times of {path} to the hand-over's")]
+    Restamp {
+        /// The inode's path (as the program sees it).
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// Installing the exec filter and its listener in the init failed.
     #[error("install the exec-denial seccomp listener")]
     InstallExecGuard(#[source] io::Error),
@@ -289,6 +298,7 @@ impl JailError {
             JailError::CreateDir { .. } => "create directory",
             JailError::WriteFile { .. } => "write file",
             JailError::CreateSymlink { .. } => "create symlink",
+            JailError::Restamp { .. } => "restamp warm jail",
             JailError::InstallExecGuard(_) => "install exec guard",
             JailError::AnswerExec(_) => "answer exec notification",
             JailError::Reap(_) => "reap",

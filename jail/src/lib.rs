@@ -13,7 +13,8 @@
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
 //! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
-//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code;
+//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code,
+//!   with [`restamp`]: its build's timestamps moved to the hand-over;
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
@@ -25,6 +26,7 @@ pub mod landlock;
 mod mounts;
 mod namespaces;
 pub mod program;
+mod restamp;
 mod rlimits;
 mod rootfs;
 pub mod seccomp;

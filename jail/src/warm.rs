@@ -11,8 +11,9 @@
 //! 2. The broker sends the request as a [`HandOver`] on fd 5 (the init's only). The
 //!    init, outside the program's Landlock domain (the program cannot write its
 //!    workdir), empties `tmp/` (an import may have written a cache there), caps the
-//!    workspace tmpfs, writes the files exactly as a cold run's init does, and lowers
-//!    the program's rlimits to the request's with prlimit(2).
+//!    workspace tmpfs, writes the files exactly as a cold run's init does, sets the
+//!    times of what the jail made at its build to now (`restamp`), and lowers the
+//!    program's rlimits to the request's with prlimit(2).
 //! 3. The init reads the program's CPU clock (the CPU used before the hand-over is not
 //!    the caller's: it is taken off the reported usage), sends `go` and the script's
 //!    arguments, and shuts its side down; the hook sets `sys.argv`, answers
@@ -31,6 +32,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 
 use super::error::JailError;
+use super::restamp::restamp_warm_jail;
 use super::rlimits::apply_rlimits_to;
 use super::rootfs::WORKSPACE_MOUNT;
 use super::workspace::{check_names, hand_over_workspace};
@@ -219,6 +221,8 @@ impl Warm {
             message.extend_from_slice(arg.as_bytes());
         }
         hand_over_workspace(&run, WORKSPACE_MOUNT)?;
+        // Nothing the run can stat may tell when the jail was built.
+        restamp_warm_jail(&run.workdir_name)?;
         // The limits count from now: the CPU already used is added to RLIMIT_CPU.
         let used = super::sys::process_cpu_time(program)
             .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;

@@ -272,6 +272,100 @@ async fn limits_and_usage_count_from_the_hand_over() {
     );
 }
 
+/// Nothing a warm run can stat tells when its jail was built (which follows another
+/// run's end): the workspace (the `/tmp` mount, the run's directory, its `tmp/`), every
+/// directory and link of the jail's root that the jail made (`/`, `/dev`, the masks,
+/// the directories on the way to the interpreter) and the run's stdio pipes have
+/// access and modification times no older than the request (taken by the test just
+/// before it sends it), a second after the jail was ready. (Both shapes: in production
+/// the stdio pipes are the broker's uid's, the run's uid another.)
+#[tokio::test]
+async fn a_warm_runs_timestamps_are_its_hand_overs() {
+    warm_timestamps_are_the_hand_overs(pooled(1, &[])).await;
+}
+
+#[tokio::test]
+async fn a_production_warm_runs_timestamps_are_its_hand_overs() {
+    warm_timestamps_are_the_hand_overs(pooled(1, &[]).production_shape()).await;
+}
+
+async fn warm_timestamps_are_the_hand_overs(opts: BrokerOpts) {
+    let b = broker!(opts);
+    // Entries of the jail's root the test knows by name: the host's top level (masked
+    // or bound) and the directories on the way to the interpreter.
+    let mut paths: Vec<String> = std::fs::read_dir("/")
+        .expect("read /")
+        .flatten()
+        .map(|e| format!("/{}", e.file_name().to_string_lossy()))
+        .collect();
+    paths.extend(
+        python()
+            .ancestors()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty()),
+    );
+    paths.extend(["/", "/dev", "/proc", "/tmp", ".", "tmp"].map(String::from));
+    paths.sort();
+    paths.dedup();
+    let probe = py(&r#"
+        import json, os
+        out = {}
+        for p in json.loads('@PATHS@'):
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            out[p] = [st.st_dev, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns]
+        for fd in (0, 1, 2):
+            st = os.fstat(fd)
+            out["fd %d" % fd] = [st.st_dev, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns]
+        print(json.dumps(out))
+    "#
+    .replace("@PATHS@", &serde_json::to_string(&paths).unwrap()));
+    let before = wait_ready(&b).await;
+    // Whatever the jail made at its build is a second old now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    let res = b.run(&probe).await;
+    assert_eq!(
+        pool_status(&b).await.hits,
+        before.hits + 1,
+        "not served warm"
+    );
+    let seen: std::collections::BTreeMap<String, [i128; 4]> = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", text(&res.stdout), text(&res.stderr)));
+    // The kernel stamps files with its coarse clock, up to a tick behind the fine one.
+    let granularity = 20_000_000;
+    let dev_of = |p: &str| seen.get(p).map(|t| t[0]).expect(p);
+    let jails = [dev_of("/"), dev_of("/tmp")];
+    let mut checked = Vec::new();
+    for (path, [dev, times @ ..]) in &seen {
+        // What the jail made: its root's and its workspace's inodes, and the pipes.
+        if !jails.contains(dev) && !path.starts_with("fd ") {
+            continue;
+        }
+        for (what, t) in ["atime", "mtime", "ctime"].iter().zip(times) {
+            assert!(
+                *t >= sent - granularity,
+                "{path}'s {what} is {} ms older than the request: it tells when the warm jail was built; all: {seen:?}",
+                (sent - t) / 1_000_000
+            );
+        }
+        checked.push(path.clone());
+    }
+    for needed in [
+        "/", "/dev", "/proc", "/tmp", ".", "tmp", "fd 0", "fd 1", "fd 2",
+    ] {
+        assert!(
+            checked.iter().any(|p| p == needed),
+            "{needed} was not checked: {checked:?}"
+        );
+    }
+}
+
 /// A request the pool cannot serve runs cold, never fails for it: argv only (no
 /// code), or a VMEM below the warm jail's footprint plus the margin.
 #[tokio::test]
