@@ -29,9 +29,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
+use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 
 use super::error::JailError;
+use super::program::ExecSpec;
 use super::restamp::restamp_warm_jail;
 use super::rlimits::apply_rlimits_to;
 use super::rootfs::WORKSPACE_MOUNT;
@@ -210,13 +212,20 @@ impl Warm {
         };
         // The names again, as the stage checks a cold plan's.
         check_names(&run)?;
+        // The exec a cold run of this request would make, and the kernel's verdict on
+        // its size: this program was exec'd before the arguments existed, so without
+        // this check arguments that fail a cold run (execve's E2BIG) would run here.
+        // Same check, same error, same report as the cold program's failed execve.
+        let cold = Plan {
+            argv: plan.argv.iter().chain(&args).cloned().collect(),
+            ..plan.clone()
+        };
+        let (stack, _) = getrlimit(Resource::RLIMIT_STACK)
+            .map_err(|e| JailError::Warm(format!("getrlimit(RLIMIT_STACK): {e}")))?;
+        ExecSpec::from_plan(&cold)?.check_exec_size(stack)?;
+        // (`from_plan` refused any argument with a NUL: the separators are unambiguous.)
         let mut message = b"go".to_vec();
         for arg in &args {
-            if arg.contains('\0') {
-                return Err(JailError::ValidatePlan(format!(
-                    "argument {arg:?} contains a NUL"
-                )));
-            }
             message.push(0);
             message.extend_from_slice(arg.as_bytes());
         }

@@ -366,6 +366,80 @@ async fn warm_timestamps_are_the_hand_overs(opts: BrokerOpts) {
     }
 }
 
+/// Run `req` warm (checked by the pool's hit count), keeping a broker error.
+async fn try_run_warm(
+    b: &TestBroker,
+    req: &JailRequest,
+) -> Result<codejail_client::JailResult, codejail_client::ClientError> {
+    let before = wait_ready(b).await;
+    let res = b.try_run(req).await;
+    assert_eq!(
+        pool_status(b).await.hits,
+        before.hits + 1,
+        "not served warm"
+    );
+    res
+}
+
+/// Arguments of `bytes` bytes as execve(2) counts them (each string with its NUL and
+/// its pointer), in strings of at most 100 000 bytes.
+fn arguments_of(bytes: u64) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut left = bytes;
+    while left > 9 {
+        let len = (left - 9).min(100_000);
+        args.push("x".repeat(len as usize));
+        left -= len + 9;
+    }
+    args
+}
+
+/// Arguments are held to execve(2)'s limits warm as cold, although a warm jail's
+/// interpreter was exec'd before they existed: too many bytes of them (over a quarter
+/// of the stack limit: 3 MB under the usual 8 MiB) or one longer than 32 pages fail
+/// both runs with the same error (the CLI's exit 125, "Argument list too long"), and
+/// arguments just under the limit run on both.
+#[tokio::test]
+async fn arguments_are_held_to_execves_limits_warm_and_cold() {
+    let cold = broker!(BrokerOpts::new().args(["--pool-size", "0"]));
+    let warm = broker!(pooled(1, &[]));
+    let (stack, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+        .expect("getrlimit");
+    // The kernel's room for the strings and pointers (fs/exec.c); both brokers inherit
+    // this process's stack limit.
+    let room = (stack / 4).clamp(128 << 10, 6 << 20);
+    let with_args = |args: Vec<String>| {
+        let mut req = py("import sys; print(len(sys.argv), sum(map(len, sys.argv)))");
+        req.argv = args;
+        req
+    };
+    let too_many = with_args(arguments_of(room + (1 << 20)));
+    let too_long = with_args(vec!["x".repeat(32 * 4096)]);
+    for (what, req) in [("too many bytes", &too_many), ("one too long", &too_long)] {
+        let c = cold.try_run(req).await;
+        let w = try_run_warm(&warm, req).await;
+        let (c, w) = match (c, w) {
+            (Err(c), Err(w)) => (c, w),
+            (c, w) => panic!("{what}: both must fail; cold: {c:?}; warm: {w:?}"),
+        };
+        assert!(
+            c.to_string().contains("Argument list too long"),
+            "{what}: cold: {c}"
+        );
+        assert_eq!(
+            format!("{w:?}"),
+            format!("{c:?}"),
+            "{what}: warm and cold fail alike"
+        );
+    }
+    // The command's argv, the environment and the file name take less than 16 KiB.
+    let under = with_args(arguments_of(room - (16 << 10)));
+    let c = cold.run(&under).await;
+    let w = run_warm(&warm, &under).await;
+    assert_eq!(c.status, 0, "cold: {}", text(&c.stderr));
+    assert_eq!(normalised(&w), normalised(&c), "just under the limit");
+}
+
 /// A request the pool cannot serve runs cold, never fails for it: argv only (no
 /// code), or a VMEM below the warm jail's footprint plus the margin.
 #[tokio::test]
