@@ -2,8 +2,8 @@
 //! run's user namespace (so they are all owned by it, and the init and the program
 //! inherit them): mount, pid, network, IPC, UTS and time (namespaces(7)).
 //!
-//! - mount: the workspace tmpfs and the fresh `/proc` exist only for this run and die
-//!   with it;
+//! - mount: the root skeleton and the workspace tmpfs exist only for this run and die
+//!   with it (the run has no procfs: `mounts`);
 //! - pid: the next fork is the run's PID 1 (the init); killing it kills the run;
 //! - net: only a loopback device, down: no network at all;
 //! - ipc: no System V IPC or POSIX message queues shared with other runs;
