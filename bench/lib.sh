@@ -10,6 +10,8 @@
 #   start_dev_broker_unless_socket   no --socket: a dev broker on $tmp/broker.sock
 #   start_named_broker NAME BROKER [ARG...]   a dev broker on ${bsock[NAME]} (several at once)
 #   stop_named_broker NAME           stop one of them (make_tmpdir's trap stops the rest)
+#   pool_field NAME FIELD...         NAME's python pool's fields from `status --json`
+#   wait_pool_full NAME SECONDS      poll until NAME's python pool is full
 #   stamp; t0=$now ... stamp         microsecond timer, result in $now
 #   percentiles SAMPLE...            "p50 p90" in ms of microsecond samples
 #   series_percentiles WHAT...       p50[WHAT] p90[WHAT] from the samples in ${samples[WHAT]}
@@ -124,6 +126,31 @@ stop_named_broker() {
     kill -TERM "${bpid[$1]}" 2>/dev/null || true
     wait "${bpid[$1]}" 2>/dev/null || true
     unset "bpid[$1]"
+}
+
+# pool_field NAME FIELD...: the python pool's fields from NAME's `status --json`,
+# space-separated (null as "null"). Fails when there is no python pool.
+pool_field() {
+    local name=$1; shift
+    "$client" --socket "${bsock[$name]}" status --json 2>"$tmp/status.err" |
+        "$(command -v python3 || echo "$python")" -c '
+import json, sys
+pool = json.load(sys.stdin)["pool"]["python"]
+print(" ".join("null" if pool[f] is None else str(pool[f]) for f in sys.argv[1:]))
+' "$@"
+}
+
+# wait_pool_full NAME SECONDS: poll NAME's status until its python pool is full.
+wait_pool_full() {
+    local name=$1 ready size
+    for _ in $(seq $(($2 * 100))); do
+        read -r ready size < <(pool_field "$name" ready size) ||
+            { cat "$tmp/status.err" >&2; broker_fail "$name" "status --json failed or has no python pool"; }
+        ((ready == size)) && return 0
+        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited while filling its pool"
+        sleep 0.01
+    done
+    broker_fail "$name" "pool not full after $2 s ($ready of $size ready)"
 }
 
 # The dev broker's log on stderr, if this script started one (for failure messages).

@@ -90,18 +90,6 @@ json_python=$(command -v python3 || echo "$python")
 
 make_tmpdir
 
-# pool_field NAME FIELD...: the python pool's fields from NAME's `status --json`,
-# space-separated (null as "null"). Fails when there is no python pool.
-pool_field() {
-    local name=$1; shift
-    "$client" --socket "${bsock[$name]}" status --json 2>"$tmp/status.err" |
-        "$json_python" -c '
-import json, sys
-pool = json.load(sys.stdin)["pool"]["python"]
-print(" ".join("null" if pool[f] is None else str(pool[f]) for f in sys.argv[1:]))
-' "$@"
-}
-
 # start_broker NAME [BROKER-ARG...]: `codejail-broker --dev` on $tmp/NAME.sock with the
 # given extra arguments (log in $tmp/NAME.log), waiting up to 10 s for the socket and,
 # with a pool, up to 60 s more until the pool is full.
@@ -110,20 +98,6 @@ start_broker() {
     start_named_broker "$name" "$broker" "$@"
     [[ " $* " != *" --pool-size "* ]] || wait_pool_full "$name" 60
 }
-
-# wait_pool_full NAME SECONDS: poll NAME's status until its python pool is full.
-wait_pool_full() {
-    local name=$1 ready size
-    for _ in $(seq $(($2 * 100))); do
-        read -r ready size < <(pool_field "$name" ready size) ||
-            { cat "$tmp/status.err" >&2; broker_fail "$name" "status --json failed or has no python pool"; }
-        ((ready == size)) && return 0
-        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited while filling its pool"
-        sleep 0.01
-    done
-    broker_fail "$name" "pool not full after $2 s ($ready of $size ready)"
-}
-
 
 start_broker cold
 start_broker lean --pool-size 2

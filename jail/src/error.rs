@@ -64,6 +64,12 @@ pub enum JailError {
     /// `unshare` of the mount, pid, net, ipc and uts namespaces failed.
     #[error("unshare(CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWNET|CLONE_NEWIPC|CLONE_NEWUTS)")]
     UnshareNamespaces(#[source] io::Error),
+    /// `unshare(CLONE_NEWTIME)` failed.
+    #[error("unshare(CLONE_NEWTIME) (time namespaces need Linux 5.6 with CONFIG_TIME_NS)")]
+    UnshareTime(#[source] io::Error),
+    /// Setting the run's clocks to start at zero (`/proc/self/timens_offsets`) failed.
+    #[error("set the time namespace's clock offsets in /proc/self/timens_offsets")]
+    SetClockOffsets(#[source] io::Error),
     /// `sethostname` failed.
     #[error("sethostname({hostname:?})")]
     SetHostname {
@@ -148,6 +154,15 @@ pub enum JailError {
         path: String,
         /// Its target, verbatim.
         target: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting a warm jail's timestamps to its hand-over failed.
+    #[error("set the times of {path} to the hand-over's")]
+    Restamp {
+        /// The inode's path (as the program sees it).
+        path: String,
         /// The error.
         #[source]
         source: io::Error,
@@ -264,6 +279,8 @@ impl JailError {
             JailError::SetGid { .. } => "set gid",
             JailError::SetUid { .. } => "set uid",
             JailError::UnshareNamespaces(_) => "unshare namespaces",
+            JailError::UnshareTime(_) => "unshare time namespace",
+            JailError::SetClockOffsets(_) => "set clock offsets",
             JailError::SetHostname { .. } => "set hostname",
             JailError::CreateLifeline(_) => "create lifeline",
             JailError::OpenNull(_) => "stdio to /dev/null",
@@ -278,6 +295,7 @@ impl JailError {
             JailError::CreateDir { .. } => "create directory",
             JailError::WriteFile { .. } => "write file",
             JailError::CreateSymlink { .. } => "create symlink",
+            JailError::Restamp { .. } => "restamp warm jail",
             JailError::InstallExecGuard(_) => "install exec guard",
             JailError::AnswerExec(_) => "answer exec notification",
             JailError::Reap(_) => "reap",

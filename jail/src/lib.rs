@@ -9,11 +9,12 @@
 //!
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
 //! - [`userns`]: user namespace and its id maps, run identity;
-//! - [`namespaces`]: mount, pid, net, ipc, uts namespaces and the host name;
+//! - [`namespaces`]: mount, pid, net, ipc, uts and time namespaces, the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
 //! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
-//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code;
+//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code,
+//!   with [`restamp`]: its build's timestamps moved to the hand-over;
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 
@@ -25,6 +26,7 @@ pub mod landlock;
 mod mounts;
 mod namespaces;
 pub mod program;
+mod restamp;
 mod rlimits;
 mod rootfs;
 pub mod seccomp;

@@ -133,6 +133,54 @@ impl ExecSpec {
     }
 }
 
+/// `ARG_MAX` of the kernel's headers: the room for argument and environment strings
+/// that execve(2) grants whatever the stack limit.
+const KERNEL_ARG_MAX: u64 = 131_072;
+/// `_STK_LIM`: the kernel's default stack limit, 3/4 of which caps that room.
+const KERNEL_STK_LIM: u64 = 8 << 20;
+
+impl ExecSpec {
+    /// Refuse, as execve(2) would with `E2BIG`, a program, argv and environment that do
+    /// not fit the kernel's room for them under the stack limit `stack` (the soft
+    /// `RLIMIT_STACK` at the exec). A warm jail's program was started before its
+    /// request's arguments existed, so its init applies this at the hand-over to the
+    /// argv a cold run would exec: both paths then fail alike (see `warm`).
+    ///
+    /// The kernel's rule (fs/exec.c, `bprm_stack_limits` and `copy_strings`): each
+    /// string with its NUL is at most `MAX_ARG_STRLEN` (32 pages); the strings (the
+    /// file name, the environment, the arguments, each with its NUL) and a pointer per
+    /// argument and variable fit in `max(min(stack / 4, _STK_LIM / 4 * 3), ARG_MAX)`.
+    pub(crate) fn check_exec_size(&self, stack: u64) -> Result<(), JailError> {
+        let too_big = || JailError::Exec {
+            program: self.program_shown.clone(),
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        };
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .unwrap_or(4096);
+        let max_strlen = page.saturating_mul(32);
+        let room = (stack / 4).clamp(KERNEL_ARG_MAX, KERNEL_STK_LIM / 4 * 3);
+        let pointers = (self.argv.len().max(1) + self.env.len()) as u64 * 8;
+        let mut left = room
+            .checked_sub(pointers)
+            .filter(|l| *l > 0)
+            .ok_or_else(too_big)?;
+        let strings = std::iter::once(&self.program)
+            .chain(&self.env)
+            .chain(&self.argv);
+        for string in strings {
+            let len = string.as_bytes_with_nul().len() as u64;
+            if len > max_strlen {
+                return Err(too_big());
+            }
+            left = left.checked_sub(len).ok_or_else(too_big)?;
+        }
+        Ok(())
+    }
+}
+
 /// The program's checklist, run in the forked PID 2; never returns. On failure it
 /// reports the step and exits with [`EXIT_EXEC_FAILED`]. `sentinel` (when exec is
 /// denied) is held, close-on-exec, until the `execve` at the end: its hang-up tells
@@ -304,6 +352,94 @@ mod tests {
             ]
         );
         assert_eq!(spec.argv.len(), 4);
+    }
+
+    /// The mirror of the kernel's argument size rule agrees with execve(2) itself
+    /// (spawning `/bin/true` under this process's stack limit) on both sides of the
+    /// limits: the total room, and one string's length.
+    #[test]
+    fn exec_size_check_agrees_with_the_kernel() {
+        let program = "/bin/true";
+        let (stack, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+            .expect("getrlimit");
+        let spec_of = |args: &[String]| {
+            let mut p = crate::test_plan("codejail-7");
+            p.program = program.into();
+            p.argv = std::iter::once(program.to_string())
+                .chain(args.iter().cloned())
+                .collect();
+            ExecSpec::from_plan(&p).expect("spec")
+        };
+        let kernel_accepts = |spec: &ExecSpec| {
+            let env = spec.env.iter().map(|e| {
+                let (k, v) = e.to_str().expect("utf-8").split_once('=').expect("k=v");
+                (k.to_string(), v.to_string())
+            });
+            match std::process::Command::new(program)
+                .args(spec.argv[1..].iter().map(|a| a.to_str().expect("utf-8")))
+                .env_clear()
+                .envs(env)
+                .status()
+            {
+                Ok(status) => {
+                    assert!(status.success());
+                    true
+                }
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => false,
+                Err(e) => panic!("spawn {program}: {e}"),
+            }
+        };
+        // Arguments that fill the room exactly: strings of 100 000 bytes (each costs
+        // its NUL and a pointer too), the last one sized to what is left.
+        let base = spec_of(&[]);
+        let room = (stack / 4).clamp(KERNEL_ARG_MAX, KERNEL_STK_LIM / 4 * 3);
+        let used = |spec: &ExecSpec| -> u64 {
+            let strings: usize = std::iter::once(&spec.program)
+                .chain(&spec.env)
+                .chain(&spec.argv)
+                .map(|s| s.as_bytes_with_nul().len())
+                .sum();
+            strings as u64 + (spec.argv.len() + spec.env.len()) as u64 * 8
+        };
+        let mut left = room - used(&base);
+        let mut args = Vec::new();
+        while left >= 100_009 + 10 {
+            args.push("x".repeat(100_000));
+            left -= 100_009;
+        }
+        args.push("y".repeat((left - 9) as usize));
+        let spec = spec_of(&args);
+        assert_eq!(used(&spec), room);
+        assert!(spec.check_exec_size(stack).is_ok(), "exactly full");
+        assert!(kernel_accepts(&spec), "exactly full");
+        // One byte more.
+        args.last_mut().expect("an argument").push('y');
+        let spec = spec_of(&args);
+        assert!(spec.check_exec_size(stack).is_err(), "one byte over");
+        assert!(!kernel_accepts(&spec), "one byte over");
+        // Far more.
+        args.extend((0..20).map(|_| "x".repeat(100_000)));
+        let spec = spec_of(&args);
+        assert!(spec.check_exec_size(stack).is_err(), "2 MB over");
+        assert!(!kernel_accepts(&spec), "2 MB over");
+        // One string: MAX_ARG_STRLEN with its NUL fits, one byte more does not.
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .expect("sysconf")
+            .expect("a page size") as usize;
+        for (len, fits) in [(32 * page - 1, true), (32 * page, false)] {
+            let spec = spec_of(&["z".repeat(len)]);
+            assert_eq!(spec.check_exec_size(stack).is_ok(), fits, "{len}");
+            assert_eq!(kernel_accepts(&spec), fits, "{len}");
+        }
+        let err = spec_of(&["z".repeat(32 * page)])
+            .check_exec_size(stack)
+            .expect_err("too long");
+        assert_eq!(err.step(), "exec /bin/true");
+        assert!(
+            err.message().contains("Argument list too long"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -61,17 +61,27 @@ pub(crate) fn enter_user_namespace() -> Result<OutsideIds, JailError> {
 /// `gid_map`; the broker cleared the supplementary groups before exec when it could),
 /// then `gid_map`.
 ///
-/// A stage exec'd with a real uid other than its effective one is not dumpable, and
-/// the `/proc/self` files of a process that is not dumpable belong to root: the stage
-/// becomes dumpable for the three writes, then not again. No process of the run
-/// exists yet.
+/// The stage is dumpable for the three writes ([`with_own_proc_files`]).
 pub(crate) fn map_own_ids(outside: OutsideIds) -> Result<(), JailError> {
-    let was_dumpable = sys_get_dumpable().map_err(JailError::WriteIdMaps)?;
-    sys_set_dumpable(true).map_err(JailError::WriteIdMaps)?;
-    let written = write_maps(outside);
-    let restored = sys_set_dumpable(was_dumpable);
-    written.map_err(JailError::WriteIdMaps)?;
-    restored.map_err(JailError::WriteIdMaps)
+    with_own_proc_files(|| write_maps(outside)).map_err(JailError::WriteIdMaps)
+}
+
+/// Run `f`, which opens files of our own `/proc/self`, as a dumpable process, then
+/// restore the flag. A stage exec'd with a real uid other than its effective one
+/// (production: the broker's real uid, the run's effective) is not dumpable, and the
+/// `/proc/self` files of a process that is not dumpable belong to the host's root.
+/// Nothing of the run exists yet when the stage calls this; the init forked later
+/// inherits the flag as it was.
+pub(crate) fn with_own_proc_files<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let was_dumpable = sys_get_dumpable()?;
+    if !was_dumpable {
+        sys_set_dumpable(true)?;
+    }
+    let done = f();
+    if !was_dumpable {
+        sys_set_dumpable(false)?;
+    }
+    done
 }
 
 fn write_maps(outside: OutsideIds) -> io::Result<()> {

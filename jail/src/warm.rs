@@ -11,8 +11,9 @@
 //! 2. The broker sends the request as a [`HandOver`] on fd 5 (the init's only). The
 //!    init, outside the program's Landlock domain (the program cannot write its
 //!    workdir), empties `tmp/` (an import may have written a cache there), caps the
-//!    workspace tmpfs, writes the files exactly as a cold run's init does, and lowers
-//!    the program's rlimits to the request's with prlimit(2).
+//!    workspace tmpfs, writes the files exactly as a cold run's init does, sets the
+//!    times of what the jail made at its build to now (`restamp`), and lowers the
+//!    program's rlimits to the request's with prlimit(2).
 //! 3. The init reads the program's CPU clock (the CPU used before the hand-over is not
 //!    the caller's: it is taken off the reported usage), sends `go` and the script's
 //!    arguments, and shuts its side down; the hook sets `sys.argv`, answers
@@ -28,9 +29,12 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
+use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 
 use super::error::JailError;
+use super::program::ExecSpec;
+use super::restamp::restamp_warm_jail;
 use super::rlimits::apply_rlimits_to;
 use super::rootfs::WORKSPACE_MOUNT;
 use super::workspace::{check_names, hand_over_workspace};
@@ -212,17 +216,26 @@ impl Warm {
         };
         // The names again, as the stage checks a cold plan's.
         check_names(&run)?;
+        // The exec a cold run of this request would make, and the kernel's verdict on
+        // its size: this program was exec'd before the arguments existed, so without
+        // this check arguments that fail a cold run (execve's E2BIG) would run here.
+        // Same check, same error, same report as the cold program's failed execve.
+        let cold = Plan {
+            argv: plan.argv.iter().chain(&args).cloned().collect(),
+            ..plan.clone()
+        };
+        let (stack, _) = getrlimit(Resource::RLIMIT_STACK)
+            .map_err(|e| JailError::Warm(format!("getrlimit(RLIMIT_STACK): {e}")))?;
+        ExecSpec::from_plan(&cold)?.check_exec_size(stack)?;
+        // (`from_plan` refused any argument with a NUL: the separators are unambiguous.)
         let mut message = b"go".to_vec();
         for arg in &args {
-            if arg.contains('\0') {
-                return Err(JailError::ValidatePlan(format!(
-                    "argument {arg:?} contains a NUL"
-                )));
-            }
             message.push(0);
             message.extend_from_slice(arg.as_bytes());
         }
         hand_over_workspace(&run, WORKSPACE_MOUNT)?;
+        // Nothing the run can stat may tell when the jail was built.
+        restamp_warm_jail(&run.workdir_name)?;
         // The limits count from now: the CPU already used is added to RLIMIT_CPU.
         let used = super::sys::process_cpu_time(program)
             .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;

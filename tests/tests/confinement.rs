@@ -1049,6 +1049,13 @@ fn denied_calls() -> Vec<Call> {
             &[i64::from(libc::CLONE_NEWNS)],
             "EPERM",
         ),
+        // The run's clocks are its time namespace's: it may not make its own.
+        call(
+            "unshare(CLONE_NEWTIME)",
+            libc::SYS_unshare,
+            &[i64::from(libc::CLONE_NEWTIME)],
+            "EPERM",
+        ),
         call("setns(0, 0)", libc::SYS_setns, &[0, 0], "EPERM"),
         call("mount", libc::SYS_mount, &[0, 0, 0, 0, 0], "EPERM"),
         call("umount2", libc::SYS_umount2, &[0, 0], "EPERM"),
@@ -1772,11 +1779,7 @@ async fn memory_stays_within_vmem_and_tmp_without_a_cgroup(shape: Shape) {
         "#,
         &[],
     );
-    for (name, value) in [
-        ("VMEM", 128 << 20),
-        ("TMP", 16 << 20),
-        ("FSIZE", 64 << 20),
-    ] {
+    for (name, value) in [("VMEM", 128 << 20), ("TMP", 16 << 20), ("FSIZE", 64 << 20)] {
         req = with_limit(req, name, value);
     }
     let res = b.run(&req).await;
@@ -1950,6 +1953,116 @@ async fn daemonized_grandchild_does_not_survive(shape: Shape) {
     assert_clean(&b).await;
 }
 both_shapes!(daemonized_grandchild_does_not_survive);
+
+// ---------------------------------------------------------------- clocks
+
+/// A host clock now, in nanoseconds.
+fn host_clock_ns(clock: nix::time::ClockId) -> i128 {
+    let t = nix::time::clock_gettime(clock).expect("clock_gettime");
+    i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+}
+
+/// The integer a probe recorded as `ok N`.
+#[track_caller]
+fn recorded_int(r: &BTreeMap<String, String>, name: &str) -> i128 {
+    let got = expect_ok(r, name);
+    got.trim_start_matches("ok ")
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {got:?} is not an integer ({e}); {r:#?}"))
+}
+
+/// The host's uptime does not leak through the clocks that count it: in the run's
+/// time namespace `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` (read through the vDSO and
+/// through the raw syscall, and their RAW and COARSE variants) and sysinfo(2)'s
+/// uptime start at the jail's build, so they are at most the time the test has
+/// measured on the host since before it started the broker (a warm jail is built after
+/// that too) — the host's own clocks, read by the same test, are far beyond that. Stopped
+/// by the time namespace. `/proc/uptime` and `/proc/stat` (whose `btime` is the boot's
+/// wall-clock time, in no namespace) are unreadable: the run has no procfs. (What stays
+/// visible — times(2)'s return, the TSC, the host device nodes' timestamps — is in
+/// docs/jail-clocks.md.)
+async fn clocks_start_at_the_jails_build(shape: Shape) {
+    use nix::time::ClockId;
+    let (mono0, boot0) = (
+        host_clock_ns(ClockId::CLOCK_MONOTONIC),
+        host_clock_ns(ClockId::CLOCK_BOOTTIME),
+    );
+    let b = shaped_broker!(shape);
+    let req = probe(
+        r#"
+        import struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        class timespec(ctypes.Structure):
+            _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+        def raw(clock):
+            ts = timespec()
+            if libc.syscall(ctypes.c_long(@CLOCK_GETTIME@), ctypes.c_long(clock), ctypes.byref(ts)) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            return ts.s * 10**9 + ts.ns
+        CLOCKS = [("monotonic", 1), ("boottime", 7), ("monotonic_raw", 4), ("monotonic_coarse", 6)]
+        for name, clock in CLOCKS:
+            attempt(name, lambda: time.clock_gettime_ns(clock))
+            attempt(name + " syscall", lambda: raw(clock))
+        def sysinfo_uptime():
+            buf = ctypes.create_string_buffer(256)
+            if libc.sysinfo(buf) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            return struct.unpack_from("l", buf.raw)[0]
+        attempt("sysinfo uptime", sysinfo_uptime)
+        attempt("/proc/uptime", lambda: open("/proc/uptime").read())
+        attempt("/proc/stat", lambda: open("/proc/stat").read())
+        attempt("/proc/self/stat", lambda: open("/proc/self/stat").read())
+        done()
+        "#,
+        &[("CLOCK_GETTIME", libc::SYS_clock_gettime.to_string())],
+    );
+    let res = b.run(&req).await;
+    let (mono1, boot1) = (
+        host_clock_ns(ClockId::CLOCK_MONOTONIC),
+        host_clock_ns(ClockId::CLOCK_BOOTTIME),
+    );
+    // MONOTONIC_RAW is offset by MONOTONIC's offset: it may run ahead of it by as much
+    // as the host's raw clock has drifted from its NTP-slewed one since boot.
+    let raw_drift = (host_clock_ns(ClockId::CLOCK_MONOTONIC_RAW) - mono1).max(0);
+    let r = results(&res, &b);
+    let (mono_bound, boot_bound) = (mono1 - mono0, boot1 - boot0);
+    for (name, bound) in [
+        ("monotonic", mono_bound),
+        ("boottime", boot_bound),
+        ("monotonic_coarse", mono_bound),
+        ("monotonic_raw", mono_bound + raw_drift + 10_000_000),
+    ] {
+        for name in [name.to_string(), format!("{name} syscall")] {
+            let value = recorded_int(&r, &name);
+            assert!(
+                value <= bound,
+                "the run's {name} reads {value} ns, more than the {bound} ns the host counted \
+                 since before the broker started (the host's boottime is {boot1} ns): the \
+                 run sees the host's clock"
+            );
+        }
+    }
+    for name in ["monotonic", "boottime"] {
+        let value = recorded_int(&r, name);
+        assert!(value >= 0, "{name} reads {value} ns");
+    }
+    // sysinfo rounds up to the second.
+    let uptime = recorded_int(&r, "sysinfo uptime");
+    let bound = (boot_bound + 999_999_999) / 1_000_000_000;
+    assert!(
+        uptime <= bound,
+        "sysinfo's uptime is {uptime} s, more than the {bound} s since before the broker started"
+    );
+    // No procfs (a mode-0 mask): /proc/stat's btime, in no namespace, never shows.
+    for name in ["/proc/uptime", "/proc/stat", "/proc/self/stat"] {
+        expect(&r, name, &["EACCES"]);
+    }
+    assert_clean(&b).await;
+}
+both_shapes!(clocks_start_at_the_jails_build);
 
 // ---------------------------------------------------------------- run vs run
 

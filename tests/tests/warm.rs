@@ -75,7 +75,8 @@ fn normalised(res: &codejail_client::JailResult) -> (i32, String, String) {
 /// flushing at exit, stdin, copied files, and no frame above the script.
 #[tokio::test]
 async fn warm_and_cold_runs_are_alike() {
-    let cold = broker!();
+    // No pool, even in the pooled pass (CODEJAIL_TEST_POOL): its runs are the cold ones.
+    let cold = broker!(BrokerOpts::new().args(["--pool-size", "0"]));
     let warm = broker!(pooled(1, &[]));
     let programs: Vec<(&str, JailRequest)> = vec![
         ("identity", {
@@ -270,6 +271,174 @@ async fn limits_and_usage_count_from_the_hand_over() {
         "NPROC: {}",
         text(&res.stderr)
     );
+}
+
+/// Nothing a warm run can stat tells when its jail was built (which follows another
+/// run's end): the workspace (the `/tmp` mount, the run's directory, its `tmp/`), every
+/// directory and link of the jail's root that the jail made (`/`, `/dev`, the masks,
+/// the directories on the way to the interpreter) and the run's stdio pipes have
+/// access and modification times no older than the request (taken by the test just
+/// before it sends it), a second after the jail was ready. (Both shapes: in production
+/// the stdio pipes are the broker's uid's, the run's uid another.)
+#[tokio::test]
+async fn a_warm_runs_timestamps_are_its_hand_overs() {
+    warm_timestamps_are_the_hand_overs(pooled(1, &[])).await;
+}
+
+#[tokio::test]
+async fn a_production_warm_runs_timestamps_are_its_hand_overs() {
+    warm_timestamps_are_the_hand_overs(pooled(1, &[]).production_shape()).await;
+}
+
+async fn warm_timestamps_are_the_hand_overs(opts: BrokerOpts) {
+    let b = broker!(opts);
+    // Entries of the jail's root the test knows by name: the host's top level (masked
+    // or bound) and the directories on the way to the interpreter.
+    let mut paths: Vec<String> = std::fs::read_dir("/")
+        .expect("read /")
+        .flatten()
+        .map(|e| format!("/{}", e.file_name().to_string_lossy()))
+        .collect();
+    paths.extend(
+        python()
+            .ancestors()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty()),
+    );
+    paths.extend(["/", "/dev", "/proc", "/tmp", ".", "tmp"].map(String::from));
+    paths.sort();
+    paths.dedup();
+    let probe = py(&r#"
+        import json, os
+        out = {}
+        for p in json.loads('@PATHS@'):
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            out[p] = [st.st_dev, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns]
+        for fd in (0, 1, 2):
+            st = os.fstat(fd)
+            out["fd %d" % fd] = [st.st_dev, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns]
+        print(json.dumps(out))
+    "#
+    .replace("@PATHS@", &serde_json::to_string(&paths).unwrap()));
+    let before = wait_ready(&b).await;
+    // Whatever the jail made at its build is a second old now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    let res = b.run(&probe).await;
+    assert_eq!(
+        pool_status(&b).await.hits,
+        before.hits + 1,
+        "not served warm"
+    );
+    let seen: std::collections::BTreeMap<String, [i128; 4]> = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", text(&res.stdout), text(&res.stderr)));
+    // The kernel stamps files with its coarse clock, up to a tick behind the fine one.
+    let granularity = 20_000_000;
+    let dev_of = |p: &str| seen.get(p).map(|t| t[0]).expect(p);
+    let jails = [dev_of("/"), dev_of("/tmp")];
+    let mut checked = Vec::new();
+    for (path, [dev, times @ ..]) in &seen {
+        // What the jail made: its root's and its workspace's inodes, and the pipes.
+        if !jails.contains(dev) && !path.starts_with("fd ") {
+            continue;
+        }
+        for (what, t) in ["atime", "mtime", "ctime"].iter().zip(times) {
+            assert!(
+                *t >= sent - granularity,
+                "{path}'s {what} is {} ms older than the request: it tells when the warm jail was built; all: {seen:?}",
+                (sent - t) / 1_000_000
+            );
+        }
+        checked.push(path.clone());
+    }
+    for needed in [
+        "/", "/dev", "/proc", "/tmp", ".", "tmp", "fd 0", "fd 1", "fd 2",
+    ] {
+        assert!(
+            checked.iter().any(|p| p == needed),
+            "{needed} was not checked: {checked:?}"
+        );
+    }
+}
+
+/// Run `req` warm (checked by the pool's hit count), keeping a broker error.
+async fn try_run_warm(
+    b: &TestBroker,
+    req: &JailRequest,
+) -> Result<codejail_client::JailResult, codejail_client::ClientError> {
+    let before = wait_ready(b).await;
+    let res = b.try_run(req).await;
+    assert_eq!(
+        pool_status(b).await.hits,
+        before.hits + 1,
+        "not served warm"
+    );
+    res
+}
+
+/// Arguments of `bytes` bytes as execve(2) counts them (each string with its NUL and
+/// its pointer), in strings of at most 100 000 bytes.
+fn arguments_of(bytes: u64) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut left = bytes;
+    while left > 9 {
+        let len = (left - 9).min(100_000);
+        args.push("x".repeat(len as usize));
+        left -= len + 9;
+    }
+    args
+}
+
+/// Arguments are held to execve(2)'s limits warm as cold, although a warm jail's
+/// interpreter was exec'd before they existed: too many bytes of them (over a quarter
+/// of the stack limit: 3 MB under the usual 8 MiB) or one longer than 32 pages fail
+/// both runs with the same error (the CLI's exit 125, "Argument list too long"), and
+/// arguments just under the limit run on both.
+#[tokio::test]
+async fn arguments_are_held_to_execves_limits_warm_and_cold() {
+    let cold = broker!(BrokerOpts::new().args(["--pool-size", "0"]));
+    let warm = broker!(pooled(1, &[]));
+    let (stack, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+        .expect("getrlimit");
+    // The kernel's room for the strings and pointers (fs/exec.c); both brokers inherit
+    // this process's stack limit.
+    let room = (stack / 4).clamp(128 << 10, 6 << 20);
+    let with_args = |args: Vec<String>| {
+        let mut req = py("import sys; print(len(sys.argv), sum(map(len, sys.argv)))");
+        req.argv = args;
+        req
+    };
+    let too_many = with_args(arguments_of(room + (1 << 20)));
+    let too_long = with_args(vec!["x".repeat(32 * 4096)]);
+    for (what, req) in [("too many bytes", &too_many), ("one too long", &too_long)] {
+        let c = cold.try_run(req).await;
+        let w = try_run_warm(&warm, req).await;
+        let (c, w) = match (c, w) {
+            (Err(c), Err(w)) => (c, w),
+            (c, w) => panic!("{what}: both must fail; cold: {c:?}; warm: {w:?}"),
+        };
+        assert!(
+            c.to_string().contains("Argument list too long"),
+            "{what}: cold: {c}"
+        );
+        assert_eq!(
+            format!("{w:?}"),
+            format!("{c:?}"),
+            "{what}: warm and cold fail alike"
+        );
+    }
+    // The command's argv, the environment and the file name take less than 16 KiB.
+    let under = with_args(arguments_of(room - (16 << 10)));
+    let c = cold.run(&under).await;
+    let w = run_warm(&warm, &under).await;
+    assert_eq!(c.status, 0, "cold: {}", text(&c.stderr));
+    assert_eq!(normalised(&w), normalised(&c), "just under the limit");
 }
 
 /// A request the pool cannot serve runs cold, never fails for it: argv only (no

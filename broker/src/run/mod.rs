@@ -458,6 +458,23 @@ impl Stage {
         taken
     }
 
+    /// Set the access and modification times of the run's stdio pipes (the broker made
+    /// them at the stage's spawn: a warm jail's build) to now, so that a warm run's
+    /// `fstat` of its stdio does not tell when its jail was built. Called at the
+    /// hand-over.
+    pub(crate) fn restamp_stdio(&self) -> std::io::Result<()> {
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        let fds = [
+            self.child.stdin.as_ref().map(|p| p.as_fd()),
+            self.child.stdout.as_ref().map(|p| p.as_fd()),
+            self.child.stderr.as_ref().map(|p| p.as_fd()),
+        ];
+        for fd in fds.into_iter().flatten() {
+            nix::sys::stat::futimens(fd.as_raw_fd(), &now, &now)?;
+        }
+        Ok(())
+    }
+
     /// Whether the stage is still running (a warm jail's can die while it waits).
     pub(crate) fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

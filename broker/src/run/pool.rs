@@ -117,6 +117,14 @@ impl WarmJail {
         };
         // REALTIME and the reported wall time count from the hand-over.
         let started = Instant::now();
+        if let Err(e) = stage.restamp_stdio() {
+            return (
+                Err(RunError::Warm(format!(
+                    "setting the times of the run's stdio pipes: {e}"
+                ))),
+                cleanup,
+            );
+        }
         let sent = async {
             let frame = codejail_plan::encode_frame(&handover).map_err(RunError::Pipes)?;
             drop(handover);
