@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 R = {}
 
@@ -63,6 +64,9 @@ attempt("inotify_init1", lambda: raise_errno(libc.inotify_init1(0)))
 attempt("memfd_create", lambda: os.memfd_create("m", 0))
 attempt("shmget", lambda: raise_errno(libc.shmget(0, 1 << 20, 0o600)))
 attempt("stat /etc/machine-id", lambda: os.stat("/etc/machine-id").st_size)
+# The host's uptime: the run's time namespace starts its clocks at its build (the
+# host has been up for minutes by now).
+attempt("boottime under a minute", lambda: time.clock_gettime(time.CLOCK_BOOTTIME) < 60)
 
 
 # Beside a run that holds every queued signal it can (budget_hog.py), a timer of our
