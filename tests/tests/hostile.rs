@@ -224,20 +224,38 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
         exec.limits = codejail_tests::limits(&[("REALTIME", 10)]);
         exec
     };
-    // The running one: its bytes are given back once its plan reached the stage.
+    // The running one: its bytes are given back once its plan reached the stage, which
+    // it has once the program runs (`Started` comes before: waiting for that only, the
+    // queued one below was sometimes answered busy, and the loop waited forever).
     let (mut running, _) = RawConn::handshake(b.socket()).await;
-    running.exec(big("import time; time.sleep(3)")).await;
-    loop {
-        if let Some(codejail_protocol::Response::Started { .. }) = running.recv().await {
-            break;
+    running
+        .exec(big(
+            "import time; print('ready', flush=True); time.sleep(3)",
+        ))
+        .await;
+    let mut out = Vec::new();
+    while !out.starts_with(b"ready") {
+        match running.recv().await {
+            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
+            Some(
+                r @ (codejail_protocol::Response::Finished(_)
+                | codejail_protocol::Response::Error { .. }),
+            ) => panic!("the running one ended early: {r:?}"),
+            Some(_) => {}
+            None => panic!("the broker closed the running one's connection"),
         }
     }
     // The queued one holds 5 MiB of the 8.
     let (mut queued, _) = RawConn::handshake(b.socket()).await;
     queued.exec(big("print('queued ran')")).await;
     loop {
-        if let Some(codejail_protocol::Response::Queued { .. }) = queued.recv().await {
-            break;
+        match queued.recv().await {
+            Some(codejail_protocol::Response::Queued { .. }) => break,
+            Some(r @ codejail_protocol::Response::Error { .. }) => {
+                panic!("expected the second one queued, got {r:?}")
+            }
+            Some(_) => {}
+            None => panic!("the broker closed the queued one's connection"),
         }
     }
     let mut req = with_limit(py("print('never')"), "REALTIME", 10);
