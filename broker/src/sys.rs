@@ -230,6 +230,34 @@ pub fn make_undumpable() -> io::Result<()> {
     Ok(())
 }
 
+/// The size from which the broker's allocations are mappings of their own.
+pub const MAPPED_FROM_BYTES: usize = 128 * 1024;
+
+/// Have glibc's malloc serve every allocation of [`MAPPED_FROM_BYTES`] or more with a
+/// mapping of its own, unmapped when freed (`M_MMAP_THRESHOLD`, mallopt(3)), for the
+/// life of the process. By default the threshold starts there but rises to the size of
+/// any such block that is freed (up to 32 MiB): after the first request's payload
+/// was freed, the next ones came from the arenas (one per worker thread that asks),
+/// whose freed memory stays resident unless it is at the very top of a heap, so the
+/// broker's RSS stayed far above the request bytes it held. Fixed, the request
+/// payloads' memory goes back to the kernel as soon as they are dropped. A no-op
+/// without glibc.
+pub fn map_big_allocations() -> io::Result<()> {
+    #[cfg(target_env = "gnu")]
+    {
+        let bytes = libc::c_int::try_from(MAPPED_FROM_BYTES)
+            .map_err(|_| io::Error::other("mmap threshold out of range"))?;
+        // SAFETY: mallopt takes two integers and changes malloc's parameters under its
+        // own lock; it touches no memory of ours.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) } != 1 {
+            return Err(io::Error::other(
+                "mallopt(M_MMAP_THRESHOLD) refused the value",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the broker is dumpable (`PR_GET_DUMPABLE`).
 pub fn is_dumpable() -> io::Result<bool> {
     // SAFETY: prctl with integer arguments only.

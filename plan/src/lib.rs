@@ -23,6 +23,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub mod named_bytes;
 pub mod names;
 
 pub use names::NameError;
@@ -63,6 +64,7 @@ pub enum EntryKind {
     /// A regular file with these contents.
     File {
         /// The file's bytes.
+        #[serde(with = "serde_bytes")]
         contents: Vec<u8>,
         /// Whether any execute bit was set on the caller's side.
         executable: bool,
@@ -142,11 +144,13 @@ pub struct Plan {
     /// The whole environment of the program besides `TMPDIR` (set by the stage).
     pub env: Vec<(String, String)>,
     /// The code, written to `jailed_code` when present.
+    #[serde(with = "serde_bytes")]
     pub code: Option<Vec<u8>>,
     /// Files, directories, symlinks (already validated by the broker; the stage
     /// validates again and never follows a link).
     pub files: Vec<FileEntry>,
     /// Extra files at the top level.
+    #[serde(with = "named_bytes")]
     pub extra_files: Vec<(String, Vec<u8>)>,
     /// An existing host directory over which the run's root skeleton is mounted, in the
     /// run's own mount namespace, before `pivot_root` into it, e.g. `/tmp`. The
@@ -198,10 +202,12 @@ pub struct WarmPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOver {
     /// The code, written to `jailed_code` (a warm jail always runs `jailed_code`).
+    #[serde(with = "serde_bytes")]
     pub code: Vec<u8>,
     /// Files, directories, symlinks (validated again by the stage, as a plan's).
     pub files: Vec<FileEntry>,
     /// Extra files at the top level.
+    #[serde(with = "named_bytes")]
     pub extra_files: Vec<(String, Vec<u8>)>,
     /// The program's arguments after `jailed_code`.
     pub args: Vec<String>,
@@ -226,12 +232,14 @@ impl Default for RunLimits {
 }
 
 impl Plan {
-    /// Drop what the plan carries of the request (code, files, extra files), once it
-    /// has been serialised for the stage: the broker need not hold it for the run.
+    /// Drop what the plan carries of the request (code, files, extra files, the
+    /// arguments), once it has been serialised for the stage: the broker need not
+    /// hold it for the run.
     pub fn drop_payload(&mut self) {
         self.code = None;
         self.files = Vec::new();
         self.extra_files = Vec::new();
+        self.argv = Vec::new();
     }
 }
 
@@ -281,14 +289,19 @@ pub enum StageReport {
     },
 }
 
-/// One frame (length + postcard body), serialised once into its buffer (a plan
-/// carries the run's files: no second copy).
+/// One frame (length + postcard body), serialised into a buffer of its exact size
+/// (its size is counted first): a plan carries the run's files, and a buffer grown as
+/// it is written would be copied at each growth and end up to twice their size.
 pub fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    let mut buf = postcard::to_extend(value, vec![0u8; 4])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = u32::try_from(buf.len() - 4)
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+    let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(invalid)?;
+    let len = u32::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
+    let mut buf = Vec::with_capacity(4 + size);
+    buf.extend_from_slice(&len.to_be_bytes());
+    let buf = postcard::to_extend(value, buf).map_err(invalid)?;
+    debug_assert_eq!(buf.len(), 4 + size, "the counted size is the written size");
     Ok(buf)
 }
 
@@ -336,6 +349,63 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame is written into a buffer of its exact size: a grown one would have
+    /// been copied at each growth and could hold up to twice the plan's files.
+    #[test]
+    fn a_frame_is_encoded_into_a_buffer_of_its_exact_size() {
+        let handover = HandOver {
+            code: vec![7u8; 100_000],
+            files: vec![FileEntry {
+                path: "a".into(),
+                kind: EntryKind::File {
+                    contents: vec![1u8; 3 << 20],
+                    executable: false,
+                },
+            }],
+            extra_files: vec![("b".into(), vec![2u8; 70_000])],
+            args: vec!["x".into()],
+            limits: RunLimits::default(),
+        };
+        let frame = encode_frame(&handover).expect("encode");
+        assert_eq!(frame.capacity(), frame.len());
+        let body = frame_len(frame[..4].try_into().expect("head"), MAX_PLAN_FRAME).expect("len");
+        assert_eq!(body, frame.len() - 4);
+        assert_eq!(
+            decode_body::<HandOver>(&frame[4..]).expect("decode"),
+            handover
+        );
+    }
+
+    /// Named files' contents are serde bytes, which postcard encodes as it did the
+    /// plain `Vec<u8>` sequence: either form reads as the other.
+    #[test]
+    fn named_files_keep_the_wire_encoding_of_plain_sequences() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Named {
+            #[serde(with = "named_bytes")]
+            files: Vec<(String, Vec<u8>)>,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Plain {
+            files: Vec<(String, Vec<u8>)>,
+        }
+        let files = vec![
+            ("a".to_string(), (0..=255u8).collect::<Vec<_>>()),
+            ("b".to_string(), Vec::new()),
+        ];
+        let named = postcard::to_stdvec(&Named {
+            files: files.clone(),
+        })
+        .expect("named");
+        let plain = postcard::to_stdvec(&Plain {
+            files: files.clone(),
+        })
+        .expect("plain");
+        assert_eq!(named, plain);
+        let back: Named = postcard::from_bytes(&plain).expect("decode");
+        assert_eq!(back.files, files);
+    }
 
     #[test]
     fn frames_round_trip_and_cap_holds() {

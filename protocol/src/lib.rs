@@ -274,14 +274,17 @@ pub struct Exec {
     /// Configured command name, e.g. `python`.
     pub command: String,
     /// The program text, written to `jailed_code` and run; `None` runs `argv[0]`.
+    #[serde(with = "serde_bytes")]
     pub code: Option<Vec<u8>>,
     /// Arguments after the program.
     pub argv: Vec<String>,
     /// Files, directories and symlinks copied in (upstream's `files`).
     pub files: Vec<FileEntry>,
     /// `(name, contents)` pairs written at the top of the workspace.
+    #[serde(with = "codejail_plan::named_bytes")]
     pub extra_files: Vec<(String, Vec<u8>)>,
     /// The program's standard input.
+    #[serde(with = "serde_bytes")]
     pub stdin: Vec<u8>,
     /// Per-request limit values by upstream name (`CPU`, `VMEM`, ...).
     pub limits: BTreeMap<String, u64>,
@@ -432,6 +435,110 @@ mod tests {
         let bytes = encode(&hello).expect("encode");
         assert_eq!(bytes, b"CJL\x01\x01\x050.1.0".to_vec());
         assert_eq!(decode::<Hello>(&bytes).expect("decode"), hello);
+    }
+
+    /// The byte fields of an Exec (code, files' contents, extra files, stdin) are
+    /// serde bytes, which postcard encodes exactly as it did the plain `Vec<u8>`
+    /// sequences they were before: a request of either form reads as the other.
+    #[test]
+    fn byte_fields_keep_the_wire_encoding_of_plain_sequences() {
+        #[derive(Serialize)]
+        enum PlainKind {
+            File { contents: Vec<u8>, executable: bool },
+            Dir,
+            Symlink { target: String },
+        }
+        #[derive(Serialize)]
+        struct PlainEntry {
+            path: String,
+            kind: PlainKind,
+        }
+        #[derive(Serialize)]
+        struct PlainExec {
+            command: String,
+            code: Option<Vec<u8>>,
+            argv: Vec<String>,
+            files: Vec<PlainEntry>,
+            extra_files: Vec<(String, Vec<u8>)>,
+            stdin: Vec<u8>,
+            limits: BTreeMap<String, u64>,
+            limits_context: Option<String>,
+            slug: Option<String>,
+        }
+        let big: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let plain = PlainExec {
+            command: "python".into(),
+            code: Some(b"print(1)".to_vec()),
+            argv: vec!["a".into()],
+            files: vec![
+                PlainEntry {
+                    path: "f.bin".into(),
+                    kind: PlainKind::File {
+                        contents: big.clone(),
+                        executable: true,
+                    },
+                },
+                PlainEntry {
+                    path: "d".into(),
+                    kind: PlainKind::Dir,
+                },
+                PlainEntry {
+                    path: "l".into(),
+                    kind: PlainKind::Symlink {
+                        target: "f.bin".into(),
+                    },
+                },
+            ],
+            extra_files: vec![("x".into(), big.clone()), ("y".into(), Vec::new())],
+            stdin: big.clone(),
+            limits: [("CPU".to_string(), 2)].into_iter().collect(),
+            limits_context: None,
+            slug: Some("s".into()),
+        };
+        let exec = Exec {
+            command: "python".into(),
+            code: Some(b"print(1)".to_vec()),
+            argv: vec!["a".into()],
+            files: vec![
+                FileEntry {
+                    path: "f.bin".into(),
+                    kind: EntryKind::File {
+                        contents: big.clone(),
+                        executable: true,
+                    },
+                },
+                FileEntry {
+                    path: "d".into(),
+                    kind: EntryKind::Dir,
+                },
+                FileEntry {
+                    path: "l".into(),
+                    kind: EntryKind::Symlink {
+                        target: "f.bin".into(),
+                    },
+                },
+            ],
+            extra_files: vec![("x".into(), big.clone()), ("y".into(), Vec::new())],
+            stdin: big,
+            limits: [("CPU".to_string(), 2)].into_iter().collect(),
+            limits_context: None,
+            slug: Some("s".into()),
+        };
+        let plain_bytes = encode(&plain).expect("plain");
+        assert_eq!(encode(&exec).expect("exec"), plain_bytes);
+        assert_eq!(decode::<Exec>(&plain_bytes).expect("decode"), exec);
+        let no_code = Exec {
+            code: None,
+            ..exec.clone()
+        };
+        let plain_no_code = PlainExec {
+            code: None,
+            ..plain
+        };
+        assert_eq!(
+            encode(&no_code).expect("exec"),
+            encode(&plain_no_code).expect("plain")
+        );
     }
 
     #[test]

@@ -224,20 +224,38 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
         exec.limits = codejail_tests::limits(&[("REALTIME", 10)]);
         exec
     };
-    // The running one: its bytes are given back once its plan reached the stage.
+    // The running one: its bytes are given back once its plan reached the stage, which
+    // it has once the program runs (`Started` comes before: waiting for that only, the
+    // queued one below was sometimes answered busy, and the loop waited forever).
     let (mut running, _) = RawConn::handshake(b.socket()).await;
-    running.exec(big("import time; time.sleep(3)")).await;
-    loop {
-        if let Some(codejail_protocol::Response::Started { .. }) = running.recv().await {
-            break;
+    running
+        .exec(big(
+            "import time; print('ready', flush=True); time.sleep(3)",
+        ))
+        .await;
+    let mut out = Vec::new();
+    while !out.starts_with(b"ready") {
+        match running.recv().await {
+            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
+            Some(
+                r @ (codejail_protocol::Response::Finished(_)
+                | codejail_protocol::Response::Error { .. }),
+            ) => panic!("the running one ended early: {r:?}"),
+            Some(_) => {}
+            None => panic!("the broker closed the running one's connection"),
         }
     }
     // The queued one holds 5 MiB of the 8.
     let (mut queued, _) = RawConn::handshake(b.socket()).await;
     queued.exec(big("print('queued ran')")).await;
     loop {
-        if let Some(codejail_protocol::Response::Queued { .. }) = queued.recv().await {
-            break;
+        match queued.recv().await {
+            Some(codejail_protocol::Response::Queued { .. }) => break,
+            Some(r @ codejail_protocol::Response::Error { .. }) => {
+                panic!("expected the second one queued, got {r:?}")
+            }
+            Some(_) => {}
+            None => panic!("the broker closed the queued one's connection"),
         }
     }
     let mut req = with_limit(py("print('never')"), "REALTIME", 10);
@@ -255,16 +273,118 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
     assert_eq!(text(&out.stdout), "queued ran\n");
 }
 
-/// The broker's resident memory, KiB.
-fn broker_rss_kib(b: &TestBroker) -> u64 {
+/// A memory figure of the broker's (`VmRSS:`, `VmHWM:`), KiB.
+fn broker_status_kib(b: &TestBroker, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{}/status", b.pid()))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The broker's resident memory, KiB.
+fn broker_rss_kib(b: &TestBroker) -> u64 {
+    broker_status_kib(b, "VmRSS:")
+}
+
+/// The broker's peak resident memory so far, KiB.
+fn broker_hwm_kib(b: &TestBroker) -> u64 {
+    broker_status_kib(b, "VmHWM:")
+}
+
+/// A request's bytes exist at most twice at once in the broker (the frame and the
+/// decoded request, then the plan's payload and its frame for the stage), each copy in
+/// an allocation of its own size whose memory goes back to the kernel when it is
+/// freed: one 30 MiB request raises the broker's peak RSS by at most twice its size
+/// and a margin. Before, decoded files and the plan's frame grew by doubling (copied
+/// at growths) and freed payloads stayed in malloc's arenas: 85 MiB for 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_request_is_held_at_most_twice() {
+    let b = broker!(BrokerOpts::new());
+    let (res, _) = normal_run(&b).await;
+    assert_eq!(text(&res.expect("warm-up").stdout), "served\n");
+    let before = broker_hwm_kib(&b);
+    let size: usize = 30 << 20;
+    let mut req = with_limit(
+        py("import os; print(os.path.getsize('big.bin'))"),
+        "REALTIME",
+        30,
+    );
+    req.extra_files = vec![("big.bin".into(), vec![5u8; size])];
+    let res = b.run(&req).await;
+    assert_eq!(
+        text(&res.stdout),
+        format!("{size}\n"),
+        "{}",
+        text(&res.stderr)
+    );
+    let grown = broker_hwm_kib(&b).saturating_sub(before);
+    let bound = 2 * (size as u64 >> 10) + 10 * 1024;
+    eprintln!(
+        "one {} MiB request: peak RSS grew {grown} KiB (bound {bound})",
+        size >> 20
+    );
+    assert!(
+        grown <= bound,
+        "one {} MiB request raised the broker's peak RSS by {grown} KiB (at most {bound})",
+        size >> 20
+    );
+}
+
+/// A request's stdin stays in the broker until its run ends (the program reads it when
+/// it likes), and so does its share of the budget: with a run holding 5 MiB of stdin
+/// it does not read and a budget of 8 MiB, another 5 MiB request is answered Busy
+/// before its body is read. Before, the whole reservation went once the plan reached
+/// the stage, and each running run could hold a largest frame of stdin beyond the
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_stdin_stays_counted_until_its_run_ends() {
+    let b = broker!(BrokerOpts::new()
+        .max_frame(8 << 20)
+        .args(["--request-budget", &(8u64 << 20).to_string()]));
+    let (mut running, _) = RawConn::handshake(b.socket()).await;
+    let mut exec = raw_python("import time; print('ready', flush=True); time.sleep(60)");
+    exec.stdin = vec![3u8; 5 << 20];
+    exec.limits = codejail_tests::limits(&[("REALTIME", 60)]);
+    running.exec(exec).await;
+    // The program runs: its plan has reached the stage.
+    let mut out = Vec::new();
+    while !out.starts_with(b"ready") {
+        match running.recv().await {
+            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
+            Some(
+                r @ (codejail_protocol::Response::Finished(_)
+                | codejail_protocol::Response::Error { .. }),
+            ) => panic!("the stdin run ended early: {r:?}"),
+            Some(_) => {}
+            None => panic!("the broker closed the stdin run's connection"),
+        }
+    }
+    let mut req = with_limit(py("print('read')"), "REALTIME", 10);
+    req.extra_files = vec![("big.bin".into(), vec![2u8; 5 << 20])];
+    match b.try_run(&req).await {
+        Err(ClientError::Broker { kind, message }) => {
+            assert_eq!(kind, ClientErrorKind::Busy, "{message}");
+            assert!(message.contains("was not read"), "{message}");
+        }
+        other => panic!("expected Busy while the stdin is held, got {other:?}"),
+    }
+    // The client leaving ends the run, and its stdin's share is given back.
+    drop(running);
+    let mut answer = b.try_run(&req).await;
+    for _ in 0..50 {
+        match &answer {
+            Err(ClientError::Broker { kind, .. }) if *kind == ClientErrorKind::Busy => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                answer = b.try_run(&req).await;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(text(&answer.expect("once the run ended").stdout), "read\n");
 }
 
 /// Many runs in a row (two callers at once) against a production-shape broker (per-run

@@ -48,6 +48,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // Before the request payloads: their memory must go back to the kernel when they
+    // are dropped, or the request budget would not bound the broker's RSS.
+    if let Err(e) = codejail_broker::server::budget::map_big_allocations() {
+        eprintln!("codejail-broker: cannot set malloc's mmap threshold: {e}");
+        return ExitCode::from(1);
+    }
     // While the process has one thread: take (and clear) what systemd passed.
     let activation = Activation::from_env();
     let cli = Cli::parse();

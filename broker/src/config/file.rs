@@ -28,7 +28,8 @@ pub struct FileConfig {
     /// Seconds a connection may stay idle between requests (default 60).
     pub idle_timeout_secs: Option<u64>,
     /// Bytes of requests held in memory at once, all connections together (default
-    /// 512 MiB); a request over it is answered busy before its body is read.
+    /// 512 MiB); a request over it is answered busy before its body is read. The
+    /// broker's memory for requests stays within it plus `max_frame`.
     pub request_budget_bytes: Option<u64>,
     /// Largest frame accepted, bytes.
     pub max_frame: Option<usize>,

@@ -91,6 +91,8 @@ pub struct RunSpec {
     /// The request's bytes under the broker's budget, given back once the plan (which
     /// holds them) has been sent to the stage.
     pub held: Option<crate::server::budget::Reservation>,
+    /// Stdin's share of the request's bytes, given back with the stdin at the run's end.
+    pub stdin_held: Option<crate::server::budget::Reservation>,
 }
 
 /// A run that could not run.
@@ -303,12 +305,14 @@ impl Jail {
 }
 
 /// What the supervision of a run reads of its spec.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Supervision {
     /// The run's id (logs).
     pub run_id: u64,
     /// The program's stdin.
     pub stdin: Vec<u8>,
+    /// Its share of the request's bytes under the broker's budget.
+    pub stdin_held: Option<crate::server::budget::Reservation>,
     /// Effective limits (REALTIME, OUTPUT and CPU are read here).
     pub limits: Limits,
     /// The run's directory as the program sees it (reported in `Finished`).
@@ -320,6 +324,7 @@ impl RunSpec {
         Supervision {
             run_id: self.run_id,
             stdin: std::mem::take(&mut self.stdin),
+            stdin_held: self.stdin_held.take(),
             limits: self.limits,
             workdir: self.workdir.clone(),
         }
@@ -405,10 +410,17 @@ impl Stage {
         let reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
 
         // The plan, serialised once; its files then leave memory (the frame has them),
-        // and the frame itself once it is in the pipe. A stage that fails from here on
-        // reports it on the report pipe, which the caller reads next.
+        // and the frame itself once it is in the pipe. Until the files go, the frame is
+        // a second copy of them: it takes the budget's copy room meanwhile. A stage
+        // that fails from here on reports it on the report pipe, which the caller reads
+        // next.
+        let second = match &held {
+            Some(h) => Some(h.second_copy().await),
+            None => None,
+        };
         let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
         plan.drop_payload();
+        drop(second);
         let setup = async {
             control
                 .write_all(&frame)

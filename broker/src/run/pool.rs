@@ -107,12 +107,18 @@ impl WarmJail {
         if let Some(Err(e)) = cleanup.cgroup().map(|cg| cg.set_limits(caps)) {
             return (Err(RunError::Cgroup(e)), cleanup);
         }
+        // The request's payload moves into the hand-over, its arguments too.
         let plan = &mut spec.plan;
+        let args = if script_argv <= plan.argv.len() {
+            plan.argv.split_off(script_argv)
+        } else {
+            Vec::new()
+        };
         let handover = HandOver {
             code: plan.code.take().unwrap_or_default(),
             files: std::mem::take(&mut plan.files),
             extra_files: std::mem::take(&mut plan.extra_files),
-            args: plan.argv.get(script_argv..).unwrap_or_default().to_vec(),
+            args,
             limits: plan.limits,
         };
         // REALTIME and the reported wall time count from the hand-over.
@@ -125,9 +131,17 @@ impl WarmJail {
                 cleanup,
             );
         }
+        let held = spec.held.take();
         let sent = async {
+            // The frame is a second copy of the hand-over until that is dropped: it
+            // takes the budget's copy room meanwhile.
+            let second = match &held {
+                Some(h) => Some(h.second_copy().await),
+                None => None,
+            };
             let frame = codejail_plan::encode_frame(&handover).map_err(RunError::Pipes)?;
             drop(handover);
+            drop(second);
             let mut pipe = stage.handover.take().ok_or_else(|| {
                 RunError::Protocol("a warm jail without its hand-over pipe".into())
             })?;
@@ -136,7 +150,7 @@ impl WarmJail {
                 .map_err(|e| RunError::Protocol(format!("sending the hand-over: {e}")))
         };
         let sent = sent.await;
-        drop(spec.held.take());
+        drop(held);
         if let Err(e) = sent {
             return (Err(e), cleanup);
         }

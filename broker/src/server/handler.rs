@@ -191,9 +191,12 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, stop: CancellationTo
                 return;
             }
         };
+        // The decoded request is a second copy of the frame's bytes: it takes the copy
+        // room until the frame goes, right after (nothing is awaited in between).
+        let second = held.second_copy().await;
         let decoded = decode::<Request>(&body);
-        // One copy of the request in memory: the frame goes as soon as it is decoded.
         drop(body);
+        drop(second);
         let request = match decoded {
             Ok(r) => r,
             Err(e) => {
@@ -310,7 +313,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
     let (command, limits) = check_exec(settings, &exec)?;
     let run_id = shared.next_run_id.fetch_add(1, Ordering::SeqCst);
     let mut argv = crate::run::planning::command_argv(command, exec.code.is_some());
-    argv.extend(exec.argv.iter().cloned());
+    argv.extend(exec.argv);
     let file_bytes: u64 = exec
         .files
         .iter()
@@ -370,6 +373,7 @@ pub(crate) fn prepare(shared: &Shared, exec: Exec) -> Result<(RunSpec, Limits), 
         identity: settings.identity,
         cgroups: shared.cgroups.clone(),
         held: None,
+        stdin_held: None,
     };
     Ok((spec, limits))
 }
@@ -439,7 +443,10 @@ async fn handle_exec(
     let command = exec.command.clone();
     let (mut spec, limits) = match prepare(shared, exec) {
         Ok(mut s) => {
-            // The request's bytes stay counted until the plan has reached the stage.
+            // The request's bytes stay counted until the plan has reached the stage,
+            // stdin's until the run ends (it is held until then).
+            let mut held = held;
+            s.0.stdin_held = Some(held.split_off(s.0.stdin.len() as u64));
             s.0.held = Some(held);
             s
         }

@@ -164,7 +164,7 @@ pub fn shared_for(settings: Settings, host: Host) -> Shared {
         cgroups: Arc::new(host.cgroups),
         uid_pool: host.uid_pool,
         connections: super::connections::Connections::new(settings.max_connections as usize),
-        budget: super::budget::Budget::new(settings.request_budget_bytes),
+        budget: super::budget::Budget::new(settings.request_budget_bytes, settings.max_frame),
         pools: crate::run::pool::Pools::new(&settings),
         settings,
     }
