@@ -164,6 +164,20 @@ fn expect_ok(r: &BTreeMap<String, String>, name: &str) -> String {
     got.clone()
 }
 
+/// What a run started on `conn` printed up to its first newline (it runs on: the
+/// caller reads the rest later); panics on anything but its start and output.
+async fn first_stdout_line(conn: &mut RawConn, b: &TestBroker, what: &str) -> Vec<u8> {
+    let mut first = Vec::new();
+    while !first.contains(&b'\n') {
+        match conn.recv().await {
+            Some(Response::Stdout(chunk)) => first.extend(chunk),
+            Some(Response::Queued { .. } | Response::Started { .. }) => {}
+            other => panic!("{what}: unexpected {other:?}; broker log:\n{}", b.log()),
+        }
+    }
+    first
+}
+
 /// After a scenario: no process of the broker's runs is left (verified from the host:
 /// the broker's uid in dev, its run uid range in production; nothing to scan when the
 /// tests do not run as root), no run cgroup is left, and the broker still serves.
@@ -2100,15 +2114,7 @@ print(os.path.exists(os.path.join(os.environ["TMPDIR"], "@MARK@")), flush=True)
     let (mut conn, _) = RawConn::handshake(b.socket()).await;
     conn.exec(exec_a).await;
     // Wait until A has written its file and says where it is.
-    let mut first = Vec::new();
-    while !first.contains(&b'\n') {
-        match conn.recv().await {
-            Some(Response::Stdout(chunk)) => first.extend(chunk),
-            Some(Response::Queued { .. } | Response::Started { .. }) => {}
-            other => panic!("run A: unexpected {other:?}; broker log:\n{}", b.log()),
-        }
-    }
-    let first = String::from_utf8(first).unwrap();
+    let first = String::from_utf8(first_stdout_line(&mut conn, &b, "run A").await).unwrap();
     let (workdir_a, shm_a) = first.trim().split_once(' ').expect("cwd and shm");
     assert_eq!(shm_a, "EPERM", "A's SysV segment");
     let suffix = workdir_a.strip_prefix("/tmp/codejail-").unwrap_or("");
@@ -2287,14 +2293,7 @@ time.sleep(30)
     exec_a.limits = codejail_tests::limits(&[("REALTIME", 60), ("CPU", 30)]);
     let (mut conn, _) = RawConn::handshake(b.socket()).await;
     conn.exec(exec_a).await;
-    let mut first = Vec::new();
-    while !first.contains(&b'\n') {
-        match conn.recv().await {
-            Some(Response::Stdout(chunk)) => first.extend(chunk),
-            Some(Response::Queued { .. } | Response::Started { .. }) => {}
-            other => panic!("run A: unexpected {other:?}; broker log:\n{}", b.log()),
-        }
-    }
+    let first = first_stdout_line(&mut conn, &b, "run A").await;
     let a: BTreeMap<String, (u64, String)> =
         serde_json::from_slice(&first).expect("run A's counts");
     // A really exhausted each budget (else B proves nothing).
