@@ -411,6 +411,7 @@ prog_pid() { # the sleeping program: a python process of a run_ids uid
         '$2 >= lo && $2 < hi && /python/ && /jailed_code/ { print $1; exit }'
 }
 pid=
+broker_label=$(cat "/proc/$(main_pid)/attr/current" 2>&1)
 find_prog() { pid=$(prog_pid); [ -n "$pid" ]; }
 wait_until 30 find_prog
 if [ -n "$pid" ]; then
