@@ -96,13 +96,15 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
 /// the new fd, so exactly these survive exec), clear the ambient capabilities, so that
 /// the stage does not inherit the broker's CAP_SETUID/CAP_SETGID across exec
 /// (capabilities(7): ambient capabilities are kept over execve of an unprivileged
-/// program), and take the run's identity ([`become_run_identity`]). The stage needs
+/// program), join the run's cgroup(s) by writing `0` to each of `cgroup_procs` (fds
+/// the parent opened), and take the run's identity ([`become_run_identity`]). The stage needs
 /// no capability in the initial namespace: it only creates a user namespace, which is
 /// unprivileged. Only async-signal-safe calls, no allocation.
 pub fn install_stage_fds(
     control: RawFd,
     report: RawFd,
     handover: Option<RawFd>,
+    cgroup_procs: &[RawFd],
     identity: StageIdentity,
 ) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
@@ -133,37 +135,38 @@ pub fn install_stage_fds(
             return Err(io::Error::last_os_error());
         }
     }
+    for &procs in cgroup_procs {
+        // SAFETY: write(2) of a two-byte static buffer to an fd the parent keeps open.
+        if unsafe { libc::write(procs, b"0\n".as_ptr().cast(), 2) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     become_run_identity(identity)
 }
 
-/// Who the stage runs as, outside: the run's uid and gid, and the real uid to keep.
+/// Who the stage runs as, outside: the run's uid and gid (real, effective and saved).
+///
+/// All three uids: under `no_new_privs` (systemd's `NoNewPrivileges=`), an exec whose
+/// effective uid differs from its real one is a set-uid exec to the kernel, which then
+/// resets the effective uid to the real one (commoncap's `cap_bprm_creds_from_file`,
+/// Linux 6.1): the stage would run, and create the run's namespaces, as the broker's
+/// uid. So the broker holds no uid in common with the stage, and signals it as its
+/// owner (`pidfd_kill_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StageIdentity {
-    /// The run's outside uid: the stage's effective and saved uid.
+    /// The run's outside uid.
     pub uid: u32,
-    /// The run's outside gid: the stage's real, effective and saved gid.
+    /// The run's outside gid.
     pub gid: u32,
-    /// The stage's real uid: the broker's own, so that the broker can still signal the
-    /// stage (kill(2) needs a matching real or saved uid, and the broker holds no
-    /// capability over a user namespace it did not create); the run's when the broker
-    /// is root (a real uid 0 would give the stage every capability at exec).
-    pub real_uid: u32,
     /// Clear the supplementary groups (the broker holds CAP_SETGID).
     pub clear_groups: bool,
 }
 
-impl StageIdentity {
-    /// The stage identity for a run of `identity`, spawned by a broker of real uid
-    /// `broker_uid`.
-    pub fn new(identity: crate::config::RunIdentity, broker_uid: u32) -> StageIdentity {
+impl From<crate::config::RunIdentity> for StageIdentity {
+    fn from(identity: crate::config::RunIdentity) -> StageIdentity {
         StageIdentity {
             uid: identity.outer_uid,
             gid: identity.outer_gid,
-            real_uid: if broker_uid == 0 {
-                identity.outer_uid
-            } else {
-                broker_uid
-            },
             clear_groups: identity.clear_groups,
         }
     }
@@ -210,9 +213,9 @@ fn become_run_identity(id: StageIdentity) -> io::Result<()> {
         // SAFETY: integer arguments only.
         check(unsafe { libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) })?;
     }
-    if (ru, eu, su) != (id.real_uid, id.uid, id.uid) {
+    if (ru, eu, su) != (id.uid, id.uid, id.uid) {
         // SAFETY: integer arguments only.
-        check(unsafe { libc::syscall(libc::SYS_setresuid, id.real_uid, id.uid, id.uid) })?;
+        check(unsafe { libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) })?;
     }
     Ok(())
 }

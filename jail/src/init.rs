@@ -156,12 +156,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         Some((ours, program_end, handover)) => {
             drop(program_end);
             let preimport = plan.warm.as_ref().map(|w| w.preimport.as_slice());
-            Some(Warm::start(
-                ours,
-                handover,
-                preimport.unwrap_or_default(),
-                spec.nproc_shared,
-            )?)
+            Some(Warm::start(ours, handover, preimport.unwrap_or_default())?)
         }
         None => None,
     };

@@ -67,9 +67,6 @@ pub(crate) struct ExecSpec {
     pub(crate) workdir: CString,
     /// The workdir as text, for error messages.
     pub(crate) workdir_shown: String,
-    /// Processes of the run counted with the program's under NPROC
-    /// ([`super::rlimits::nproc_shared`]); set once the stage knows its identity.
-    pub(crate) nproc_shared: u64,
 }
 
 impl ExecSpec {
@@ -127,8 +124,6 @@ impl ExecSpec {
             env,
             workdir: c("workdir", &workdir_shown)?,
             workdir_shown,
-            // As if the stage were counted too, until it knows (the stricter choice).
-            nproc_shared: super::rlimits::nproc_shared(true),
         })
     }
 }
@@ -219,7 +214,7 @@ fn program_steps(
     sys::reset_signals().map_err(JailError::ResetSignals)?;
     // Resource limits now, after the last fork of trusted code (the init counts under
     // NPROC) and before anything of the user's runs.
-    apply_rlimits(&plan.limits, spec.nproc_shared, plan.sigpending)?;
+    apply_rlimits(&plan.limits, plan.sigpending)?;
     // Every capability the namespace gave us goes, bounding and ambient sets too:
     // the exec below would already leave uid 1000 with none (capabilities(7)), but
     // nothing of the user's should ever run with a capability in hand.

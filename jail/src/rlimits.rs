@@ -5,16 +5,16 @@
 //! | CPU n | `RLIMIT_CPU` soft n, hard n+1: SIGXCPU at n seconds, SIGKILL one later |
 //! | VMEM n | `RLIMIT_AS` n |
 //! | FSIZE n | `RLIMIT_FSIZE` n, always set: 0 means no file may be written |
-//! | NPROC n | `RLIMIT_NPROC` n + the run's own processes of the program's uid ([`nproc_shared`]) |
+//! | NPROC n | `RLIMIT_NPROC` n + [`NPROC_SHARED`] |
 //! | NOFILE n | `RLIMIT_NOFILE` n, soft = hard, always set: the program can neither raise it nor keep the broker's |
 //! | (always) | `RLIMIT_CORE` 0: no core dumps of untrusted code |
 //!
 //! `RLIMIT_NPROC` counts the processes and threads of a *(user namespace, real uid)*
 //! pair since Linux 5.14 (ucounts), so it is per run here, not per host uid as
-//! upstream. Besides the program's own tree, the init shares its uid, and so does the
-//! stage when its real uid is the run's (dev, where the broker, the stage and every
-//! run are one uid; with per-run uids the stage keeps the broker's real uid): those
-//! are added so that NPROC n still means "the program plus n-1 more".
+//! upstream. Besides the program's own tree, two processes of the run's namespace
+//! share its uid: the stage (the broker starts it as the run's uid, and it creates the
+//! run's namespaces) and the init; both are added so that NPROC n still means "the
+//! program plus n-1 more".
 //! The check is done at fork (copy_process): a fork fails with `EAGAIN` when the
 //! count including the new process would exceed the limit.
 
@@ -23,11 +23,9 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use super::error::JailError;
 use codejail_plan::RunLimits;
 
-/// Processes of the run's user namespace with the program's real uid that are not the
-/// program's: the init, and the stage when its real uid is the run's.
-pub(crate) fn nproc_shared(stage_is_run_uid: bool) -> u64 {
-    1 + u64::from(stage_is_run_uid)
-}
+/// Processes of the run's user namespace with the run's uid that are not the
+/// program's: the stage and the init.
+pub(crate) const NPROC_SHARED: u64 = 2;
 
 /// One limit to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +40,9 @@ pub(crate) struct RlimitSetting {
     pub(crate) hard: u64,
 }
 
-/// The limits to set for `limits`, in the order they are applied; `shared` processes
-/// of the run are counted with the program's (see [`nproc_shared`]), `sigpending` is
-/// the plan's bound on queued signals (`Plan::sigpending`).
-pub(crate) fn rlimit_settings(
-    limits: &RunLimits,
-    shared: u64,
-    sigpending: Option<u64>,
-) -> Vec<RlimitSetting> {
+/// The limits to set for `limits`, in the order they are applied; `sigpending` is the
+/// plan's bound on queued signals (`Plan::sigpending`).
+pub(crate) fn rlimit_settings(limits: &RunLimits, sigpending: Option<u64>) -> Vec<RlimitSetting> {
     let set = |resource, name, soft, hard| RlimitSetting {
         resource,
         name,
@@ -75,7 +68,7 @@ pub(crate) fn rlimit_settings(
         limits.fsize_bytes,
     ));
     if let Some(n) = limits.nproc {
-        let n = n.saturating_add(shared);
+        let n = n.saturating_add(NPROC_SHARED);
         settings.push(set(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", n, n));
     }
     settings.push(set(
@@ -100,12 +93,8 @@ pub(crate) fn clamp_to_current(soft: u64, hard: u64, current_hard: u64) -> (u64,
 }
 
 /// Apply the run's limits to the calling process (the program, just before exec).
-pub(crate) fn apply_rlimits(
-    limits: &RunLimits,
-    shared: u64,
-    sigpending: Option<u64>,
-) -> Result<(), JailError> {
-    for setting in rlimit_settings(limits, shared, sigpending) {
+pub(crate) fn apply_rlimits(limits: &RunLimits, sigpending: Option<u64>) -> Result<(), JailError> {
+    for setting in rlimit_settings(limits, sigpending) {
         let fail = |e: nix::Error| JailError::SetRlimit {
             resource: setting.name,
             soft: setting.soft,
@@ -127,12 +116,11 @@ pub(crate) fn apply_rlimits(
 pub(crate) fn apply_rlimits_to(
     pid: libc::pid_t,
     limits: &RunLimits,
-    shared: u64,
     used: std::time::Duration,
 ) -> Result<(), JailError> {
     let offset = used.as_secs() + u64::from(used.subsec_millis() >= 500);
     // RLIMIT_SIGPENDING was set at the program's exec and never changes.
-    for mut setting in rlimit_settings(limits, shared, None) {
+    for mut setting in rlimit_settings(limits, None) {
         if setting.resource == Resource::RLIMIT_CPU {
             setting.soft = setting.soft.saturating_add(offset);
             setting.hard = setting.hard.saturating_add(offset);
@@ -174,7 +162,7 @@ mod tests {
             tmp_bytes: None,
             tmp_inodes: None,
         };
-        let s = rlimit_settings(&limits, nproc_shared(true), None);
+        let s = rlimit_settings(&limits, None);
         assert_eq!(find(&s, Resource::RLIMIT_CPU), Some((1, 2)));
         assert_eq!(find(&s, Resource::RLIMIT_AS), Some((1 << 30, 1 << 30)));
         assert_eq!(find(&s, Resource::RLIMIT_FSIZE), Some((0, 0)));
@@ -182,16 +170,13 @@ mod tests {
         assert_eq!(find(&s, Resource::RLIMIT_NOFILE), Some((1024, 1024)));
         assert_eq!(find(&s, Resource::RLIMIT_CORE), Some((0, 0)));
         assert_eq!(find(&s, Resource::RLIMIT_SIGPENDING), None);
-        // With per-run uids the stage keeps the broker's real uid: only the init is
-        // counted with the program.
-        let s = rlimit_settings(&limits, nproc_shared(false), Some(512));
-        assert_eq!(find(&s, Resource::RLIMIT_NPROC), Some((16, 16)));
+        let s = rlimit_settings(&limits, Some(512));
         assert_eq!(find(&s, Resource::RLIMIT_SIGPENDING), Some((512, 512)));
     }
 
     #[test]
     fn unset_limits_are_left_alone_but_fsize_and_core_always_apply() {
-        let s = rlimit_settings(&RunLimits::default(), nproc_shared(true), None);
+        let s = rlimit_settings(&RunLimits::default(), None);
         assert_eq!(find(&s, Resource::RLIMIT_CPU), None);
         assert_eq!(find(&s, Resource::RLIMIT_AS), None);
         assert_eq!(find(&s, Resource::RLIMIT_NPROC), None);
@@ -203,7 +188,6 @@ mod tests {
                 nproc: Some(u64::MAX),
                 ..RunLimits::default()
             },
-            nproc_shared(true),
             None,
         );
         assert_eq!(find(&s, Resource::RLIMIT_CPU), Some((u64::MAX, u64::MAX)));

@@ -22,7 +22,6 @@ use super::error::{report_failure, JailError};
 use super::init::{run_init, InitContext};
 use super::namespaces::{set_hostname, unshare_run_namespaces};
 use super::program::ExecSpec;
-use super::rlimits::nproc_shared;
 use super::sys::{self, Forked};
 use super::userns::{enter_user_namespace, map_own_ids};
 use super::workspace::check_names;
@@ -85,7 +84,7 @@ fn build_jail(
         }
     };
     // C strings for execve now, so a bad plan fails before any namespace exists.
-    let mut spec = ExecSpec::from_plan(&plan)?;
+    let spec = ExecSpec::from_plan(&plan)?;
     // (The broker has already moved us into the run's cgroup, before sending the plan:
     // everything from here on is charged to the run.)
     // The user namespace first: it grants the capabilities every later step needs. We
@@ -94,8 +93,6 @@ fn build_jail(
     let outside = enter_user_namespace()?;
     // Our own id maps: the run's outside ids, as the run's inner id.
     map_own_ids(outside)?;
-    // Whether the stage counts with the program under NPROC follows from who we are.
-    spec.nproc_shared = nproc_shared(outside.stage_is_run_uid);
     // The other namespaces, owned by the run's user namespace; our next child is the
     // run's PID 1.
     unshare_run_namespaces()?;

@@ -25,7 +25,7 @@
 use std::io;
 
 use nix::sched::{unshare, CloneFlags};
-use nix::unistd::{getegid, geteuid, getuid, setresgid, setresuid, Gid, Uid};
+use nix::unistd::{getegid, geteuid, setresgid, setresuid, Gid, Uid};
 
 use super::error::JailError;
 use codejail_plan::INNER_RUN_ID;
@@ -37,11 +37,6 @@ pub(crate) struct OutsideIds {
     uid: u32,
     /// The effective gid, mapped likewise.
     gid: u32,
-    /// Whether the stage's real uid is the run's too (dev: one uid for everything).
-    /// Otherwise it is the broker's, which keeps the stage in the broker's reach
-    /// (signals need a matching real uid; the broker has no capability over a
-    /// namespace it did not create) and out of the run's process count.
-    pub(crate) stage_is_run_uid: bool,
 }
 
 /// Enter a new user namespace (the process must be single-threaded: unshare(2)) and
@@ -50,7 +45,6 @@ pub(crate) fn enter_user_namespace() -> Result<OutsideIds, JailError> {
     let outside = OutsideIds {
         uid: geteuid().as_raw(),
         gid: getegid().as_raw(),
-        stage_is_run_uid: getuid() == geteuid(),
     };
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| JailError::UnshareUser(e.into()))?;
     Ok(outside)
@@ -67,8 +61,8 @@ pub(crate) fn map_own_ids(outside: OutsideIds) -> Result<(), JailError> {
 }
 
 /// Run `f`, which opens files of our own `/proc/self`, as a dumpable process, then
-/// restore the flag. A stage exec'd with a real uid other than its effective one
-/// (production: the broker's real uid, the run's effective) is not dumpable, and the
+/// restore the flag. A stage whose uid the broker changed before its exec (production:
+/// the broker's uid to the run's) is not dumpable, and the
 /// `/proc/self` files of a process that is not dumpable belong to the host's root.
 /// Nothing of the run exists yet when the stage calls this; the init forked later
 /// inherits the flag as it was.

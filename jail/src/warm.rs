@@ -71,8 +71,6 @@ pub(crate) struct Warm {
     used: std::time::Duration,
     /// CPU (user, system) µs the program used before the hand-over.
     before: (u64, u64),
-    /// Processes of the run counted with the program's under NPROC.
-    nproc_shared: u64,
 }
 
 /// Put the program's end of a new socket pair on [`WARM_FD`], in place of the control
@@ -105,7 +103,6 @@ impl Warm {
         mut sock: File,
         handover: File,
         preimport: &[String],
-        nproc_shared: u64,
     ) -> Result<Warm, JailError> {
         let mut line = String::from(GREETING);
         for module in preimport {
@@ -121,7 +118,6 @@ impl Warm {
             state: State::Starting,
             used: std::time::Duration::ZERO,
             before: (0, 0),
-            nproc_shared,
         })
     }
 
@@ -239,7 +235,7 @@ impl Warm {
         // The limits count from now: the CPU already used is added to RLIMIT_CPU.
         let used = super::sys::process_cpu_time(program)
             .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;
-        apply_rlimits_to(program, &run.limits, self.nproc_shared, used)?;
+        apply_rlimits_to(program, &run.limits, used)?;
         self.used = used;
         self.sock
             .write_all(&message)

@@ -325,7 +325,9 @@ impl TestBroker {
             (Shape::Production, Some(uid)) => {
                 // setpriv changes the ids itself, keeping exactly these two capabilities
                 // (inheritable, ambient, bounding), as systemd's AmbientCapabilities=
-                // does; it re-arms the parent-death signal after changing the ids.
+                // does, with no_new_privs as the unit's NoNewPrivileges=yes sets it (an
+                // exec that changes uids behaves differently under it); it re-arms the
+                // parent-death signal after changing the ids.
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={uid}"))
@@ -334,6 +336,7 @@ impl TestBroker {
                         "--inh-caps=-all,+setuid,+setgid",
                         "--ambient-caps=-all,+setuid,+setgid",
                         "--bounding-set=-all,+setuid,+setgid",
+                        "--no-new-privs",
                         "--pdeathsig",
                         "SIGKILL",
                     ])

@@ -126,6 +126,7 @@ impl Broker {
                         "--inh-caps=-all,+setuid,+setgid",
                         "--ambient-caps=-all,+setuid,+setgid",
                         "--bounding-set=-all,+setuid,+setgid",
+                        "--no-new-privs",
                     ]);
                 }
                 c.arg(&bin);

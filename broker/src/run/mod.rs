@@ -13,6 +13,7 @@
 //!
 //! The jail itself is built by the stage (`codejail-jail`).
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -191,7 +192,11 @@ impl Cleanup {
                     "the stage did not exit after its run; killing it"
                 );
                 kill_cgroup(self.cgroup.as_ref(), self.run_id);
-                let _ = stage.start_kill();
+                let owner = self
+                    .lease
+                    .as_ref()
+                    .map_or_else(|| nix::unistd::geteuid().as_raw(), Lease::id);
+                kill_stage(&mut stage, owner);
                 let _ = stage.wait().await;
             }
         }
@@ -341,6 +346,8 @@ pub struct Stage {
     /// A warm jail's hand-over pipe (fd 5 of the stage, read by its init).
     pub(crate) handover: Option<pipe::Sender>,
     pid: u32,
+    /// The run's outside uid, which the stage runs as ([`kill_stage`]).
+    owner: u32,
 }
 
 impl Stage {
@@ -373,18 +380,34 @@ impl Stage {
             .kill_on_drop(true);
         let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
         let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
-        let id = sys::StageIdentity::new(identity, nix::unistd::getuid().as_raw());
+        let id = sys::StageIdentity::from(identity);
+        let owner = identity.outer_uid;
+        // Into the run's cgroup before the exec: everything the run does is charged
+        // there, and the stage, the run's uid from its exec on, could not be moved by
+        // the broker afterwards (see `RunCgroup::procs_files`).
+        let procs = match cgroup {
+            Some(cg) => cg.procs_files().map_err(RunError::Cgroup)?,
+            None => Vec::new(),
+        };
+        let procs_raw: Vec<std::os::fd::RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
         // SAFETY: the closure only calls prctl, dup2 and the set*id system calls
         // (async-signal-safe, no allocation), dup2 on fds that stay open in the parent
         // until spawn returns; both are >= 10 (pipe_high), so the stdio set-up std does
         // before this closure cannot have clobbered them.
         unsafe {
-            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr, id));
+            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr, &procs_raw, id));
         }
-        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-            path: stage.to_path_buf(),
-            source,
-        })?;
+        // Off the runtime's threads: spawn returns once the child has exec'd, and
+        // joining a cgroup waits for an RCU grace period (about 10 ms on v1 memory).
+        let mut child = tokio::task::spawn_blocking(move || cmd.spawn())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|spawned| spawned)
+            .map_err(|source| RunError::Spawn {
+                path: stage.to_path_buf(),
+                source,
+            })?;
+        drop(procs);
         drop(control_r);
         drop(report_w);
         let handover = match handover {
@@ -397,15 +420,6 @@ impl Stage {
         let pid = child
             .id()
             .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
-        // Into the run's cgroup while the stage is still blocked on its control pipe
-        // (nothing sent yet): everything the run does from here on is charged there.
-        if let Some(cg) = cgroup {
-            if let Err(e) = cg.add_process_async(pid).await {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(RunError::Cgroup(e));
-            }
-        }
         let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
         let reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
 
@@ -431,7 +445,7 @@ impl Stage {
             Ok::<(), RunError>(())
         };
         if let Err(e) = setup.await {
-            let _ = child.start_kill();
+            kill_stage(&mut child, owner);
             let _ = child.wait().await;
             return Err(e);
         }
@@ -441,6 +455,7 @@ impl Stage {
             reports,
             handover,
             pid,
+            owner,
         })
     }
 
@@ -495,7 +510,7 @@ impl Stage {
     /// Kill the stage and reap it: its init dies with it (PDEATHSIG), and the run's
     /// pid namespace with the init.
     pub(crate) async fn kill(mut self) {
-        let _ = self.child.start_kill();
+        kill_stage(&mut self.child, self.owner);
         let _ = self.child.wait().await;
     }
 
@@ -511,7 +526,7 @@ impl Stage {
         out: mpsc::Sender<Output>,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<RunResult, RunError> {
-        let pid = self.pid;
+        let (pid, owner) = (self.pid, self.owner);
         let mut child = self.child;
         let cgroup = cleanup.cgroup.as_ref();
         let mut reports = self.reports;
@@ -613,7 +628,7 @@ impl Stage {
             Ok(r) => r,
             Err(_) => {
                 kill_cgroup(cgroup, spec.run_id);
-                let _ = child.start_kill();
+                kill_stage(&mut child, owner);
                 match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -628,6 +643,22 @@ impl Stage {
         let result = with_pid(finish(r.3, None, ended, started, spec, &cap, cgroup), pid);
         cleanup.stage = Some(child);
         result
+    }
+}
+
+/// SIGKILL a stage, which runs as its run's outside uid `owner`: the broker shares no
+/// uid with it and holds no capability over the namespaces it created, so where a plain
+/// kill is refused the signal is sent as `owner` (`sys::pidfd_kill_as`); tokio's kill
+/// once the stage has no pid left to open. (The control pipe is the usual way to end a
+/// run: its EOF makes the stage end the run and exit.)
+fn kill_stage(child: &mut tokio::process::Child, owner: u32) {
+    let sent = child
+        .id()
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .and_then(|pid| sys::pidfd_open(pid).ok())
+        .map(|fd| sys::pidfd_kill_as(&fd, libc::SIGKILL, owner));
+    if !matches!(sent, Some(Ok(()))) {
+        let _ = child.start_kill();
     }
 }
 

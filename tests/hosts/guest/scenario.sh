@@ -434,7 +434,8 @@ if [ -n "$pid" ]; then
         info "apparmor: labels (no AppArmor)" "program: $label / $label_aa; broker: $broker_label"
     fi
 else
-    fail "identity: the program runs as a run_ids uid" "no python process of a run_ids uid within 30 s; $(head -c 200 "$logs/sleep.json")"
+    ps -eo pid=,ruid=,euid=,suid=,args= >"$logs/ps-no-sleeper.txt" 2>&1
+    fail "identity: the program runs as a run_ids uid" "no python process of a run_ids uid within 30 s; $(head -c 200 "$logs/sleep.json"); python processes: $(grep -E 'python|codejail-jail' "$logs/ps-no-sleeper.txt" | head -5 | oneline)"
     is_vm && fail "cgroup: the run's cgroup is codejail-broker.service/.../run-N" "no sleeping run found"
     $have_apparmor && fail "apparmor: the program's label is stacked" "no sleeping run found"
 fi
@@ -467,6 +468,7 @@ hog=$!
 hog_ready() { grep -q '^exhausted' "$logs/budget-hog.txt"; }
 wait_until 60 hog_ready
 check "attack: a run exhausts its queued signals (the hog)" $? "$(head -c 200 "$logs/budget-hog.txt")"
+ps -eo pid=,ruid=,euid=,suid=,args= >"$logs/ps-hog.txt" 2>&1
 client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$bpid" >"$logs/attacks.txt" 2>&1
 rc=$?
 # The hog must still hold its timers for the check below to mean anything.

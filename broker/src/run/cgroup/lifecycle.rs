@@ -169,20 +169,27 @@ impl RunCgroup {
         move_into(self.fs.as_ref(), &self.dirs, pid)
     }
 
-    /// [`RunCgroup::add_process`] off the async runtime's threads: a migration waits
-    /// for an RCU grace period in the kernel (about 10 ms measured on v1 memory here),
-    /// which must not stall every other connection served by that thread.
-    pub async fn add_process_async(&self, pid: u32) -> Result<(), CgroupError> {
-        let (fs, dirs) = (self.fs.clone(), self.dirs.clone());
-        tokio::task::spawn_blocking(move || move_into(fs.as_ref(), &dirs, pid))
-            .await
-            .unwrap_or_else(|e| {
-                Err(CgroupError::MoveProcess {
-                    pid,
-                    path: PathBuf::from("cgroup.procs"),
-                    source: io::Error::other(e.to_string()),
-                })
+    /// The run's `cgroup.procs` files, opened for writing (close-on-exec), for the
+    /// stage to join the run's cgroup(s) itself between fork and exec (writing `0`,
+    /// "the writer", with the broker's credentials still). It runs as the run's uid
+    /// from its exec on, and a v1 hierarchy lets a process be moved only by its own
+    /// uid (or root), so the broker could not move it afterwards.
+    pub fn procs_files(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|source| CgroupError::MoveProcess {
+                        pid: 0,
+                        path,
+                        source,
+                    })
             })
+            .collect()
     }
 
     /// SIGKILL every process of the run: v2 writes `cgroup.kill`, which the kernel

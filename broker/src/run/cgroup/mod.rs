@@ -16,9 +16,9 @@
 //!   chowned to the broker's uid by the operator.
 //!
 //! Per run, in order: [`Cgroups::create_run`] makes the cgroup(s) and writes the caps
-//! before the stage exists; [`RunCgroup::add_process`] moves the stage in right after
-//! spawn, before the plan is sent (so before anything of the run is charged: the
-//! stage is still blocked on its control pipe); [`RunCgroup::kill`] ends every process
+//! before the stage exists; the stage joins it between fork and exec, through the
+//! files [`RunCgroup::procs_files`] opens (so before anything of the run is charged,
+//! and while it still has the broker's uid); [`RunCgroup::kill`] ends every process
 //! in it (REALTIME, cancel, clean-up); [`RunCgroup::stats`] reads peak memory and the
 //! OOM and pids-limit counters; [`RunCgroup::remove`] kills what is left and removes
 //! the cgroup(s), retrying while the kernel still counts exiting tasks.
