@@ -121,6 +121,13 @@ pub fn install_stage_fds(
     {
         return Err(io::Error::last_os_error());
     }
+    // The cgroups first, before a dup2 onto 3-5 could land on one of their fds.
+    for &procs in cgroup_procs {
+        // SAFETY: write(2) of a two-byte static buffer to an fd the parent keeps open.
+        if unsafe { libc::write(procs, b"0\n".as_ptr().cast(), 2) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // SAFETY: dup2 on fds the parent keeps open across fork; no memory is touched.
     if unsafe { libc::dup2(control, CONTROL_FD) } < 0 {
         return Err(io::Error::last_os_error());
@@ -132,12 +139,6 @@ pub fn install_stage_fds(
     if let Some(handover) = handover {
         // SAFETY: as above.
         if unsafe { libc::dup2(handover, HANDOVER_FD) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    for &procs in cgroup_procs {
-        // SAFETY: write(2) of a two-byte static buffer to an fd the parent keeps open.
-        if unsafe { libc::write(procs, b"0\n".as_ptr().cast(), 2) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -329,6 +330,11 @@ pub fn pidfd_kill_as(pidfd: &OwnedFd, signal: i32, owner: u32) -> io::Result<()>
     let sent = pidfd_kill(pidfd, signal);
     // SAFETY: as above, back to our own effective uid (our real uid, always allowed).
     if unsafe { libc::syscall(libc::SYS_setresuid, keep, mine as libc::c_long, keep) } < 0 {
+        std::process::abort();
+    }
+    // An effective uid change resets the process's dumpable flag to fs.suid_dumpable:
+    // the broker must stay undumpable (`make_undumpable`).
+    if make_undumpable().is_err() {
         std::process::abort();
     }
     sent

@@ -39,6 +39,9 @@ pub enum JailError {
     /// `unshare(CLONE_NEWUSER)` failed.
     #[error("unshare(CLONE_NEWUSER)")]
     UnshareUser(#[source] io::Error),
+    /// `PR_SET_DUMPABLE 0` failed.
+    #[error("prctl(PR_SET_DUMPABLE, 0)")]
+    MakeUndumpable(#[source] io::Error),
     /// Writing the stage's own id maps (`/proc/self/{uid_map,setgroups,gid_map}`)
     /// failed.
     #[error("mapping the run's outside uid and gid in its user namespace")]
@@ -275,6 +278,7 @@ impl JailError {
             JailError::ValidateName(_) | JailError::ValidatePlan(_) => "validate plan",
             JailError::Report(_) => "write report",
             JailError::UnshareUser(_) => "unshare user namespace",
+            JailError::MakeUndumpable(_) => "make undumpable",
             JailError::WriteIdMaps(_) => "write id maps",
             JailError::SetGid { .. } => "set gid",
             JailError::SetUid { .. } => "set uid",

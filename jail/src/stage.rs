@@ -65,6 +65,11 @@ fn build_jail(
     // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
     // passed on: the program gets exactly the plan's.
     sys::close_fds_from(HANDOVER_FD + 1).map_err(JailError::CloseInheritedFds)?;
+    // Not dumpable: no process of the run's uid may ptrace the stage or open its
+    // /proc files (it holds the broker's pipes). The kernel made it dumpable at exec
+    // (its ids did not change there); the init and the program inherit this until the
+    // program's exec.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| JailError::MakeUndumpable(e.into()))?;
     // fork and unshare(CLONE_NEWUSER) are only sound/allowed single-threaded.
     check_single_threaded()?;
     // A known umask, so the workspace gets exactly the modes the plan asks for.

@@ -61,8 +61,7 @@ pub(crate) fn map_own_ids(outside: OutsideIds) -> Result<(), JailError> {
 }
 
 /// Run `f`, which opens files of our own `/proc/self`, as a dumpable process, then
-/// restore the flag. A stage whose uid the broker changed before its exec (production:
-/// the broker's uid to the run's) is not dumpable, and the
+/// restore the flag. The stage makes itself not dumpable first thing, and the
 /// `/proc/self` files of a process that is not dumpable belong to the host's root.
 /// Nothing of the run exists yet when the stage calls this; the init forked later
 /// inherits the flag as it was.

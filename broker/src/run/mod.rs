@@ -390,31 +390,36 @@ impl Stage {
             None => Vec::new(),
         };
         let procs_raw: Vec<std::os::fd::RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: the closure only calls prctl, dup2 and the set*id system calls
-        // (async-signal-safe, no allocation), dup2 on fds that stay open in the parent
-        // until spawn returns; both are >= 10 (pipe_high), so the stdio set-up std does
-        // before this closure cannot have clobbered them.
+        // SAFETY: the closure only calls prctl, write, dup2 and the set*id system calls
+        // (async-signal-safe, no allocation), on fds the blocking task below owns until
+        // spawn has returned (even if this future is dropped meanwhile); the pipes are
+        // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot
+        // have clobbered them, and the cgroup files are written before any dup2.
         unsafe {
             cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr, &procs_raw, id));
         }
+        let (handover_r, handover_w) = match handover {
+            Some((r, w)) => (Some(r), Some(w)),
+            None => (None, None),
+        };
         // Off the runtime's threads: spawn returns once the child has exec'd, and
         // joining a cgroup waits for an RCU grace period (about 10 ms on v1 memory).
-        let mut child = tokio::task::spawn_blocking(move || cmd.spawn())
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|spawned| spawned)
-            .map_err(|source| RunError::Spawn {
-                path: stage.to_path_buf(),
-                source,
-            })?;
-        drop(procs);
-        drop(control_r);
-        drop(report_w);
-        let handover = match handover {
-            Some((r, w)) => {
-                drop(r);
-                Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?)
-            }
+        // The child's ends of the pipes and the cgroup files go with the task, closed
+        // once the child has its own copies.
+        let mut child = tokio::task::spawn_blocking(move || {
+            let spawned = cmd.spawn();
+            drop((procs, control_r, report_w, handover_r));
+            spawned
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|spawned| spawned)
+        .map_err(|source| RunError::Spawn {
+            path: stage.to_path_buf(),
+            source,
+        })?;
+        let handover = match handover_w {
+            Some(w) => Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?),
             None => None,
         };
         let pid = child

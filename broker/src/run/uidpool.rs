@@ -215,18 +215,19 @@ pub fn real_uid(status: &str) -> Option<u32> {
 }
 
 /// Whether process `pid` (of outside uid `uid`) is in a user namespace as a run's
-/// stage makes it: one that maps exactly `INNER_RUN_ID` to `uid` (its `uid_map`, which
-/// anyone may read). That, and its uid being in the broker's range, is what makes it
-/// one of ours to kill; a process of such a uid elsewhere is someone else's.
+/// stage makes it: one that maps exactly `INNER_RUN_ID` to `uid`, or nothing yet (a
+/// stage between creating it and writing its maps); its `uid_map`, which anyone may
+/// read, says. That, and its uid being in the broker's range, is what makes it one of
+/// ours to kill; a process of such a uid elsewhere is someone else's.
 fn in_run_namespace(pid: i32, uid: u32) -> bool {
+    let run_map = [
+        codejail_plan::INNER_RUN_ID.to_string(),
+        uid.to_string(),
+        "1".to_string(),
+    ];
     std::fs::read_to_string(format!("/proc/{pid}/uid_map")).is_ok_and(|map| {
         let fields: Vec<&str> = map.split_whitespace().collect();
-        fields
-            == [
-                codejail_plan::INNER_RUN_ID.to_string(),
-                uid.to_string(),
-                "1".into(),
-            ]
+        fields.is_empty() || fields == run_map
     })
 }
 
