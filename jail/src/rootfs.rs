@@ -181,18 +181,7 @@ pub(crate) fn build_and_enter(
     .map_err(mount_err("mount root tmpfs", &root))?;
     // The system's interpreter and libraries, read-only; merged-/usr links as links.
     for entry in SYSTEM_ENTRIES {
-        let host = Path::new("/").join(entry);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
-            continue;
-        };
-        let dst = root.join(entry);
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host).map_err(io_err("readlink", &host))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
-        } else if meta.is_dir() {
-            std::fs::create_dir(&dst).map_err(io_err("mkdir", &dst))?;
-            bind_read_only(&host, &dst)?;
-        }
+        mirror_host_entry(&Path::new("/").join(entry), &root.join(entry))?;
     }
     // The few host files of /etc the interpreter reads, and placeholders.
     build_etc(&root.join("etc"))?;
@@ -249,24 +238,33 @@ pub(crate) fn build_and_enter(
     Ok(())
 }
 
+/// Put the host's `host` at `dst` in the skeleton as the host has it: a symlink
+/// recreated as the same symlink, a directory or a file bound read-only; nothing when
+/// the host has no such entry.
+fn mirror_host_entry(host: &Path, dst: &Path) -> Result<(), JailError> {
+    let Ok(meta) = std::fs::symlink_metadata(host) else {
+        return Ok(());
+    };
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(host).map_err(io_err("readlink", host))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(io_err("symlink", dst))?;
+    } else if meta.is_dir() {
+        std::fs::create_dir(dst).map_err(io_err("mkdir", dst))?;
+        bind_read_only(host, dst)?;
+    } else if meta.is_file() {
+        std::fs::File::create(dst).map_err(io_err("create", dst))?;
+        bind_read_only(host, dst)?;
+    }
+    Ok(())
+}
+
 /// The view's `/etc` in the skeleton directory `etc`: [`ETC_FILES`] as the host has
 /// them (a symlink recreated, a file bound read-only), absent ones skipped, and the
 /// [`ETC_PLACEHOLDERS`].
 fn build_etc(etc: &Path) -> Result<(), JailError> {
     std::fs::create_dir(etc).map_err(io_err("mkdir", etc))?;
     for name in ETC_FILES {
-        let host = Path::new("/etc").join(name);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
-            continue;
-        };
-        let dst = etc.join(name);
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host).map_err(io_err("readlink", &host))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
-        } else if meta.is_file() {
-            std::fs::File::create(&dst).map_err(io_err("create", &dst))?;
-            bind_read_only(&host, &dst)?;
-        }
+        mirror_host_entry(&Path::new("/etc").join(name), &etc.join(name))?;
     }
     for name in ETC_PLACEHOLDERS {
         let dst = etc.join(name);
