@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use codejail_client::ErrorKind as ClientErrorKind;
 use codejail_protocol::{EntryKind, ErrorKind, FileEntry};
 use codejail_tests::{
-    broker, py, raw_python, text, with_limit, BrokerOpts, ClientError, Ending, RawConn, TestBroker,
+    broker, py, raw_python, text, with_limit, BrokerOpts, ClientError, Ending, JailRequest,
+    RawConn, TestBroker,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,6 +33,41 @@ async fn normal_run(b: &TestBroker) -> (Result<codejail_tests::JailResult, Clien
     let started = Instant::now();
     let res = b.try_run(&py("print('served')")).await;
     (res, started.elapsed())
+}
+
+/// Read a streaming run's stdout until it has printed `ready` (it runs on); panics if
+/// it ends first.
+async fn wait_for_ready(conn: &mut RawConn, what: &str) {
+    let mut out = Vec::new();
+    while !out.starts_with(b"ready") {
+        match conn.recv().await {
+            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
+            Some(
+                r @ (codejail_protocol::Response::Finished(_)
+                | codejail_protocol::Response::Error { .. }),
+            ) => panic!("{what} ended early: {r:?}"),
+            Some(_) => {}
+            None => panic!("the broker closed {what}'s connection"),
+        }
+    }
+}
+
+/// A request of `code` with a 5 MiB file.
+fn with_5_mib(code: &str) -> JailRequest {
+    let mut req = with_limit(py(code), "REALTIME", 10);
+    req.extra_files = vec![("big.bin".into(), vec![2u8; 5 << 20])];
+    req
+}
+
+/// `req` is answered Busy before its body is read.
+async fn assert_busy_unread(b: &TestBroker, req: &JailRequest, when: &str) {
+    match b.try_run(req).await {
+        Err(ClientError::Broker { kind, message }) => {
+            assert_eq!(kind, ClientErrorKind::Busy, "{message}");
+            assert!(message.contains("was not read"), "{message}");
+        }
+        other => panic!("expected Busy {when}, got {other:?}"),
+    }
 }
 
 /// Whether the broker has closed `conn` (EOF or reset) within `within`.
@@ -233,18 +269,7 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
             "import time; print('ready', flush=True); time.sleep(3)",
         ))
         .await;
-    let mut out = Vec::new();
-    while !out.starts_with(b"ready") {
-        match running.recv().await {
-            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
-            Some(
-                r @ (codejail_protocol::Response::Finished(_)
-                | codejail_protocol::Response::Error { .. }),
-            ) => panic!("the running one ended early: {r:?}"),
-            Some(_) => {}
-            None => panic!("the broker closed the running one's connection"),
-        }
-    }
+    wait_for_ready(&mut running, "the running one").await;
     // The queued one holds 5 MiB of the 8.
     let (mut queued, _) = RawConn::handshake(b.socket()).await;
     queued.exec(big("print('queued ran')")).await;
@@ -258,15 +283,7 @@ async fn the_client_reads_busy_even_when_its_write_fails() {
             None => panic!("the broker closed the queued one's connection"),
         }
     }
-    let mut req = with_limit(py("print('never')"), "REALTIME", 10);
-    req.extra_files = vec![("big.bin".into(), vec![2u8; 5 << 20])];
-    match b.try_run(&req).await {
-        Err(ClientError::Broker { kind, message }) => {
-            assert_eq!(kind, ClientErrorKind::Busy, "{message}");
-            assert!(message.contains("was not read"), "{message}");
-        }
-        other => panic!("expected Busy, got {other:?}"),
-    }
+    assert_busy_unread(&b, &with_5_mib("print('never')"), "with the budget spent").await;
     assert_eq!(running.collect().await.expect_finished("running").status, 0);
     let out = queued.collect().await;
     out.expect_finished("queued");
@@ -351,27 +368,9 @@ async fn unread_stdin_stays_counted_until_its_run_ends() {
     exec.limits = codejail_tests::limits(&[("REALTIME", 60)]);
     running.exec(exec).await;
     // The program runs: its plan has reached the stage.
-    let mut out = Vec::new();
-    while !out.starts_with(b"ready") {
-        match running.recv().await {
-            Some(codejail_protocol::Response::Stdout(chunk)) => out.extend(chunk),
-            Some(
-                r @ (codejail_protocol::Response::Finished(_)
-                | codejail_protocol::Response::Error { .. }),
-            ) => panic!("the stdin run ended early: {r:?}"),
-            Some(_) => {}
-            None => panic!("the broker closed the stdin run's connection"),
-        }
-    }
-    let mut req = with_limit(py("print('read')"), "REALTIME", 10);
-    req.extra_files = vec![("big.bin".into(), vec![2u8; 5 << 20])];
-    match b.try_run(&req).await {
-        Err(ClientError::Broker { kind, message }) => {
-            assert_eq!(kind, ClientErrorKind::Busy, "{message}");
-            assert!(message.contains("was not read"), "{message}");
-        }
-        other => panic!("expected Busy while the stdin is held, got {other:?}"),
-    }
+    wait_for_ready(&mut running, "the stdin run").await;
+    let req = with_5_mib("print('read')");
+    assert_busy_unread(&b, &req, "while the stdin is held").await;
     // The client leaving ends the run, and its stdin's share is given back.
     drop(running);
     let mut answer = b.try_run(&req).await;
