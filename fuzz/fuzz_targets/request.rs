@@ -6,7 +6,7 @@
 //! the stage refuses).
 #![no_main]
 
-use codejail_broker::server::handler::fuzz_check_exec;
+use codejail_broker::run::request::fuzz_check_exec;
 use codejail_fuzz::SETTINGS;
 use codejail_plan::{Plan, RunLimits};
 use codejail_protocol::{decode, Request};

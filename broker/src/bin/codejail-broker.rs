@@ -42,7 +42,7 @@ const DEFAULT_CONFIG: &str = "/etc/codejail/broker.toml";
 
 fn main() -> ExitCode {
     // First of all, before any secret (config, peers' requests) is in memory.
-    if let Err(e) = codejail_broker::run::protect_broker() {
+    if let Err(e) = codejail_broker::daemon::hardening::protect_broker() {
         eprintln!(
             "codejail-broker: cannot make the broker non-dumpable (prctl PR_SET_DUMPABLE): {e}"
         );
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     }
     // Before the request payloads: their memory must go back to the kernel when they
     // are dropped, or the request budget would not bound the broker's RSS.
-    if let Err(e) = codejail_broker::server::budget::map_big_allocations() {
+    if let Err(e) = codejail_broker::daemon::hardening::map_big_allocations() {
         eprintln!("codejail-broker: cannot set malloc's mmap threshold: {e}");
         return ExitCode::from(1);
     }

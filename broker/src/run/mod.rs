@@ -1,722 +1,507 @@
-//! One run, from the broker's side, in one life:
+//! The runs, from the broker's side. [`Runs`] holds what every run needs (the
+//! settings, the admission slots and queue, the request byte budget, the run ids, the
+//! cgroups, the uid pool, the warm pools), and [`Runs::exec`] is one run's whole life,
+//! a step per call:
 //!
-//! 1. [`Jail`]: where it runs, a jail built for it or a warm one from the [`pool`];
-//!    either way a [`Cleanup`] guard owns its cgroup ([`cgroup`]) and its outside uid
-//!    ([`uidpool`], production) from the moment they are taken to the end.
-//! 2. [`Stage::spawn`]: spawn the jail stage with its fds as the run's outside uid,
-//!    move it into the cgroup, hand it the Plan ([`planning`]).
-//!    A warm jail stops here until its request comes (`pool::WarmJail::run`).
-//! 3. [`Stage::supervise`]: feed stdin, stream stdout/stderr under the output cap,
-//!    enforce REALTIME and cancellation by ending the run, collect the reports into
-//!    the `Finished` (`outcome`).
-//! 4. [`Cleanup::finish`]: remove the cgroup, give the uid back.
+//! 1. **check** the request against the settings and plan its run ([`request`]);
+//! 2. **admit** it: a slot now, a place in the queue, or `Busy` ([`admission`]);
+//! 3. **choose a jail**: a warm one from the command's pool when one fits ([`pool`]),
+//!    else a cold one with its own outside uid in production ([`uidpool`]);
+//! 4. **run** it: the jail stage spawned as the run's uid into its cgroup ([`cgroup`]),
+//!    or the warm jail handed the request; output streamed to the client as it
+//!    comes, REALTIME and the output cap enforced, the client's departure ending it
+//!    ([`stage`], [`jail`]);
+//! 5. **answer**: the log line, then `Finished` or the error;
+//! 6. **clean up**: the stage reaped, the cgroup removed, the uid given back, the
+//!    warm jail's place freed for its replacement, then the slot ([`cleanup`]).
 //!
-//! The jail itself is built by the stage (`codejail-jail`).
+//! The connection handler (`server/connection.rs`) and the start-up self-test
+//! (`daemon/selftest.rs`) are the two callers, each a [`Client`]. The jail itself is
+//! built by the stage binary (`codejail-jail`); docs/architecture.md describes a run's
+//! life end to end.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use codejail_protocol::{LimitName, Limits};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
+use codejail_plan::Achieved;
+use codejail_protocol::{ErrorKind, Exec, Load, PoolStatus, Response};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::RunIdentity;
-use crate::sys;
-use codejail_plan::{self as plan, Plan, StageReport, MAX_REPORT_FRAME};
-use uidpool::Lease;
+use crate::config::Settings;
 
+pub mod admission;
+pub mod budget;
 pub mod cgroup;
+mod cleanup;
+mod error;
+mod jail;
 mod outcome;
 pub mod planning;
 pub mod pool;
-
+pub mod request;
+mod stage;
 pub mod uidpool;
 
-use cgroup::{CgroupError, Cgroups, RunCgroup};
-use outcome::{finish, Ended, OutputCap};
+use admission::{Admission, Slot, Ticket};
+use budget::{Budget, Reservation};
+use cgroup::Cgroups;
+use pool::Pools;
+use uidpool::UidPool;
+
+pub use cleanup::Cleanup;
+pub use error::{HandOverError, RunError, WarmError};
+pub use jail::Jail;
 pub use outcome::{Reports, RunResult};
+pub use request::{Refusal, RunSpec};
+pub use stage::{Output, Stage, Supervision};
 
-/// Make the broker not dumpable (`PR_SET_DUMPABLE 0`): same-uid processes, runs in
-/// dev mode among them, can then neither ptrace it nor read its `/proc/<pid>/environ`
-/// or memory. Called first thing at start-up.
-pub fn protect_broker() -> std::io::Result<()> {
-    sys::make_undumpable()?;
-    if sys::is_dumpable()? {
-        return Err(std::io::Error::other("PR_SET_DUMPABLE 0 did not hold"));
-    }
-    Ok(())
+/// Output chunks buffered between a run and a slow client.
+const OUTPUT_BUFFER: usize = 16;
+
+/// Which jails a run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmth {
+    /// A warm one when the pool has one that fits, else a cold one.
+    Any,
+    /// A cold one.
+    Cold,
+    /// A warm one, or the refusal (the self-test of the pool).
+    Warm,
 }
 
-/// How long the stage gets to end the run after its control pipe closes, before the
-/// broker kills the stage itself (its init then dies by PDEATHSIG).
-const KILL_GRACE: Duration = Duration::from_secs(2);
-/// How long output pipes may stay open after the stage has exited (they close as soon
-/// as the run's pid namespace is gone; this only bounds a kernel surprise).
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
-/// Read size for output pipes.
-const CHUNK: usize = 64 * 1024;
-
-/// A chunk of program output, in the order read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// stdout bytes.
-    Stdout(Vec<u8>),
-    /// stderr bytes.
-    Stderr(Vec<u8>),
-}
-
-/// What the broker decided for one run.
+/// Who asks for a run.
 #[derive(Debug)]
-pub struct RunSpec {
-    /// The run's id (logs, workspace name).
-    pub run_id: u64,
-    /// The jail stage binary.
-    pub stage: PathBuf,
-    /// The plan for the stage.
-    pub plan: Plan,
-    /// The run's directory as the program sees it (reported in `Finished`).
-    pub workdir: String,
-    /// The program's stdin.
-    pub stdin: Vec<u8>,
-    /// Effective limits (REALTIME, OUTPUT and CPU are read here).
-    pub limits: Limits,
-    /// Outside identity for the id maps.
-    pub identity: RunIdentity,
-    /// Where the run's cgroup is made (MEMORY and NPROC are read here).
-    pub cgroups: Arc<Cgroups>,
-    /// The request's bytes under the broker's budget, given back once the plan (which
-    /// holds them) has been sent to the stage.
-    pub held: Option<crate::server::budget::Reservation>,
-    /// Stdin's share of the request's bytes, given back with the stdin at the run's end.
-    pub stdin_held: Option<crate::server::budget::Reservation>,
+pub struct Caller {
+    /// The peer's uid (logs).
+    pub peer_uid: u32,
+    /// The request's bytes under the request budget, if it was read from a peer.
+    pub held: Option<Reservation>,
+    /// Which jails the run may take.
+    pub warmth: Warmth,
 }
 
-/// A run that could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The stage could not be spawned.
-    #[error("cannot start the jail stage {path}: {source}")]
-    Spawn {
-        /// The stage path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Pipe plumbing failed.
-    #[error("cannot set up the run's pipes: {0}")]
-    Pipes(#[source] std::io::Error),
-    /// The stage reported a failed step; nothing of the user's ran.
-    #[error("jail step failed: {step}: {message}")]
-    Stage {
-        /// The step.
-        step: String,
-        /// Its error.
-        message: String,
-    },
-    /// The id maps could not be written.
-    #[error("cannot write the run's id maps: {0}")]
-    IdMaps(#[source] std::io::Error),
-    /// The stage broke the report protocol or died early.
-    #[error("jail stage failed: {0}")]
-    Protocol(String),
-    /// A warm jail could not be built (`pool`).
-    #[error("warm jail not built: {0}")]
-    Warm(String),
-    /// The run's cgroup could not be made or the stage not placed in it.
-    #[error("run cgroup: {0}")]
-    Cgroup(#[source] CgroupError),
+/// The other end of a run: the connection that asked for it, or the self-test.
+pub trait Client {
+    /// Send one response; `false` when the client is gone or not reading.
+    fn send(&mut self, response: Response) -> impl Future<Output = bool> + Send;
+
+    /// Resolve when the client leaves, or sends anything (which the protocol forbids
+    /// while its request is queued or running): `true` when it closed.
+    fn left(&mut self) -> impl Future<Output = bool> + Send;
+
+    /// What the run's program got of Landlock and seccomp, told before its `Finished`
+    /// (the self-test compares a warm run's with a cold one's).
+    fn confined(&mut self, _landlock: Option<Achieved>, _seccomp_denied: Option<u32>) {}
 }
 
-/// What a run holds of the host, from the moment it is allocated (a cold run at its
-/// start, a warm jail when it is built) to its end: its cgroup and its outside uid.
-/// The one guard of both: [`Cleanup::finish`] removes the cgroup (which also checks
-/// that no task is left in it), then gives the uid back once none of its processes is
-/// left; dropping it does the same synchronously, best effort, so no path can forget
-/// either. Kept apart from a run's result so that the caller can answer its client
-/// first and clean up after, before it frees the run's slot.
-#[must_use = "a run's cgroup and uid are given back by Cleanup::finish"]
+/// Everything runs need, shared by every connection and the warm pools' refill.
 #[derive(Debug)]
-pub struct Cleanup {
-    run_id: u64,
-    cgroup: Option<RunCgroup>,
-    lease: Option<Lease>,
-    /// The run's stage once its run has ended, to be reaped (its exit tears the run's
-    /// namespaces down).
-    stage: Option<tokio::process::Child>,
-    /// A warm jail's place in its pool, given back last (the pool then builds its
-    /// replacement, with the uid this run gives back).
-    in_use: Option<pool::InUse>,
+pub struct Runs {
+    settings: Settings,
+    admission: Admission,
+    budget: Arc<Budget>,
+    next_run_id: AtomicU64,
+    cgroups: Arc<Cgroups>,
+    /// Per-run outside ids (production); `None` when runs share `Settings::identity`.
+    uid_pool: Option<UidPool>,
+    pools: Pools,
+    /// Cancelled when running runs must be killed (end of the shutdown grace).
+    kill: CancellationToken,
 }
 
-impl Cleanup {
-    /// What run `run_id` holds: its cgroup (if this broker makes them) and its uid
-    /// lease (production).
-    pub fn new(run_id: u64, cgroup: Option<RunCgroup>, lease: Option<Lease>) -> Cleanup {
-        Cleanup {
-            run_id,
-            cgroup,
-            lease,
-            stage: None,
-            in_use: None,
+/// A request's names in the log.
+struct Who {
+    /// Set once the request passed its checks.
+    run_id: Option<u64>,
+    peer_uid: u32,
+    slug: String,
+    command: String,
+}
+
+impl Runs {
+    /// The runs of a broker with these settings, on a host with these cgroups and
+    /// (production) this uid pool. The warm pools are empty until [`pool::fill`].
+    pub fn new(settings: Settings, cgroups: Cgroups, uid_pool: Option<UidPool>) -> Runs {
+        Runs {
+            admission: Admission::new(settings.max_running, settings.max_queue),
+            budget: Budget::new(settings.request_budget_bytes, settings.max_frame),
+            next_run_id: AtomicU64::new(1),
+            cgroups: Arc::new(cgroups),
+            uid_pool,
+            pools: Pools::new(&settings),
+            kill: CancellationToken::new(),
+            settings,
         }
     }
 
-    /// Hold `in_use` until this run is cleaned up.
-    pub(crate) fn hold(&mut self, in_use: pool::InUse) {
-        self.in_use = Some(in_use);
+    /// One run's whole life: check → admit → choose a jail → run → answer → clean
+    /// up. Returns whether the client is still there to serve its next request.
+    pub async fn exec(&self, exec: Exec, caller: Caller, client: &mut impl Client) -> bool {
+        let mut who = Who {
+            run_id: None,
+            peer_uid: caller.peer_uid,
+            slug: exec.slug.clone().unwrap_or_default(),
+            command: exec.command.clone(),
+        };
+        // 1. Check the request and plan its run.
+        let mut spec = match self.check(exec, caller.held) {
+            Ok(spec) => spec,
+            Err(refusal) => return refuse(client, &who, refusal, "request refused").await,
+        };
+        who.run_id = Some(spec.run_id);
+        // 2. Admit it: a slot now, a place in the queue, or Busy.
+        let mut slot = match self.admit(&who, client).await {
+            Ok(slot) => slot,
+            Err(alive) => return alive,
+        };
+        // 3. Choose a jail: a warm one when the pool has one that fits, else a cold one.
+        let jail = match self.choose_jail(&mut spec, &who.command, caller.warmth) {
+            Ok(jail) => jail,
+            Err(refusal) => {
+                tracing::error!(run_id = who.run_id, peer_uid = who.peer_uid, slug = who.slug, message = %refusal.message, "no jail for the run");
+                return client
+                    .send(error_response(refusal.kind, refusal.message))
+                    .await;
+            }
+        };
+        // 4. Run it, its output streamed to the client as it comes.
+        let Some(ran) = self.run(jail, spec, &who, client).await else {
+            return false;
+        };
+        // The program is gone; what is left (the answer, then the clean-up) does not
+        // wait on it, so a request arriving now may wait for this slot.
+        slot.finishing();
+        // 5. Answer: the log line, then `Finished` or the error.
+        let (alive, cleanup) = answer(&who, ran, client).await;
+        // 6. Clean up: the cgroup goes, then the uid back to the pool once none of its
+        //    processes is left (checked, and leftovers killed), both before the slot is
+        //    freed, so that a slot always finds a free uid.
+        if let Some(cleanup) = cleanup {
+            cleanup.finish().await;
+        }
+        drop(slot);
+        alive
     }
 
-    /// The run's cgroup, if it has one.
-    pub fn cgroup(&self) -> Option<&RunCgroup> {
-        self.cgroup.as_ref()
+    /// Step 1: the request's checks, then its spec. The request's bytes stay counted
+    /// until the plan has reached the stage, stdin's until the run ends.
+    fn check(&self, exec: Exec, held: Option<Reservation>) -> Result<RunSpec, Refusal> {
+        let mut spec =
+            request::plan_run(&self.settings, &self.cgroups, exec, || self.next_run_id())?;
+        if let Some(mut held) = held {
+            spec.stdin_held = Some(held.split_off(spec.stdin.len() as u64));
+            spec.held = Some(held);
+        }
+        Ok(spec)
     }
 
-    /// Reap the run's stage, remove the run's cgroup (kill what is left, rmdir,
-    /// retrying while exiting tasks still hold it), then release its uid.
-    pub async fn finish(mut self) {
-        // The stage first: it exits once the init, and with it every process of the
-        // run, is gone (a stage that does not is killed, with the run's cgroup).
-        if let Some(mut stage) = self.stage.take() {
-            if tokio::time::timeout(KILL_GRACE, stage.wait())
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    run_id = self.run_id,
-                    "the stage did not exit after its run; killing it"
+    /// Step 2: a slot, after a wait in the queue if need be (the client hears its
+    /// place). `Err` holds whether the client is still there.
+    async fn admit(&self, who: &Who, client: &mut impl Client) -> Result<Slot, bool> {
+        match self.admission.try_admit() {
+            Ticket::Now(slot) => Ok(slot),
+            Ticket::Busy => {
+                let load = self.admission.load();
+                let message = format!(
+                    "busy: {} runs running and {} queued (the maximum); try again later",
+                    load.running, load.queued
                 );
-                kill_cgroup(self.cgroup.as_ref(), self.run_id);
-                let owner = self
-                    .lease
-                    .as_ref()
-                    .map_or_else(|| nix::unistd::geteuid().as_raw(), Lease::id);
-                kill_stage(&mut stage, owner);
-                let _ = stage.wait().await;
-            }
-        }
-        if let Some(cg) = self.cgroup.take() {
-            // The run's processes are gone once the cgroup can be removed (rmdir fails
-            // with EBUSY while any task is left): this is the check, not an assumption.
-            if let Err(e) = cg.remove().await {
-                tracing::error!(run_id = self.run_id, error = %e, "run cgroup not removed");
-            }
-        }
-        if let Some(lease) = self.lease.take() {
-            lease.release().await;
-        }
-        drop(self.in_use.take());
-    }
-}
-
-/// Run one program in a fresh jail. Output chunks go to `out` as they are read;
-/// `cancel` resolving (e.g. the client went away) ends the run at once. Returns once
-/// the program has ended and nothing holds its output pipes, with the [`Cleanup`]
-/// still to do (which reaps the stage: every process of the run is gone then).
-async fn execute(
-    mut spec: RunSpec,
-    lease: Option<Lease>,
-    out: mpsc::Sender<Output>,
-    cancel: impl std::future::Future<Output = ()>,
-) -> (Result<RunResult, RunError>, Cleanup) {
-    // The cgroup first, caps written, so that the stage is charged from its start.
-    let limits = spec.cgroups.limits_for(
-        spec.limits.effective(LimitName::Memory),
-        spec.limits.effective(LimitName::Nproc),
-    );
-    let cgroup = match spec.cgroups.create_run(spec.run_id, limits) {
-        Ok(cg) => cg,
-        Err(e) => {
-            return (
-                Err(RunError::Cgroup(e)),
-                Cleanup::new(spec.run_id, None, lease),
-            )
-        }
-    };
-    let mut cleanup = Cleanup::new(spec.run_id, cgroup, lease);
-    let started = Instant::now();
-    let held = spec.held.take();
-    let result = match Stage::spawn(
-        &spec.stage,
-        &mut spec.plan,
-        spec.identity,
-        cleanup.cgroup(),
-        held,
-    )
-    .await
-    {
-        Ok(stage) => {
-            stage
-                .supervise(
-                    &spec.supervision(),
-                    Reports::default(),
-                    started,
-                    &mut cleanup,
-                    out,
-                    cancel,
+                let refusal = Refusal::new(ErrorKind::Busy, message);
+                Err(refuse(
+                    client,
+                    who,
+                    refusal,
+                    "busy: every slot and the queue are full",
                 )
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    (result, cleanup)
-}
-
-/// Where one run runs: a jail built for it (with its own uid lease, in production),
-/// or a warm one from the pool, built ahead with its lease and cgroup. Either way
-/// [`Jail::run`] ends with the [`Cleanup`] guard of what the run holds.
-#[derive(Debug)]
-pub enum Jail {
-    /// Built for this run.
-    Cold(Option<Lease>),
-    /// Taken from the warm pool.
-    Warm(Box<pool::WarmJail>),
-}
-
-impl Jail {
-    /// Whether the run is a warm jail's.
-    pub fn is_warm(&self) -> bool {
-        matches!(self, Jail::Warm(_))
-    }
-
-    /// The outside uid the run has.
-    pub fn outer_uid(&self, spec: &RunSpec) -> u32 {
-        match self {
-            Jail::Cold(_) => spec.identity.outer_uid,
-            Jail::Warm(jail) => jail.outer_uid(),
+                .await)
+            }
+            Ticket::Queued(position) => {
+                if !client.send(Response::Queued { position }).await {
+                    return Err(false);
+                }
+                tokio::select! {
+                    slot = self.admission.wait() => match slot {
+                        Some(slot) => Ok(slot),
+                        None => {
+                            let refusal = Refusal::new(ErrorKind::ShuttingDown, "the broker is shutting down");
+                            Err(refuse(client, who, refusal, "shutting down while queued").await)
+                        }
+                    },
+                    // Anything from the client while queued: it left (or broke the
+                    // one-request-at-a-time rule). Either way, drop its place.
+                    _ = client.left() => {
+                        tracing::info!(run_id = who.run_id, peer_uid = who.peer_uid, slug = who.slug, "client left while queued");
+                        Err(false)
+                    }
+                }
+            }
         }
     }
 
-    /// Run `spec` to its end here. Output chunks go to `out` as they are read;
-    /// `cancel` resolving ends the run at once. Returns once the program has ended and
-    /// nothing holds its output pipes, with the [`Cleanup`] still to do (which reaps
-    /// the stage, after which every process of the run's pid namespace is gone).
-    pub async fn run(
-        self,
-        spec: RunSpec,
-        out: mpsc::Sender<Output>,
-        cancel: impl std::future::Future<Output = ()>,
-    ) -> (Result<RunResult, RunError>, Cleanup) {
-        match self {
-            Jail::Cold(lease) => execute(spec, lease, out, cancel).await,
-            Jail::Warm(jail) => jail.run(spec, out, cancel).await,
+    /// Step 3: a warm jail from the command's pool when it can serve the run, else a
+    /// cold one with its own outside uid from the uid pool (production; without a uid
+    /// pool the spec keeps the shared identity).
+    fn choose_jail(
+        &self,
+        spec: &mut RunSpec,
+        command: &str,
+        warmth: Warmth,
+    ) -> Result<Jail, Refusal> {
+        if warmth != Warmth::Cold {
+            if let Some(jail) = self
+                .pools
+                .take(command, &spec.limits, spec.plan.code.is_some())
+            {
+                return Ok(Jail::Warm(Box::new(jail)));
+            }
+            if warmth == Warmth::Warm {
+                return Err(Refusal::new(
+                    ErrorKind::JailFailed,
+                    format!("no warm jail of {command} is ready"),
+                ));
+            }
         }
-    }
-}
-
-/// What the supervision of a run reads of its spec.
-#[derive(Debug)]
-pub struct Supervision {
-    /// The run's id (logs).
-    pub run_id: u64,
-    /// The program's stdin.
-    pub stdin: Vec<u8>,
-    /// Its share of the request's bytes under the broker's budget.
-    pub stdin_held: Option<crate::server::budget::Reservation>,
-    /// Effective limits (REALTIME, OUTPUT and CPU are read here).
-    pub limits: Limits,
-    /// The run's directory as the program sees it (reported in `Finished`).
-    pub workdir: String,
-}
-
-impl RunSpec {
-    fn supervision(&mut self) -> Supervision {
-        Supervision {
-            run_id: self.run_id,
-            stdin: std::mem::take(&mut self.stdin),
-            stdin_held: self.stdin_held.take(),
-            limits: self.limits,
-            workdir: self.workdir.clone(),
-        }
-    }
-}
-
-/// A spawned stage past its handshake: its process, its pipes and its pid. A cold
-/// run's is supervised at once; a warm jail's waits in the pool (`pool`) first.
-#[derive(Debug)]
-pub struct Stage {
-    child: tokio::process::Child,
-    control: pipe::Sender,
-    reports: pipe::Receiver,
-    /// A warm jail's hand-over pipe (fd 5 of the stage, read by its init).
-    pub(crate) handover: Option<pipe::Sender>,
-    pid: u32,
-    /// The run's outside uid, which the stage runs as ([`kill_stage`]).
-    owner: u32,
-}
-
-impl Stage {
-    /// Spawn the stage as `identity` (it creates the run's user namespace as the run's
-    /// uid and maps its own ids: `codejail_jail::userns`), move it into `cgroup` while
-    /// it waits for its plan, and send the plan (then drop its payload and `held`). A
-    /// plan with `warm` set also gets the hand-over pipe.
-    pub async fn spawn(
-        stage: &std::path::Path,
-        plan: &mut Plan,
-        identity: RunIdentity,
-        cgroup: Option<&RunCgroup>,
-        held: Option<crate::server::budget::Reservation>,
-    ) -> Result<Stage, RunError> {
-        let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
-        let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
-        let handover = match plan.warm {
-            Some(_) => Some(sys::pipe_high().map_err(RunError::Pipes)?),
-            None => None,
+        let Some(pool) = &self.uid_pool else {
+            return Ok(Jail::Cold(None));
         };
-
-        let mut cmd = tokio::process::Command::new(stage);
-        // The run's init keeps this argv: a plain name, not the host path of the binary,
-        // is what the program sees in /proc/1/cmdline.
-        cmd.arg0("codejail-jail")
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let (cr, rw) = (control_r.as_raw_fd(), report_w.as_raw_fd());
-        let hr = handover.as_ref().map(|(r, _)| r.as_raw_fd());
-        let id = sys::StageIdentity::from(identity);
-        let owner = identity.outer_uid;
-        // Into the run's cgroup before the exec: everything the run does is charged
-        // there, and the stage, the run's uid from its exec on, could not be moved by
-        // the broker afterwards (see `RunCgroup::procs_files`).
-        let procs = match cgroup {
-            Some(cg) => cg.procs_files().map_err(RunError::Cgroup)?,
-            None => Vec::new(),
-        };
-        let procs_raw: Vec<std::os::fd::RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: the closure only calls prctl, write, dup2 and the set*id system calls
-        // (async-signal-safe, no allocation), on fds the blocking task below owns until
-        // spawn has returned (even if this future is dropped meanwhile); the pipes are
-        // >= 10 (pipe_high), so the stdio set-up std does before this closure cannot
-        // have clobbered them, and the cgroup files are written before any dup2.
-        unsafe {
-            cmd.pre_exec(move || sys::install_stage_fds(cr, rw, hr, &procs_raw, id));
-        }
-        let (handover_r, handover_w) = match handover {
-            Some((r, w)) => (Some(r), Some(w)),
-            None => (None, None),
-        };
-        // Off the runtime's threads: spawn returns once the child has exec'd, and
-        // joining a cgroup waits for an RCU grace period (about 10 ms on v1 memory).
-        // The child's ends of the pipes and the cgroup files go with the task, closed
-        // once the child has its own copies.
-        let mut child = tokio::task::spawn_blocking(move || {
-            let spawned = cmd.spawn();
-            drop((procs, control_r, report_w, handover_r));
-            spawned
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|spawned| spawned)
-        .map_err(|source| RunError::Spawn {
-            path: stage.to_path_buf(),
-            source,
+        // max_running + pool sizes <= count (checked at start-up), so a slot implies a
+        // free id unless ids were quarantined after runs whose processes could not be
+        // removed.
+        let lease = pool.lease().ok_or_else(|| {
+            let e = RunError::NoRunUid {
+                range: pool.range().to_string(),
+            };
+            Refusal::new(ErrorKind::JailFailed, e.to_string())
         })?;
-        let handover = match handover_w {
-            Some(w) => Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?),
-            None => None,
-        };
-        let pid = child
-            .id()
-            .ok_or_else(|| RunError::Protocol("stage exited at once".into()))?;
-        let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
-        let reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
+        spec.identity = lease.identity();
+        Ok(Jail::Cold(Some(lease)))
+    }
 
-        // The plan, serialised once; its files then leave memory (the frame has them),
-        // and the frame itself once it is in the pipe. Until the files go, the frame is
-        // a second copy of them: it takes the budget's copy room meanwhile. A stage
-        // that fails from here on reports it on the report pipe, which the caller reads
-        // next.
-        let second = match &held {
-            Some(h) => Some(h.second_copy().await),
-            None => None,
-        };
-        let frame = plan::encode_frame(&*plan).map_err(RunError::Pipes)?;
-        plan.drop_payload();
-        drop(second);
-        let setup = async {
-            control
-                .write_all(&frame)
-                .await
-                .map_err(|e| RunError::Protocol(format!("sending the plan: {e}")))?;
-            drop(frame);
-            drop(held);
-            Ok::<(), RunError>(())
-        };
-        if let Err(e) = setup.await {
-            kill_stage(&mut child, owner);
-            let _ = child.wait().await;
-            return Err(e);
+    /// Step 4: tell the client the run started, then run it in its own task, so that
+    /// its REALTIME timer and output pumps never wait on this client: a slow or
+    /// stalled reader delays only its own frames (and is dropped after its send
+    /// timeout), never the enforcement of its limits. `None` when the client was gone
+    /// before the start (the jail is given back).
+    async fn run(
+        &self,
+        jail: Jail,
+        spec: RunSpec,
+        who: &Who,
+        client: &mut impl Client,
+    ) -> Option<Ran> {
+        // From here on the jail's guard gives everything back on every path, by
+        // `Cleanup::finish` or by its drop.
+        let run_id = spec.run_id;
+        if !client.send(Response::Started { run_id }).await {
+            jail.abandon().await;
+            return None;
         }
-        Ok(Stage {
-            child,
-            control,
-            reports,
-            handover,
-            pid,
-            owner,
+        let (limits, run_uid, warm) = (spec.limits, jail.outer_uid(&spec), jail.is_warm());
+        let cancel = self.kill.child_token();
+        let mut client_alive = true;
+        let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
+        let mut task = tokio::spawn(jail.run(spec, out_tx, cancel.clone().cancelled_owned()));
+        let joined = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                Some(chunk) = out_rx.recv() => {
+                    if client_alive && !client.send(chunk.into()).await {
+                        client_alive = false;
+                        cancel.cancel();
+                    }
+                }
+                closed = client.left(), if client_alive => {
+                    // The client closed, or sent a frame mid-run, which the protocol
+                    // forbids: cancel the run either way.
+                    tracing::info!(run_id, peer_uid = who.peer_uid, slug = who.slug, closed, "client left mid-run; cancelling");
+                    client_alive = false;
+                    cancel.cancel();
+                }
+            }
+        };
+        while let Ok(chunk) = out_rx.try_recv() {
+            if client_alive && !client.send(chunk.into()).await {
+                client_alive = false;
+            }
+        }
+        Some(Ran {
+            limits,
+            run_uid,
+            warm,
+            cancelled: cancel.is_cancelled(),
+            client_alive,
+            joined,
         })
     }
 
-    /// The stage's pid.
-    pub fn pid(&self) -> u32 {
-        self.pid
+    /// The next run id (a warm jail's build takes one too).
+    pub(crate) fn next_run_id(&self) -> u64 {
+        self.next_run_id.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Read the stage's next report (`None` at EOF).
-    pub(crate) async fn next_report(&mut self) -> Result<Option<StageReport>, RunError> {
-        read_report(&mut self.reports).await
+    /// The validated settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    /// Take what the program wrote before its run (a warm jail's interpreter start and
-    /// preimports), without waiting: it is not the run's output.
-    pub(crate) fn take_pending_output(&mut self) -> Vec<u8> {
-        let mut taken = Vec::new();
-        for fd in [
-            self.child.stdout.as_ref().map(|o| o.as_fd()),
-            self.child.stderr.as_ref().map(|e| e.as_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            sys::read_available(fd, &mut taken, 64 * 1024);
+    /// The request byte budget (the connections' framing spends it).
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Whether the admission queue can take one more request.
+    pub fn has_room(&self) -> bool {
+        self.admission.has_room()
+    }
+
+    /// Runs running and queued.
+    pub fn load(&self) -> Load {
+        self.admission.load()
+    }
+
+    /// The warm pools as `status` shows them.
+    pub fn pool_status(&self) -> BTreeMap<String, PoolStatus> {
+        self.pools.status()
+    }
+
+    /// The warm pools.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// Where run cgroups are made.
+    pub fn cgroups(&self) -> &Arc<Cgroups> {
+        &self.cgroups
+    }
+
+    /// The per-run outside ids (production).
+    pub fn uid_pool(&self) -> Option<&UidPool> {
+        self.uid_pool.as_ref()
+    }
+
+    /// Admit no more runs: queued requests hear `ShuttingDown`.
+    pub fn close(&self) {
+        self.admission.close();
+    }
+
+    /// End every running run now (the shutdown grace is over).
+    pub fn kill_all(&self) {
+        self.kill.cancel();
+    }
+}
+
+/// How a run's task ended: the run's result and the clean-up still to do.
+type Ending = (Result<RunResult, RunError>, Cleanup);
+
+/// A run that has ended (or whose task failed), with what its answer needs.
+struct Ran {
+    limits: codejail_protocol::Limits,
+    run_uid: u32,
+    warm: bool,
+    /// Whether the run was cancelled (its client left, or the broker is stopping).
+    cancelled: bool,
+    client_alive: bool,
+    joined: Result<Ending, tokio::task::JoinError>,
+}
+
+/// Step 5: log the run's end and answer the client (if it is still there). Returns
+/// whether it is, and the clean-up still to do.
+async fn answer(who: &Who, ran: Ran, client: &mut impl Client) -> (bool, Option<Cleanup>) {
+    let Who {
+        run_id,
+        peer_uid,
+        ref slug,
+        ref command,
+    } = *who;
+    let run_id = run_id.unwrap_or_default();
+    let (limits, warm, run_uid) = (ran.limits, ran.warm, ran.run_uid);
+    let (result, cleanup) = match ran.joined {
+        Ok(done) => done,
+        Err(e) => {
+            // The run task panicked: a bug, answered as an internal error.
+            tracing::error!(run_id, slug, peer_uid, error = %e, "run task failed");
+            let alive = ran.client_alive
+                && client
+                    .send(error_response(
+                        ErrorKind::Internal,
+                        "the run failed inside the broker",
+                    ))
+                    .await;
+            return (alive, None);
         }
-        taken
-    }
-
-    /// Set the access and modification times of the run's stdio pipes (the broker made
-    /// them at the stage's spawn: a warm jail's build) to now, so that a warm run's
-    /// `fstat` of its stdio does not tell when its jail was built. Called at the
-    /// hand-over.
-    pub(crate) fn restamp_stdio(&self) -> std::io::Result<()> {
-        let now = nix::sys::time::TimeSpec::UTIME_NOW;
-        let fds = [
-            self.child.stdin.as_ref().map(|p| p.as_fd()),
-            self.child.stdout.as_ref().map(|p| p.as_fd()),
-            self.child.stderr.as_ref().map(|p| p.as_fd()),
-        ];
-        for fd in fds.into_iter().flatten() {
-            nix::sys::stat::futimens(fd.as_raw_fd(), &now, &now)?;
+    };
+    let alive = match result {
+        Ok(result) => {
+            let fin = result.finished;
+            let outcome = if ran.cancelled && fin.limit_hit.is_none() {
+                "cancelled"
+            } else {
+                "finished"
+            };
+            tracing::info!(
+                run_id,
+                slug,
+                peer_uid,
+                command,
+                limits = %limits,
+                outcome,
+                status = fin.status,
+                limit_hit = fin.limit_hit.as_deref().unwrap_or("-"),
+                truncated = fin.truncated,
+                wall_ms = fin.usage.wall_ms,
+                cpu_user_ms = fin.usage.cpu_user_ms,
+                cpu_sys_ms = fin.usage.cpu_sys_ms,
+                max_rss_kib = fin.usage.max_rss_kib,
+                peak_memory_bytes = fin.usage.peak_memory_bytes.unwrap_or(0),
+                run_uid,
+                warm,
+                "run ended"
+            );
+            client.confined(result.landlock, result.seccomp_denied);
+            ran.client_alive && client.send(Response::Finished(fin)).await
         }
-        Ok(())
-    }
-
-    /// Whether the stage is still running (a warm jail's can die while it waits).
-    pub(crate) fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Kill the stage and reap it: its init dies with it (PDEATHSIG), and the run's
-    /// pid namespace with the init.
-    pub(crate) async fn kill(mut self) {
-        kill_stage(&mut self.child, self.owner);
-        let _ = self.child.wait().await;
-    }
-
-    /// Supervise the run to its end: feed stdin, stream stdout and stderr under the
-    /// OUTPUT cap, collect the reports (`seen` holds what was reported before, e.g. a
-    /// warm jail's confinement), enforce REALTIME from `started` and cancellation.
-    pub async fn supervise(
-        mut self,
-        spec: &Supervision,
-        seen: Reports,
-        started: Instant,
-        cleanup: &mut Cleanup,
-        out: mpsc::Sender<Output>,
-        cancel: impl std::future::Future<Output = ()>,
-    ) -> Result<RunResult, RunError> {
-        let (pid, owner) = (self.pid, self.owner);
-        let mut child = self.child;
-        let cgroup = cleanup.cgroup.as_ref();
-        let mut reports = self.reports;
-        let control = self.control;
-        drop(self.handover.take());
-        let mut stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-
-        // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
-        let feed = async {
-            if let Some(mut w) = stdin.take() {
-                // A program that does not read its stdin closes the pipe: not an error.
-                let _ = w.write_all(&spec.stdin).await;
-            }
-        };
-        let cap = std::sync::Mutex::new(OutputCap {
-            remaining: spec.limits.effective(LimitName::Output),
-            truncated: false,
-        });
-        let pump_out = pump(stdout, &cap, &out, Output::Stdout);
-        let pump_err = pump(stderr, &cap, &out, Output::Stderr);
-        let collect_reports = async {
-            let mut seen = seen;
-            loop {
-                match read_report(&mut reports).await? {
-                    Some(StageReport::Failed { step, message }) => {
-                        // The first failure is the one that matters; later reports (the
-                        // init relaying the failed program's exit) do not override it.
-                        seen.failed.get_or_insert((step, message));
-                    }
-                    Some(StageReport::Confined {
-                        landlock,
-                        seccomp_denied,
-                    }) => {
-                        seen.landlock = Some(landlock);
-                        seen.seccomp_denied = Some(seccomp_denied);
-                    }
-                    // The program's end (or the run's, when the broker ended it) is the
-                    // last report that matters: the stage's exit is not waited for here
-                    // (Cleanup::finish reaps it), so that the answer does not wait for
-                    // the namespaces' teardown.
-                    Some(exited @ StageReport::Exited { .. }) => {
-                        seen.exited = Some(exited);
-                        return Ok(seen);
-                    }
-                    Some(StageReport::Killed {
-                        cpu_user_us,
-                        cpu_sys_us,
-                        max_rss_kib,
-                    }) => {
-                        seen.killed_usage = Some((cpu_user_us, cpu_sys_us, max_rss_kib));
-                        return Ok(seen);
-                    }
-                    Some(other) => {
-                        return Err(RunError::Protocol(format!("unexpected report {other:?}")))
-                    }
-                    None => return Ok(seen),
-                }
-            }
-        };
-        let realtime = spec
-            .limits
-            .effective(LimitName::Realtime)
-            .map(Duration::from_secs);
-        // REALTIME counts from `started` (a cold run's spawn, a warm jail's hand-over),
-        // as upstream's timer starts before its process: with CPU = REALTIME, a busy
-        // loop then ends by REALTIME (-9), never by a race with its CPU limit.
-        let deadline = async {
-            match realtime {
-                Some(d) => tokio::time::sleep_until((started + d).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-
-        // Done when the program has ended (its report read) and nothing holds its
-        // output pipes any more (the stage and the init gave their copies up: the
-        // program and what it started are done with them).
-        let io = async { tokio::join!(feed, pump_out, pump_err, collect_reports) };
-        tokio::pin!(io);
-        let mut ended = None;
-        let early = tokio::select! {
-            r = &mut io => Some(r),
-            () = deadline => { ended = Some(Ended::Realtime); None }
-            () = cancel => { ended = Some(Ended::Cancelled); None }
-        };
-        if let Some(r) = early {
-            let result = with_pid(finish(r.3, None, ended, started, spec, &cap, cgroup), pid);
-            cleanup.stage = Some(child);
-            return result;
+        Err(e) => {
+            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, warm, outcome = "jail failed", error = %e, "run failed");
+            ran.client_alive
+                && client
+                    .send(error_response(ErrorKind::JailFailed, e.to_string()))
+                    .await
         }
-        // End the run: closing the control pipe makes the stage SIGKILL the run's init,
-        // which takes the whole pid namespace with it, and the stage reaps it. If the
-        // stage does not exit in time, kill the whole cgroup and the stage (init then dies
-        // by PDEATHSIG if it was not in the cgroup). Not both at once: an init whose
-        // stage died first is reparented to the host's PID 1 and left for it to reap.
-        drop(control);
-        let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {
-            Ok(r) => r,
-            Err(_) => {
-                kill_cgroup(cgroup, spec.run_id);
-                kill_stage(&mut child, owner);
-                match tokio::time::timeout(KILL_GRACE + DRAIN_GRACE, &mut io).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        cleanup.stage = Some(child);
-                        return Err(RunError::Protocol(
-                            "the run did not end after SIGKILL".into(),
-                        ));
-                    }
-                }
-            }
-        };
-        let result = with_pid(finish(r.3, None, ended, started, spec, &cap, cgroup), pid);
-        cleanup.stage = Some(child);
-        result
+    };
+    (alive, Some(cleanup))
+}
+
+/// Log a refused request and tell its client; whether the client is still there.
+async fn refuse(client: &mut impl Client, who: &Who, refusal: Refusal, what: &str) -> bool {
+    tracing::warn!(
+        run_id = who.run_id,
+        peer_uid = who.peer_uid,
+        slug = who.slug,
+        kind = %refusal.kind,
+        message = %refusal.message,
+        "{what}"
+    );
+    client
+        .send(error_response(refusal.kind, refusal.message))
+        .await
+}
+
+/// The protocol's error response.
+pub fn error_response(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
     }
 }
 
-/// SIGKILL a stage, which runs as its run's outside uid `owner`: the broker shares no
-/// uid with it and holds no capability over the namespaces it created, so where a plain
-/// kill is refused the signal is sent as `owner` (`sys::pidfd_kill_as`); tokio's kill
-/// once the stage has no pid left to open. (The control pipe is the usual way to end a
-/// run: its EOF makes the stage end the run and exit.)
-fn kill_stage(child: &mut tokio::process::Child, owner: u32) {
-    let sent = child
-        .id()
-        .and_then(|pid| libc::pid_t::try_from(pid).ok())
-        .and_then(|pid| sys::pidfd_open(pid).ok())
-        .map(|fd| sys::pidfd_kill_as(&fd, libc::SIGKILL, owner));
-    if !matches!(sent, Some(Ok(()))) {
-        let _ = child.start_kill();
-    }
-}
-
-/// `result` with the pid of the run's stage (known only to the spawner).
-fn with_pid(result: Result<RunResult, RunError>, pid: u32) -> Result<RunResult, RunError> {
-    result.map(|mut r| {
-        r.finished.pid = pid;
-        r
-    })
-}
-
-fn kill_cgroup(cgroup: Option<&RunCgroup>, run_id: u64) {
-    if let Some(Err(e)) = cgroup.map(RunCgroup::kill) {
-        tracing::error!(run_id, error = %e, "cannot kill the run's cgroup");
-    }
-}
-
-/// Read one pipe to EOF, passing what fits under the cap to `out` and draining the rest.
-async fn pump<R: AsyncRead + Unpin>(
-    reader: Option<R>,
-    cap: &std::sync::Mutex<OutputCap>,
-    out: &mpsc::Sender<Output>,
-    wrap: fn(Vec<u8>) -> Output,
-) {
-    let Some(mut reader) = reader else { return };
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let kept = match cap.lock() {
-            Ok(mut c) => c.admit(buf[..n].to_vec()),
-            Err(_) => None,
-        };
-        if let Some(chunk) = kept {
-            // A gone receiver means the client left; keep draining so the program is
-            // not blocked on a full pipe while the run is being ended.
-            let _ = out.send(wrap(chunk)).await;
+impl From<Output> for Response {
+    fn from(chunk: Output) -> Response {
+        match chunk {
+            Output::Stdout(b) => Response::Stdout(b),
+            Output::Stderr(b) => Response::Stderr(b),
         }
     }
-}
-
-/// Read one report frame (the async side of [`plan::read_frame`]). `Ok(None)` at EOF.
-async fn read_report(r: &mut pipe::Receiver) -> Result<Option<StageReport>, RunError> {
-    let protocol = |e: std::io::Error| RunError::Protocol(format!("reading a report: {e}"));
-    let mut head = [0u8; 4];
-    match r.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(protocol(e)),
-    }
-    let mut body = vec![0u8; plan::frame_len(head, MAX_REPORT_FRAME).map_err(protocol)?];
-    r.read_exact(&mut body).await.map_err(protocol)?;
-    plan::decode_body(&body).map(Some).map_err(protocol)
 }

@@ -123,7 +123,7 @@ pub(crate) fn finish(
         // charged to the same cgroup): the run ended because of MEMORY.
         (None, None) if stats.oom_kills > 0 => (-libc::SIGKILL, Some(libc::SIGKILL)),
         (None, other) => {
-            return Err(RunError::Protocol(format!(
+            return Err(RunError::Reports(format!(
                 "the stage ended ({}) without the program's status (last report: {other:?})",
                 exit.map(|e| e.to_string())
                     .unwrap_or_else(|| "unknown".into())

@@ -61,7 +61,7 @@ impl Connections {
 
     /// Admit a new connection (idle until it starts a request), closing the one idle
     /// the longest when at the cap.
-    pub fn admit(self: &Arc<Self>) -> Result<Slot, Full> {
+    pub fn admit(self: &Arc<Self>) -> Result<Place, Full> {
         let mut reg = self.lock();
         if reg.open.len() >= self.max {
             let oldest = reg
@@ -92,7 +92,7 @@ impl Connections {
                 close: close.clone(),
             },
         );
-        Ok(Slot {
+        Ok(Place {
             id,
             close,
             registry: self.clone(),
@@ -123,13 +123,13 @@ impl Connections {
 
 /// A connection's place in the registry, given back when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub struct Place {
     id: u64,
     close: CancellationToken,
     registry: Arc<Connections>,
 }
 
-impl Slot {
+impl Place {
     /// The connection is now serving a request: it is not closed to make room.
     pub fn busy(&self) {
         self.registry.set_idle(self.id, false);
@@ -146,7 +146,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for Place {
     fn drop(&mut self) {
         self.registry.lock().open.remove(&self.id);
     }
@@ -183,6 +183,6 @@ mod tests {
         assert_eq!(c.open(), 2);
         let _f = c.admit().expect("room again");
         drop(b);
-        assert_eq!(c.open(), 3, "an evicted slot was already given back");
+        assert_eq!(c.open(), 3, "an evicted place was already given back");
     }
 }

@@ -1,10 +1,11 @@
-//! The daemon's front (mini-redis shape): [`run`] accepting on the Unix socket,
-//! one [`handler`] task per connection, shutdown injected as a future so tests can
-//! drive it. Per-connection errors are logged and answered, never fatal to the broker.
+//! The broker's transport (mini-redis shape): [`run`] accepting on the Unix socket
+//! under the connection cap ([`connections`]), one [`connection`] task per
+//! connection, shutdown injected as a future so tests can drive it. Per-connection
+//! errors are logged and answered, never fatal to the broker. What a request does is
+//! `crate::run`'s: a connection hands each `Exec` to [`Runs::exec`].
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,50 +15,46 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::run::cgroup::Cgroups;
-use crate::run::uidpool::UidPool;
+use crate::run::Runs;
 
-pub mod admission;
-pub mod budget;
+pub mod codec;
+pub mod connection;
 pub mod connections;
-pub mod handler;
 pub mod peer;
-pub mod report;
-pub mod selftest;
-pub mod startup;
 
-/// State shared by every connection.
+/// What every connection shares: the runs, the connection cap and the confinement
+/// report.
 #[derive(Debug)]
-pub struct Shared {
-    /// Validated settings.
-    pub settings: Settings,
-    /// Slots and queue.
-    pub admission: admission::Admission,
-    /// Next run id.
-    pub next_run_id: AtomicU64,
-    /// The confinement report (without load; filled in per request).
-    pub report: StatusReport,
-    /// Cancelled when running runs must be killed (end of the shutdown grace).
-    pub kill_runs: CancellationToken,
-    /// Where run cgroups are made.
-    pub cgroups: Arc<Cgroups>,
-    /// Per-run outside ids (production), `None` when runs share
-    /// [`Settings::identity`].
-    pub uid_pool: Option<UidPool>,
+pub struct Service {
+    /// Where requests run.
+    pub runs: Arc<Runs>,
     /// Open connections, capped.
     pub connections: Arc<connections::Connections>,
-    /// Bytes of requests held, capped.
-    pub budget: Arc<budget::Budget>,
-    /// The warm pools.
-    pub pools: crate::run::pool::Pools,
+    /// The confinement report (without load; filled in per request).
+    pub report: StatusReport,
 }
 
-impl Shared {
+impl Service {
+    /// The service of `runs`, with the confinement report of the start-up self-test.
+    pub fn new(runs: Arc<Runs>, report: StatusReport) -> Service {
+        let connections = connections::Connections::new(runs.settings().max_connections as usize);
+        Service {
+            runs,
+            connections,
+            report,
+        }
+    }
+
+    /// The validated settings.
+    pub fn settings(&self) -> &Settings {
+        self.runs.settings()
+    }
+
     /// The status report with the current load.
     pub fn status(&self) -> StatusReport {
         let mut r = self.report.clone();
-        r.load = self.admission.load();
-        r.pool = self.pools.status();
+        r.load = self.runs.load();
+        r.pool = self.runs.pool_status();
         r
     }
 }
@@ -140,7 +137,11 @@ pub fn bind(settings: &Settings) -> Result<UnixListener, ListenError> {
 
 /// Serve until `shutdown` resolves; then stop accepting, give running runs the grace
 /// period, kill what is left, and return once every connection has ended.
-pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std::future::Future) {
+pub async fn run(
+    listener: UnixListener,
+    service: Arc<Service>,
+    shutdown: impl std::future::Future,
+) {
     let mut conns = JoinSet::new();
     let stop_accepting = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -151,15 +152,15 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std
                 // The cap is enforced here, at accept: at it, the connection idle the
                 // longest is closed to make room; only when all are busy is the new
                 // one refused (with the reason).
-                Ok((stream, _)) => match shared.connections.admit() {
-                    Ok(slot) => {
-                        let shared = shared.clone();
+                Ok((stream, _)) => match service.connections.admit() {
+                    Ok(place) => {
+                        let service = service.clone();
                         let stop = stop_accepting.clone();
-                        conns.spawn(async move { handler::serve(stream, shared, stop, slot).await });
+                        conns.spawn(async move { connection::serve(stream, service, stop, place).await });
                     }
                     Err(full) => {
                         tracing::warn!(%full, "connection refused");
-                        conns.spawn(handler::refuse(stream, full.to_string(), shared.status()));
+                        conns.spawn(connection::refuse(stream, full.to_string(), service.status()));
                     }
                 },
                 Err(e) => {
@@ -171,24 +172,22 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    let settings = service.settings();
     tracing::info!(
-        running = shared.admission.load().running,
+        running = service.runs.load().running,
         "shutting down: no new connections, runs get {:?}",
-        shared.settings.shutdown_grace
+        settings.shutdown_grace
     );
     drop(listener);
     // A socket systemd passed stays: its file is systemd's, and the next start needs it.
-    if !shared.settings.socket_activated {
-        let _ = std::fs::remove_file(&shared.settings.socket_path);
+    if !settings.socket_activated {
+        let _ = std::fs::remove_file(&settings.socket_path);
     }
     stop_accepting.cancel();
-    shared.admission.close();
-    if drain(&mut conns, shared.settings.shutdown_grace)
-        .await
-        .is_err()
-    {
+    service.runs.close();
+    if drain(&mut conns, settings.shutdown_grace).await.is_err() {
         tracing::warn!("grace period over: killing the remaining runs");
-        shared.kill_runs.cancel();
+        service.runs.kill_all();
         if drain(&mut conns, Duration::from_secs(10)).await.is_err() {
             conns.abort_all();
         }

@@ -1,23 +1,18 @@
-//! Start-up, between the validated [`Settings`] and serving (ARCHITECTURE §4, last
-//! paragraph; §5): check what the config asks of this host and refuse to start,
-//! naming the layer, the reason and the fix, when a required part is missing; sweep
-//! what a crashed broker left (run cgroups, processes in the run uid range).
+//! Start-up, between the validated [`Settings`] and serving (docs/architecture.md,
+//! "Start-up"): check what the config asks of this host and refuse to start, naming
+//! the layer, the reason and the fix, when a required part is missing; sweep what a
+//! crashed broker left (run cgroups, processes in the run uid range).
 //!
 //! [`prepare_host`] is for a broker that is about to serve (it moves itself into its
 //! v2 leaf and sweeps); [`inspect_host`] makes the same checks without changing
 //! anything, for `check-config`, which must not sweep a serving broker's runs.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use tokio_util::sync::CancellationToken;
 
-use super::admission::Admission;
-use super::{report, selftest, Shared};
 use crate::config::Settings;
 use crate::run::cgroup::Cgroups;
 use crate::run::uidpool::{self, Accounts, PoolError, UidPool};
+use crate::run::Runs;
 
 /// Why the broker refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -145,27 +140,9 @@ fn require_cgroups(cgroups: &Cgroups) -> Result<(), StartupError> {
     })
 }
 
-/// The shared state of a broker about to run its self-test and serve.
-pub fn shared_for(settings: Settings, host: Host) -> Shared {
-    let report = report::build(
-        &settings,
-        host.cgroups.status(),
-        &selftest::Probe {
-            verdict: Err("not run yet".into()),
-            landlock: None,
-            seccomp_denied: None,
-        },
-    );
-    Shared {
-        admission: Admission::new(settings.max_running, settings.max_queue),
-        next_run_id: AtomicU64::new(1),
-        report,
-        kill_runs: CancellationToken::new(),
-        cgroups: Arc::new(host.cgroups),
-        uid_pool: host.uid_pool,
-        connections: super::connections::Connections::new(settings.max_connections as usize),
-        budget: super::budget::Budget::new(settings.request_budget_bytes, settings.max_frame),
-        pools: crate::run::pool::Pools::new(&settings),
-        settings,
+impl Host {
+    /// The runs of a broker on this host, before its self-test.
+    pub fn runs(self, settings: Settings) -> Runs {
+        Runs::new(settings, self.cgroups, self.uid_pool)
     }
 }

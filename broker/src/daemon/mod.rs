@@ -9,27 +9,34 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use codejail_protocol::Mode;
+use codejail_protocol::{Mode, StatusReport};
 
 use crate::config::Settings;
-use crate::run::pool;
-use crate::server::{self, report, selftest, startup, Shared};
+use crate::run::{pool, Runs};
+use crate::server::{self, Service};
 use crate::systemd::Activation;
 
-async fn self_test(shared: &mut Shared) -> Result<(), String> {
-    let probe = selftest::probe(shared).await;
-    shared.report = report::build(&shared.settings, shared.cgroups.status(), &probe);
-    match probe.verdict {
-        Ok(()) if !shared.report.required_layers_hold() => {
-            let missing: Vec<_> = shared
-                .report
+pub mod hardening;
+pub mod report;
+pub mod selftest;
+pub mod startup;
+
+/// Run the self-test: the confinement report it establishes, and whether every
+/// required layer holds.
+async fn self_test(runs: &Runs) -> (StatusReport, Result<(), String>) {
+    let probe = selftest::probe(runs).await;
+    let report = report::build(runs.settings(), runs.cgroups().status(), &probe);
+    let verdict = match probe.verdict {
+        Ok(()) if !report.required_layers_hold() => {
+            let missing: Vec<_> = report
                 .missing_required()
                 .map(|(n, l)| format!("{n} ({})", l.detail))
                 .collect();
             Err(format!("required layers missing: {}", missing.join("; ")))
         }
         other => other,
-    }
+    };
+    (report, verdict)
 }
 
 /// Install the SIGTERM/SIGINT handlers now (so a signal that arrives during start-up
@@ -73,17 +80,22 @@ pub async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow
         server::check_no_other_broker(&settings)?;
     }
     let host = startup::prepare_host(&settings).context("refusing to start")?;
-    let mut shared = startup::shared_for(settings, host);
+    let runs = Arc::new(host.runs(settings));
     // The warm pools are built before the self-test, which runs in one of them too.
-    if let Err(e) = pool::fill(&shared).await {
+    if let Err(e) = pool::fill(&runs).await {
+        runs.pools().shutdown().await;
         bail!("refusing to start: {e}");
     }
-    if let Err(e) = self_test(&mut shared).await {
-        eprint!("{}", report::render(&shared.report));
+    let (report, verdict) = self_test(&runs).await;
+    if let Err(e) = verdict {
+        eprint!("{}", report::render(&report));
+        runs.pools().shutdown().await;
         bail!("start-up self-test failed, refusing to serve: {e}");
     }
-    let banner = report::render(&shared.report);
-    if shared.settings.mode == Mode::Dev {
+    let banner = report::render(&report);
+    let service = Arc::new(Service::new(runs.clone(), report));
+    let settings = runs.settings();
+    if settings.mode == Mode::Dev {
         eprint!("{banner}");
     } else {
         for line in banner.lines() {
@@ -95,34 +107,33 @@ pub async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow
             listener.set_nonblocking(true)?;
             tokio::net::UnixListener::from_std(listener)?
         }
-        None => server::bind(&shared.settings)?,
+        None => server::bind(settings)?,
     };
-    tracing::info!(socket = %shared.settings.socket_path.display(),
-        socket_activated = shared.settings.socket_activated, "serving");
+    tracing::info!(socket = %settings.socket_path.display(),
+        socket_activated = settings.socket_activated, "serving");
     // Ready only now: the self-test passed and the socket accepts (sd_notify(3)).
     let notifier = activation.notifier();
-    notifier.ready(&ready_status(&shared));
+    notifier.ready(&ready_status(&service));
     let _watchdog = activation.watchdog().map(|i| notifier.spawn_watchdog(i));
-    let shared = Arc::new(shared);
     let shutdown = async {
         signal.await;
         notifier.stopping();
     };
     let stop_refill = tokio_util::sync::CancellationToken::new();
-    let refill = tokio::spawn(pool::refill(shared.clone(), stop_refill.clone()));
-    server::run(listener, shared.clone(), shutdown).await;
+    let refill = tokio::spawn(pool::refill(runs.clone(), stop_refill.clone()));
+    server::run(listener, service.clone(), shutdown).await;
     stop_refill.cancel();
     let _ = refill.await;
-    if !shared.settings.socket_activated {
-        server::remove_socket(&shared.settings.socket_path);
+    if !settings.socket_activated {
+        server::remove_socket(&settings.socket_path);
     }
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The `STATUS=` shown by `systemctl status` once serving: the layers not fully held.
-fn ready_status(shared: &Shared) -> String {
-    let short: Vec<String> = shared
+fn ready_status(service: &Service) -> String {
+    let short: Vec<String> = service
         .report
         .layers
         .iter()
@@ -131,7 +142,7 @@ fn ready_status(shared: &Shared) -> String {
         .collect();
     format!(
         "serving on {}; confinement: {}",
-        shared.settings.socket_path.display(),
+        service.settings().socket_path.display(),
         if short.is_empty() {
             "every layer full".to_string()
         } else {
@@ -168,15 +179,26 @@ pub fn check_config(file: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut shared = startup::shared_for(settings, host);
+    let runs = host.runs(settings);
     // The warm pools too: a pool whose interpreter lacks the start-up hook fails here.
-    let verdict = rt.block_on(async {
-        pool::fill(&shared).await?;
-        self_test(&mut shared).await
+    let (report, verdict) = rt.block_on(async {
+        let checked = match pool::fill(&runs).await {
+            Ok(()) => self_test(&runs).await,
+            Err(e) => {
+                let report = report::build(
+                    runs.settings(),
+                    runs.cgroups().status(),
+                    &selftest::Probe::not_run(),
+                );
+                (report, Err(e))
+            }
+        };
+        runs.pools().shutdown().await;
+        checked
     });
-    print!("{}", report::render(&shared.report));
+    print!("{}", report::render(&report));
     match verdict {
-        Ok(()) if shared.report.required_layers_hold() => {
+        Ok(()) if report.required_layers_hold() => {
             println!(
                 "config {} is valid and every required layer holds here",
                 file.display()

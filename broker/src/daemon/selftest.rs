@@ -7,13 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use codejail_protocol::{Exec, LimitName};
-use tokio::sync::mpsc;
-
-use super::handler::Warmth;
-use super::Shared;
-use crate::run::Output;
 use codejail_plan::Achieved;
+use codejail_protocol::{Exec, Finished, LimitName, Response};
+
+use crate::run::{Caller, Client, Runs, Warmth};
 
 /// What the probe prints when the jail holds (the last word: the subprocess).
 fn expected(allow_exec: bool) -> String {
@@ -49,14 +46,25 @@ pub struct Probe {
     pub seccomp_denied: Option<u32>,
 }
 
+impl Probe {
+    /// A probe that has not run (its report shows every probed layer as not held).
+    pub fn not_run() -> Probe {
+        Probe {
+            verdict: Err("not run yet".into()),
+            landlock: None,
+            seccomp_denied: None,
+        }
+    }
+}
+
 /// Run the probe in a cold jail, then (when a pool is configured) in a warm one.
-pub async fn probe(shared: &Shared) -> Probe {
-    let cold = probe_in(shared, Warmth::Cold).await;
-    if cold.verdict.is_err() || shared.pools.is_empty() {
+pub async fn probe(runs: &Runs) -> Probe {
+    let cold = probe_in(runs, Warmth::Cold).await;
+    if cold.verdict.is_err() || runs.pools().is_empty() {
         return cold;
     }
-    let warm = probe_in(shared, Warmth::Warm).await;
-    shared.pools.reset_counts();
+    let warm = probe_in(runs, Warmth::Warm).await;
+    runs.pools().reset_counts();
     match warm.verdict {
         Ok(()) if (warm.landlock, warm.seccomp_denied) == (cold.landlock, cold.seccomp_denied) => cold,
         Ok(()) => Probe {
@@ -73,62 +81,81 @@ pub async fn probe(shared: &Shared) -> Probe {
     }
 }
 
-/// Run the probe in a jail of this warmth.
-async fn probe_in(shared: &Shared, warmth: Warmth) -> Probe {
+/// What the probe's run sent back.
+#[derive(Debug, Default)]
+struct Collected {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    finished: Option<Finished>,
+    error: Option<String>,
+    landlock: Option<Achieved>,
+    seccomp_denied: Option<u32>,
+}
+
+impl Client for Collected {
+    async fn send(&mut self, response: Response) -> bool {
+        match response {
+            Response::Stdout(b) => self.stdout.extend(b),
+            Response::Stderr(b) => self.stderr.extend(b),
+            Response::Finished(f) => self.finished = Some(f),
+            Response::Error { message, .. } => self.error = Some(message),
+            _ => {}
+        }
+        true
+    }
+
+    async fn left(&mut self) -> bool {
+        std::future::pending().await
+    }
+
+    fn confined(&mut self, landlock: Option<Achieved>, seccomp_denied: Option<u32>) {
+        self.landlock = landlock;
+        self.seccomp_denied = seccomp_denied;
+    }
+}
+
+/// Run the probe in a jail of this warmth, as a request runs: through [`Runs::exec`],
+/// with its own uid from the pool and its own cgroup.
+async fn probe_in(runs: &Runs, warmth: Warmth) -> Probe {
     let failed = |e: String| Probe {
         verdict: Err(e),
         landlock: None,
         seccomp_denied: None,
     };
-    let Some(python) = shared.settings.commands.get("python") else {
+    let Some(python) = runs.settings().commands.get("python") else {
         return failed("no `python` command configured to probe with".into());
     };
     let expected = expected(python.allow_exec);
     let exec = Exec {
         command: "python".into(),
         code: Some(PROBE.as_bytes().to_vec()),
-        limits: probe_limits(&shared.settings.limits.ceilings),
+        limits: probe_limits(&runs.settings().limits.ceilings),
         slug: Some("self-test".into()),
         ..Exec::default()
     };
-    let mut spec = match super::handler::prepare(shared, exec) {
-        Ok((spec, _)) => spec,
-        Err(r) => return failed(r.1),
+    let caller = Caller {
+        peer_uid: nix::unistd::getuid().as_raw(),
+        held: None,
+        warmth,
     };
-    // The probe runs as a real run does: its own uid from the pool, its own cgroup.
-    let jail = match super::handler::choose_jail(shared, &mut spec, "python", warmth) {
-        Ok(j) => j,
-        Err(r) => return failed(r.1),
+    let mut got = Collected::default();
+    runs.exec(exec, caller, &mut got).await;
+    let finished = match (got.finished, got.error) {
+        (Some(f), _) => f,
+        (None, Some(e)) => return failed(e),
+        (None, None) => return failed("the probe run gave no answer".into()),
     };
-    let (tx, mut rx) = mpsc::channel(64);
-    let collect = async {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        while let Some(chunk) = rx.recv().await {
-            match chunk {
-                Output::Stdout(b) => out.extend(b),
-                Output::Stderr(b) => err.extend(b),
-            }
-        }
-        (out, err)
-    };
-    let ((result, cleanup), (out, err)) =
-        tokio::join!(jail.run(spec, tx, std::future::pending()), collect);
-    cleanup.finish().await;
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
-    };
-    let out = String::from_utf8_lossy(&out);
-    let verdict = if result.finished.status != 0 || out.trim() != expected {
+    let out = String::from_utf8_lossy(&got.stdout);
+    let verdict = if finished.status != 0 || out.trim() != expected {
         Err(format!(
             "probe run gave status {} stdout {:?} stderr {:?}; expected {expected:?}",
-            result.finished.status,
+            finished.status,
             out.trim(),
-            String::from_utf8_lossy(&err).trim()
+            String::from_utf8_lossy(&got.stderr).trim()
         ))
-    } else if shared.cgroups.makes_run_cgroups()
-        && shared.cgroups.status().memory
-        && result.finished.usage.peak_memory_bytes.is_none()
+    } else if runs.cgroups().makes_run_cgroups()
+        && runs.cgroups().status().memory
+        && finished.usage.peak_memory_bytes.is_none()
     {
         Err(
             "the run's memory cgroup recorded no peak memory: the cgroups layer does not hold"
@@ -139,8 +166,8 @@ async fn probe_in(shared: &Shared, warmth: Warmth) -> Probe {
     };
     Probe {
         verdict,
-        landlock: result.landlock,
-        seccomp_denied: result.seccomp_denied,
+        landlock: got.landlock,
+        seccomp_denied: got.seccomp_denied,
     }
 }
 
