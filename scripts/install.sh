@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install codejail as a system service (README, "Operator guide"), or remove it.
+# Install codejail as a system service (docs/operating.md), or remove it.
 #
 #   sudo scripts/install.sh                  # build, install, enable the socket
 #   sudo scripts/install.sh --uninstall      # the reverse (config and accounts kept)
@@ -42,7 +42,7 @@
 #   8. check the config (codejail-broker check-config: prints the confinement);
 #   9. enable and start the socket (systemctl enable --now codejail-broker.socket),
 #      only where PID 1 is systemd; elsewhere print how to start the broker.
-#      codejail-http.service is installed, not enabled (README, "Run it as a service").
+#      codejail-http.service is installed, not enabled (docs/http.md).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -156,7 +156,7 @@ callers_gid() {
     getent group "$CALLERS_GROUP" 2>/dev/null | cut -d: -f3
 }
 
-# The default broker.toml. Keys: broker/src/config.rs; limits: CONTRACTS.md.
+# The default broker.toml. Keys: broker/src/config/; every key and limit: docs/contracts.md §4, §6.
 default_config() {
     local gid=$1 gids socket_gid
     if [ -n "$gid" ]; then
@@ -213,7 +213,7 @@ apparmor_required = false
 
 # Landlock: the oldest ABI the broker serves with (1: any Landlock, e.g. Ubuntu
 # 22.04's 5.15 or Debian 12's 6.1; each newer ABI adds rules the run's namespaces and
-# seccomp already cover; README, "Kernels: Landlock ABIs and AppArmor"). 0: not
+# seccomp already cover; docs/operating.md, "Kernels: Landlock ABIs and AppArmor"). 0: not
 # required.
 # landlock_min_abi = 1
 
@@ -275,7 +275,7 @@ required = true
 EOF
 }
 
-# The default http.toml. Keys: http/src/config.rs; CONTRACTS.md, codejail-http.
+# The default http.toml. Keys: http/src/config.rs; docs/http.md, "Configuration".
 default_http_config() {
     cat <<EOF
 # codejail-http configuration (written by scripts/install.sh; kept on reinstall).

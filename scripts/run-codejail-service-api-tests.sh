@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run openedx/codejail-service's own api_tests/ against codejail-http on a dev broker
-# (README, "Run it as a service"). CI cannot fetch the checkout: pass its path.
+# (docs/http.md). CI cannot fetch the checkout: pass its path.
 #
 #   scripts/run-codejail-service-api-tests.sh PATH-TO-CODEJAIL-SERVICE-CHECKOUT [PYTEST-ARGS...]
 #

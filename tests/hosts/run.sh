@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Host tests: build real Debian 12 hosts from Debian's packages on this machine and run
-# the README's operator path on them (docs/hosts.md).
+# the operator path of docs/operating.md on them (docs/hosts.md).
 #
 #   tests/hosts/run.sh [SCENARIO...]     # default: every scenario
 #   tests/hosts/run.sh --help

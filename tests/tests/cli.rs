@@ -1,5 +1,5 @@
 //! The `codejail-client` command line against a real broker: the contract of
-//! CONTRACTS.md (`exec`, `exec --json`, `status`, exit codes).
+//! docs/contracts.md §1-§3 (`exec`, `exec --json`, `status`, exit codes).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::io::Write;

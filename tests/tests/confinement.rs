@@ -18,7 +18,7 @@
 //! hole) or the errno name (`EACCES`, `EPERM`, ...), so a failure shows exactly which
 //! attempt got through and what it saw.
 //!
-//! Layers, as ARCHITECTURE §4-5 builds them: user ns (identity), pid/mount/net/ipc/uts
+//! Layers, as the stage builds them (docs/architecture.md §4): user ns (identity), pid/mount/net/ipc/uts
 //! ns, `pivot_root` into a minimal read-only root, Landlock (paths, TCP, abstract
 //! sockets, signals), capabilities dropped + no_new_privs, seccomp deny list, rlimits,
 //! the workspace tmpfs caps, cgroups (production).

@@ -1,5 +1,5 @@
 //! End-to-end tests of `codejail-http` against a real broker: every status code and
-//! message of codejail-service's API (COMPAT.md, the remote path), edx-platform's exact
+//! message of codejail-service's API (docs/compat.md §5), edx-platform's exact
 //! request shapes, busy and the in-flight cap, deadlines, disconnects, health following
 //! the broker, metrics and graceful shutdown. Loopback only, ephemeral ports.
 //!

@@ -440,7 +440,7 @@ fn defaults_and_contexts_above_a_ceiling_fail_start_up() {
 }
 
 /// Config defaults, then the named context's overrides, then per-request values
-/// (ARCHITECTURE §7); an unknown context means no overrides.
+/// (docs/contracts.md §4); an unknown context means no overrides.
 #[tokio::test]
 async fn limit_defaults_contexts_and_request_values() {
     let b = broker!(BrokerOpts::new().default_limit("REALTIME", 1).context(

@@ -2,7 +2,7 @@
 //! (openedx/codejail `codejail/tests/test_safe_exec.py`), each run through a real broker
 //! and, where it applies (no limits involved), through the explicit unsafe local mode;
 //! then Python-JSON fidelity, update semantics, exact failure messages, limits contexts,
-//! and the `codejail-client safe-exec` command line (CONTRACTS.md).
+//! and the `codejail-client safe-exec` command line (docs/contracts.md §1, §3).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::io::Write as _;
@@ -194,7 +194,7 @@ async fn test_bad_value(t: &Target<'_>) {
 }
 both_modes!(test_bad_value);
 
-/// COMPAT.md's json_safe rules one by one: kept and dropped types, `__builtins__`,
+/// Upstream's json_safe rules (docs/compat.md §4) one by one: kept and dropped types, `__builtins__`,
 /// per-key drops, key stringification.
 async fn json_safe_rules(t: &Target<'_>) {
     let mut globs = Dict::new();

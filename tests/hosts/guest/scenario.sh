@@ -2,7 +2,7 @@
 # The guest side of the host tests (tests/hosts/run.sh): runs as root inside a booted
 # Debian 12 host (systemd-nspawn container or QEMU VM), started by the oneshot unit
 # codejail-hosts.service that tests/hosts/rootfs.sh puts in the image. It follows the
-# README's operator path and writes one line per check to /mnt/results/results.tsv:
+# operator path (docs/operating.md) and writes one line per check to /mnt/results/results.tsv:
 #
 #   CHECK <TAB> PASS|FAIL|INFO|SKIP <TAB> DETAIL
 #
@@ -287,7 +287,7 @@ else
     expect_layer apparmor unavailable "no AppArmor in this kernel"
 fi
 
-# ---------------------------------------------------------------- 1. the README's calls
+# ------------------------------------------------ 1. the documented calls (operating.md)
 client 60 exec -c 'print(6*7)' >"$logs/exec.txt" 2>&1
 rc=$?
 [ $rc = 0 ] && [ "$(cat "$logs/exec.txt")" = 42 ]
@@ -298,7 +298,7 @@ rc=$?
 [ $rc = 0 ] && [ "$(cat "$logs/safe-exec.txt")" = '{"x": 2}' ]
 check "client: safe-exec -c 'x = 1 + 1'" $? "exit $rc: $(head -c 300 "$logs/safe-exec.txt")"
 
-# The program's environment: TMPDIR names the run's writable tmp/ (README), so
+# The program's environment: TMPDIR names the run's writable tmp/ (docs/compat.md §1), so
 # tempfile works. (glibc drops TMPDIR from a secure-exec's environment, AT_SECURE.)
 client 60 exec --limit FSIZE=1048576 -c '
 import os, sys, tempfile
