@@ -3,7 +3,7 @@
 //! The stacking itself is the jail stage's (`codejail_jail::apparmor`).
 //!
 //! On kernels without AppArmor (this project's CI) the layer is reported
-//! Unavailable and never the only line of defence (ARCHITECTURE §5).
+//! Unavailable and never the only line of defence (docs/architecture.md §8).
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! The `--dev` flags (CONTRACTS.md: a broker with no set-up, for development, tests and
+//! The `--dev` flags (docs/contracts.md §7: a broker with no set-up, for development, tests and
 //! benchmarks) and the [`FileConfig`] they stand for: a dev broker is configured the
 //! way a production one is, from a config, so the same validation applies to both.
 

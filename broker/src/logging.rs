@@ -1,4 +1,4 @@
-//! The broker's log (STYLE.md §10): structured `tracing` events, sent to the journal
+//! The broker's log: structured `tracing` events, sent to the journal
 //! with their fields (`CODEJAIL_RUN_ID`, `CODEJAIL_SLUG`, `CODEJAIL_PEER_UID`, ...) when
 //! the broker runs under systemd, human-readable lines on stderr otherwise.
 //!

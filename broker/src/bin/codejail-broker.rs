@@ -1,4 +1,4 @@
-//! The broker daemon binary: parses arguments (CONTRACTS.md) and calls the library:
+//! The broker daemon binary: parses arguments (docs/contracts.md §6) and calls the library:
 //! [`codejail_broker::daemon`] does the rest.
 
 use std::path::{Path, PathBuf};

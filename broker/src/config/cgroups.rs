@@ -34,7 +34,7 @@ pub const DEFAULT_UNLIMITED_PIDS: u64 = 256;
 impl CgroupSettings {
     pub(super) fn from_config(cfg: &CgroupConfig, mode: Mode) -> Result<Self, ConfigError> {
         let cg_mode = cfg.mode.unwrap_or_default();
-        // Production defaults require memory+pids (ARCHITECTURE §5); dev is best effort.
+        // Production defaults require memory+pids (docs/architecture.md §6); dev is best effort.
         // Turning cgroups off in production takes an explicit `required = false` too.
         let required = cfg.required.unwrap_or(mode == Mode::Confined);
         if required && cg_mode == CgroupMode::None {

@@ -22,7 +22,7 @@ pub struct CommandSpec {
 
 impl CommandSpec {
     /// Upstream's python command: `-E -B`, and numeric libraries held to one thread so
-    /// they do not exhaust NPROC (COMPAT.md: real deployments set OPENBLAS_NUM_THREADS=1).
+    /// they do not exhaust NPROC (upstream's deployments set OPENBLAS_NUM_THREADS=1; docs/compat.md §2).
     pub fn python(bin: PathBuf) -> Self {
         CommandSpec {
             ro_paths: interpreter_dirs(&bin),

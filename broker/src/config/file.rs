@@ -37,7 +37,7 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Path of the jail stage binary (default: `codejail-jail` next to the broker).
     pub jail_stage: Option<PathBuf>,
-    /// Outside uid/gid the runs get (the broker writes it into each run's id map).
+    /// Outside uid the runs get (the stage runs as it and maps the run's uid 1000 to it).
     pub run_uid: Option<u32>,
     /// Outside gid the runs get.
     pub run_gid: Option<u32>,
@@ -71,7 +71,8 @@ pub struct FileConfig {
     /// The oldest Landlock ABI the broker serves with: every run fails, and the
     /// broker refuses to start, on a kernel with less (0: Landlock is not required).
     /// Default 1 (any Landlock: Ubuntu 22.04's 5.15, Debian 12's 6.1) in the confined
-    /// mode, 0 in the dev mode. The README's Landlock section says what each ABI adds.
+    /// mode, 0 in the dev mode. docs/operating.md,
+    /// "Kernels: Landlock ABIs and AppArmor", says what each ABI adds.
     pub landlock_min_abi: Option<u32>,
     /// The newest Landlock ABI runs ask for (default: the newest the jail stage knows).
     /// Lower, it applies the rules a kernel of that ABI would: for testing how the

@@ -1,4 +1,4 @@
-//! Limit defaults, ceilings and named contexts (ARCHITECTURE §7), validated.
+//! Limit defaults, ceilings and named contexts (docs/contracts.md §4), validated.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +27,7 @@ pub enum LimitError {
     },
 }
 
-/// Defaults, ceilings and contexts, validated (ARCHITECTURE §7).
+/// Defaults, ceilings and contexts, validated (docs/contracts.md §4).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LimitPolicy {
     /// Config defaults over upstream's.

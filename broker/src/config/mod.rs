@@ -1,5 +1,5 @@
 //! Broker configuration: the TOML file (`--config`) or the `--dev` flags, parsed once
-//! into [`Settings`] and validated at start-up (STYLE.md §8). A bad config fails start-up
+//! into [`Settings`] and validated at start-up. A bad config fails start-up
 //! with the key and the reason.
 //!
 //! By concern: `file` (the file as operators write it: serde types, unknown keys
@@ -160,8 +160,9 @@ pub fn identity_for(uid: u32, gid: u32, run_uid: Option<u32>, run_gid: Option<u3
     RunIdentity {
         outer_uid,
         outer_gid,
-        // Writing a map other than our own ids, and allowing setgroups, needs
-        // CAP_SETUID/CAP_SETGID (user_namespaces(7)); root has them.
+        // Taking ids other than our own, and clearing the supplementary groups, needs
+        // CAP_SETUID/CAP_SETGID (the stage's child does both before its exec); root
+        // has them.
         clear_groups: root || outer_uid != uid || outer_gid != gid,
     }
 }

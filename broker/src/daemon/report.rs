@@ -1,4 +1,4 @@
-//! The confinement report (ARCHITECTURE §5): what each layer achieves on this host,
+//! The confinement report (docs/architecture.md §8): what each layer achieves on this host,
 //! and whether policy requires it. Shown in `Welcome`, `codejail-client status` and the
 //! start-up log. Claims here are checked by the start-up self-test (`selftest`).
 
@@ -44,7 +44,7 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         layer(
             held(probe_ok),
             true,
-            probe_detail("user, pid (with an init as PID 1), mount, network (no interfaces up), ipc and uts namespaces per run"),
+            probe_detail("user, pid (with an init as PID 1), mount, network (no interfaces up), ipc, uts and time namespaces per run"),
         ),
     );
     layers.insert(
@@ -219,7 +219,8 @@ pub fn render(report: &StatusReport) -> String {
 }
 
 /// What each Landlock ABI adds to the rules the stage asks for, and what covers it on
-/// a kernel without it (the README's Landlock section says the same to operators).
+/// a kernel without it (docs/operating.md,
+/// "Kernels: Landlock ABIs and AppArmor", says the same to operators).
 const LANDLOCK_ABIS: [(u32, &str, &str); 6] = [
     (
         2,

@@ -1,9 +1,11 @@
-//! Per-run outside ids (ARCHITECTURE §4 step 5, §5 "Identity"): in production every
+//! Per-run outside ids (docs/architecture.md §7): in production every
 //! concurrent run is mapped to its own uid/gid from the configured range (`run_ids`),
 //! so runs cannot signal, ptrace or write into each other, and NPROC is theirs alone.
 //!
 //! - [`check_capabilities`]: the broker needs CAP_SETUID/CAP_SETGID in its effective
-//!   set to write maps naming ids other than its own (user_namespaces(7)).
+//!   set: the stage's child takes the run's uid and gid (`setresuid`/`setresgid`,
+//!   supplementary groups cleared) before it execs the stage, which then creates the
+//!   run's user namespace and writes its own id maps.
 //! - [`check_collisions`]: the range must not hold a real account, group or a
 //!   `/etc/subuid`/`/etc/subgid` range (a run would otherwise *be* that user).
 //! - [`sweep_strays`]: at start-up, kill processes still running with an id of the
@@ -11,10 +13,9 @@
 //! - [`UidPool::lease`]: an id for a run that got its admission slot; the
 //!   [`Lease`] gives it back only once no process with that uid is left.
 //!
-//! The broker can kill processes of the range although their uid is not its own:
-//! they live in user namespaces it created (owned by its euid), where it holds every
-//! capability, CAP_KILL included (kill(2) permission: `ns_capable(target's user ns,
-//! CAP_KILL)`).
+//! The broker holds no capability over a run's user namespace (the stage created it,
+//! as the run's uid), so it signals a run's processes as their owner: a thread of its
+//! own switches its euid to the run's uid for the signal (`sys::pidfd_kill_as`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -88,10 +89,9 @@ pub enum PoolError {
     },
 }
 
-/// The broker's capability check: CAP_SETUID and CAP_SETGID in its effective set.
-/// Writing a uid_map (gid_map) naming an id other than the writer's own needs
-/// CAP_SETUID (CAP_SETGID) in the parent user namespace, and allowing `setgroups` in
-/// the run's namespace needs CAP_SETGID (user_namespaces(7)).
+/// The broker's capability check: CAP_SETUID and CAP_SETGID in its effective set,
+/// which the stage's child needs to take the run's uid and gid and clear its
+/// supplementary groups before its exec (`sys::install_stage_fds`).
 pub fn check_capabilities() -> Result<(), PoolError> {
     use caps::{CapSet, Capability};
     for (cap, name) in [

@@ -1,4 +1,4 @@
-//! Who is on the other end of a connection (ARCHITECTURE §4 step 1): the uid and
+//! Who is on the other end of a connection (docs/architecture.md §3, step 2): the uid and
 //! primary gid from `SO_PEERCRED`, the supplementary groups from `SO_PEERGROUPS`, all
 //! as they were at connect(2), so a peer cannot change them afterwards. A peer is
 //! allowed when its uid is in `allowed_uids`, or its primary or any supplementary

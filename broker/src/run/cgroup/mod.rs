@@ -1,4 +1,4 @@
-//! One cgroup per run (ARCHITECTURE §4 steps 6–8, §5): the run's memory and pids caps,
+//! One cgroup per run (docs/architecture.md §6): the run's memory and pids caps,
 //! a kill that reaches every process of the run, and its peak memory.
 //!
 //! Two layouts:
