@@ -1,4 +1,4 @@
-//! Limit names, units and upstream defaults (ARCHITECTURE §7). Names are upstream's
+//! Limit names, units and upstream defaults (docs/contracts.md lists them). Names are upstream's
 //! uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`, `NOFILE`).
 
 use std::collections::BTreeMap;
