@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use codejail_protocol::DEFAULT_MAX_FRAME;
 
-/// The socket used when `$CODEJAIL_SOCKET` is not set (CONTRACTS.md).
+/// The socket used when `$CODEJAIL_SOCKET` is not set: the broker's default `socket`.
 pub const DEFAULT_SOCKET: &str = "/run/codejail/broker.sock";
 
 /// How long a client waits for a broker that is starting: about eight times the

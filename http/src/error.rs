@@ -1,5 +1,5 @@
 //! The one error type of the HTTP API: every refusal the front answers, with
-//! codejail-service's status codes and bodies (COMPAT.md). Messages of its fixed-text
+//! codejail-service's status codes and bodies (docs/compat.md). Messages of its fixed-text
 //! errors are byte-exact; `{"error": ...}` for the API's own refusals, `{"detail": ...}`
 //! for the HTTP-level ones (as Django REST framework answers them).
 

@@ -1,4 +1,4 @@
-//! `POST /api/v0/code-exec`: codejail-service's view, check for check (COMPAT.md):
+//! `POST /api/v0/code-exec`: codejail-service's view, check for check (docs/compat.md):
 //! enabled, ready, then the form (urlencoded or multipart), `payload`, its JSON and schema,
 //! `python_path`, the uploaded file names, `unsafely`; then `safe_exec` through the
 //! broker, retried while the broker is busy for up to `queue_wait`.
