@@ -217,6 +217,6 @@ async fn collect_files(
     match tokio::task::spawn_blocking(move || files::collect(&paths)).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(ClientError::Io(std::io::Error::other(e))),
+        Err(e) => Err(ClientError::Runtime(std::io::Error::other(e))),
     }
 }
