@@ -69,7 +69,7 @@ pub enum Response {
         /// What went wrong, for people.
         message: String,
     },
-    /// The answer to [`Request::Status`].
+    /// The answer to [`Request::Status`](crate::Request::Status).
     Status(StatusReport),
 }
 
