@@ -30,7 +30,7 @@ fn block_on<T: Send>(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(ClientError::Io)?
+            .map_err(ClientError::Runtime)?
             .block_on(fut)
     };
     if tokio::runtime::Handle::try_current().is_err() {

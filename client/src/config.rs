@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use codejail_protocol::DEFAULT_MAX_FRAME;
 
-/// The socket used when `$CODEJAIL_SOCKET` is not set (CONTRACTS.md).
+/// The socket used when `$CODEJAIL_SOCKET` is not set: the broker's default `socket`.
 pub const DEFAULT_SOCKET: &str = "/run/codejail/broker.sock";
 
 /// How long a client waits for a broker that is starting: about eight times the
@@ -29,7 +29,7 @@ pub struct ClientConfig {
     /// From connected to the broker's `Welcome`: a serving broker answers at once,
     /// but one that systemd is starting for this very connection (socket activation)
     /// answers only once its start-up self-test has passed. Default
-    /// [`DEFAULT_START_TIMEOUT`]; past it, [`crate::ClientError::Timeout`]`("start")`.
+    /// 30 s; past it, [`crate::ClientError::Timeout`]`("start")`.
     pub start_timeout: Duration,
     /// From sending a run request until the broker says it `Started` (time spent in
     /// the broker's queue). Default 10 s.

@@ -61,6 +61,11 @@ pub enum ClientError {
     /// Reading from or writing to the broker's socket failed.
     #[error("I/O error talking to the broker: {0}")]
     Io(#[from] io::Error),
+    /// The client's own async machinery failed, with no broker involved: its runtime
+    /// could not be started, or a task it runs (reading the caller's files, running
+    /// the unconfined interpreter) was cancelled.
+    #[error("the client's async runtime failed: {0}")]
+    Runtime(#[source] io::Error),
     /// A caller-side file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     ReadFile {
@@ -111,12 +116,14 @@ fn timeout_message(which: &str) -> &'static str {
 }
 
 impl ClientError {
-    /// The wire [`ErrorKind`] of a broker error; for a file name the client refused
-    /// early, the kind the broker would have answered ([`ErrorKind::BadFileName`]).
+    /// The wire [`ErrorKind`] of a broker error; for a name the client refused early,
+    /// the kind the broker would have answered ([`ErrorKind::UnknownCommand`] for the
+    /// command's name, [`ErrorKind::BadFileName`] for a file's).
     /// `None` for errors that are not about the request itself (connection, timeout, ...).
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
             ClientError::Broker { kind, .. } => Some(*kind),
+            ClientError::InvalidName(NameError::BadCommand(_)) => Some(ErrorKind::UnknownCommand),
             ClientError::InvalidName(_) => Some(ErrorKind::BadFileName),
             _ => None,
         }
@@ -160,5 +167,17 @@ mod tests {
         assert_eq!(errors[3].kind(), Some(ErrorKind::Busy));
         assert_eq!(errors[4].kind(), None);
         assert!(errors[4].to_string().contains("queue"));
+        assert_eq!(
+            ClientError::InvalidName(NameError::BadCommand("a b".into())).kind(),
+            Some(ErrorKind::UnknownCommand),
+            "the kind the broker answers for a bad command name"
+        );
+        assert_eq!(
+            ClientError::InvalidName(NameError::Absolute("/x".into())).kind(),
+            Some(ErrorKind::BadFileName)
+        );
+        let runtime = ClientError::Runtime(io::Error::other("cancelled"));
+        assert!(!runtime.to_string().contains("broker"), "{runtime}");
+        assert_eq!(runtime.kind(), None);
     }
 }

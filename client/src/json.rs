@@ -1,4 +1,5 @@
-//! The JSON shapes of `codejail-client exec --json` and `status --json` (CONTRACTS.md).
+//! The JSON shapes of `codejail-client exec --json` and `status --json` (documented in
+//! docs/contracts.md).
 //! Kept in the library so that the exact keys are unit-tested in one place.
 
 use serde_json::{json, Map, Value};

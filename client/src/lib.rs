@@ -16,6 +16,7 @@
 pub mod blocking;
 mod config;
 mod connection;
+mod deadline;
 mod error;
 pub mod files;
 pub mod json;
@@ -34,7 +35,7 @@ pub use safe_exec::{
 };
 pub use unsafe_local::UnsafeLocal;
 
-use connection::Deadline;
+use deadline::Deadline;
 
 /// Connect to the broker and run one program (upstream's `jail_code`). The connect
 /// timeout bounds connecting, the queue timeout the wait for a slot, and the total

@@ -1,5 +1,5 @@
 //! `safe_exec`: upstream CodeJail's `exec(code, globals)` in a jail, as a client-side
-//! layer over [`crate::jail_code`] (COMPAT.md, safe_exec).
+//! layer over [`crate::jail_code`] (docs/compat.md says where it matches upstream).
 //!
 //! Each call runs the wrapper program `safe_exec_wrapper.py` (kept next to this file)
 //! as the jailed code, with `[code, globals]` as Python-dialect JSON on its stdin (see

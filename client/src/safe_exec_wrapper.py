@@ -1,8 +1,8 @@
 # The program that `safe_exec` runs for each call (codejail-client embeds this file with
 # include_str! and sends it as the run's code, so it runs as `python -E -B jailed_code`).
 #
-# It does what upstream CodeJail's generated wrapper does (codejail/safe_exec.py, 4.x),
-# in the same order, so that jailed code sees the same world (COMPAT.md, safe_exec):
+# It does what the wrapper that upstream CodeJail 4.x's safe_exec generates does, in the
+# same order, so that jailed code sees the same world (docs/compat.md, safe_exec):
 #   1. sys.stdout becomes a sink: `print` in the code is discarded;
 #   2. `[code, globals]` is read as JSON from stdin;
 #   3. the python_path basenames are appended to sys.path;

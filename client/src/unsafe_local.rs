@@ -72,7 +72,7 @@ impl UnsafeLocal {
         let run = match tokio::task::spawn_blocking(move || run_local(&python, &exec)).await {
             Ok(run) => run?,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(ClientError::Io(std::io::Error::other(e)).into()),
+            Err(e) => return Err(ClientError::Runtime(std::io::Error::other(e)).into()),
         };
         merge_local(globals, &run)
     }

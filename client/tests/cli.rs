@@ -1,5 +1,5 @@
 //! The `codejail-client` binary against a fake broker on a temporary socket: exit
-//! codes, output passthrough and the `--json` shapes of CONTRACTS.md.
+//! codes, output passthrough and the `--json` shapes (docs/contracts.md).
 
 #![allow(clippy::expect_used)] // Tests fail loudly by design.
 

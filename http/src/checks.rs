@@ -1,7 +1,7 @@
 //! codejail-service's start-up safety checks, and the monitor that re-runs them each
 //! time the broker comes (back) up.
 //!
-//! The checks are upstream's (`startup_check.py`), run through the same `safe_exec`
+//! The checks are codejail-service's start-up checks, run through the same `safe_exec`
 //! as requests: a trivial run must succeed, and listing `/`, starting a subprocess and
 //! opening an `AF_INET` socket must each fail with the denial upstream expects. Until
 //! they pass, code-exec answers 500 and `/health/` 503. Upstream's fifth check (the

@@ -1,5 +1,5 @@
 //! The one error type of the HTTP API: every refusal the front answers, with
-//! codejail-service's status codes and bodies (COMPAT.md). Messages of its fixed-text
+//! codejail-service's status codes and bodies (docs/compat.md). Messages of its fixed-text
 //! errors are byte-exact; `{"error": ...}` for the API's own refusals, `{"detail": ...}`
 //! for the HTTP-level ones (as Django REST framework answers them).
 
@@ -18,9 +18,10 @@ pub enum ApiError {
     /// `enabled = false` in the config.
     #[error("Codejail service not enabled")]
     NotEnabled,
-    /// The safety checks have not passed (yet, or since the broker came back).
+    /// The safety checks have not passed (yet, or since the broker came back), or the
+    /// broker cannot be reached. The message is codejail-service's for the same case.
     #[error("Codejail service is not correctly configured")]
-    NotConfigured,
+    NotReady,
     /// The form has no `payload` field.
     #[error("Missing 'payload' parameter in POST body")]
     MissingPayload,
@@ -71,7 +72,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotEnabled | ApiError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotEnabled | ApiError::NotReady => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MissingPayload
             | ApiError::Payload(_)
             | ApiError::PythonPath
@@ -145,7 +146,7 @@ mod tests {
             "Codejail service not enabled"
         );
         assert_eq!(
-            ApiError::NotConfigured.to_string(),
+            ApiError::NotReady.to_string(),
             "Codejail service is not correctly configured"
         );
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `POST /api/v0/code-exec`: codejail-service's view, check for check (COMPAT.md):
+//! `POST /api/v0/code-exec`: codejail-service's view, check for check (docs/compat.md):
 //! enabled, ready, then the form (urlencoded or multipart), `payload`, its JSON and schema,
 //! `python_path`, the uploaded file names, `unsafely`; then `safe_exec` through the
 //! broker, retried while the broker is busy for up to `queue_wait`.
@@ -54,9 +54,7 @@ pub async fn code_exec(State(state): State<AppState>, req: Request) -> Response 
         Ok(resp) => resp,
         Err(e) => {
             match e {
-                ApiError::NotEnabled | ApiError::NotConfigured => {
-                    state.metrics.count(Outcome::NotReady)
-                }
+                ApiError::NotEnabled | ApiError::NotReady => state.metrics.count(Outcome::NotReady),
                 // Counted where it was decided, with who was busy (count_busy).
                 ApiError::Busy { .. } => {}
                 _ => state.metrics.count(Outcome::Rejected),
@@ -71,7 +69,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response, ApiError> {
         return Err(ApiError::NotEnabled);
     }
     if !state.readiness.is_ready() {
-        return Err(ApiError::NotConfigured);
+        return Err(ApiError::NotReady);
     }
     let form = read_form(req, state.config.max_body_bytes).await?;
     let text = form.payload.ok_or(ApiError::MissingPayload)?;
@@ -152,7 +150,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response, ApiError> {
         )) => {
             tracing::error!(error = %e, "cannot reach the broker: not ready until it is back");
             state.readiness.broker_lost(&state.metrics);
-            return Err(ApiError::NotConfigured);
+            return Err(ApiError::NotReady);
         }
         Err(e) => {
             tracing::error!(slug = ?p.slug, error = %e, "the run failed");

@@ -1,7 +1,7 @@
 //! The `payload` form field of `POST /api/v0/code-exec`: Python-dialect JSON (`NaN`,
 //! `Infinity`, big integers, as edx-platform's `json.dumps` writes them), checked
 //! against codejail-service's schema in its order, with its messages' prefixes
-//! (COMPAT.md, the remote path). Python's exact decoder and jsonschema wording are not
+//! (docs/compat.md). Python's exact decoder and jsonschema wording are not
 //! reproduced; each message names the path and the problem.
 
 use codejail_client::pyjson::{self, float_repr, Dict, Value};

@@ -6,7 +6,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// Default maximum frame length: 32 MiB (CONTRACTS.md), configurable on both sides.
+/// Default maximum frame length: 32 MiB, configurable on both sides (the broker's
+/// `max_frame`, the client's `ClientConfig::max_frame`; docs/contracts.md).
 pub const DEFAULT_MAX_FRAME: usize = 32 * 1024 * 1024;
 
 /// A frame that could not be encoded or decoded.

@@ -1,5 +1,6 @@
-//! Limit names, units and upstream defaults (ARCHITECTURE §7). Names are upstream's
-//! uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`, `NOFILE`).
+//! Limit names, units and upstream defaults (docs/contracts.md lists them). Names are
+//! upstream's uppercase names plus the project's own (`OUTPUT`, `TMP`, `MEMORY`,
+//! `NOFILE`).
 
 use std::collections::BTreeMap;
 use std::fmt;

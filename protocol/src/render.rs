@@ -114,3 +114,69 @@ fn limits_lines(r: &StatusReport) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Layer, LayerState, Load, Mode};
+
+    #[test]
+    fn status_table_names_degraded_layers() {
+        let layer = |state, required| Layer {
+            state,
+            required,
+            holds: state == LayerState::Full,
+            detail: "d".into(),
+        };
+        let mut r = StatusReport {
+            broker_version: "0.1.0".into(),
+            protocol_version: 1,
+            mode: Mode::Confined,
+            layers: [
+                ("landlock".to_string(), layer(LayerState::Full, true)),
+                ("seccomp".to_string(), layer(LayerState::Partial, false)),
+            ]
+            .into_iter()
+            .collect(),
+            load: Load::default(),
+            pool: Default::default(),
+            commands: Default::default(),
+            limits: crate::LimitsReport {
+                defaults: [("CPU".to_string(), 1), ("REALTIME".to_string(), 3)].into(),
+                ceilings: Default::default(),
+                contexts: [(
+                    "course-v1:x".to_string(),
+                    [("REALTIME".to_string(), 9)].into(),
+                )]
+                .into(),
+            },
+        };
+        let t = status_table(&r);
+        assert!(t.contains("mode      confined"), "{t}");
+        assert!(
+            t.contains("limits    defaults CPU=1 REALTIME=3\n")
+                && t.contains("          context \"course-v1:x\": REALTIME=9\n")
+                && !t.contains("ceilings"),
+            "{t}"
+        );
+        assert!(t.contains("OK"), "{t}");
+        // A required layer that is partial but meets its minimum (Landlock's ABI).
+        r.layers.insert(
+            "landlock".into(),
+            Layer {
+                holds: true,
+                ..layer(LayerState::Partial, true)
+            },
+        );
+        let t = status_table(&r);
+        assert!(t.contains("verdict   OK"), "{t}");
+        r.layers
+            .insert("userns".into(), layer(LayerState::Unavailable, true));
+        let t = status_table(&r);
+        assert!(
+            t.contains("DEGRADED: required layers not fully applied: userns"),
+            "{t}"
+        );
+        assert!(t.contains("unavailable"), "{t}");
+    }
+}

@@ -221,6 +221,7 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::Connect { .. } => "connect".into(),
         ClientError::Disconnected | ClientError::Closed => "disconnected".into(),
         ClientError::Io(_) => "io".into(),
+        ClientError::Runtime(_) => "runtime".into(),
         ClientError::Timeout(which) => format!("{which}_timeout"),
         ClientError::Refused(_) => "refused".into(),
         ClientError::VersionMismatch { .. } => "version_mismatch".into(),

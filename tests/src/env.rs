@@ -28,7 +28,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const RAW_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// First uid used for brokers under test when running as root. Each broker gets its own
-/// uid (see [`TestBroker::uid`]) so that a `/proc` scan by uid sees only its runs.
+/// uid (see [`TestBroker::uid`](crate::TestBroker::uid)) so that a `/proc` scan by uid sees only its runs.
 pub(crate) const BROKER_UID_BASE: u32 = 200_000;
 /// A uid that no broker under test allows (used to test peer refusal).
 pub const OUTSIDER_UID: u32 = BROKER_UID_BASE - 1;

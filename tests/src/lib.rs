@@ -24,6 +24,7 @@
 pub mod http;
 
 mod broker;
+mod broker_opts;
 mod cgroups;
 mod env;
 mod procs;
@@ -31,6 +32,7 @@ mod raw;
 mod requests;
 
 pub use broker::*;
+pub use broker_opts::*;
 pub use cgroups::*;
 pub use env::*;
 pub use procs::*;
