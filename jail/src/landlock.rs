@@ -6,12 +6,17 @@
 //! Best effort on the ABI (the crate drops what the kernel lacks), but the achieved
 //! status is returned and reported, never assumed (rust-landlock's `sandboxer.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use codejail_plan::layout::TMP_DIR;
+use codejail_plan::Plan;
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
+
+use super::rootfs::{DEVICES, ETC_FILES, EXEC_ENTRIES};
 
 /// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes);
 /// `codejail_plan::NEWEST_LANDLOCK_ABI` says the same to the broker.
@@ -28,6 +33,32 @@ pub struct Rules {
     pub read_write_files: Vec<PathBuf>,
     /// Everything: the run's tmp directory.
     pub full: Vec<PathBuf>,
+}
+
+/// The rules for the run's view as `rootfs` builds it (paths as the program sees
+/// them, after `pivot_root`): read and execute the system entries and the plan's
+/// read-only paths; read the run's directory `workdir`, the `/etc` files and the
+/// random devices; read and write `/dev/null`; everything in the run's `tmp/`.
+pub(crate) fn rules_for(plan: &Plan, workdir: &str) -> Rules {
+    let mut read_exec: Vec<PathBuf> = EXEC_ENTRIES
+        .iter()
+        .map(|e| Path::new("/").join(e))
+        .collect();
+    read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
+    let mut read = vec![PathBuf::from(workdir)];
+    read.extend(ETC_FILES.iter().map(|f| Path::new("/etc").join(f)));
+    read.extend(
+        DEVICES
+            .iter()
+            .filter(|d| **d != "null")
+            .map(|d| Path::new("/dev").join(d)),
+    );
+    Rules {
+        read_exec,
+        read,
+        read_write_files: vec![PathBuf::from("/dev/null")],
+        full: vec![Path::new(workdir).join(TMP_DIR)],
+    }
 }
 
 pub use codejail_plan::Achieved;

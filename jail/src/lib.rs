@@ -7,7 +7,8 @@
 //! whose `main` is [`run_stage`], as the run's outside uid and gid. One module per
 //! mechanism, in the order they apply:
 //!
-//! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
+//! - [`stage`]: the stage's checklist: sanitize, read and check the plan
+//!   ([`names`]), then
 //! - [`userns`]: user namespace and its id maps, run identity;
 //! - [`namespaces`]: mount, pid, net, ipc, uts and time namespaces, the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
@@ -24,6 +25,7 @@ mod execguard;
 mod init;
 pub mod landlock;
 mod mounts;
+mod names;
 mod namespaces;
 pub mod program;
 mod restamp;
@@ -40,11 +42,11 @@ pub use error::JailError;
 pub use stage::run_stage;
 
 /// The stage's checks of a decoded plan before it builds anything, in the stage's order:
-/// every peer-supplied name (`workspace::check_names`), then what `execve` needs. For
+/// every peer-supplied name (`names::check_names`), then what `execve` needs. For
 /// the fuzz targets (`fuzz/`); the stage calls the same two functions.
 #[doc(hidden)]
 pub fn fuzz_check_plan(plan: &codejail_plan::Plan) -> Result<(), JailError> {
-    workspace::check_names(plan)?;
+    names::check_names(plan)?;
     program::ExecSpec::from_plan(plan).map(drop)
 }
 

@@ -33,12 +33,8 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::error::JailError;
+use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::Plan;
-
-/// Where the workspace tmpfs is mounted inside the new root: the run's directory is
-/// `/tmp/codejail-XXXXXXXX`, as upstream's (`tempfile.mkdtemp(prefix="codejail-")`),
-/// whose callers' tests match tracebacks against it.
-pub(crate) const WORKSPACE_MOUNT: &str = "/tmp";
 
 /// Where the program finds no procfs: a mode-0 directory (so `/proc/1/cmdline` gives
 /// `EACCES`, as upstream, not `ENOENT`).
@@ -53,12 +49,12 @@ const MASK_LIMIT: usize = 512;
 const SYSTEM_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 /// The system entries the program may read and execute: the bind mounts and the
-/// Landlock rules agree.
-const EXEC_ENTRIES: [&str; 7] = SYSTEM_ENTRIES;
+/// Landlock rules (`landlock::rules_for`) agree.
+pub(crate) const EXEC_ENTRIES: [&str; 7] = SYSTEM_ENTRIES;
 
 /// The host's `/etc` files a run may read (each gets a Landlock read rule): the
 /// dynamic loader's cache and the local time zone.
-const ETC_FILES: [&str; 2] = ["ld.so.cache", "localtime"];
+pub(crate) const ETC_FILES: [&str; 2] = ["ld.so.cache", "localtime"];
 
 /// Names in the view's `/etc` that are empty files with mode 0, not the host's: a run
 /// reading them gets `EACCES`, as upstream's callers' tests expect of `/etc/passwd`,
@@ -306,29 +302,6 @@ pub(crate) fn seal_root() -> Result<(), JailError> {
         Some(SKELETON_OPTIONS),
     )
     .map_err(mount_err("remount root read-only", Path::new("/")))
-}
-
-/// The Landlock rules for this view (paths as the program sees them).
-pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rules {
-    let mut read_exec: Vec<PathBuf> = EXEC_ENTRIES
-        .iter()
-        .map(|e| Path::new("/").join(e))
-        .collect();
-    read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
-    let mut read = vec![PathBuf::from(workdir)];
-    read.extend(ETC_FILES.iter().map(|f| Path::new("/etc").join(f)));
-    read.extend(
-        DEVICES
-            .iter()
-            .filter(|d| **d != "null")
-            .map(|d| Path::new("/dev").join(d)),
-    );
-    super::landlock::Rules {
-        read_exec,
-        read,
-        read_write_files: vec![PathBuf::from("/dev/null")],
-        full: vec![Path::new(workdir).join(super::workspace::TMP_DIR)],
-    }
 }
 
 #[cfg(test)]

@@ -33,11 +33,12 @@ use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 
 use super::error::JailError;
+use super::names::check_names;
 use super::program::ExecSpec;
 use super::restamp::restamp_warm_jail;
 use super::rlimits::apply_rlimits_to;
-use super::rootfs::WORKSPACE_MOUNT;
-use super::workspace::{check_names, hand_over_workspace};
+use super::workspace::hand_over_workspace;
+use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::{
     read_frame, write_frame, HandOver, Plan, StageReport, CONTROL_FD, MAX_PLAN_FRAME, WARM_FD,
 };

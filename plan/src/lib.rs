@@ -23,6 +23,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub mod layout;
 pub mod named_bytes;
 pub mod names;
 
