@@ -61,7 +61,7 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         code: None,
         files: vec![],
         extra_files: vec![],
-        tmpfs_mount: "/tmp".into(),
+        skeleton_root: "/tmp".into(),
         workdir_name: workdir_name.into(),
         limits: codejail_plan::RunLimits::default(),
         sigpending: None,

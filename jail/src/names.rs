@@ -13,12 +13,12 @@ const MAX_LINK_TARGET: usize = 4096;
 /// Validate every peer-supplied name of the plan again (the broker did too; this is
 /// the check that counts): entries and extra files with
 /// [`check_relative_path`], extra files at the top level only, the workdir as one
-/// plain component, link targets without NUL, and the tmpfs mount point absolute.
+/// plain component, link targets without NUL, and the skeleton root absolute.
 pub(crate) fn check_names(plan: &Plan) -> Result<(), JailError> {
-    if !plan.tmpfs_mount.starts_with('/') || plan.tmpfs_mount.contains('\0') {
+    if !plan.skeleton_root.starts_with('/') || plan.skeleton_root.contains('\0') {
         return Err(JailError::ValidatePlan(format!(
-            "tmpfs mount point {:?} is not an absolute path",
-            plan.tmpfs_mount
+            "skeleton root (tmpfs_mount) {:?} is not an absolute path",
+            plan.skeleton_root
         )));
     }
     check_relative_path(&plan.workdir_name).map_err(JailError::ValidateName)?;
@@ -90,7 +90,7 @@ mod tests {
             assert!(check_names(&p).is_err(), "workdir {bad:?} accepted");
         }
         let mut p = plan();
-        p.tmpfs_mount = "tmp".into();
+        p.skeleton_root = "tmp".into();
         assert!(check_names(&p).is_err());
         let mut p = plan();
         p.files.push(FileEntry {

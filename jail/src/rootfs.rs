@@ -158,14 +158,14 @@ pub(crate) fn extra_ro_paths(plan: &Plan) -> Vec<PathBuf> {
     out
 }
 
-/// Build the skeleton at the plan's mount point (a host directory, hidden by it in the
-/// run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`, and
-/// `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
+/// Build the skeleton at the plan's skeleton root (a host directory, hidden by it in
+/// the run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`,
+/// and `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
 pub(crate) fn build_and_enter(
     plan: &Plan,
     mount_workspace: impl FnOnce(&str) -> Result<(), JailError>,
 ) -> Result<(), JailError> {
-    let root = PathBuf::from(&plan.tmpfs_mount);
+    let root = PathBuf::from(&plan.skeleton_root);
     // A small tmpfs as the new root: only directories, links and mount points.
     mount(
         Some("tmpfs"),

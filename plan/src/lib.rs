@@ -153,10 +153,13 @@ pub struct Plan {
     /// Extra files at the top level.
     #[serde(with = "named_bytes")]
     pub extra_files: Vec<(String, Vec<u8>)>,
-    /// An existing host directory over which the run's root skeleton is mounted, in the
-    /// run's own mount namespace, before `pivot_root` into it, e.g. `/tmp`. The
-    /// workspace tmpfs is the new root's `/tmp`.
-    pub tmpfs_mount: String,
+    /// The skeleton root: an existing host directory (absolute) on which the stage
+    /// mounts the small tmpfs it builds the run's root view in, in the run's own mount
+    /// namespace (hiding what the host has there from the run only), before
+    /// `pivot_root` into it, e.g. `/tmp`. Not the workspace: the workspace is its own
+    /// tmpfs, mounted on the new root's [`layout::WORKSPACE_MOUNT`]. The broker's
+    /// setting for it is `tmpfs_mount`.
+    pub skeleton_root: String,
     /// Host directories exposed read-only (and executable) in the run's view besides
     /// the system's `/usr` and `/lib*`: the sandbox environment, package dirs.
     pub ro_paths: Vec<String>,

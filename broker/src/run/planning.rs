@@ -22,7 +22,8 @@ pub fn command_plan(
         code: None,
         files: Vec::new(),
         extra_files: Vec::new(),
-        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        // The host directory the stage builds the run's root view on.
+        skeleton_root: settings.tmpfs_mount.to_string_lossy().into_owned(),
         ro_paths: command
             .ro_paths
             .iter()

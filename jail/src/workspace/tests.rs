@@ -66,7 +66,7 @@ fn tmpfs_options_carry_the_limits() {
 fn entries_are_created_without_following_links() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut p = plan();
-    p.tmpfs_mount = dir.path().to_str().expect("utf-8 temp path").to_string();
+    let at = dir.path().to_str().expect("utf-8 temp path");
     p.code = Some(b"print(1)".to_vec());
     p.files = vec![
         FileEntry {
@@ -95,7 +95,7 @@ fn entries_are_created_without_following_links() {
         },
     ];
     p.extra_files = vec![("extra.txt".into(), b"extra".to_vec())];
-    populate_workspace(&p, &p.tmpfs_mount).expect("populate");
+    populate_workspace(&p, at).expect("populate");
     let work = dir.path().join("codejail-1");
     use std::os::unix::fs::PermissionsExt;
     let mode = |rel: &str| {
@@ -148,7 +148,7 @@ fn entries_are_created_without_following_links() {
             },
         },
     ];
-    let err = populate_workspace(&p2, &p2.tmpfs_mount).expect_err("walked through a symlink");
+    let err = populate_workspace(&p2, at).expect_err("walked through a symlink");
     assert_eq!(err.step(), "open workspace directory");
     assert!(err.message().contains("out"), "{}", err.message());
     assert!(!work.join("escaped").exists());
