@@ -1,7 +1,8 @@
 //! Landlock: unprivileged access control on paths, TCP ports and IPC scopes, applied by
 //! the program (PID 2) after `pivot_root` and before seccomp. Paths without a rule get
 //! `EACCES`, which is exactly what upstream's tests expect for `/etc/passwd`, writing
-//! the cwd, following a symlink out, and listing `/`, `..`, `/tmp` (ARCHITECTURE §5).
+//! the cwd, following a symlink out, and listing `/`, `..`, `/tmp`. The rules for the
+//! run's view are `rules_for`'s.
 //!
 //! Best effort on the ABI (the crate drops what the kernel lacks), but the achieved
 //! status is returned and reported, never assumed (rust-landlock's `sandboxer.rs`).

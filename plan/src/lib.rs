@@ -1,9 +1,11 @@
 //! The contract between the broker and its jail stage (`codejail-jail`), the one thing
 //! both sides of that trust boundary share: the [`Plan`] the broker decides for a run
 //! and sends to the stage on a pipe, the [`StageReport`]s the stage sends back, their
-//! blocking framing, and the rules for peer-supplied names ([`names`]) that the client,
-//! the broker and the stage all apply. Declarative data only: the code that applies a
-//! plan is the stage's (STYLE.md: config types apart from the code that applies them).
+//! blocking framing, the rules for peer-supplied names ([`names`]) that the client,
+//! the broker and the stage all apply, and where things are in the run's view
+//! ([`layout`]). Declarative data only: the code that applies a plan is the stage's,
+//! kept apart from these types so that the broker, which decides a plan, never links
+//! the code that builds a jail.
 //! No async runtime, no sockets, no processes: the stage must never link tokio.
 //!
 //! # The stage's file descriptors (set up by the broker, see `codejail_broker::run`)
