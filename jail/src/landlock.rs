@@ -17,7 +17,7 @@ use landlock::{
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
-use super::rootfs::{DEVICES, ETC_FILES, EXEC_ENTRIES};
+use super::view::{DEVICES, ETC_FILES, EXEC_ENTRIES};
 
 /// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes);
 /// `codejail_plan::NEWEST_LANDLOCK_ABI` says the same to the broker.
@@ -36,7 +36,7 @@ pub struct Rules {
     pub full: Vec<PathBuf>,
 }
 
-/// The rules for the run's view as `rootfs` builds it (paths as the program sees
+/// The rules for the run's view as `rootfs` builds it from the same lists (`view`) (paths as the program sees
 /// them, after `pivot_root`): read and execute the system entries and the plan's
 /// read-only paths; read the run's directory `workdir`, the `/etc` files and the
 /// random devices; read and write `/dev/null`; everything in the run's `tmp/`.

@@ -39,6 +39,7 @@ pub mod seccomp;
 pub mod stage;
 pub(crate) mod sys;
 mod userns;
+mod view;
 mod warm;
 mod workspace;
 

@@ -33,6 +33,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::error::JailError;
+use super::view::{DEVICES, ETC_FILES, SYSTEM_ENTRIES};
 use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::Plan;
 
@@ -44,25 +45,10 @@ const PROC_MASK: &str = "proc";
 /// has 4096 inodes); past that, the rest are simply absent (`ENOENT`).
 const MASK_LIMIT: usize = 512;
 
-/// Top-level host entries exposed when they exist: directories are bound read-only,
-/// symlinks (merged /usr: `/lib -> usr/lib`) are recreated as the same symlinks.
-const SYSTEM_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-
-/// The system entries the program may read and execute: the bind mounts and the
-/// Landlock rules (`landlock::rules_for`) agree.
-pub(crate) const EXEC_ENTRIES: [&str; 7] = SYSTEM_ENTRIES;
-
-/// The host's `/etc` files a run may read (each gets a Landlock read rule): the
-/// dynamic loader's cache and the local time zone.
-pub(crate) const ETC_FILES: [&str; 2] = ["ld.so.cache", "localtime"];
-
 /// Names in the view's `/etc` that are empty files with mode 0, not the host's: a run
 /// reading them gets `EACCES`, as upstream's callers' tests expect of `/etc/passwd`,
 /// and `stat()` shows nothing of the host. A fixed list, never the host's names.
 const ETC_PLACEHOLDERS: [&str; 4] = ["passwd", "group", "shadow", "hosts"];
-
-/// Device nodes bound from the host. Everything else in /dev is absent.
-pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 
 /// Options of the skeleton tmpfs: it holds only directories, links and mount points.
 const SKELETON_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=4096";
