@@ -77,7 +77,7 @@ fn plan() -> Plan {
         code: exec.code,
         files: exec.files,
         extra_files: exec.extra_files,
-        tmpfs_mount: "/tmp".into(),
+        skeleton_root: "/tmp".into(),
         ro_paths: vec!["/usr".into(), "/opt/sandbox".into()],
         workdir_name: "codejail-0123abcd".into(),
         limits: RunLimits {

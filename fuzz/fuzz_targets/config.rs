@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             let program = spec.bin.to_string_lossy().into_owned();
             let mut argv = vec![program.clone()];
             argv.extend(spec.args.iter().cloned());
-            argv.push("jailed_code".into());
+            argv.push(codejail_plan::layout::CODE_FILE.into());
             let plan = Plan {
                 program,
                 argv,
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 code: Some(b"pass".to_vec()),
                 files: vec![],
                 extra_files: vec![],
-                tmpfs_mount: s.tmpfs_mount.to_string_lossy().into_owned(),
+                skeleton_root: s.tmpfs_mount.to_string_lossy().into_owned(),
                 ro_paths: spec
                     .ro_paths
                     .iter()

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     if codejail_jail::fuzz_check_plan(&plan).is_err() {
         return;
     }
-    assert!(plan.tmpfs_mount.starts_with('/'));
+    assert!(plan.skeleton_root.starts_with('/'));
     assert!(plan.program.starts_with('/'));
     assert!(!plan.argv.is_empty());
     let plain = |name: &str| {

@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         code: exec.code.clone(),
         files: exec.files.clone(),
         extra_files: exec.extra_files.clone(),
-        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        skeleton_root: settings.tmpfs_mount.to_string_lossy().into_owned(),
         ro_paths: vec![],
         workdir_name: "codejail-0123abcd".into(),
         limits: RunLimits::default(),

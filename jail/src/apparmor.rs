@@ -15,7 +15,9 @@
 //! stderr closes at exec.
 //!
 //! On kernels without AppArmor (this project's CI) the layer is reported
-//! Unavailable and never the only line of defence (ARCHITECTURE §5).
+//! Unavailable. It is never the only line of defence: the namespaces, Landlock,
+//! seccomp and the rlimits confine the program without it (the layers and their
+//! order: `docs/architecture.md`).
 
 use std::ffi::CStr;
 use std::fs::File;

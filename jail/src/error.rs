@@ -9,7 +9,7 @@ use std::io;
 
 use codejail_plan::names::NameError;
 
-use codejail_plan::{write_frame, StageReport, CONTROL_FD, REPORT_FD};
+use codejail_plan::{write_frame, StageReport, CONTROL_FD, REPORT_FD, WARM_FD};
 
 /// A step of the jail stage (or of the init or program inside it) that failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +85,74 @@ pub enum JailError {
     /// Opening `/dev/null` or putting it on the stage's or the init's stdio failed.
     #[error("/dev/null for the stage's and the init's stdio")]
     OpenNull(#[source] io::Error),
-    /// A step of a warm jail's protocol with its interpreter failed (`warm`).
-    #[error("warm jail: {0}")]
-    Warm(String),
+    /// A warm jail (`warm`): creating the socket pair between the init and the
+    /// interpreter, or putting the program's end on [`WARM_FD`], failed.
+    #[error("warm jail: {call}")]
+    WarmChannel {
+        /// The call, e.g. `"socketpair"`.
+        call: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A warm jail: the control pipe, whose number the program's end of the channel
+    /// takes, was not on [`CONTROL_FD`].
+    #[error("warm jail: the control pipe is fd {number}, not {WARM_FD}")]
+    WarmChannelFd {
+        /// The control pipe's fd.
+        number: i32,
+    },
+    /// A warm jail: sending the interpreter's start-up hook its greeting (with the
+    /// modules to preimport) failed.
+    #[error("warm jail: greeting the interpreter")]
+    WarmGreet(#[source] io::Error),
+    /// A warm jail: the interpreter's channel closed or failed before it said `ready`.
+    #[error(
+        "warm jail: {0}: the interpreter ended before it was ready; is codejail's start-up \
+         hook installed in its site-packages (scripts/setup-sandbox-venv.sh)?"
+    )]
+    WarmNotReady(WarmLineError),
+    /// A warm jail: the start-up hook answered something other than `ready`.
+    #[error(
+        "warm jail: the interpreter's start-up hook said {line:?} instead of ready (is it \
+         installed? scripts/setup-sandbox-venv.sh)"
+    )]
+    WarmNotReadyAnswer {
+        /// The hook's line.
+        line: String,
+    },
     /// The warm jail's interpreter could not import a preimport.
     #[error("preimport: {0}")]
     Preimport(String),
+    /// A warm jail: reading the hand-over (the request) from the broker failed.
+    #[error("warm jail: reading the hand-over")]
+    WarmReadHandOver(#[source] io::Error),
+    /// A warm jail: reading the stack limit, against which the hand-over's exec size
+    /// is checked, failed.
+    #[error("warm jail: getrlimit(RLIMIT_STACK)")]
+    WarmStackLimit(#[source] io::Error),
+    /// A warm jail: reading the program's CPU clock at the hand-over failed.
+    #[error("warm jail: reading the program's CPU clock")]
+    WarmCpuClock(#[source] io::Error),
+    /// A warm jail: releasing the interpreter (sending `go` and the arguments, then
+    /// shutting down the init's side of the channel) failed.
+    #[error("warm jail: {what}")]
+    WarmRelease {
+        /// What was being done, e.g. `"releasing the interpreter"`.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A warm jail: the interpreter's channel closed or failed before its `ack`.
+    #[error("warm jail: {0}")]
+    WarmAck(WarmLineError),
+    /// A warm jail: the interpreter's `ack` is malformed.
+    #[error("warm jail: the interpreter acknowledged with {line:?}")]
+    WarmBadAck {
+        /// The interpreter's line.
+        line: String,
+    },
     /// Creating the lifeline pipe between the stage and the init failed.
     #[error("create the lifeline pipe")]
     CreateLifeline(#[source] io::Error),
@@ -264,6 +326,31 @@ pub enum JailError {
     },
 }
 
+/// Why a line from a warm jail's interpreter could not be read (the step is the
+/// [`JailError`] variant that carries it). Shown inline, not as a source: the
+/// message reads as one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmLineError {
+    /// The interpreter closed its side, after `after` (a partial line) or nothing.
+    #[error(
+        "the interpreter closed its hand-over socket{}",
+        after.as_ref().map(|a| format!(" after {a:?}")).unwrap_or_default()
+    )]
+    Closed {
+        /// What it had sent of a line, if anything.
+        after: Option<String>,
+    },
+    /// The line is over the cap.
+    #[error("a line over {max} bytes")]
+    TooLong {
+        /// The cap, bytes.
+        max: usize,
+    },
+    /// Reading failed.
+    #[error("reading the hand-over socket: {0}")]
+    Read(io::Error),
+}
+
 /// Longest `message` put in a report: a frame stays below `PIPE_BUF` so the stage,
 /// the init and the program never interleave their frames (pipe(7)).
 const MAX_REPORT_MESSAGE: usize = 2048;
@@ -288,8 +375,17 @@ impl JailError {
             JailError::SetHostname { .. } => "set hostname",
             JailError::CreateLifeline(_) => "create lifeline",
             JailError::OpenNull(_) => "stdio to /dev/null",
-            JailError::Warm(_) => "warm jail",
+            JailError::WarmChannel { .. } | JailError::WarmChannelFd { .. } => {
+                "create warm channel"
+            }
+            JailError::WarmGreet(_) => "greet warm interpreter",
+            JailError::WarmNotReady(_) | JailError::WarmNotReadyAnswer { .. } => "await warm ready",
             JailError::Preimport(_) => "preimport",
+            JailError::WarmReadHandOver(_) => "read hand-over",
+            JailError::WarmStackLimit(_) => "check hand-over exec size",
+            JailError::WarmCpuClock(_) => "read program CPU clock",
+            JailError::WarmRelease { .. } => "release warm interpreter",
+            JailError::WarmAck(_) | JailError::WarmBadAck { .. } => "read warm ack",
             JailError::Fork { what, .. } => return format!("fork {what}"),
             JailError::WatchInit(_) => "watch init",
             JailError::TieToStage(_) => "tie init to stage",
@@ -388,5 +484,99 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::ENOENT),
         };
         assert_eq!(e.step(), "exec /usr/bin/python3");
+    }
+
+    /// Each step of a warm jail's hand-over names itself, and the messages say what
+    /// they said when one variant carried them all.
+    #[test]
+    fn warm_errors_name_their_step() {
+        let os = || io::Error::from_raw_os_error(libc::EPIPE);
+        let cases = [
+            (
+                JailError::WarmChannel {
+                    call: "socketpair".into(),
+                    source: os(),
+                },
+                "create warm channel",
+                "warm jail: socketpair: ",
+            ),
+            (
+                JailError::WarmChannelFd { number: 7 },
+                "create warm channel",
+                "warm jail: the control pipe is fd 7, not 3",
+            ),
+            (
+                JailError::WarmGreet(os()),
+                "greet warm interpreter",
+                "warm jail: greeting the interpreter: ",
+            ),
+            (
+                JailError::WarmNotReady(WarmLineError::Closed { after: None }),
+                "await warm ready",
+                "warm jail: the interpreter closed its hand-over socket: the interpreter \
+                 ended before it was ready; is codejail's start-up hook installed in its \
+                 site-packages (scripts/setup-sandbox-venv.sh)?",
+            ),
+            (
+                JailError::WarmNotReadyAnswer { line: "hi".into() },
+                "await warm ready",
+                "warm jail: the interpreter's start-up hook said \"hi\" instead of ready",
+            ),
+            (
+                JailError::WarmReadHandOver(os()),
+                "read hand-over",
+                "warm jail: reading the hand-over: ",
+            ),
+            (
+                JailError::WarmStackLimit(os()),
+                "check hand-over exec size",
+                "warm jail: getrlimit(RLIMIT_STACK): ",
+            ),
+            (
+                JailError::WarmCpuClock(os()),
+                "read program CPU clock",
+                "warm jail: reading the program's CPU clock: ",
+            ),
+            (
+                JailError::WarmRelease {
+                    what: "releasing the interpreter",
+                    source: os(),
+                },
+                "release warm interpreter",
+                "warm jail: releasing the interpreter: ",
+            ),
+            (
+                JailError::WarmAck(WarmLineError::Closed {
+                    after: Some("ac".into()),
+                }),
+                "read warm ack",
+                "warm jail: the interpreter closed its hand-over socket after \"ac\"",
+            ),
+            (
+                JailError::WarmAck(WarmLineError::TooLong { max: 4096 }),
+                "read warm ack",
+                "warm jail: a line over 4096 bytes",
+            ),
+            (
+                JailError::WarmAck(WarmLineError::Read(os())),
+                "read warm ack",
+                "warm jail: reading the hand-over socket: ",
+            ),
+            (
+                JailError::WarmBadAck {
+                    line: "ack x".into(),
+                },
+                "read warm ack",
+                "warm jail: the interpreter acknowledged with \"ack x\"",
+            ),
+        ];
+        for (error, step, message) in cases {
+            assert_eq!(error.step(), step, "{error:?}");
+            let m = error.message();
+            assert!(
+                m.starts_with(message),
+                "{m:?} does not start with {message:?}"
+            );
+        }
     }
 }

@@ -23,12 +23,13 @@ use super::error::{report_failure, JailError};
 use super::execguard::{install_exec_guard, ExecGuard};
 use super::mounts::make_mounts_private;
 use super::program::{exec_program, ExecSpec};
-use super::rootfs::{build_and_enter, seal_root, WORKSPACE_MOUNT};
+use super::rootfs::{build_and_enter, seal_root};
 use super::seccomp;
 use super::sys::{self, Forked, Reaped};
 use super::userns::switch_to_run_identity;
 use super::warm::{self, Warm};
 use super::workspace::{mount_workspace_tmpfs, populate_workspace, prepare_warm_workspace};
+use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::{write_frame, Plan, StageReport};
 
 /// What the init needs from the stage, besides the plan.

@@ -1,17 +1,23 @@
 //! Landlock: unprivileged access control on paths, TCP ports and IPC scopes, applied by
 //! the program (PID 2) after `pivot_root` and before seccomp. Paths without a rule get
 //! `EACCES`, which is exactly what upstream's tests expect for `/etc/passwd`, writing
-//! the cwd, following a symlink out, and listing `/`, `..`, `/tmp` (ARCHITECTURE §5).
+//! the cwd, following a symlink out, and listing `/`, `..`, `/tmp`. The rules for the
+//! run's view are `rules_for`'s.
 //!
 //! Best effort on the ABI (the crate drops what the kernel lacks), but the achieved
 //! status is returned and reported, never assumed (rust-landlock's `sandboxer.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use codejail_plan::layout::TMP_DIR;
+use codejail_plan::Plan;
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
+
+use super::view::{DEVICES, ETC_FILES, EXEC_ENTRIES};
 
 /// The newest ABI this code was written and tested against (kernel 6.15+: TCP, scopes);
 /// `codejail_plan::NEWEST_LANDLOCK_ABI` says the same to the broker.
@@ -28,6 +34,32 @@ pub struct Rules {
     pub read_write_files: Vec<PathBuf>,
     /// Everything: the run's tmp directory.
     pub full: Vec<PathBuf>,
+}
+
+/// The rules for the run's view as `rootfs` builds it from the same lists (`view`) (paths as the program sees
+/// them, after `pivot_root`): read and execute the system entries and the plan's
+/// read-only paths; read the run's directory `workdir`, the `/etc` files and the
+/// random devices; read and write `/dev/null`; everything in the run's `tmp/`.
+pub(crate) fn rules_for(plan: &Plan, workdir: &str) -> Rules {
+    let mut read_exec: Vec<PathBuf> = EXEC_ENTRIES
+        .iter()
+        .map(|e| Path::new("/").join(e))
+        .collect();
+    read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
+    let mut read = vec![PathBuf::from(workdir)];
+    read.extend(ETC_FILES.iter().map(|f| Path::new("/etc").join(f)));
+    read.extend(
+        DEVICES
+            .iter()
+            .filter(|d| **d != "null")
+            .map(|d| Path::new("/dev").join(d)),
+    );
+    Rules {
+        read_exec,
+        read,
+        read_write_files: vec![PathBuf::from("/dev/null")],
+        full: vec![Path::new(workdir).join(TMP_DIR)],
+    }
 }
 
 pub use codejail_plan::Achieved;

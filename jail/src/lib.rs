@@ -7,16 +7,21 @@
 //! whose `main` is [`run_stage`], as the run's outside uid and gid. One module per
 //! mechanism, in the order they apply:
 //!
-//! - [`stage`]: the stage's checklist: sanitize, read and check the plan, then
+//! - [`stage`]: the stage's checklist: sanitize, read and check the plan
+//!   ([`names`]), then
 //! - [`userns`]: user namespace and its id maps, run identity;
 //! - [`namespaces`]: mount, pid, net, ipc, uts and time namespaces, the host name;
 //! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
 //!   [`execguard`], fork and reap the program;
-//! - [`program`]: PID 2: [`rlimits`], `no_new_privs`, exec;
+//! - [`program`]: PID 2: [`rlimits`], [`apparmor`], `no_new_privs`, [`landlock`]
+//!   (its rules for the view `rootfs` builds), [`seccomp`], exec;
 //! - [`warm`]: a warm jail's hand-over, between the program's exec and its code,
 //!   with [`restamp`]: its build's timestamps moved to the hand-over;
 //! - [`sys`]: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
+//!
+//! Where things are in the run's view (the workspace mount, `jailed_code`, `tmp/`) is
+//! [`codejail_plan::layout`], which the broker reads too.
 
 mod apparmor;
 pub mod error;
@@ -24,6 +29,7 @@ mod execguard;
 mod init;
 pub mod landlock;
 mod mounts;
+mod names;
 mod namespaces;
 pub mod program;
 mod restamp;
@@ -33,6 +39,7 @@ pub mod seccomp;
 pub mod stage;
 pub(crate) mod sys;
 mod userns;
+mod view;
 mod warm;
 mod workspace;
 
@@ -40,11 +47,11 @@ pub use error::JailError;
 pub use stage::run_stage;
 
 /// The stage's checks of a decoded plan before it builds anything, in the stage's order:
-/// every peer-supplied name (`workspace::check_names`), then what `execve` needs. For
+/// every peer-supplied name (`names::check_names`), then what `execve` needs. For
 /// the fuzz targets (`fuzz/`); the stage calls the same two functions.
 #[doc(hidden)]
 pub fn fuzz_check_plan(plan: &codejail_plan::Plan) -> Result<(), JailError> {
-    workspace::check_names(plan)?;
+    names::check_names(plan)?;
     program::ExecSpec::from_plan(plan).map(drop)
 }
 
@@ -59,7 +66,7 @@ pub(crate) fn test_plan(workdir_name: &str) -> codejail_plan::Plan {
         code: None,
         files: vec![],
         extra_files: vec![],
-        tmpfs_mount: "/tmp".into(),
+        skeleton_root: "/tmp".into(),
         workdir_name: workdir_name.into(),
         limits: codejail_plan::RunLimits::default(),
         sigpending: None,

@@ -14,8 +14,9 @@ use super::execguard::ExecSentinel;
 use super::rlimits::apply_rlimits;
 use super::seccomp::{self, Filters};
 use super::sys;
-use super::workspace::{workdir_path, TMP_DIR};
-use super::{apparmor, landlock, rootfs};
+use super::workspace::workdir_path;
+use super::{apparmor, landlock};
+use codejail_plan::layout::TMP_DIR;
 use codejail_plan::Plan;
 use codejail_plan::{write_frame, StageReport};
 
@@ -241,7 +242,7 @@ fn program_steps(
     // abstract sockets or signals outside the run. Applied after pivot_root, so the
     // rules name the run's own view.
     let achieved = landlock::restrict_self(
-        &rootfs::landlock_rules(plan, &spec.workdir_shown),
+        &landlock::rules_for(plan, &spec.workdir_shown),
         plan.landlock_max_abi,
     )
     .map_err(JailError::Landlock)?;

@@ -28,8 +28,8 @@ use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use super::error::JailError;
-use super::rootfs::{seal_root, WORKSPACE_MOUNT};
-use super::workspace::TMP_DIR;
+use super::rootfs::seal_root;
+use codejail_plan::layout::{TMP_DIR, WORKSPACE_MOUNT};
 
 /// At most this many inodes of the skeleton are restamped (it has 4096 inodes at most,
 /// and holds a few dozen: directories, masks, links and mount points).

@@ -33,12 +33,9 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use super::error::JailError;
+use super::view::{DEVICES, ETC_FILES, SYSTEM_ENTRIES};
+use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::Plan;
-
-/// Where the workspace tmpfs is mounted inside the new root: the run's directory is
-/// `/tmp/codejail-XXXXXXXX`, as upstream's (`tempfile.mkdtemp(prefix="codejail-")`),
-/// whose callers' tests match tracebacks against it.
-pub(crate) const WORKSPACE_MOUNT: &str = "/tmp";
 
 /// Where the program finds no procfs: a mode-0 directory (so `/proc/1/cmdline` gives
 /// `EACCES`, as upstream, not `ENOENT`).
@@ -48,25 +45,10 @@ const PROC_MASK: &str = "proc";
 /// has 4096 inodes); past that, the rest are simply absent (`ENOENT`).
 const MASK_LIMIT: usize = 512;
 
-/// Top-level host entries exposed when they exist: directories are bound read-only,
-/// symlinks (merged /usr: `/lib -> usr/lib`) are recreated as the same symlinks.
-const SYSTEM_ENTRIES: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-
-/// The system entries the program may read and execute: the bind mounts and the
-/// Landlock rules agree.
-const EXEC_ENTRIES: [&str; 7] = SYSTEM_ENTRIES;
-
-/// The host's `/etc` files a run may read (each gets a Landlock read rule): the
-/// dynamic loader's cache and the local time zone.
-const ETC_FILES: [&str; 2] = ["ld.so.cache", "localtime"];
-
 /// Names in the view's `/etc` that are empty files with mode 0, not the host's: a run
 /// reading them gets `EACCES`, as upstream's callers' tests expect of `/etc/passwd`,
 /// and `stat()` shows nothing of the host. A fixed list, never the host's names.
 const ETC_PLACEHOLDERS: [&str; 4] = ["passwd", "group", "shadow", "hosts"];
-
-/// Device nodes bound from the host. Everything else in /dev is absent.
-pub(crate) const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 
 /// Options of the skeleton tmpfs: it holds only directories, links and mount points.
 const SKELETON_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=4096";
@@ -162,14 +144,14 @@ pub(crate) fn extra_ro_paths(plan: &Plan) -> Vec<PathBuf> {
     out
 }
 
-/// Build the skeleton at the plan's mount point (a host directory, hidden by it in the
-/// run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`, and
-/// `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
+/// Build the skeleton at the plan's skeleton root (a host directory, hidden by it in
+/// the run's namespace), bind everything in, mount the workspace tmpfs on its `/tmp`,
+/// and `pivot_root` into it. Afterwards `/` is the skeleton and the host root is detached.
 pub(crate) fn build_and_enter(
     plan: &Plan,
     mount_workspace: impl FnOnce(&str) -> Result<(), JailError>,
 ) -> Result<(), JailError> {
-    let root = PathBuf::from(&plan.tmpfs_mount);
+    let root = PathBuf::from(&plan.skeleton_root);
     // A small tmpfs as the new root: only directories, links and mount points.
     mount(
         Some("tmpfs"),
@@ -306,29 +288,6 @@ pub(crate) fn seal_root() -> Result<(), JailError> {
         Some(SKELETON_OPTIONS),
     )
     .map_err(mount_err("remount root read-only", Path::new("/")))
-}
-
-/// The Landlock rules for this view (paths as the program sees them).
-pub(crate) fn landlock_rules(plan: &Plan, workdir: &str) -> super::landlock::Rules {
-    let mut read_exec: Vec<PathBuf> = EXEC_ENTRIES
-        .iter()
-        .map(|e| Path::new("/").join(e))
-        .collect();
-    read_exec.extend(plan.ro_paths.iter().map(PathBuf::from));
-    let mut read = vec![PathBuf::from(workdir)];
-    read.extend(ETC_FILES.iter().map(|f| Path::new("/etc").join(f)));
-    read.extend(
-        DEVICES
-            .iter()
-            .filter(|d| **d != "null")
-            .map(|d| Path::new("/dev").join(d)),
-    );
-    super::landlock::Rules {
-        read_exec,
-        read,
-        read_write_files: vec![PathBuf::from("/dev/null")],
-        full: vec![Path::new(workdir).join(super::workspace::TMP_DIR)],
-    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //! another layer, with the reason beside it. Everything else is allowed: the other
 //! layers (namespaces, Landlock, rlimits, uid) bound what allowed calls can reach.
 //!
-//! Compiled with `seccompiler` in the stage before rlimits can starve it
-//! (ARCHITECTURE §4), installed by the program as its very last step before `execve`.
+//! Compiled with `seccompiler` by the init, which has memory to spare, before the
+//! program's rlimits could make compiling fail; installed by the program as its very
+//! last step before `execve` (the layers and their order: `docs/architecture.md`).
 //! Two extra guards that `seccompiler`'s rule language cannot express are a tiny
 //! hand-written prefix filter: the x32 ABI (same audit arch as x86_64, syscall numbers
 //! with bit 30 set), and `clone3`, answered `ENOSYS` so that libc falls back to

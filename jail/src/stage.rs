@@ -20,11 +20,11 @@ use nix::unistd::{pipe2, Pid};
 
 use super::error::{report_failure, JailError};
 use super::init::{run_init, InitContext};
+use super::names::check_names;
 use super::namespaces::{set_hostname, unshare_run_namespaces};
 use super::program::ExecSpec;
 use super::sys::{self, Forked};
 use super::userns::{enter_user_namespace, map_own_ids};
-use super::workspace::check_names;
 use codejail_plan::{read_frame, Plan, HANDOVER_FD, MAX_PLAN_FRAME};
 
 /// Exit status of the stage when the run was built and has ended (however the

@@ -32,12 +32,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::socket::{shutdown, socketpair, AddressFamily, Shutdown, SockFlag, SockType};
 
-use super::error::JailError;
+use super::error::{JailError, WarmLineError};
+use super::names::check_names;
 use super::program::ExecSpec;
 use super::restamp::restamp_warm_jail;
 use super::rlimits::apply_rlimits_to;
-use super::rootfs::WORKSPACE_MOUNT;
-use super::workspace::{check_names, hand_over_workspace};
+use super::workspace::hand_over_workspace;
+use codejail_plan::layout::WORKSPACE_MOUNT;
 use codejail_plan::{
     read_frame, write_frame, HandOver, Plan, StageReport, CONTROL_FD, MAX_PLAN_FRAME, WARM_FD,
 };
@@ -83,16 +84,20 @@ pub(crate) fn make_channel(control: File) -> Result<(File, OwnedFd), JailError> 
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| JailError::Warm(format!("socketpair: {e}")))?;
+    .map_err(|e| JailError::WarmChannel {
+        call: "socketpair".into(),
+        source: e.into(),
+    })?;
     // The control pipe's number, given up without closing it: dup2 below replaces it.
     let number = control.into_raw_fd();
     if number != CONTROL_FD || WARM_FD != CONTROL_FD {
-        return Err(JailError::Warm(format!(
-            "the control pipe is fd {number}, not {WARM_FD}"
-        )));
+        return Err(JailError::WarmChannelFd { number });
     }
-    let program = super::sys::dup_onto(theirs.as_fd(), WARM_FD)
-        .map_err(|e| JailError::Warm(format!("dup2 onto fd {WARM_FD}: {e}")))?;
+    let program =
+        super::sys::dup_onto(theirs.as_fd(), WARM_FD).map_err(|source| JailError::WarmChannel {
+            call: format!("dup2 onto fd {WARM_FD}"),
+            source,
+        })?;
     drop(theirs);
     Ok((File::from(ours), program))
 }
@@ -111,7 +116,7 @@ impl Warm {
         }
         line.push('\n');
         sock.write_all(line.as_bytes())
-            .map_err(|e| JailError::Warm(format!("greeting the interpreter: {e}")))?;
+            .map_err(JailError::WarmGreet)?;
         Ok(Warm {
             sock,
             handover: Some(handover),
@@ -151,30 +156,22 @@ impl Warm {
     ) -> Result<bool, JailError> {
         match self.state {
             State::Starting => {
-                let line = read_line(&mut self.sock).map_err(|e| {
-                    JailError::Warm(format!(
-                        "{e}: the interpreter ended before it was ready; is codejail's start-up hook installed in its site-packages (scripts/setup-sandbox-venv.sh)?"
-                    ))
-                })?;
+                let line = read_line(&mut self.sock).map_err(JailError::WarmNotReady)?;
                 match line.strip_prefix("failed ") {
                     _ if line == "ready" => {
                         write_frame(report, &StageReport::Ready).map_err(JailError::Report)?;
                         self.state = State::Idle;
                     }
                     Some(message) => return Err(JailError::Preimport(message.to_string())),
-                    None => {
-                        return Err(JailError::Warm(format!(
-                            "the interpreter's start-up hook said {line:?} instead of ready (is it installed? scripts/setup-sandbox-venv.sh)"
-                        )))
-                    }
+                    None => return Err(JailError::WarmNotReadyAnswer { line }),
                 }
             }
             State::Idle => {
                 let Some(mut pipe) = self.handover.take() else {
                     return Ok(false);
                 };
-                let handover: Option<HandOver> = read_frame(&mut pipe, MAX_PLAN_FRAME)
-                    .map_err(|e| JailError::Warm(format!("reading the hand-over: {e}")))?;
+                let handover: Option<HandOver> =
+                    read_frame(&mut pipe, MAX_PLAN_FRAME).map_err(JailError::WarmReadHandOver)?;
                 let Some(handover) = handover else {
                     return Ok(false);
                 };
@@ -220,8 +217,8 @@ impl Warm {
             argv: plan.argv.iter().chain(&args).cloned().collect(),
             ..plan.clone()
         };
-        let (stack, _) = getrlimit(Resource::RLIMIT_STACK)
-            .map_err(|e| JailError::Warm(format!("getrlimit(RLIMIT_STACK): {e}")))?;
+        let (stack, _) =
+            getrlimit(Resource::RLIMIT_STACK).map_err(|e| JailError::WarmStackLimit(e.into()))?;
         ExecSpec::from_plan(&cold)?.check_exec_size(stack)?;
         // (`from_plan` refused any argument with a NUL: the separators are unambiguous.)
         let mut message = b"go".to_vec();
@@ -233,21 +230,25 @@ impl Warm {
         // Nothing the run can stat may tell when the jail was built.
         restamp_warm_jail(&run.workdir_name)?;
         // The limits count from now: the CPU already used is added to RLIMIT_CPU.
-        let used = super::sys::process_cpu_time(program)
-            .map_err(|e| JailError::Warm(format!("reading the program's CPU clock: {e}")))?;
+        let used = super::sys::process_cpu_time(program).map_err(JailError::WarmCpuClock)?;
         apply_rlimits_to(program, &run.limits, used)?;
         self.used = used;
         self.sock
             .write_all(&message)
-            .map_err(|e| JailError::Warm(format!("releasing the interpreter: {e}")))?;
-        shutdown(self.sock.as_raw_fd(), Shutdown::Write)
-            .map_err(|e| JailError::Warm(format!("shutdown of the hand-over socket: {e}")))?;
+            .map_err(|source| JailError::WarmRelease {
+                what: "releasing the interpreter",
+                source,
+            })?;
+        shutdown(self.sock.as_raw_fd(), Shutdown::Write).map_err(|e| JailError::WarmRelease {
+            what: "shutdown of the hand-over socket",
+            source: e.into(),
+        })?;
         Ok(())
     }
 
     fn read_ack(&mut self) -> Result<(), JailError> {
         self.state = State::Running;
-        let line = read_line(&mut self.sock)?;
+        let line = read_line(&mut self.sock).map_err(JailError::WarmAck)?;
         let mut words = line.split(' ');
         let parsed: Option<(u64, u64)> =
             match (words.next(), words.next(), words.next(), words.next()) {
@@ -256,9 +257,7 @@ impl Warm {
                 }
                 _ => None,
             };
-        let (_, system) = parsed.ok_or_else(|| {
-            JailError::Warm(format!("the interpreter acknowledged with {line:?}"))
-        })?;
+        let (_, system) = parsed.ok_or(JailError::WarmBadAck { line })?;
         // The total is the CPU clock's at the release (exact); the hook's os.times()
         // (clock ticks) only splits it into user and system time.
         let total = u64::try_from(self.used.as_micros()).unwrap_or(u64::MAX);
@@ -270,32 +269,23 @@ impl Warm {
 
 /// One `\n`-terminated line (without it), read a byte at a time so nothing after it
 /// is consumed; EOF first is an error.
-fn read_line(sock: &mut File) -> Result<String, JailError> {
+fn read_line(sock: &mut File) -> Result<String, WarmLineError> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
         match sock.read(&mut byte) {
             Ok(0) => {
-                return Err(JailError::Warm(format!(
-                    "the interpreter closed its hand-over socket{}",
-                    if line.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" after {:?}", String::from_utf8_lossy(&line))
-                    }
-                )))
+                return Err(WarmLineError::Closed {
+                    after: (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()),
+                })
             }
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() >= MAX_LINE => {
-                return Err(JailError::Warm("a line over 4096 bytes".into()))
+                return Err(WarmLineError::TooLong { max: MAX_LINE })
             }
             Ok(_) => line.push(byte[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(JailError::Warm(format!(
-                    "reading the hand-over socket: {e}"
-                )))
-            }
+            Err(e) => return Err(WarmLineError::Read(e)),
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())

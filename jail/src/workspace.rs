@@ -3,8 +3,8 @@
 //! workdir with `jailed_code`, the caller's files, directories and symlinks, the extra
 //! files, and a private `tmp/`.
 //!
-//! Names come from the peer, so they are validated again here ([`check_names`]) and
-//! every object is created relative to a directory fd: parents are walked one
+//! Names come from the peer, so the stage has validated them again before this runs
+//! (`names::check_names`), and every object is created relative to a directory fd: parents are walked one
 //! component at a time with `O_DIRECTORY|O_NOFOLLOW`, leaves are created with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`, `mkdirat` or `symlinkat`, so no symlink (including one
 //! the caller sent) is ever followed and nothing is written outside the workdir.
@@ -19,65 +19,17 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use codejail_plan::names::check_relative_path;
 use codejail_plan::EntryKind;
 use nix::mount::{mount, MsFlags};
 
 use super::error::JailError;
-use super::rootfs::WORKSPACE_MOUNT;
+use codejail_plan::layout::{program_workdir, CODE_FILE, TMP_DIR, WORKSPACE_MOUNT};
 use codejail_plan::{Plan, RunLimits};
-
-/// The file the code is written to, as upstream.
-pub(crate) const CODE_FILE: &str = "jailed_code";
-/// The run's private temporary directory inside the workdir (`TMPDIR`).
-pub(crate) const TMP_DIR: &str = "tmp";
 
 const DIR_MODE: libc::mode_t = 0o755;
 const FILE_MODE: libc::mode_t = 0o644;
 const EXEC_MODE: libc::mode_t = 0o755;
 const TMP_MODE: libc::mode_t = 0o700;
-/// Longest symlink target accepted (PATH_MAX).
-const MAX_LINK_TARGET: usize = 4096;
-
-/// Validate every peer-supplied name of the plan again (the broker did too; this is
-/// the check that counts): entries and extra files with
-/// [`check_relative_path`], extra files at the top level only, the workdir as one
-/// plain component, link targets without NUL, and the tmpfs mount point absolute.
-pub(crate) fn check_names(plan: &Plan) -> Result<(), JailError> {
-    if !plan.tmpfs_mount.starts_with('/') || plan.tmpfs_mount.contains('\0') {
-        return Err(JailError::ValidatePlan(format!(
-            "tmpfs mount point {:?} is not an absolute path",
-            plan.tmpfs_mount
-        )));
-    }
-    check_relative_path(&plan.workdir_name).map_err(JailError::ValidateName)?;
-    if plan.workdir_name.contains('/') {
-        return Err(JailError::ValidatePlan(format!(
-            "workdir name {:?} must be a single component",
-            plan.workdir_name
-        )));
-    }
-    for entry in &plan.files {
-        check_relative_path(&entry.path).map_err(JailError::ValidateName)?;
-        if let EntryKind::Symlink { target } = &entry.kind {
-            if target.is_empty() || target.contains('\0') || target.len() > MAX_LINK_TARGET {
-                return Err(JailError::ValidatePlan(format!(
-                    "symlink {:?} has an empty, too long or NUL-containing target",
-                    entry.path
-                )));
-            }
-        }
-    }
-    for (name, _) in &plan.extra_files {
-        check_relative_path(name).map_err(JailError::ValidateName)?;
-        if name.contains('/') {
-            return Err(JailError::ValidatePlan(format!(
-                "extra file {name:?} must be at the top level"
-            )));
-        }
-    }
-    Ok(())
-}
 
 /// The tmpfs mount options: `mode=0755`, plus `size=` and `nr_inodes=` when limited.
 pub(crate) fn tmpfs_options(limits: &RunLimits) -> String {
@@ -281,7 +233,7 @@ fn masked_component(plan: &Plan, link: &str, target: &str) -> Option<String> {
 
 /// The run's directory (the program's cwd) as the program sees it.
 pub(crate) fn workdir_path(plan: &Plan) -> String {
-    format!("{WORKSPACE_MOUNT}/{}", plan.workdir_name)
+    program_workdir(&plan.workdir_name)
 }
 
 /// Create one entry at `path` (relative to the workdir), walking its parents
@@ -402,210 +354,4 @@ fn c_name(name: &str) -> Result<CString, JailError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use codejail_plan::FileEntry;
-
-    fn plan() -> Plan {
-        crate::test_plan("codejail-1")
-    }
-
-    #[test]
-    fn symlinks_out_of_the_run_into_tmp_are_masked_by_their_first_component() {
-        let p = plan();
-        let m = |link: &str, target: &str| masked_component(&p, link, target);
-        assert_eq!(m("l", "/tmp/tmpab12/secret"), Some("tmpab12".into()));
-        assert_eq!(m("l", "../tmpab12/x"), Some("tmpab12".into()));
-        assert_eq!(m("sub/l", "../../other"), Some("other".into()));
-        assert_eq!(m("l", "/tmp/./x/../y"), Some("y".into()));
-        // Inside the run's directory, the host outside /tmp, or /tmp itself: no mask.
-        assert_eq!(m("l", "sibling.txt"), None);
-        assert_eq!(m("l", "/tmp/codejail-1/sibling"), None);
-        assert_eq!(m("sub/l", "../x"), None);
-        assert_eq!(m("l", "/etc/passwd"), None);
-        assert_eq!(m("l", "/tmp"), None);
-        assert_eq!(m("l", "../../../../etc"), None);
-    }
-
-    /// Masks are created as mode-0 directories beside the run's directory.
-    #[test]
-    fn masks_are_mode_zero_directories() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut p = plan();
-        p.files = vec![FileEntry {
-            path: "out".into(),
-            kind: EntryKind::Symlink {
-                target: "/tmp/tmpcaller/secret".into(),
-            },
-        }];
-        let root = open_absolute_dir(dir.path().to_str().expect("utf-8")).expect("open");
-        mask_symlink_targets(root.as_fd(), &p).expect("mask");
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::symlink_metadata(dir.path().join("tmpcaller")).expect("mask exists");
-        assert!(meta.is_dir());
-        assert_eq!(meta.permissions().mode() & 0o7777, 0);
-        // Twice is fine (an existing entry is left alone).
-        mask_symlink_targets(root.as_fd(), &p).expect("mask again");
-    }
-
-    #[test]
-    fn tmpfs_options_carry_the_limits() {
-        assert_eq!(tmpfs_options(&RunLimits::default()), "mode=0755");
-        let limits = RunLimits {
-            tmp_bytes: Some(1 << 20),
-            tmp_inodes: Some(100),
-            ..RunLimits::default()
-        };
-        assert_eq!(
-            tmpfs_options(&limits),
-            "mode=0755,size=1048576,nr_inodes=100"
-        );
-    }
-
-    #[test]
-    fn hostile_names_are_refused_before_anything_is_created() {
-        check_names(&plan()).expect("plain plan");
-        let file = |path: &str| FileEntry {
-            path: path.into(),
-            kind: EntryKind::Dir,
-        };
-        for bad in [
-            "../x",
-            "/etc/passwd",
-            "a/../../b",
-            "tmp",
-            "jailed_code",
-            "a//b",
-        ] {
-            let mut p = plan();
-            p.files.push(file(bad));
-            assert!(check_names(&p).is_err(), "entry {bad:?} accepted");
-            let mut p = plan();
-            p.extra_files.push((bad.into(), vec![]));
-            assert!(check_names(&p).is_err(), "extra file {bad:?} accepted");
-        }
-        let mut p = plan();
-        p.extra_files.push(("sub/x".into(), vec![]));
-        assert!(check_names(&p).is_err());
-        for bad in ["..", "a/b", ""] {
-            let mut p = plan();
-            p.workdir_name = bad.into();
-            assert!(check_names(&p).is_err(), "workdir {bad:?} accepted");
-        }
-        let mut p = plan();
-        p.tmpfs_mount = "tmp".into();
-        assert!(check_names(&p).is_err());
-        let mut p = plan();
-        p.files.push(FileEntry {
-            path: "link".into(),
-            kind: EntryKind::Symlink {
-                target: "a\0b".into(),
-            },
-        });
-        assert!(check_names(&p).is_err());
-    }
-
-    /// The file-writing half works on any directory (no mount, no privilege): it
-    /// creates what is asked and refuses to write through a symlink.
-    #[test]
-    fn entries_are_created_without_following_links() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut p = plan();
-        p.tmpfs_mount = dir.path().to_str().expect("utf-8 temp path").to_string();
-        p.code = Some(b"print(1)".to_vec());
-        p.files = vec![
-            FileEntry {
-                path: "pkg".into(),
-                kind: EntryKind::Dir,
-            },
-            FileEntry {
-                path: "pkg/mod.py".into(),
-                kind: EntryKind::File {
-                    contents: b"X = 42".to_vec(),
-                    executable: false,
-                },
-            },
-            FileEntry {
-                path: "run.sh".into(),
-                kind: EntryKind::File {
-                    contents: b"#!/bin/sh".to_vec(),
-                    executable: true,
-                },
-            },
-            FileEntry {
-                path: "out".into(),
-                kind: EntryKind::Symlink {
-                    target: "/etc".into(),
-                },
-            },
-        ];
-        p.extra_files = vec![("extra.txt".into(), b"extra".to_vec())];
-        populate_workspace(&p, &p.tmpfs_mount).expect("populate");
-        let work = dir.path().join("codejail-1");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |rel: &str| {
-            std::fs::symlink_metadata(work.join(rel))
-                .expect("stat")
-                .permissions()
-                .mode()
-                & 0o7777
-        };
-        assert_eq!(
-            std::fs::read(work.join("pkg/mod.py")).expect("read"),
-            b"X = 42"
-        );
-        assert_eq!(
-            std::fs::read(work.join("jailed_code")).expect("read"),
-            b"print(1)"
-        );
-        assert_eq!(
-            std::fs::read(work.join("extra.txt")).expect("read"),
-            b"extra"
-        );
-        let umask = current_umask();
-        assert_eq!(mode("run.sh"), 0o755 & !umask);
-        assert_eq!(mode("pkg/mod.py"), 0o644 & !umask);
-        assert_eq!(mode("tmp"), 0o700 & !umask);
-        assert_eq!(
-            std::fs::read_link(work.join("out"))
-                .expect("readlink")
-                .to_str(),
-            Some("/etc")
-        );
-
-        // A file below the link must not land in /etc.
-        let mut p2 = p.clone();
-        p2.workdir_name = "codejail-2".into();
-        p2.code = None;
-        p2.extra_files = vec![];
-        p2.files = vec![
-            FileEntry {
-                path: "out".into(),
-                kind: EntryKind::Symlink {
-                    target: work.to_str().expect("utf-8").to_string(),
-                },
-            },
-            FileEntry {
-                path: "out/escaped".into(),
-                kind: EntryKind::File {
-                    contents: vec![],
-                    executable: false,
-                },
-            },
-        ];
-        let err = populate_workspace(&p2, &p2.tmpfs_mount).expect_err("walked through a symlink");
-        assert_eq!(err.step(), "open workspace directory");
-        assert!(err.message().contains("out"), "{}", err.message());
-        assert!(!work.join("escaped").exists());
-    }
-
-    /// Read, not set: tests run in parallel threads sharing the umask.
-    fn current_umask() -> u32 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
-        let line = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Umask:"))
-            .expect("Umask line");
-        u32::from_str_radix(line.trim(), 8).expect("octal umask")
-    }
-}
+mod tests;

@@ -52,7 +52,7 @@ fn python_plan(code: &str) -> Plan {
         code: Some(code.as_bytes().to_vec()),
         files: vec![],
         extra_files: vec![],
-        tmpfs_mount: "/tmp".into(),
+        skeleton_root: "/tmp".into(),
         workdir_name: unique_name("codejail-test"),
         limits: RunLimits {
             cpu_secs: Some(10),

@@ -1,9 +1,11 @@
 //! The contract between the broker and its jail stage (`codejail-jail`), the one thing
 //! both sides of that trust boundary share: the [`Plan`] the broker decides for a run
 //! and sends to the stage on a pipe, the [`StageReport`]s the stage sends back, their
-//! blocking framing, and the rules for peer-supplied names ([`names`]) that the client,
-//! the broker and the stage all apply. Declarative data only: the code that applies a
-//! plan is the stage's (STYLE.md: config types apart from the code that applies them).
+//! blocking framing, the rules for peer-supplied names ([`names`]) that the client,
+//! the broker and the stage all apply, and where things are in the run's view
+//! ([`layout`]). Declarative data only: the code that applies a plan is the stage's,
+//! kept apart from these types so that the broker, which decides a plan, never links
+//! the code that builds a jail.
 //! No async runtime, no sockets, no processes: the stage must never link tokio.
 //!
 //! # The stage's file descriptors (set up by the broker, see `codejail_broker::run`)
@@ -23,6 +25,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub mod layout;
 pub mod named_bytes;
 pub mod names;
 
@@ -152,10 +155,13 @@ pub struct Plan {
     /// Extra files at the top level.
     #[serde(with = "named_bytes")]
     pub extra_files: Vec<(String, Vec<u8>)>,
-    /// An existing host directory over which the run's root skeleton is mounted, in the
-    /// run's own mount namespace, before `pivot_root` into it, e.g. `/tmp`. The
-    /// workspace tmpfs is the new root's `/tmp`.
-    pub tmpfs_mount: String,
+    /// The skeleton root: an existing host directory (absolute) on which the stage
+    /// mounts the small tmpfs it builds the run's root view in, in the run's own mount
+    /// namespace (hiding what the host has there from the run only), before
+    /// `pivot_root` into it, e.g. `/tmp`. Not the workspace: the workspace is its own
+    /// tmpfs, mounted on the new root's [`layout::WORKSPACE_MOUNT`]. The broker's
+    /// setting for it is `tmpfs_mount`.
+    pub skeleton_root: String,
     /// Host directories exposed read-only (and executable) in the run's view besides
     /// the system's `/usr` and `/lib*`: the sandbox environment, package dirs.
     pub ro_paths: Vec<String>,

@@ -2,8 +2,10 @@
 //! broker (before anything is decided) and the jail stage (the check that counts).
 //! Never trust a path from the peer.
 
-/// Names the broker creates itself in every workspace; files may not clash with them.
-pub const RESERVED_NAMES: [&str; 2] = ["jailed_code", "tmp"];
+use crate::layout::{CODE_FILE, TMP_DIR};
+
+/// Names the stage creates itself in every workspace; files may not clash with them.
+pub const RESERVED_NAMES: [&str; 2] = [CODE_FILE, TMP_DIR];
 
 /// Longest accepted path, bytes.
 pub const MAX_PATH_LEN: usize = 1024;

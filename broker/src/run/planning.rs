@@ -2,6 +2,7 @@
 //! what a cold run and a warm jail (`pool`) share, and the run directory's name.
 
 use crate::config::{CommandSpec, Settings};
+use codejail_plan::layout::CODE_FILE;
 use codejail_plan::{Plan, RunLimits};
 
 /// The plan for a run of `command` with `argv` (the program first) under `limits`,
@@ -21,7 +22,8 @@ pub fn command_plan(
         code: None,
         files: Vec::new(),
         extra_files: Vec::new(),
-        tmpfs_mount: settings.tmpfs_mount.to_string_lossy().into_owned(),
+        // The host directory the stage builds the run's root view on.
+        skeleton_root: settings.tmpfs_mount.to_string_lossy().into_owned(),
         ro_paths: command
             .ro_paths
             .iter()
@@ -66,24 +68,20 @@ pub fn sigpending_share(settings: &Settings) -> Option<u64> {
 }
 
 /// The program's argv up to and including its script: the command's program and
-/// arguments, then `jailed_code` when the request has code.
+/// arguments, then the code file (`jailed_code`) when the request has code.
 pub fn command_argv(command: &CommandSpec, has_code: bool) -> Vec<String> {
     let mut argv = vec![command.bin.to_string_lossy().into_owned()];
     argv.extend(command.args.iter().cloned());
     if has_code {
-        argv.push("jailed_code".into());
+        argv.push(CODE_FILE.into());
     }
     argv
 }
 
-/// Where the jail stage mounts the run's workspace in the program's view
-/// (`jail/src/rootfs.rs`, `WORKSPACE_MOUNT`); the end-to-end tests check the reported
-/// directory against the program's own `os.getcwd()`, so a drift fails them.
-const PROGRAM_WORKSPACE: &str = "/tmp";
-
-/// The run's directory (the program's cwd) as the program sees it.
+/// The run's directory (the program's cwd) as the program sees it: below the
+/// workspace mount the jail stage builds ([`codejail_plan::layout`], shared with it).
 pub fn program_workdir(workdir_name: &str) -> String {
-    format!("{PROGRAM_WORKSPACE}/{workdir_name}")
+    codejail_plan::layout::program_workdir(workdir_name)
 }
 
 /// The bytes a file of `n` bytes takes on the workspace tmpfs: whole pages, one at least.
