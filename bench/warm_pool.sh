@@ -78,7 +78,7 @@ while (($#)); do
     esac
 done
 parse_bench_args "${args[@]+"${args[@]}"}"
-[[ "$m" =~ ^[1-9][0-9]*$ ]] && ((m >= 2)) || die "-m must be an integer >= 2, not '$m'"
+if ! [[ "$m" =~ ^[1-9][0-9]*$ ]] || ((m < 2)); then die "-m must be an integer >= 2, not '$m'"; fi
 
 python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
 [[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh --lean or pass --python)"
