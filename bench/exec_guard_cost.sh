@@ -56,15 +56,9 @@ trap stop_brokers EXIT
 start() {
     local name=$1 bin=$2
     shift 2
-    "$bin" --dev --socket "$tmp/$name.sock" --python "$python" "$@" >"$tmp/$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 100); do
-        [[ -S "$tmp/$name.sock" ]] && return 0
-        kill -0 "${pids[-1]}" 2>/dev/null || { cat "$tmp/$name.log" >&2; die "broker $name exited"; }
-        sleep 0.1
-    done
-    cat "$tmp/$name.log" >&2
-    die "broker $name: no socket after 10 s"
+    BROKER_START_SECS=10 start_broker "$tmp/$name.log" "$tmp/$name.sock" "$bin" --dev \
+        --python "$python" "$@" || die "broker $name did not start"
+    pids+=("$started_broker_pid")
 }
 
 start denied "$broker"

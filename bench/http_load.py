@@ -72,11 +72,16 @@ def main():
         host, port = sys.argv[2].rsplit(":", 1)
         n, timeout = int(sys.argv[3]), float(sys.argv[4])
         conc = int(sys.argv[5]) if len(sys.argv) > 5 else n
-        job = lambda b: one_http(host, int(port), timeout, b)
+
+        def job(b):
+            return one_http(host, int(port), timeout, b)
     else:
         client, socket = sys.argv[2], sys.argv[3]
         n, conc, timeout = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-        job = lambda b: one_cli(client, socket, timeout, b)
+
+        def job(b):
+            return one_cli(client, socket, timeout, b)
+
     # All N at once: each waits for the others before it connects.
     barrier = threading.Barrier(conc) if mode == "http" and conc == n else None
     t0 = time.monotonic()

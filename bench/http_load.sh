@@ -22,6 +22,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/broker.sh
+source "$root/scripts/lib/broker.sh"
 die() { echo "http_load: $*" >&2; exit 2; }
 n=1000 cli_conc=64 timeout=60
 bins="${CARGO_TARGET_DIR:-$root/target}/release"
@@ -48,7 +50,7 @@ ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d /var/tmp/codejail-http-load.XXXXXX)
 chmod 755 "$tmp"
-broker_pid= http_pid=
+broker_pid='' http_pid=''
 cleanup() {
     local p
     for p in $http_pid $broker_pid; do kill -TERM "$p" 2>/dev/null || true; done
@@ -58,27 +60,13 @@ cleanup() {
 trap cleanup EXIT
 
 # The dev broker; as root, as an unprivileged uid (it never runs programs as root).
-as_broker=()
 mkdir "$tmp/broker"
-if [[ $(id -u) == 0 ]]; then
-    uid=${BENCH_BROKER_UID:-199971}
-    chown "$uid:$uid" "$tmp/broker"
-    as_broker=(setpriv "--reuid=$uid" "--regid=$uid" --clear-groups)
-    if ! "${as_broker[@]}" test -x "$bins/codejail-broker"; then
-        install -d -m 755 "$tmp/bin"
-        install -m 755 "$bins"/{codejail-broker,codejail-jail} "$tmp/bin/"
-        broker_bins=$tmp/bin
-    fi
-fi
-broker_bins=${broker_bins:-$bins}
 socket=$tmp/broker/broker.sock
-(cd "$tmp/broker" && exec env -u XDG_RUNTIME_DIR TMPDIR="$tmp/broker" "${as_broker[@]}" \
-    "$broker_bins/codejail-broker" --dev --socket "$socket" --python "$python" \
-    --allow-uid "$(id -u)" --max-running "${MAX_RUNNING:-2}" --max-queue "${MAX_QUEUE:-32}" \
-    >"$tmp/broker.log" 2>&1) &
-broker_pid=$!
-for _ in $(seq 200); do [[ -S $socket ]] && break; sleep 0.1; done
-[[ -S $socket ]] || { cat "$tmp/broker.log" >&2; die "the broker did not listen"; }
+start_broker --as "${BENCH_BROKER_UID:-199971}" "$tmp/broker.log" "$socket" \
+    "$bins/codejail-broker" --dev --python "$python" --allow-uid "$(id -u)" \
+    --max-running "${MAX_RUNNING:-2}" --max-queue "${MAX_QUEUE:-32}" \
+    || die "the broker did not start"
+broker_pid=$started_broker_pid
 
 cat >"$tmp/http.toml" <<TOML
 listen = "127.0.0.1:0"

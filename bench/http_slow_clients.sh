@@ -26,6 +26,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/broker.sh
+source "$root/scripts/lib/broker.sh"
 die() { echo "http_slow_clients: $*" >&2; exit 2; }
 target="${CARGO_TARGET_DIR:-$root/target}"
 bins=$target/release
@@ -75,26 +77,12 @@ cleanup() {
 trap cleanup EXIT
 
 # The dev broker; as root, as an unprivileged uid (it never runs programs as root).
-as_broker=()
 mkdir "$tmp/broker"
-if [[ $(id -u) == 0 ]]; then
-    uid=${BENCH_BROKER_UID:-199972}
-    chown "$uid:$uid" "$tmp/broker"
-    as_broker=(setpriv "--reuid=$uid" "--regid=$uid" --clear-groups)
-    if ! "${as_broker[@]}" test -x "$bins/codejail-broker"; then
-        install -d -m 755 "$tmp/bin"
-        install -m 755 "$bins"/{codejail-broker,codejail-jail} "$tmp/bin/"
-        broker_bins=$tmp/bin
-    fi
-fi
-broker_bins=${broker_bins:-$bins}
 socket=$tmp/broker/broker.sock
-(cd "$tmp/broker" && exec env -u XDG_RUNTIME_DIR TMPDIR="$tmp/broker" "${as_broker[@]}" \
-    "$broker_bins/codejail-broker" --dev --socket "$socket" --python "$python" \
-    --allow-uid "$(id -u)" >"$tmp/broker.log" 2>&1) &
-broker_pid=$!
-for _ in $(seq 200); do [[ -S $socket ]] && break; sleep 0.1; done
-[[ -S $socket ]] || { cat "$tmp/broker.log" >&2; die "the broker did not listen"; }
+start_broker --as "${BENCH_BROKER_UID:-199972}" "$tmp/broker.log" "$socket" \
+    "$bins/codejail-broker" --dev --python "$python" --allow-uid "$(id -u)" \
+    || die "the broker did not start"
+broker_pid=$started_broker_pid
 
 # The front with its defaults (only keys every version knows).
 cat >"$tmp/http.toml" <<TOML

@@ -23,6 +23,10 @@
 # options), tmp broker_pid (make_tmpdir, start_dev_broker_unless_socket), now (stamp).
 # The --help text is the calling script's header comment (line 2 to the first blank line).
 
+# start_broker: the one way scripts start a broker and wait for its socket.
+# shellcheck source=scripts/lib/broker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/broker.sh"
+
 # Options and their defaults; NAME ($1) is used in messages and the temp dir's name.
 bench_init() {
     bench_name=$1
@@ -87,14 +91,9 @@ start_dev_broker_unless_socket() {
     [[ -z "$socket" ]] || return 0
     [[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help), pass --broker or --socket"
     socket="$tmp/broker.sock"
-    "$broker" --dev --socket "$socket" --python "$python" >"$tmp/broker.log" 2>&1 &
-    broker_pid=$!
-    for _ in $(seq 100); do
-        [[ -S "$socket" ]] && break
-        kill -0 "$broker_pid" 2>/dev/null || { cat "$tmp/broker.log" >&2; die "the dev broker exited"; }
-        sleep 0.1
-    done
-    [[ -S "$socket" ]] || { cat "$tmp/broker.log" >&2; die "no socket at $socket after 10 s"; }
+    BROKER_START_SECS=10 start_broker "$tmp/broker.log" "$socket" "$broker" --dev \
+        --python "$python" || die "the dev broker did not start"
+    broker_pid=$started_broker_pid
 }
 
 # broker_fail NAME MESSAGE: the named broker's log on stderr, then die.
@@ -110,15 +109,10 @@ broker_fail() {
 start_named_broker() {
     local name=$1 bin=$2; shift 2
     local sock="$tmp/$name.sock"
-    "$bin" --dev --socket "$sock" --python "$python" "$@" >"$tmp/$name.log" 2>&1 &
-    bpid[$name]=$!
+    BROKER_START_SECS=10 start_broker "$tmp/$name.log" "$sock" "$bin" --dev \
+        --python "$python" "$@" || die "$name broker: did not start"
+    bpid[$name]=$started_broker_pid
     bsock[$name]=$sock
-    for _ in $(seq 100); do
-        [[ -S "$sock" ]] && return 0
-        kill -0 "${bpid[$name]}" 2>/dev/null || broker_fail "$name" "exited at start"
-        sleep 0.1
-    done
-    broker_fail "$name" "no socket at $sock after 10 s"
 }
 
 # stop_named_broker NAME
@@ -180,6 +174,7 @@ percentiles() {
 
 # series_percentiles WHAT...: for each WHAT, its p50 and p90 (ms) from the space-separated
 # microsecond samples in ${samples[WHAT]}, into the global arrays p50 and p90.
+# shellcheck disable=SC2034,SC2154  # p50 and p90 are read, samples written, by the scripts
 series_percentiles() {
     declare -gA p50=() p90=()
     local what us

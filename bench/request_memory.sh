@@ -52,11 +52,9 @@ target_mib=$((budget_mib * 3 / 2 + 64))
 measure() {
     local bin=$1 cli=$2 k=$3 sock="$tmp/m.sock"
     rm -f "$sock"
-    "$bin" --dev --socket "$sock" --python "$python" \
-        --request-budget $((budget_mib << 20)) >"$tmp/broker.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
-    [[ -S "$sock" ]] || { cat "$tmp/broker.log" >&2; die "no broker socket"; }
+    BROKER_START_SECS=10 start_broker "$tmp/broker.log" "$sock" "$bin" --dev \
+        --python "$python" --request-budget $((budget_mib << 20)) || die "no broker socket"
+    local pid=$started_broker_pid
     local jobs=()
     for ((i = 0; i < k; i++)); do
         "$cli" --socket "$sock" exec --limit REALTIME=30 "${send[@]}" \

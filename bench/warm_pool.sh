@@ -78,7 +78,7 @@ while (($#)); do
     esac
 done
 parse_bench_args "${args[@]+"${args[@]}"}"
-[[ "$m" =~ ^[1-9][0-9]*$ ]] && ((m >= 2)) || die "-m must be an integer >= 2, not '$m'"
+if ! [[ "$m" =~ ^[1-9][0-9]*$ ]] || ((m < 2)); then die "-m must be an integer >= 2, not '$m'"; fi
 
 python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
 [[ -x "$python" ]] || die "python '$python' is not executable (build the venv with scripts/setup-sandbox-venv.sh --lean or pass --python)"
@@ -90,19 +90,19 @@ json_python=$(command -v python3 || echo "$python")
 
 make_tmpdir
 
-# start_broker NAME [BROKER-ARG...]: `codejail-broker --dev` on $tmp/NAME.sock with the
+# start_bench_broker NAME [BROKER-ARG...]: `codejail-broker --dev` on $tmp/NAME.sock with the
 # given extra arguments (log in $tmp/NAME.log), waiting up to 10 s for the socket and,
 # with a pool, up to 60 s more until the pool is full.
-start_broker() {
+start_bench_broker() {
     local name=$1; shift
     start_named_broker "$name" "$broker" "$@"
     [[ " $* " != *" --pool-size "* ]] || wait_pool_full "$name" 60
 }
 
-start_broker cold
-start_broker lean --pool-size 2
-start_broker json --pool-size 2 --preimport json
-start_broker warm --pool-size 2 --preimport numpy
+start_bench_broker cold
+start_bench_broker lean --pool-size 2
+start_bench_broker json --pool-size 2 --preimport json
+start_bench_broker warm --pool-size 2 --preimport numpy
 
 trivial='x = 1 + 1'
 numpy='import numpy; x = int(numpy.arange(10).sum())'
@@ -338,7 +338,7 @@ ratio "cold / bare" "${tput[cold_exec]}" "${tput[bare_print]}"
 read -r rss_numpy mem_numpy < <(pool_field warm idle_rss_kib idle_memory_bytes) || die "status of the warm broker failed"
 stop_named_broker warm
 stop_named_broker cold
-start_broker plain --pool-size 1
+start_bench_broker plain --pool-size 1
 read -r rss_plain mem_plain < <(pool_field plain idle_rss_kib idle_memory_bytes) || die "status of the plain broker failed"
 stop_named_broker plain
 

@@ -11,6 +11,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=scripts/lib/broker.sh
+source scripts/lib/broker.sh
 
 # rustup installs cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
 if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
@@ -44,18 +46,12 @@ trap cleanup EXIT
 
 step "start a dev broker on $socket"
 show "codejail-broker --dev --socket $socket --python $python"
-"$bin/codejail-broker" --dev --socket "$socket" --python "$python" >"$work/broker.log" 2>&1 &
-broker_pid=$!
-for _ in $(seq 200); do
-    [ -S "$socket" ] && break
-    kill -0 "$broker_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if ! [ -S "$socket" ]; then
-    cat "$work/broker.log" >&2
+if ! start_broker "$work/broker.log" "$socket" "$bin/codejail-broker" --dev \
+        --python "$python"; then
     echo "DEMO FAILED: the broker did not start" >&2
     exit 1
 fi
+broker_pid=$started_broker_pid
 sleep 0.2
 echo "--- broker output (confinement report) ---"
 cat "$work/broker.log"

@@ -55,7 +55,9 @@ cleanup() { [ -n "$staged" ] && rm -rf "$staged"; return 0; }
 trap cleanup EXIT
 if [ -z "${CODEJAIL_TEST_BIN_DIR:-}" ]; then
     bins=${CARGO_TARGET_DIR:-$repo/target}/debug
-    [ -x "$bins/codejail-broker" ] && [ -x "$bins/codejail-jail" ] || cargo build --bins
+    if ! [ -x "$bins/codejail-broker" ] || ! [ -x "$bins/codejail-jail" ]; then
+        cargo build --bins
+    fi
     if [ "$(id -u)" = 0 ] && ! setpriv --reuid=209999 --regid=209999 --clear-groups \
             test -x "$bins/codejail-broker"; then
         staged=$(mktemp -d /var/tmp/codejail-pytest-bin.XXXXXX)

@@ -22,6 +22,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/broker.sh
+source "$repo/scripts/lib/broker.sh"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'run-codejail-service-api-tests: error: %s\n' "$*" >&2; exit 2; }
 
@@ -40,19 +42,19 @@ cargo build --quiet --bins --manifest-path "$repo/Cargo.toml"
 target=${CARGO_TARGET_DIR:-$repo/target}/debug
 sandbox_python=$("$repo/scripts/setup-sandbox-venv.sh")
 venv=${CODEJAIL_API_TESTS_VENV:-/var/tmp/codejail-api-tests-venv}
-reqs="pytest==8.3.4 requests==2.32.3 ddt==1.7.2"
+reqs=(pytest==8.3.4 requests==2.32.3 ddt==1.7.2)
 if ! "$venv/bin/python" -c 'import pytest, requests, ddt' 2>/dev/null; then
-    log "test virtualenv $venv ($reqs)"
+    log "test virtualenv $venv (${reqs[*]})"
     rm -rf "$venv"
     /usr/bin/python3 -m venv "$venv"
-    # shellcheck disable=SC2086
-    "$venv/bin/pip" install --quiet --disable-pip-version-check $reqs
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]}"
 fi
 
 # 2. A work directory the broker's uid can reach (not /tmp: a jail mounts over it).
 work=$(mktemp -d /var/tmp/codejail-api-tests.XXXXXX)
 chmod 755 "$work"
-broker_pid= http_pid=
+broker_pid='' http_pid=''
+# shellcheck disable=SC2317  # run by the EXIT trap (shellcheck 0.9 misses it)
 cleanup() {
     local pid
     for pid in $http_pid $broker_pid; do
@@ -65,39 +67,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bins=$target
-as_broker=()
-me=$(id -u)
-if [ "$me" = 0 ]; then
-    broker_uid=${CODEJAIL_API_TESTS_BROKER_UID:-199970}
-    mkdir "$work/broker"
-    chown "$broker_uid:$broker_uid" "$work/broker"
-    as_broker=(setpriv --reuid="$broker_uid" --regid="$broker_uid" --clear-groups)
-    if ! "${as_broker[@]}" test -x "$target/codejail-broker"; then
-        bins=$work/bin
-        install -d -m 755 "$bins"
-        install -m 755 "$target"/{codejail-broker,codejail-jail} "$bins/"
-    fi
-else
-    mkdir "$work/broker"
-fi
+mkdir "$work/broker"
 socket=$work/broker/broker.sock
 
-# 3. The broker, with a typical deployment's limits.
+# 3. The broker, with a typical deployment's limits; as root, as an unprivileged uid.
+#    $CODEJAIL_BROKER_ARGS: more broker arguments, split on blanks.
+read -ra extra_args <<<"${CODEJAIL_BROKER_ARGS:-}"
 log "codejail-broker --dev (CPU 3, REALTIME 3, VMEM 512 MiB, FSIZE 10 MiB, NPROC 15)"
-(cd "$work/broker" && exec env -u XDG_RUNTIME_DIR TMPDIR="$work/broker" \
-    "${as_broker[@]}" "$bins/codejail-broker" --dev --socket "$socket" \
-    --python "$sandbox_python" --allow-uid "$me" \
+start_broker --as "${CODEJAIL_API_TESTS_BROKER_UID:-199970}" "$work/broker.log" "$socket" \
+    "$target/codejail-broker" --dev --python "$sandbox_python" --allow-uid "$(id -u)" \
     --default CPU=3 --default REALTIME=3 --default VMEM=536870912 \
     --default FSIZE=10485760 --default NPROC=15 --max-running 2 --max-queue 16 \
-    ${CODEJAIL_BROKER_ARGS:-} >"$work/broker.log" 2>&1) &
-broker_pid=$!
-for _ in $(seq 200); do
-    [ -S "$socket" ] && break
-    kill -0 "$broker_pid" 2>/dev/null || { cat "$work/broker.log" >&2; die "the broker exited"; }
-    sleep 0.1
-done
-[ -S "$socket" ] || { cat "$work/broker.log" >&2; die "the broker did not listen"; }
+    "${extra_args[@]+"${extra_args[@]}"}" || die "the broker did not start"
+broker_pid=$started_broker_pid
 
 # 4. The front, on an ephemeral loopback port; its deadline follows the broker's
 #    REALTIME (3), which it reads from the broker.
@@ -155,7 +137,7 @@ print(f"codejail-service api_tests against codejail-http: {total - failed - erro
       f"{failed} failed, {errors} errors, {skipped} skipped (of {total})")
 PY
 # With a warm pool: how many of the runs it served.
-"$bins/codejail-client" --socket "$socket" status --json 2>/dev/null | "$venv/bin/python" -c '
+"$target/codejail-client" --socket "$socket" status --json 2>/dev/null | "$venv/bin/python" -c '
 import json, sys
 for name, p in json.load(sys.stdin).get("pool", {}).items():
     print("warm pool %s: %d runs served warm, %d cold" % (name, p["hits"], p["misses"]))

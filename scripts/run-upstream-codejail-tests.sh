@@ -29,6 +29,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/broker.sh
+source "$repo/scripts/lib/broker.sh"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'run-upstream-codejail-tests: error: %s\n' "$*" >&2; exit 2; }
 
@@ -45,6 +47,7 @@ venv=${CODEJAIL_UPSTREAM_TEST_VENV:-/var/tmp/codejail-upstream-test-venv}
 work=$(mktemp -d /tmp/codejail-upstream.XXXXXX)
 chmod 755 "$work"
 broker_pid=
+# shellcheck disable=SC2317  # run by the EXIT trap (shellcheck 0.9 misses it)
 cleanup() {
     if [ -n "$broker_pid" ]; then
         kill -TERM "$broker_pid" 2>/dev/null || true
@@ -91,33 +94,15 @@ sandbox_venv=$(dirname "$(dirname "$sandbox_python")")
 "$sandbox_python" -c 'import numpy, six' || die "the sandbox venv $sandbox_venv lacks numpy or six"
 (cd "$repo" && cargo build --bins -q)
 bins=${CARGO_TARGET_DIR:-$repo/target}/debug
-socket=$work/broker/b.sock
+socket=$work/broker/broker.sock
 mkdir "$work/broker"
 # $CODEJAIL_BROKER_ARGS: more broker arguments, e.g. "--pool-size 2" for a warm pool.
-# shellcheck disable=SC2206
-broker_cmd=("$bins/codejail-broker" --dev --socket "$socket" --python "$sandbox_python"
-            --allow-uid "$(id -u)" ${CODEJAIL_BROKER_ARGS:-})
-if [ "$(id -u)" = 0 ]; then
-    uid=219999
-    if ! setpriv --reuid=$uid --regid=$uid --clear-groups test -x "$bins/codejail-broker"; then
-        mkdir "$work/bin"
-        cp "$bins"/{codejail-broker,codejail-jail} "$work/bin/"
-        chmod 755 "$work/bin" "$work/bin"/*
-        broker_cmd[0]=$work/bin/codejail-broker
-    fi
-    chown $uid:$uid "$work/broker"
-    broker_cmd=(setpriv --reuid=$uid --regid=$uid --clear-groups "${broker_cmd[@]}")
-fi
-log "starting ${broker_cmd[*]}"
-(cd "$work/broker" && exec env -i PATH=/usr/bin:/bin RUST_LOG=warn TMPDIR="$work/broker" \
-    "${broker_cmd[@]}" >"$work/broker.log" 2>&1) &
-broker_pid=$!
-for _ in $(seq 200); do
-    [ -S "$socket" ] && break
-    kill -0 "$broker_pid" 2>/dev/null || { cat "$work/broker.log" >&2; die "the broker exited"; }
-    sleep 0.05
-done
-[ -S "$socket" ] || { cat "$work/broker.log" >&2; die "the broker did not start listening"; }
+read -ra extra_args <<<"${CODEJAIL_BROKER_ARGS:-}"
+log "starting a dev broker on $socket (as uid 219999 when root)"
+start_broker --as 219999 "$work/broker.log" "$socket" \
+    "$bins/codejail-broker" --dev --python "$sandbox_python" --allow-uid "$(id -u)" \
+    "${extra_args[@]+"${extra_args[@]}"}" || die "the broker did not start listening"
+broker_pid=$started_broker_pid
 
 status_json=$("$bins/codejail-client" --socket "$socket" status --json || true)
 netns=$(printf '%s' "$status_json" | "$venv/bin/python" -c \

@@ -5,8 +5,23 @@ exceptions of codejail.broker (BrokerUnavailable, BrokerBusy, BrokerRefused,
 BrokerRequestError, BrokerError), constructed as (socket, reason, kind).
 """
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple, TypedDict
+from typing import Mapping, Optional, Sequence, Tuple, TypedDict, type_check_only
 
+# What the module exports (pyo3 sets the runtime's __all__ from python/src/lib.rs).
+__all__ = [
+    "jail_code",
+    "status_json",
+    "connection_stats",
+    "close_connections",
+    "truncated_output_message",
+    "SAFE_EXEC_WRAPPER",
+    "DEFAULT_SOCKET",
+    "PROTOCOL_VERSION",
+]
+
+# The shapes of the dicts the functions return: types for checkers only, the module
+# has no such classes.
+@type_check_only
 class Usage(TypedDict):
     cpu_user_ms: int
     cpu_sys_ms: int
@@ -14,6 +29,7 @@ class Usage(TypedDict):
     max_rss_kib: int
     peak_memory_bytes: Optional[int]
 
+@type_check_only
 class RunResult(TypedDict):
     stdout: bytes
     stderr: bytes
@@ -26,6 +42,7 @@ class RunResult(TypedDict):
     pid: int
     usage: Usage
 
+@type_check_only
 class ConnectionStats(TypedDict):
     pid: int
     idle: int

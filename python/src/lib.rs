@@ -6,7 +6,7 @@
 //!
 //! - the GIL is released for the whole call ([`Python::detach`]), so many threads
 //!   (gunicorn `--threads`) run jails at once;
-//! - connections are kept and reused per process ([`process::Process`]); after
+//! - connections are kept and reused per process (`process::Process`); after
 //!   `fork()` (gunicorn `preload_app`) the child notices the pid change and starts with
 //!   a fresh runtime and no connections, never touching its parent's;
 //! - a kept connection that turns out dead (the broker restarted since) is replaced
