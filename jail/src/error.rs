@@ -1,7 +1,7 @@
 //! The jail stage's one error type: every variant is named after the step that failed
 //! and carries what that step was working on (a path, a name) and the `io::Error`.
 //! [`JailError::step`] and [`JailError::message`] turn it into a
-//! [`StageReport::Failed`](codejail_plan::StageReport::Failed) for the broker.
+//! [`StageReport::Failed`] for the broker.
 
 use std::error::Error as _;
 use std::fs::File;

@@ -85,7 +85,7 @@ fn same_rights(a: ABI, b: ABI) -> bool {
 /// older kernel would). TCP bind/connect are handled with no rule (so denied), and
 /// the abstract-unix-socket and signal scopes keep the program from reaching sockets
 /// or processes outside its own domain. The result is `Full` when the kernel enforces
-/// every right of [`TESTED_ABI`], with the ABI that was applied.
+/// every right of `TESTED_ABI`, with the ABI that was applied.
 pub fn restrict_self(rules: &Rules, max_abi: u32) -> Result<Achieved, LandlockError> {
     let abi = if max_abi < TESTED_ABI as u32 {
         ABI::from(i32::try_from(max_abi).unwrap_or(0))

@@ -8,16 +8,16 @@
 //! mechanism, in the order they apply:
 //!
 //! - [`stage`]: the stage's checklist: sanitize, read and check the plan
-//!   ([`names`]), then
-//! - [`userns`]: user namespace and its id maps, run identity;
-//! - [`namespaces`]: mount, pid, net, ipc, uts and time namespaces, the host name;
-//! - [`init`]: PID 1 of the run: [`mounts`], [`rootfs`], [`workspace`], the
-//!   [`execguard`], fork and reap the program;
-//! - [`program`]: PID 2: [`rlimits`], [`apparmor`], `no_new_privs`, [`landlock`]
+//!   (`names`), then
+//! - `userns`: user namespace and its id maps, run identity;
+//! - `namespaces`: mount, pid, net, ipc, uts and time namespaces, the host name;
+//! - `init`: PID 1 of the run: `mounts`, `rootfs`, `workspace`, the
+//!   `execguard`, fork and reap the program;
+//! - [`program`]: PID 2: `rlimits`, `apparmor`, `no_new_privs`, [`landlock`]
 //!   (its rules for the view `rootfs` builds), [`seccomp`], exec;
-//! - [`warm`]: a warm jail's hand-over, between the program's exec and its code,
-//!   with [`restamp`]: its build's timestamps moved to the hand-over;
-//! - [`sys`]: every raw system call, each with its `SAFETY` comment;
+//! - `warm`: a warm jail's hand-over, between the program's exec and its code,
+//!   with `restamp`: its build's timestamps moved to the hand-over;
+//! - `sys`: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 //!
 //! Where things are in the run's view (the workspace mount, `jailed_code`, `tmp/`) is

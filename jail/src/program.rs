@@ -1,6 +1,6 @@
 //! The program: PID 2 of the run, forked by the init. It applies the last, per-process
 //! layers to itself and execs the configured interpreter. Nothing of the user's runs
-//! before the `execve` at the end of [`exec_program`].
+//! before the `execve` at the end of `exec_program`.
 
 use std::ffi::CString;
 use std::fs::File;

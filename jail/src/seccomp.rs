@@ -1,4 +1,4 @@
-//! seccomp: the last layer before exec. The policy is reviewed data ([`DENIED`]): each
+//! seccomp: the last layer before exec. The policy is reviewed data (`DENIED`): each
 //! entry is a syscall (optionally with an argument condition) that a jailed Python
 //! program has no use for and that widens the kernel attack surface or breaks out of
 //! another layer, with the reason beside it. Everything else is allowed: the other

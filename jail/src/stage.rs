@@ -1,6 +1,6 @@
 //! The jail stage: what `codejail-jail` does, from the fds the broker hands it to the
 //! end of the run. [`run_stage`] reads the plan and builds the jail in one ordered
-//! checklist ([`build_jail`]); the init ([`super::init`]) and the program
+//! checklist (`build_jail`); the init (`super::init`) and the program
 //! ([`super::program`]) continue the sequence inside the run's namespaces.
 //!
 //! The stage is single-threaded and never touches tokio: `unshare(CLONE_NEWUSER)`

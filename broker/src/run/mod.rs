@@ -10,10 +10,10 @@
 //! 4. **run** it: the jail stage spawned as the run's uid into its cgroup ([`cgroup`]),
 //!    or the warm jail handed the request; output streamed to the client as it
 //!    comes, REALTIME and the output cap enforced, the client's departure ending it
-//!    ([`stage`], [`jail`]);
+//!    (`stage`, `jail`);
 //! 5. **answer**: the log line, then `Finished` or the error;
 //! 6. **clean up**: the stage reaped, the cgroup removed, the uid given back, the
-//!    warm jail's place freed for its replacement, then the slot ([`cleanup`]).
+//!    warm jail's place freed for its replacement, then the slot (`cleanup`).
 //!
 //! The connection handler (`server/connection.rs`) and the start-up self-test
 //! (`daemon/selftest.rs`) are the two callers, each a [`Client`]. The jail itself is

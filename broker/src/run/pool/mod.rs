@@ -1,5 +1,5 @@
 //! The warm pool: per command (`[pool.<command>]`), a few jails built ahead of any
-//! request ([`warm`]), each with every layer of a cold run in place and its
+//! request (`warm`), each with every layer of a cold run in place and its
 //! interpreter started. A request takes one, hands it its files and code, and the jail
 //! runs exactly that one run, then is destroyed like any other; the pool builds a
 //! replacement in the background.
