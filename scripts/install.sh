@@ -34,7 +34,7 @@
 #      profile, requirements/sandbox-edx-platform.txt (--lean-sandbox: the lean one,
 #      requirements/sandbox-lean.txt), in $SANDENV (scripts/setup-sandbox-venv.sh);
 #   4. install the binaries, the systemd units (the broker's and codejail-http's),
-#      sysusers.d and tmpfiles.d files, the AppArmor profiles, the README;
+#      sysusers.d and tmpfiles.d files, the AppArmor profiles, the README and docs/;
 #   5. write a commented /etc/codejail/broker.toml and /etc/codejail/http.toml (an
 #      existing one is kept);
 #   6. load the AppArmor profiles, only where the kernel has AppArmor;
@@ -446,6 +446,10 @@ for p in codejail-broker codejail-jail codejail-sandbox; do
     fi
 done
 install_file 0644 "$repo/README.md" "$DOCDIR/README.md"
+# The README links to docs/: the same relative paths work in the installed copy.
+for doc in "$repo"/docs/*.md; do
+    install_file 0644 "$doc" "$DOCDIR/docs/${doc##*/}"
+done
 if $live; then
     run systemd-tmpfiles --create "$TMPFILESDIR/codejail.conf" ||
         note "systemd-tmpfiles failed; create $STATEDIR and /run/codejail as tmpfiles.d/codejail.conf says"

@@ -781,6 +781,14 @@ fn installer_stages_every_file_and_uninstalls() {
     let out = run_installer(&args, root);
     assert!(out.status.success(), "{}", describe(&out));
     let userns = parser_knows_userns();
+    // Every page of docs/, which the README links to.
+    let docs: Vec<String> = fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("usr/local/share/doc/codejail/docs/{name}"))
+        .collect();
+    assert!(docs.len() >= 5, "docs/ has its pages: {docs:?}");
     let mut expected = vec![
         "etc/apparmor.d/abstractions/codejail-stage",
         "etc/apparmor.d/codejail-broker",
@@ -801,6 +809,7 @@ fn installer_stages_every_file_and_uninstalls() {
         "usr/local/lib/codejail/codejail-jail",
         "usr/local/share/doc/codejail/README.md",
     ];
+    expected.extend(docs.iter().map(String::as_str));
     if userns {
         expected.push("etc/apparmor.d/abstractions/codejail-userns");
     }
@@ -873,6 +882,11 @@ fn installer_stages_every_file_and_uninstalls() {
         (
             "usr/local/share/doc/codejail/README.md",
             r.join("README.md"),
+            0o644,
+        ),
+        (
+            "usr/local/share/doc/codejail/docs/architecture.md",
+            r.join("docs/architecture.md"),
             0o644,
         ),
     ] {
