@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import typing as t
-
 from importlib import resources as importlib_resources
 
 from tutor import exceptions, hooks
