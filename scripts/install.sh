@@ -188,8 +188,11 @@ max_queue = 16
 max_frame = 33554432
 # Open connections at most: at the cap the connection idle the longest is closed to
 # make room (clients reconnect); all busy, a new one is refused with the reason.
-# max_connections + max_running x 12 + 64 must fit the unit's LimitNOFILE (checked).
-max_connections = 1024
+# Unset, the default 1024 is lowered at start-up (with a warning, and "fitted" in
+# codejail-client status) when max_connections + max_running x 12 + 64 do not fit
+# the open-file limit (the unit's LimitNOFILE fits them; a container runtime's usual
+# 1024 does not); a value set here that does not fit refuses start-up instead.
+# max_connections = 1024
 # A connection idle this long between requests is closed.
 idle_timeout_secs = 60
 # Bytes of requests held in memory at once, all connections together; a request

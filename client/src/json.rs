@@ -77,6 +77,8 @@ pub fn status_report(s: &StatusReport) -> Value {
             "queued": s.load.queued,
             "max_running": s.load.max_running,
             "max_queue": s.load.max_queue,
+            "max_connections": s.load.max_connections,
+            "connections_fitted": s.load.connections_fitted,
         },
         "commands": commands,
         "pool": pool,
@@ -192,6 +194,8 @@ mod tests {
                 queued: 2,
                 max_running: 3,
                 max_queue: 4,
+                max_connections: 912,
+                connections_fitted: true,
             },
             pool: [(
                 "python".to_string(),
@@ -268,7 +272,8 @@ mod tests {
         );
         assert_eq!(
             v["load"],
-            json!({"running": 1, "queued": 2, "max_running": 3, "max_queue": 4})
+            json!({"running": 1, "queued": 2, "max_running": 3, "max_queue": 4,
+                "max_connections": 912, "connections_fitted": true})
         );
         assert_eq!(
             v["commands"],

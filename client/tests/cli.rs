@@ -36,6 +36,7 @@ fn report(required_layer_state: LayerState) -> StatusReport {
             queued: 0,
             max_running: 4,
             max_queue: 16,
+            ..Load::default()
         },
         pool: Default::default(),
         commands: BTreeMap::from([(
@@ -306,7 +307,8 @@ async fn status_exit_codes_and_json_shape() {
                 "seccomp": {"state": "unavailable", "required": false, "holds": false,
                     "detail": "detail text"}
             },
-            "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16},
+            "load": {"running": 1, "queued": 0, "max_running": 4, "max_queue": 16,
+                "max_connections": 0, "connections_fitted": false},
             "commands": {"python": {"bin": "/sandbox/bin/python", "allow_exec": false}},
             "pool": {},
             "limits": {

@@ -35,7 +35,7 @@ pub use status::{
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
 /// handshake changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests;

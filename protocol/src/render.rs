@@ -18,8 +18,28 @@ pub fn layers_banner(report: &StatusReport) -> String {
             l.detail
         ));
     }
+    if let Some(line) = connections_line(&report.load) {
+        s.push_str(&format!("  {line}\n"));
+    }
     s.push_str(&pool_lines(report, ""));
     s
+}
+
+/// The connection cap, saying when it was fitted to the open-file limit (`None` when
+/// the report does not carry it).
+fn connections_line(l: &crate::Load) -> Option<String> {
+    if l.max_connections == 0 {
+        return None;
+    }
+    Some(format!(
+        "connections at most {}{}",
+        l.max_connections,
+        if l.connections_fitted {
+            " (the default, lowered to fit the broker's open-file limit)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// `codejail-client status` without `--json`.
@@ -35,6 +55,13 @@ pub fn status_table(r: &StatusReport) -> String {
         "load      {} of {} running, {} of {} queued\n",
         l.running, l.max_running, l.queued, l.max_queue
     ));
+    if let Some(line) = connections_line(l) {
+        s.push_str(&format!(
+            "{:<10}{}\n",
+            "conns",
+            line.trim_start_matches("connections ")
+        ));
+    }
     s.push_str("layers\n");
     let width = r
         .layers

@@ -74,6 +74,11 @@ pub struct Load {
     pub max_running: u32,
     /// Configured queue length.
     pub max_queue: u32,
+    /// Open connections at most: as configured, or the default.
+    pub max_connections: u32,
+    /// Whether `max_connections` is the default lowered at start-up to fit the
+    /// broker's open-file limit (its log names the numbers).
+    pub connections_fitted: bool,
 }
 
 /// What `codejail-client status` shows.

@@ -403,12 +403,24 @@ fn status_json_shape_and_exit_code() {
     let load = obj["load"].as_object().expect("load is an object");
     assert_eq!(
         keys(load),
-        ["max_queue", "max_running", "queued", "running"],
+        [
+            "connections_fitted",
+            "max_connections",
+            "max_queue",
+            "max_running",
+            "queued",
+            "running"
+        ],
         "{load:?}"
     );
-    for v in load.values() {
-        assert!(v.is_u64(), "{load:?}");
+    for (k, v) in load {
+        if k == "connections_fitted" {
+            assert!(v.is_boolean(), "{load:?}");
+        } else {
+            assert!(v.is_u64(), "{load:?}");
+        }
     }
+    assert!(load["max_connections"].as_u64() > Some(0), "{load:?}");
     let layers = obj["layers"].as_object().expect("layers is an object");
     assert!(!layers.is_empty(), "the report names its layers");
     let mut all_required_hold = true;

@@ -183,19 +183,58 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(text(&out.stdout), "still\n");
 }
 
-/// A broker whose open-file limit cannot hold its connection cap plus its runs
-/// refuses to start, naming the numbers and the fix.
+/// A broker whose open-file limit cannot hold the connection cap the operator set,
+/// plus its runs, refuses to start, naming the numbers and the fix.
 #[test]
 fn an_open_file_limit_below_the_connection_cap_refuses_start_up() {
-    let Some((status, log)) = TestBroker::start_expecting_failure(BrokerOpts::new().nofile(512))
-    else {
+    let Some((status, log)) = TestBroker::start_expecting_failure(
+        BrokerOpts::new()
+            .nofile(512)
+            .max_running(4)
+            .args(["--max-connections", "1024"]),
+    ) else {
         return;
     };
     assert!(!status.success());
     assert!(
-        log.contains("max_connections (1024)") && log.contains("LimitNOFILE"),
+        log.contains("max_connections (1024) + max_running (4) x 12 + 64 = 1136")
+            && log.contains("open-file limit of 512")
+            && log.contains("LimitNOFILE")
+            && log.contains("to at most 400"),
         "{log}"
     );
+}
+
+/// With no `max_connections` set, a broker whose open-file limit cannot hold the
+/// default cap (the runtime's usual 1024 in a container) starts with the cap lowered to
+/// what fits: its log warns with the numbers, its status shows the fitted cap, and it
+/// serves.
+#[tokio::test]
+async fn the_default_connection_cap_is_fitted_to_a_low_open_file_limit() {
+    let b = broker!(BrokerOpts::new().nofile(512).max_running(4));
+    let report = codejail_client::status(&b.cfg()).await.expect("status");
+    // 512 - 4 runs x 12 - 64 for the broker itself.
+    assert_eq!(report.load.max_connections, 400, "{:?}", report.load);
+    assert!(report.load.connections_fitted, "{:?}", report.load);
+    let log = b.log();
+    assert!(
+        log.contains("max_connections lowered from its default 1024")
+            && log.contains("max_connections=400")
+            && log.contains("rlimit_nofile=512"),
+        "{log}"
+    );
+    let out = b.run(&py("print('served')")).await;
+    assert_eq!(text(&out.stdout), "served\n");
+}
+
+/// The default cap is not fitted when it fits: the status says so.
+#[tokio::test]
+async fn the_default_connection_cap_is_kept_when_it_fits() {
+    let b = broker!(BrokerOpts::new().nofile(4096).max_running(4));
+    let report = codejail_client::status(&b.cfg()).await.expect("status");
+    assert_eq!(report.load.max_connections, 1024, "{:?}", report.load);
+    assert!(!report.load.connections_fitted, "{:?}", report.load);
+    assert!(!b.log().contains("max_connections lowered"), "{}", b.log());
 }
 
 /// A frame whose declared length is over the broker's request budget is answered

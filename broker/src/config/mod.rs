@@ -74,6 +74,38 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// requests (32 MiB frames), an eighth of the unit's MemoryMax=4G.
 pub const DEFAULT_REQUEST_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
 
+/// The fewest connections the default cap may be lowered to, to fit the open-file
+/// limit, before start-up refuses instead.
+pub const MIN_FITTED_CONNECTIONS: u32 = 16;
+
+/// The connection cap and where it comes from: only the default may be lowered at
+/// start-up to fit `RLIMIT_NOFILE`; a value the operator set is kept, or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// Set by the operator (`max_connections`, or `--max-connections`).
+    Configured(u32),
+    /// [`DEFAULT_MAX_CONNECTIONS`], not (yet) checked against the open-file limit.
+    Default(u32),
+    /// The default, lowered at start-up to this to fit the open-file limit.
+    Fitted(u32),
+}
+
+impl ConnectionCap {
+    /// The cap.
+    pub fn get(self) -> u32 {
+        match self {
+            ConnectionCap::Configured(n) | ConnectionCap::Default(n) | ConnectionCap::Fitted(n) => {
+                n
+            }
+        }
+    }
+
+    /// Whether start-up lowered the default.
+    pub fn is_fitted(self) -> bool {
+        matches!(self, ConnectionCap::Fitted(_))
+    }
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -98,8 +130,9 @@ pub struct Settings {
     pub max_running: u32,
     /// Queue length.
     pub max_queue: u32,
-    /// Connection cap.
-    pub max_connections: u32,
+    /// Connection cap, and whether the operator set it (start-up may lower only the
+    /// default, to fit the open-file limit).
+    pub max_connections: ConnectionCap,
     /// Idle timeout between requests.
     pub idle_timeout: Duration,
     /// Budget of request bytes held at once.
@@ -305,10 +338,11 @@ impl Settings {
         if !(4096..=1 << 30).contains(&max_frame) {
             return Err(invalid("max_frame", "must be between 4096 and 1073741824"));
         }
-        let max_connections = cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(invalid("max_connections", "must be at least 1"));
-        }
+        let max_connections = match cfg.max_connections {
+            Some(0) => return Err(invalid("max_connections", "must be at least 1")),
+            Some(n) => ConnectionCap::Configured(n),
+            None => ConnectionCap::Default(DEFAULT_MAX_CONNECTIONS),
+        };
         let idle_timeout_secs = cfg.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
         if idle_timeout_secs == 0 {
             return Err(invalid("idle_timeout_secs", "must be at least 1"));

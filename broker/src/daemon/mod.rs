@@ -79,7 +79,7 @@ pub async fn serve(mut settings: Settings, mut activation: Activation) -> anyhow
         // (and cgroups, and uids) the sweep would remove.
         server::check_no_other_broker(&settings)?;
     }
-    let host = startup::prepare_host(&settings).context("refusing to start")?;
+    let host = startup::prepare_host(&mut settings).context("refusing to start")?;
     let runs = Arc::new(host.runs(settings));
     // The warm pools are built before the self-test, which runs in one of them too.
     if let Err(e) = pool::fill(&runs).await {
@@ -154,7 +154,7 @@ fn ready_status(service: &Service) -> String {
 /// `codejail-broker check-config FILE`: 0 valid and every required layer holds here, 1
 /// a required layer does not, 2 invalid.
 pub fn check_config(file: &Path) -> ExitCode {
-    let settings = match Settings::from_file(file) {
+    let mut settings = match Settings::from_file(file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("codejail-broker: {e}");
@@ -172,7 +172,7 @@ pub fn check_config(file: &Path) -> ExitCode {
         }
     };
     // Look only: check-config must not sweep or move anything of a serving broker.
-    let host = match startup::inspect_host(&settings) {
+    let host = match startup::inspect_host(&mut settings) {
         Ok(h) => h,
         Err(e) => {
             println!("a required layer does not hold here: {e}");

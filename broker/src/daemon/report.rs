@@ -143,7 +143,13 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
         protocol_version: PROTOCOL_VERSION,
         mode: settings.mode,
         layers,
-        load: Load::default(),
+        load: Load {
+            max_running: settings.max_running,
+            max_queue: settings.max_queue,
+            max_connections: settings.max_connections.get(),
+            connections_fitted: settings.max_connections.is_fitted(),
+            ..Load::default()
+        },
         pool: Default::default(),
         commands: settings
             .commands

@@ -9,7 +9,7 @@
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-use crate::config::Settings;
+use crate::config::{ConnectionCap, Settings, DEFAULT_MAX_CONNECTIONS, MIN_FITTED_CONNECTIONS};
 use crate::run::cgroup::Cgroups;
 use crate::run::uidpool::{self, Accounts, PoolError, UidPool};
 use crate::run::Runs;
@@ -47,12 +47,13 @@ pub struct Host {
     pub uid_pool: Option<UidPool>,
 }
 
-/// Check the uid range (capabilities, collisions) and the cgroups, then sweep: kill
-/// the processes left in the uid range, remove leftover run cgroups. Errors name the
-/// layer, the reason and the fix.
-pub fn prepare_host(settings: &Settings) -> Result<Host, StartupError> {
+/// Fit the connection cap to the open-file limit (raising the soft limit to the hard
+/// one first), check the uid range (capabilities, collisions) and the cgroups, then
+/// sweep: kill the processes left in the uid range, remove leftover run cgroups. Errors
+/// name the layer, the reason and the fix.
+pub fn prepare_host(settings: &mut Settings) -> Result<Host, StartupError> {
     let nofile = raise_nofile().map_err(StartupError::Nofile)?;
-    check_nofile(settings, nofile).map_err(StartupError::Nofile)?;
+    fit_connections(settings, nofile)?;
     let uid_pool = check_uid_pool(settings)?;
     if let Some(pool) = &uid_pool {
         let killed = uidpool::sweep_strays(pool.range()).map_err(StartupError::SweepStrays)?;
@@ -69,16 +70,35 @@ pub fn prepare_host(settings: &Settings) -> Result<Host, StartupError> {
 /// required cgroup layer is not an error here: the report shows it. The uid range is
 /// checked but no pool is returned: a probe run must not take (and then clean up)
 /// a uid a serving broker's run may hold; it runs with the shared identity.
-pub fn inspect_host(settings: &Settings) -> Result<Host, StartupError> {
+pub fn inspect_host(settings: &mut Settings) -> Result<Host, StartupError> {
     // What serving would reach: the soft limit raised to the hard one.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
         .map_err(|e| StartupError::Nofile(format!("getrlimit: {e}")))?;
-    check_nofile(settings, hard).map_err(StartupError::Nofile)?;
+    fit_connections(settings, hard)?;
     check_uid_pool(settings)?;
     Ok(Host {
         uid_pool: None,
         cgroups: Cgroups::inspect(&settings.cgroup),
     })
+}
+
+/// Settle the connection cap for an open-file limit of `nofile` ([`check_nofile`]),
+/// with a warning naming the numbers when the default had to be lowered.
+fn fit_connections(settings: &mut Settings, nofile: u64) -> Result<(), StartupError> {
+    let cap = check_nofile(settings, nofile).map_err(StartupError::Nofile)?;
+    if let ConnectionCap::Fitted(n) = cap {
+        tracing::warn!(
+            max_connections = n,
+            rlimit_nofile = nofile,
+            "max_connections lowered from its default {DEFAULT_MAX_CONNECTIONS} (which needs \
+             {} open files with max_running {}) to fit RLIMIT_NOFILE; raise LimitNOFILE= \
+             (or ulimit -n) to hold more connections at once",
+            open_files_needed(DEFAULT_MAX_CONNECTIONS, settings.max_running),
+            settings.max_running,
+        );
+    }
+    settings.max_connections = cap;
+    Ok(())
 }
 
 /// Descriptors the broker holds for one running run: the stage's stdin, stdout,
@@ -101,22 +121,44 @@ fn raise_nofile() -> Result<u64, String> {
     Ok(hard)
 }
 
-/// The cap on connections, plus what each running run holds, plus the broker's own,
-/// must fit in `nofile`: otherwise accept would fail with EMFILE under load, which is
-/// exactly the lockout the cap prevents.
-pub fn check_nofile(settings: &Settings, nofile: u64) -> Result<(), String> {
-    let needed = u64::from(settings.max_connections)
-        + u64::from(settings.max_running) * FDS_PER_RUN
-        + FDS_BASE;
-    if needed > nofile {
-        return Err(format!(
-            "max_connections ({}) + max_running ({}) x {FDS_PER_RUN} + {FDS_BASE} = {needed} \
-             descriptors do not fit the open-file limit of {nofile}: raise it (the unit's \
-             LimitNOFILE=, or ulimit -n) or lower max_connections",
-            settings.max_connections, settings.max_running
-        ));
+/// The open files a connection cap of `connections` needs with `max_running` runs:
+/// each connection one, each running run [`FDS_PER_RUN`], the broker [`FDS_BASE`].
+pub fn open_files_needed(connections: u32, max_running: u32) -> u64 {
+    u64::from(connections) + u64::from(max_running) * FDS_PER_RUN + FDS_BASE
+}
+
+/// The connection cap for an open-file limit of `nofile`. The cap, plus what each
+/// running run holds, plus the broker's own, must fit: otherwise accept would fail
+/// with EMFILE under load, which is exactly the lockout the cap prevents. A cap the
+/// operator set is kept if it fits and refused otherwise; the default is lowered to
+/// what fits ([`ConnectionCap::Fitted`]), and refused below
+/// [`MIN_FITTED_CONNECTIONS`]. Errors name the numbers and the fix.
+pub fn check_nofile(settings: &Settings, nofile: u64) -> Result<ConnectionCap, String> {
+    let cap = settings.max_connections;
+    let needed = open_files_needed(cap.get(), settings.max_running);
+    if needed <= nofile {
+        return Ok(cap);
     }
-    Ok(())
+    let runs = open_files_needed(0, settings.max_running);
+    let fits = u32::try_from(nofile.saturating_sub(runs)).unwrap_or(u32::MAX);
+    match cap {
+        ConnectionCap::Default(_) | ConnectionCap::Fitted(_) if fits >= MIN_FITTED_CONNECTIONS => {
+            Ok(ConnectionCap::Fitted(fits))
+        }
+        ConnectionCap::Default(n) | ConnectionCap::Fitted(n) => Err(format!(
+            "the open-file limit of {nofile} holds {fits} connections with max_running ({}) \
+             x {FDS_PER_RUN} + {FDS_BASE} descriptors, fewer than {MIN_FITTED_CONNECTIONS} \
+             (the default max_connections ({n}) needs {needed}): raise it (the unit's \
+             LimitNOFILE=, or ulimit -n) or lower max_running",
+            settings.max_running
+        )),
+        ConnectionCap::Configured(n) => Err(format!(
+            "max_connections ({n}) + max_running ({}) x {FDS_PER_RUN} + {FDS_BASE} = {needed} \
+             descriptors do not fit the open-file limit of {nofile}: raise it (the unit's \
+             LimitNOFILE=, or ulimit -n) or lower max_connections (to at most {fits})",
+            settings.max_running
+        )),
+    }
 }
 
 fn check_uid_pool(settings: &Settings) -> Result<Option<UidPool>, StartupError> {

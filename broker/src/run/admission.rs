@@ -145,6 +145,7 @@ impl Admission {
             queued: self.queued.load(Ordering::SeqCst),
             max_running: self.max_running,
             max_queue: self.max_queue,
+            ..Load::default()
         }
     }
 }

@@ -357,9 +357,14 @@ impl Runs {
         self.admission.has_room()
     }
 
-    /// Runs running and queued.
+    /// Runs running and queued, and the connection cap.
     pub fn load(&self) -> Load {
-        self.admission.load()
+        let cap = self.settings.max_connections;
+        Load {
+            max_connections: cap.get(),
+            connections_fitted: cap.is_fitted(),
+            ..self.admission.load()
+        }
     }
 
     /// The warm pools as `status` shows them.

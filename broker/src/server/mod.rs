@@ -37,7 +37,8 @@ pub struct Service {
 impl Service {
     /// The service of `runs`, with the confinement report of the start-up self-test.
     pub fn new(runs: Arc<Runs>, report: StatusReport) -> Service {
-        let connections = connections::Connections::new(runs.settings().max_connections as usize);
+        let connections =
+            connections::Connections::new(runs.settings().max_connections.get() as usize);
         Service {
             runs,
             connections,
