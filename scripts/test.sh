@@ -111,9 +111,10 @@ cargo test "${scope[@]}" --no-fail-fast "$@" || cargo_status=$?
 #     program gives itself (codejail_tests::Marked), which a warm run's command line
 #     cannot show (its interpreter was exec'd before the request existed).
 if [ ${#scope[@]} -gt 0 ]; then
-    log "cargo test: jail_code, safe_exec, confinement, robustness with a warm pool (CODEJAIL_TEST_POOL=2)"
+    log "cargo test: jail_code, safe_exec, confinement, robustness, run_semantics with a warm pool (CODEJAIL_TEST_POOL=2)"
     CODEJAIL_TEST_POOL=2 cargo test -p codejail-tests --no-fail-fast \
         --test jail_code --test safe_exec --test confinement --test robustness \
+        --test run_semantics \
         || cargo_status=$?
 fi
 
