@@ -65,7 +65,13 @@ async fn pool(b: &TestBroker) -> Option<(u64, u32)> {
 async fn wait_ready(b: &TestBroker, n: u32) -> Option<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (hits, ready) = pool(b).await?;
+        let Some((hits, ready)) = pool(b).await else {
+            assert!(
+                test_pool_size().is_none(),
+                "CODEJAIL_TEST_POOL is set but the broker shows no python pool"
+            );
+            return None;
+        };
         if ready >= n {
             return Some(hits);
         }
