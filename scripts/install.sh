@@ -14,6 +14,9 @@
 #   --bin-dir DIR    take codejail-broker, codejail-jail, codejail-client and
 #                    codejail-http from DIR
 #                    instead of building them (cargo build --release)
+#   --layout NAME    install with the paths of scripts/lib/layouts/NAME (default
+#                    local: /usr/local; debian: the Debian package's, for staging it:
+#                    only with --destdir)
 #   --skip-venv      do not build the sandbox virtualenv (it is managed elsewhere)
 #   --lean-sandbox   build the sandbox virtualenv with the lean profile
 #                    (requirements/sandbox-lean.txt: numpy, six, networkx, matplotlib)
@@ -47,18 +50,10 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# Where things go (below $DESTDIR). The AppArmor profiles and the units name these
-# paths too: change them together.
-BINDIR=/usr/local/bin
-LIBEXECDIR=/usr/local/lib/codejail
-SANDENV=$LIBEXECDIR/sandbox
-CONFDIR=/etc/codejail
-UNITDIR=/etc/systemd/system
-SYSUSERSDIR=/etc/sysusers.d
-TMPFILESDIR=/etc/tmpfiles.d
-APPARMORDIR=/etc/apparmor.d
-DOCDIR=/usr/local/share/doc/codejail
-STATEDIR=/var/lib/codejail
+# Where things go (below $DESTDIR): the install layout, scripts/lib/layouts/local
+# unless --layout says another (the units and AppArmor profiles are rendered for it).
+# shellcheck source=scripts/lib/layout.sh
+source "$repo/scripts/lib/layout.sh"
 BROKER_USER=sandbox
 CALLERS_GROUP=codejail
 # Per-run outside uids/gids: 0x70000000.., a range systemd leaves unassigned
@@ -72,6 +67,7 @@ purge=false
 bin_dir=
 skip_venv=false
 sandbox_profile=edx-platform
+layout=local
 destdir=${DESTDIR:-}
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -89,12 +85,18 @@ while [ $# -gt 0 ]; do
         --bin-dir=*) bin_dir=${1#*=} ;;
         --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; destdir=$2; shift ;;
         --destdir=*) destdir=${1#*=} ;;
+        --layout) [ $# -ge 2 ] || die "--layout needs a name"; layout=$2; shift ;;
+        --layout=*) layout=${1#*=} ;;
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
 done
 $purge && ! $uninstall && die "--purge goes with --uninstall"
+layout_load "$layout" || die "bad --layout $layout"
+# Another layout's files belong to a package manager: only staged, never put in place.
+[ "$layout" = local ] || [ -n "${destdir}" ] ||
+    die "--layout $layout stages files for a package: give --destdir"
 if [ -n "$destdir" ]; then
     case $destdir in /*) ;; *) destdir=$PWD/$destdir ;; esac
     destdir=${destdir%/}
@@ -423,22 +425,25 @@ else
     run rm -f "$destdir$SANDENV.lock"
 fi
 
-# 4. Files.
-log "4. files"
+# 4. Files: the units and AppArmor profiles rendered for the layout.
+log "4. files (layout $layout)"
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+layout_render_all "$rendered" || die "rendering the units and profiles for layout $layout failed"
 install_file 0755 "$bin_dir/codejail-broker" "$BINDIR/codejail-broker"
 install_file 0755 "$bin_dir/codejail-client" "$BINDIR/codejail-client"
 install_file 0755 "$bin_dir/codejail-http" "$BINDIR/codejail-http"
 install_file 0755 "$bin_dir/codejail-jail" "$LIBEXECDIR/codejail-jail"
-install_file 0644 "$repo/systemd/codejail-broker.socket" "$UNITDIR/codejail-broker.socket"
-install_file 0644 "$repo/systemd/codejail-broker.service" "$UNITDIR/codejail-broker.service"
-install_file 0644 "$repo/systemd/codejail-http.service" "$UNITDIR/codejail-http.service"
-install_file 0644 "$repo/systemd/sysusers.d/codejail.conf" "$SYSUSERSDIR/codejail.conf"
-install_file 0644 "$repo/systemd/tmpfiles.d/codejail.conf" "$TMPFILESDIR/codejail.conf"
-install_file 0644 "$repo/apparmor/codejail-broker" "$APPARMORDIR/codejail-broker"
-install_file 0644 "$repo/apparmor/codejail-sandbox" "$APPARMORDIR/codejail-sandbox"
-install_file 0644 "$repo/apparmor/abstractions/codejail-stage" "$APPARMORDIR/abstractions/codejail-stage"
+install_file 0644 "$rendered/systemd/codejail-broker.socket" "$UNITDIR/codejail-broker.socket"
+install_file 0644 "$rendered/systemd/codejail-broker.service" "$UNITDIR/codejail-broker.service"
+install_file 0644 "$rendered/systemd/codejail-http.service" "$UNITDIR/codejail-http.service"
+install_file 0644 "$rendered/systemd/sysusers.d/codejail.conf" "$SYSUSERSDIR/codejail.conf"
+install_file 0644 "$rendered/systemd/tmpfiles.d/codejail.conf" "$TMPFILESDIR/codejail.conf"
+install_file 0644 "$rendered/apparmor/codejail-broker" "$APPARMORDIR/codejail-broker"
+install_file 0644 "$rendered/apparmor/codejail-sandbox" "$APPARMORDIR/codejail-sandbox"
+install_file 0644 "$rendered/apparmor/abstractions/codejail-stage" "$APPARMORDIR/abstractions/codejail-stage"
 if parser_knows_userns; then
-    install_file 0644 "$repo/apparmor/optional/codejail-userns" "$APPARMORDIR/abstractions/codejail-userns"
+    install_file 0644 "$rendered/apparmor/optional/codejail-userns" "$APPARMORDIR/abstractions/codejail-userns"
 else
     note "(abstractions/codejail-userns not installed: this apparmor_parser has no userns rule)"
 fi

@@ -40,6 +40,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# The image is a host install of the local layout (scripts/lib/layouts/local).
+# shellcheck source=scripts/lib/layout.sh
+source "$repo/scripts/lib/layout.sh"
+layout_load local || die "no local layout"
 
 out=$repo/target/image/codejail-oci.tar
 profile=edx-platform
@@ -116,7 +120,8 @@ requirements=$repo/requirements/sandbox-$profile.txt
 sandbox_key=$(cat "$requirements" "$repo/scripts/setup-sandbox-venv.sh" "$repo"/jail/warm/* \
     <(printf '%s\n' "$base_key" "$base_python") | key)
 layout=$cache/layout-$profile-$sandbox_key
-sandenv=/usr/local/lib/codejail/sandbox
+# The local layout's (scripts/lib/layouts/local), as deploy/container/build.sh installs.
+sandenv=${SANDENV:?}
 if [ -f "$layout/index.json" ]; then
     log "2. sandbox ($profile): cached $layout"
 else
@@ -158,7 +163,7 @@ log "3. project: deploy/container/build.sh ${build_args[*]}"
 rmdir "$stage$sandenv" 2>/dev/null || true
 # Without their debug information (a --bin-dir of debug builds is 200 MiB otherwise).
 if command -v strip >/dev/null; then
-    strip --strip-debug "$stage"/usr/local/bin/codejail-* "$stage/usr/local/lib/codejail/codejail-jail"
+    strip --strip-debug "$stage$BINDIR"/codejail-* "$stage$LIBEXECDIR/codejail-jail"
 fi
 # The front's account, beside the base's (build.sh leaves the lines to add).
 for f in passwd group; do
@@ -176,7 +181,7 @@ umoci config --image "$work/layout:build" --tag "$tag" \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --config.workingdir / \
     --config.exposedports 8550/tcp \
-    --config.cmd /usr/local/bin/codejail-http --config.cmd --config --config.cmd /etc/codejail/http.toml \
+    --config.cmd "$BINDIR/codejail-http" --config.cmd --config --config.cmd /etc/codejail/http.toml \
     --config.label "org.opencontainers.image.title=codejail" \
     --config.label "org.opencontainers.image.version=$version" \
     --history.created_by "image config (user 10001, codejail-http)"

@@ -11,6 +11,9 @@
 #   vm-stock      QEMU (TCG) boots it with bookworm's stock kernel (6.1: Landlock ABI 2,
 #                 AppArmor on, cgroup v2 delegation)
 #   vm-backports  the same with bookworm-backports' kernel (6.12)
+#   deb           systemd-nspawn as nspawn, the Debian package instead of the installer:
+#                 apt-get install, a run, an upgrade to a newer build, dpkg -r, dpkg -P
+#                 (tests/hosts/guest/deb.sh; the two builds: scripts/build-deb.sh)
 #
 # Each scenario boots a fresh host from the cached image, installs the project with
 # scripts/install.sh, runs tests/hosts/guest/scenario.sh's checks inside it as root and
@@ -46,7 +49,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 CACHE=${CODEJAIL_HOSTS_CACHE:-/var/cache/codejail-hosts}
-ALL_SCENARIOS=(nspawn vm-stock vm-backports)
+ALL_SCENARIOS=(nspawn vm-stock vm-backports deb)
 require_privileged=${CODEJAIL_REQUIRE_PRIVILEGED:-0}
 
 log() { printf '==> hosts: %s\n' "$*" >&2; }
@@ -58,7 +61,7 @@ scenarios=()
 while [ $# -gt 0 ]; do
     case $1 in
         -h | --help) usage; exit 0 ;;
-        nspawn | vm-stock | vm-backports) scenarios+=("$1") ;;
+        nspawn | vm-stock | vm-backports | deb) scenarios+=("$1") ;;
         *) die "unknown argument $1 (scenarios: ${ALL_SCENARIOS[*]}; see --help)" ;;
     esac
     shift
@@ -77,7 +80,7 @@ row() { rows+=("$1"$'\t'"$2"$'\t'"$3"$'\t'"${4:-}"); }
 declare -A t_boot t_install t_checks t_total t_build
 build_notes=()
 
-kind_of() { case $1 in nspawn) echo nspawn ;; *) echo vm ;; esac; }
+kind_of() { case $1 in nspawn | deb) echo nspawn ;; *) echo vm ;; esac; }
 needs_vm=false
 needs_nspawn=false
 for s in "${scenarios[@]}"; do
@@ -284,6 +287,18 @@ build_payload() {
         cp "$bin_dir/$b" "$payload.tmp/bin/$b"
     done
     tar -C "$venv" -cf "$payload.tmp/sandbox.tar" .
+    # The deb scenario's two builds of the package (same tree, the second newer).
+    if [[ " ${scenarios[*]} " == *" deb "* ]]; then
+        log "the Debian package, twice (scripts/build-deb.sh --version 0.0.0~hosts1, ~hosts2)"
+        mkdir -p "$payload.tmp/deb"
+        local v deb
+        for v in 0.0.0~hosts1 0.0.0~hosts2; do
+            deb=$("$repo/scripts/build-deb.sh" --bin-dir "$bin_dir" --lean-sandbox \
+                --sandbox-from "$venv" --version "$v" --fast 2>>"$CACHE/logs/deb.log") ||
+                { tail -20 "$CACHE/logs/deb.log" >&2; return 1; }
+            cp "$deb" "$payload.tmp/deb/"
+        done
+    fi
     # The checkout as git sees it (tracked and untracked, not ignored), with the
     # working tree's contents.
     if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then

@@ -337,10 +337,49 @@ fn listening_socket(path: &Path) -> UnixListener {
 // --------------------------------------------------------------------------------
 // Units, profiles, installer.
 
+/// The units and AppArmor profiles rendered for install layout `layout`
+/// (`scripts/render-layout.sh`): what the installer, the image or the package installs.
+/// The directory holds `systemd/...` and `apparmor/...` as the repository does.
+fn render_layout(layout: &str) -> tempfile::TempDir {
+    let dir = work_dir(&format!("layout-{layout}"));
+    let out = Command::new(repo().join("scripts/render-layout.sh"))
+        .arg(layout)
+        .arg(dir.path())
+        .output()
+        .expect("run scripts/render-layout.sh");
+    assert!(out.status.success(), "render {layout}: {}", describe(&out));
+    dir
+}
+
+/// The places of install layout `layout` (`scripts/render-layout.sh LAYOUT --print`).
+fn layout_values(layout: &str) -> Vec<(String, String)> {
+    let out = Command::new(repo().join("scripts/render-layout.sh"))
+        .args([layout, "--print"])
+        .output()
+        .expect("run scripts/render-layout.sh");
+    assert!(out.status.success(), "{}", describe(&out));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn layout_value(values: &[(String, String)], key: &str) -> String {
+    values
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("the layout sets {key}"))
+}
+
 /// The unit files as installed, with ExecStart pointing at a broker binary that
 /// exists here (`systemd-analyze verify` checks that it does).
 fn units_for_verify(dir: &Path, broker: &Path) -> (PathBuf, PathBuf) {
-    let src = repo().join("systemd");
+    let rendered = render_layout("local");
+    let src = rendered.path().join("systemd");
     let socket = dir.join("codejail-broker.socket");
     let service = dir.join("codejail-broker.service");
     fs::copy(src.join("codejail-broker.socket"), &socket).expect("copy socket unit");
@@ -360,7 +399,9 @@ fn units_for_verify(dir: &Path, broker: &Path) -> (PathBuf, PathBuf) {
 
 /// codejail-http's unit as installed, with ExecStart pointing at a binary that exists.
 fn http_unit_for_verify(dir: &Path, front: &Path) -> PathBuf {
-    let text = fs::read_to_string(repo().join("systemd/codejail-http.service")).expect("unit");
+    let rendered = render_layout("local");
+    let text =
+        fs::read_to_string(rendered.path().join("systemd/codejail-http.service")).expect("unit");
     let exec = "ExecStart=/usr/local/bin/codejail-http ";
     assert!(
         text.contains(exec),
@@ -647,7 +688,15 @@ fn apparmor_profiles_parse() {
     if require_tool("apparmor_parser", "apparmor").is_none() {
         return;
     }
-    let aa = repo().join("apparmor");
+    for layout in ["local", "debian"] {
+        let rendered = render_layout(layout);
+        profiles_parse(&rendered.path().join("apparmor"));
+    }
+}
+
+/// The checks of [`apparmor_profiles_parse`] on one layout's rendered profiles.
+fn profiles_parse(aa: &Path) {
+    let aa = aa.to_path_buf();
     // Each file starts with its abi and ends with the site include of its last
     // profile (codejail-broker holds the broker's and the stage's).
     for (name, last_local) in [
@@ -820,8 +869,11 @@ fn installer_stages_every_file_and_uninstalls() {
     assert_eq!(files_below(root, &sandenv), expected, "installed files");
 
     // File by file: binaries executable by everyone, the rest world-readable, the
-    // sources installed as they are in the repository.
+    // sources installed as they are in the repository, the units and profiles as
+    // rendered for the local layout.
     let r = repo();
+    let rendered = render_layout("local");
+    let l = rendered.path();
     for (installed, source, mode) in [
         (
             "usr/local/bin/codejail-broker",
@@ -841,42 +893,42 @@ fn installer_stages_every_file_and_uninstalls() {
         ("usr/local/bin/codejail-http", bin("codejail-http"), 0o755),
         (
             "etc/systemd/system/codejail-http.service",
-            r.join("systemd/codejail-http.service"),
+            l.join("systemd/codejail-http.service"),
             0o644,
         ),
         (
             "etc/systemd/system/codejail-broker.service",
-            r.join("systemd/codejail-broker.service"),
+            l.join("systemd/codejail-broker.service"),
             0o644,
         ),
         (
             "etc/systemd/system/codejail-broker.socket",
-            r.join("systemd/codejail-broker.socket"),
+            l.join("systemd/codejail-broker.socket"),
             0o644,
         ),
         (
             "etc/sysusers.d/codejail.conf",
-            r.join("systemd/sysusers.d/codejail.conf"),
+            l.join("systemd/sysusers.d/codejail.conf"),
             0o644,
         ),
         (
             "etc/tmpfiles.d/codejail.conf",
-            r.join("systemd/tmpfiles.d/codejail.conf"),
+            l.join("systemd/tmpfiles.d/codejail.conf"),
             0o644,
         ),
         (
             "etc/apparmor.d/codejail-broker",
-            r.join("apparmor/codejail-broker"),
+            l.join("apparmor/codejail-broker"),
             0o644,
         ),
         (
             "etc/apparmor.d/codejail-sandbox",
-            r.join("apparmor/codejail-sandbox"),
+            l.join("apparmor/codejail-sandbox"),
             0o644,
         ),
         (
             "etc/apparmor.d/abstractions/codejail-stage",
-            r.join("apparmor/abstractions/codejail-stage"),
+            l.join("apparmor/abstractions/codejail-stage"),
             0o644,
         ),
         (
@@ -1022,6 +1074,157 @@ fn installer_stages_every_file_and_uninstalls() {
         "left after --uninstall --purge: {:?}",
         files_below(root, Path::new("/nonexistent"))
     );
+}
+
+/// Every `@NAME@` placeholder left in `text` (an upper-case name between at-signs).
+fn placeholders(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('@') {
+        let after = &rest[start + 1..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+            .collect();
+        if !name.is_empty() && after[name.len()..].starts_with('@') {
+            found.push(format!("@{name}@"));
+        }
+        rest = after;
+    }
+    found
+}
+
+/// The absolute paths in `text` that start with `prefix` (whole words of path
+/// characters; a trailing dot or comma is punctuation).
+fn paths_under(text: &str, prefix: &str) -> Vec<String> {
+    let is_path = |c: char| c.is_ascii_alphanumeric() || "/._-".contains(c);
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices(prefix) {
+        // Not inside a longer name; a URL's "file://" before it is fine.
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c != '/' && is_path(c)) {
+            continue;
+        }
+        let word: String = text[at..].chars().take_while(|c| is_path(*c)).collect();
+        let word = word.trim_end_matches(['.', ',']);
+        if word.len() == prefix.len() || word[prefix.len()..].starts_with('/') {
+            found.push(word.to_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn every_layout_renders_and_names_only_files_it_installs() {
+    let mut layouts: Vec<String> = fs::read_dir(repo().join("scripts/lib/layouts"))
+        .expect("scripts/lib/layouts")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    layouts.sort();
+    assert_eq!(layouts, ["debian", "local"], "the layouts");
+    let bins = bin_dir();
+    for layout in &layouts {
+        let values = layout_values(layout);
+        let sandenv = layout_value(&values, "SANDENV");
+        // The layout's file list: the installer's staging of it (a package ships
+        // exactly this tree), with the sandbox environment when there is one to copy.
+        let dest = work_dir(&format!("stage-{layout}"));
+        let root = dest.path();
+        let sandbox = root.join(sandenv.trim_start_matches('/'));
+        let mut args = vec![
+            "--layout",
+            layout.as_str(),
+            "--bin-dir",
+            bins.to_str().expect("utf-8 path"),
+        ];
+        match test_venv() {
+            Some(venv) => {
+                fs::create_dir_all(sandbox.parent().expect("parent")).expect("mkdir");
+                let out = Command::new("cp")
+                    .arg("-a")
+                    .arg(&venv)
+                    .arg(&sandbox)
+                    .output()
+                    .expect("cp");
+                assert!(out.status.success(), "{}", describe(&out));
+                args.push("--lean-sandbox");
+            }
+            None => args.push("--skip-venv"),
+        }
+        let out = run_installer(&args, root);
+        assert!(out.status.success(), "{layout}: {}", describe(&out));
+        let staged: Vec<String> = files_below(root, &sandbox)
+            .into_iter()
+            .map(|p| format!("/{}", p.trim_end_matches('/')))
+            .collect();
+        let in_list = |path: &str| {
+            staged
+                .iter()
+                .any(|f| f == path || f.starts_with(&format!("{path}/")))
+        };
+        // Units and profiles land in the layout's directories.
+        for (key, file) in [
+            ("UNITDIR", "codejail-broker.service"),
+            ("UNITDIR", "codejail-broker.socket"),
+            ("UNITDIR", "codejail-http.service"),
+            ("SYSUSERSDIR", "codejail.conf"),
+            ("TMPFILESDIR", "codejail.conf"),
+            ("APPARMORDIR", "codejail-broker"),
+            ("APPARMORDIR", "codejail-sandbox"),
+        ] {
+            let path = format!("{}/{file}", layout_value(&values, key));
+            assert!(in_list(&path), "{layout}: {path} installed: {staged:?}");
+        }
+
+        let rendered = render_layout(layout);
+        let mut checked = 0;
+        for file in files_below(rendered.path(), Path::new("/nonexistent")) {
+            let body = fs::read_to_string(rendered.path().join(&file)).expect("rendered");
+            assert_eq!(
+                placeholders(&body),
+                Vec::<String>::new(),
+                "{layout}: {file}"
+            );
+            if layout != "local" {
+                assert!(
+                    !body.contains("/usr/local"),
+                    "{layout}: {file} names /usr/local"
+                );
+            }
+            // What the file names of the layout's places is in its file list (the
+            // sandbox environment counts when the installer could build it here). The
+            // program directory may be the system's (/usr/bin): there, its own names.
+            let bindir = layout_value(&values, "BINDIR");
+            for key in ["BINDIR", "LIBEXECDIR", "DOCDIR", "SANDENV"] {
+                for path in paths_under(&body, &layout_value(&values, key)) {
+                    if test_venv().is_none() && path.starts_with(&sandenv) {
+                        continue;
+                    }
+                    if key == "BINDIR" && !path.starts_with(&format!("{bindir}/codejail-")) {
+                        continue;
+                    }
+                    assert!(
+                        in_list(&path),
+                        "{layout}: {file} names {path}, which it does not install"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        // At least: ExecStart and Documentation of the three units, the broker
+        // profile's attachment, rule and variables, the sandbox profile's variable.
+        assert!(checked >= 10, "{layout}: {checked} paths checked");
+        let service = fs::read_to_string(rendered.path().join("systemd/codejail-broker.service"))
+            .expect("unit");
+        let exec = format!(
+            "ExecStart={}/codejail-broker --config /etc/codejail/broker.toml",
+            layout_value(&values, "BINDIR")
+        );
+        assert!(
+            service.lines().any(|l| l == exec),
+            "{layout}: the unit has {exec}"
+        );
+    }
 }
 
 // --------------------------------------------------------------------------------
