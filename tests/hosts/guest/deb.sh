@@ -108,6 +108,29 @@ rc=$?
 check "deb upgrade: a run after the upgrade" $? "exit $rc: $(oneline <<<"$got")"
 phase upgrade
 
+# ---------------------------------------------------------------- 3b. a python3.11 update
+# An update of python3.11 installs a new /usr/bin/python3.11: dpkg then runs the
+# package's file trigger, which copies it into the sandbox again. The host has no
+# network for a real update, so the copy is made stale and the trigger activated by
+# hand, as dpkg would (dpkg-trigger, then processing the pending trigger).
+sandpy=/usr/lib/codejail/sandbox/bin/python3.11
+cp /bin/true "$sandpy"
+pid_before=$(main_pid)
+dpkg-trigger --no-await /usr/bin/python3.11 >"$logs/trigger.log" 2>&1 &&
+    dpkg --triggers-only codejail >>"$logs/trigger.log" 2>&1
+rc=$?
+cmp -s "$sandpy" "$(readlink -f /usr/bin/python3.11)"
+check "deb trigger: a python3.11 update copies the interpreter again" $? \
+    "trigger exit $rc; $(oneline <"$logs/trigger.log"); $(cmp "$sandpy" "$(readlink -f /usr/bin/python3.11)" 2>&1)"
+wait_until 60 broker_serving
+pid_after=$(main_pid)
+got=$(client 60 exec -c 'print(6*7)' 2>&1)
+rc=$?
+[ $rc = 0 ] && [ "$got" = 42 ] && [ "$pid_after" != "$pid_before" ]
+check "deb trigger: the broker restarted, a run works" $? \
+    "MainPID $pid_before -> $pid_after; exit $rc: $(oneline <<<"$got")"
+phase trigger
+
 # ---------------------------------------------------------------- 4. remove
 dpkg -r codejail >"$logs/remove.log" 2>&1
 rc=$?
