@@ -22,9 +22,10 @@ use super::apparmor::open_host_proc;
 use super::error::{report_failure, JailError};
 use super::execguard::{install_exec_guard, ExecGuard};
 use super::mounts::make_mounts_private;
-use super::program::{exec_program, ExecSpec};
+use super::program::{exec_program, return_program, ExecSpec};
 use super::rootfs::{build_and_enter, seal_root};
 use super::seccomp;
+use super::stage::{Returned, Start};
 use super::sys::{self, Forked, Reaped};
 use super::userns::switch_to_run_identity;
 use super::warm::{self, Warm};
@@ -50,13 +51,25 @@ pub(crate) struct InitContext<'a> {
     /// The init's copy of the lifeline's write end, closed first thing so that only
     /// the stage holds one.
     pub(crate) lifeline_write: OwnedFd,
+    /// How the program starts.
+    pub(crate) start: Start,
 }
 
-/// The init's checklist, run in the forked PID 1; never returns. Exits 0 after
-/// reporting the program's end, 1 after reporting a failed step.
-pub(crate) fn run_init(ctx: InitContext<'_>, report: &mut File) -> ! {
+/// How the init's checklist ended in this process.
+enum InitEnd {
+    /// The run ended: the report to send.
+    Ended(StageReport),
+    /// This process is the program of a forked stage, confined ([`Start::Return`]).
+    Program(Returned),
+}
+
+/// The init's checklist, run in the forked PID 1; never returns in the init. Exits 0
+/// after reporting the program's end, 1 after reporting a failed step. Returns only
+/// in the program of a forked stage ([`Start::Return`]), once it is confined.
+pub(crate) fn run_init(ctx: InitContext<'_>, report: &mut File) -> Returned {
     match init_steps(ctx, report) {
-        Ok(exited) => {
+        Ok(InitEnd::Program(program)) => program,
+        Ok(InitEnd::Ended(exited)) => {
             // If the broker is gone there is no one to tell; exiting still ends the run.
             let _ = write_frame(report, &exited);
             sys::exit_now(0)
@@ -68,7 +81,7 @@ pub(crate) fn run_init(ctx: InitContext<'_>, report: &mut File) -> ! {
     }
 }
 
-fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, JailError> {
+fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailError> {
     let InitContext {
         plan,
         spec,
@@ -77,6 +90,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         null,
         lifeline_read,
         lifeline_write,
+        start,
     } = ctx;
     // The run's inner identity, for the init and the program it forks (the stage
     // keeps its own: see `userns`).
@@ -92,7 +106,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
     // The control pipe is the stage's business (and the broker's kill switch); the
     // program must not hold it. A warm jail's program gets its hand-over socket on
     // that number instead (`warm`).
-    let channel = match (&plan.warm, handover) {
+    let mut channel = match (&plan.warm, handover) {
         (Some(_), Some(handover)) => {
             let (ours, program_end) = warm::make_channel(control)?;
             Some((ours, program_end, handover))
@@ -144,7 +158,17 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
                 drop(guard);
                 sentinel
             });
-            exec_program(plan, spec, &filters, report, sentinel, host_proc)
+            if start == Start::Exec {
+                exec_program(plan, spec, &filters, report, sentinel, host_proc)
+            }
+            // A forked interpreter's: its end of the warm channel stays on its number
+            // (the hook takes it), the init's end and the hand-over pipe close here.
+            if let Some((ours, program_end, handover)) = channel.take() {
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(program_end);
+                drop((ours, handover));
+            }
+            let program = return_program(plan, spec, &filters, report, sentinel);
+            return Ok(InitEnd::Program(program));
         }
         Forked::Parent(pid) => pid,
     };
@@ -178,7 +202,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
             match sys::wait4_nohang() {
                 Ok(Some(reaped)) if reaped.pid == program => {
                     let before = warm.as_mut().map(Warm::used_before).unwrap_or_default();
-                    return Ok(exit_report(&reaped, before));
+                    return Ok(InitEnd::Ended(exit_report(&reaped, before)));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -190,14 +214,14 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<StageReport, Ja
         match wait_event(&signals, guard.as_ref(), waiting)? {
             Event::Terminate => {
                 let before = warm.as_mut().map(Warm::used_before).unwrap_or_default();
-                return terminate_run(before);
+                return terminate_run(before).map(InitEnd::Ended);
             }
             Event::ChildEnded => {}
             Event::Warm => {
                 if let Some(w) = warm.as_mut() {
                     if !w.step(plan, program, report)? {
                         // Given up before its hand-over: end the run.
-                        return terminate_run((0, 0));
+                        return terminate_run((0, 0)).map(InitEnd::Ended);
                     }
                 }
             }

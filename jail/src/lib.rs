@@ -17,6 +17,8 @@
 //!   (its rules for the view `rootfs` builds), [`seccomp`], exec;
 //! - `warm`: a warm jail's hand-over, between the program's exec and its code,
 //!   with `restamp`: its build's timestamps moved to the hand-over;
+//! - [`forked`]: the same checklist in a process forked from a zygote, whose program
+//!   returns into the interpreter instead of exec'ing one;
 //! - `sys`: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 //!
@@ -26,6 +28,7 @@
 mod apparmor;
 pub mod error;
 mod execguard;
+pub mod forked;
 mod init;
 pub mod landlock;
 mod mounts;
@@ -44,6 +47,7 @@ mod warm;
 mod workspace;
 
 pub use error::JailError;
+pub use forked::run_forked_stage;
 pub use stage::run_stage;
 
 /// The stage's checks of a decoded plan before it builds anything, in the stage's order:

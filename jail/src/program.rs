@@ -13,6 +13,7 @@ use super::error::{report_failure, JailError};
 use super::execguard::ExecSentinel;
 use super::rlimits::apply_rlimits;
 use super::seccomp::{self, Filters};
+use super::stage::Returned;
 use super::sys;
 use super::workspace::workdir_path;
 use super::{apparmor, landlock};
@@ -35,16 +36,7 @@ fn drop_capabilities() -> Result<(), JailError> {
     Ok(())
 }
 
-/// The program's `PATH` unless its command configures one.
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-/// The program's `HOME` unless its command configures one: the run's `tmp/`. Upstream's
-/// runs get the sandbox user's home from sudo, which its AppArmor profile lets them
-/// read at most; here there is no passwd entry for the run's uid, so without HOME
-/// `~` stays `~`. The run's tmp/ is private to the run, writable, counted against TMP
-/// and gone with it, so a library that keeps data or a cache under `~` (nltk,
-/// matplotlib) works and leaves nothing for a later run.
-pub const DEFAULT_HOME: &str = "$TMPDIR";
+pub use codejail_plan::layout::{DEFAULT_HOME, DEFAULT_PATH};
 
 /// Exit status of the program process when a step before `execve` failed (as a
 /// shell's "command not found"); a `Failed` report precedes it.
@@ -198,6 +190,35 @@ pub(crate) fn exec_program(
     sys::exit_now(EXIT_EXEC_FAILED)
 }
 
+/// The program's checklist for a forked stage ([`Start::Return`]): the same layers
+/// as [`exec_program`]'s, in the same order, then, instead of an `execve`, a return
+/// into the interpreter this process was forked from, with the environment the exec
+/// would have given it. On failure it reports the step and exits with
+/// [`EXIT_EXEC_FAILED`]. The sentinel is dropped on the way out: no exec is allowed
+/// from here on (`execguard`).
+///
+/// [`Start::Return`]: super::stage::Start::Return
+pub(crate) fn return_program(
+    plan: &Plan,
+    spec: &ExecSpec,
+    filters: &Filters,
+    report: &mut File,
+    sentinel: Option<ExecSentinel>,
+) -> Returned {
+    match confine(plan, spec, filters, report, None, false) {
+        Ok(()) => {
+            drop(sentinel);
+            Returned {
+                env: spec.env.clone(),
+            }
+        }
+        Err(error) => {
+            report_failure(report, &error);
+            sys::exit_now(EXIT_EXEC_FAILED)
+        }
+    }
+}
+
 fn program_steps(
     plan: &Plan,
     spec: &ExecSpec,
@@ -205,14 +226,37 @@ fn program_steps(
     report: &mut File,
     host_proc: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible, JailError> {
+    confine(plan, spec, filters, report, host_proc, true)?;
+    // Exec the interpreter with exactly the planned environment.
+    execve(spec.program.as_c_str(), &spec.argv, &spec.env).map_err(|e| JailError::Exec {
+        program: spec.program_shown.clone(),
+        source: e.into(),
+    })
+}
+
+/// Every per-process layer, in order, up to the program's start: by `execve` when
+/// `exec` (the stage's own program), else by a return into an interpreter forked
+/// before any of it (whose signal dispositions are its own start-up's, and which
+/// holds no fd above the warm channel's once the init's objects are dropped).
+fn confine(
+    plan: &Plan,
+    spec: &ExecSpec,
+    filters: &Filters,
+    report: &mut File,
+    host_proc: Option<OwnedFd>,
+    exec: bool,
+) -> Result<(), JailError> {
     // Start in the workspace, as upstream does (`jailed_code` is run by relative name).
     chdir(spec.workdir.as_c_str()).map_err(|e| JailError::EnterWorkdir {
         path: spec.workdir_shown.clone(),
         source: e.into(),
     })?;
     // Signal dispositions set to "ignore" and the signal mask survive execve; the
-    // program must start clean (the stage's Rust runtime ignores SIGPIPE).
-    sys::reset_signals().map_err(JailError::ResetSignals)?;
+    // program must start clean (the stage's Rust runtime ignores SIGPIPE). A forked
+    // interpreter keeps the dispositions its own start-up set, as a cold one's.
+    if exec {
+        sys::reset_signals().map_err(JailError::ResetSignals)?;
+    }
     // Resource limits now, after the last fork of trusted code (the init counts under
     // NPROC) and before anything of the user's runs.
     apply_rlimits(&plan.limits, plan.sigpending)?;
@@ -223,11 +267,13 @@ fn program_steps(
     // The report fd stays open until exec succeeds, so an exec failure can still be
     // reported; every fd above stderr closes at exec (CVE-2024-21626 is what a leaked
     // fd does).
-    sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
-    // But for a warm jail's hand-over socket, which its interpreter's start-up hook
-    // takes, and closes before any code of the user's runs (`warm`).
-    if plan.warm.is_some() {
-        sys::clear_cloexec(codejail_plan::WARM_FD).map_err(JailError::CloseOnExec)?;
+    if exec {
+        sys::set_cloexec_from(3).map_err(JailError::CloseOnExec)?;
+        // But for a warm jail's hand-over socket, which its interpreter's start-up hook
+        // takes, and closes before any code of the user's runs (`warm`).
+        if plan.warm.is_some() {
+            sys::clear_cloexec(codejail_plan::WARM_FD).map_err(JailError::CloseOnExec)?;
+        }
     }
     // AppArmor (where configured and present): the exec transition is requested
     // before no_new_privs, stacked so it can only narrow.
@@ -262,12 +308,7 @@ fn program_steps(
     )
     .map_err(JailError::Report)?;
     // seccomp last: it may forbid calls made above.
-    seccomp::install(filters).map_err(JailError::InstallSeccomp)?;
-    // Exec the interpreter with exactly the planned environment.
-    execve(spec.program.as_c_str(), &spec.argv, &spec.env).map_err(|e| JailError::Exec {
-        program: spec.program_shown.clone(),
-        source: e.into(),
-    })
+    seccomp::install(filters).map_err(JailError::InstallSeccomp)
 }
 
 #[cfg(test)]

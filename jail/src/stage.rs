@@ -36,31 +36,69 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit status of the stage when fds 3 and 4 are not usable (nothing can be reported).
 pub const EXIT_NO_FDS: i32 = 2;
 
+/// How the run's program starts, once every layer is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// It execs the plan's program: a stage the broker spawned (`codejail-jail`).
+    Exec,
+    /// It returns into the interpreter the stage was forked from: a stage forked by a
+    /// zygote (`forked`). The program is then that interpreter, already started.
+    Return,
+}
+
+/// What the program takes back into the interpreter it was forked from
+/// ([`Start::Return`]): the environment a cold run's `execve` would have given it.
+#[derive(Debug)]
+pub(crate) struct Returned {
+    /// `KEY=value` strings, in the order a cold run gets them.
+    pub(crate) env: Vec<std::ffi::CString>,
+}
+
+/// How a stage ended in this process.
+pub(crate) enum StageEnd {
+    /// The process is to exit with this status.
+    Exit(i32),
+    /// This process is the run's program ([`Start::Return`] only), confined.
+    Program(Returned),
+}
+
 /// Run the jail stage: take fds 3 and 4, build the jail, supervise it, and return the
 /// process exit status ([`EXIT_RUN_ENDED`], [`EXIT_FAILED`] or [`EXIT_NO_FDS`]). A
 /// failed step is reported on fd 4 as `StageReport::Failed`; nothing is ever written
 /// to fds 0-2, which belong to the program.
 pub fn run_stage() -> i32 {
+    match stage_main(Start::Exec) {
+        StageEnd::Exit(code) => code,
+        // Only a program that returns (Start::Return) gets here.
+        StageEnd::Program(_) => EXIT_FAILED,
+    }
+}
+
+/// The stage with its program started as `start` says: in every process but the
+/// program of a [`Start::Return`] stage, the status to exit with.
+pub(crate) fn stage_main(start: Start) -> StageEnd {
     let Ok((control, mut report, handover)) = sys::take_stage_fds() else {
-        return EXIT_NO_FDS;
+        return StageEnd::Exit(EXIT_NO_FDS);
     };
-    match build_jail(control, handover, &mut report) {
-        Ok(()) => EXIT_RUN_ENDED,
+    match build_jail(control, handover, &mut report, start) {
+        Ok(Some(program)) => StageEnd::Program(program),
+        Ok(None) => StageEnd::Exit(EXIT_RUN_ENDED),
         Err(error) => {
             report_failure(&mut report, &error);
-            EXIT_FAILED
+            StageEnd::Exit(EXIT_FAILED)
         }
     }
 }
 
 /// The stage's checklist, in order. Each step is one call; the comment says why it
 /// sits where it does. Returns once the init ran and has ended, with every process
-/// of the run.
+/// of the run; or, in the program of a [`Start::Return`] stage, once it is confined.
 fn build_jail(
     mut control: File,
     handover: Option<File>,
     report: &mut File,
-) -> Result<(), JailError> {
+    start: Start,
+) -> Result<Option<Returned>, JailError> {
     // Sanitize first: nothing of the broker's beyond the fd contract may reach the
     // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
     // passed on: the program gets exactly the plan's.
@@ -78,6 +116,14 @@ fn build_jail(
     let plan = read_plan(&mut control)?;
     // Names again: the broker checked them, but this is the check that counts.
     check_names(&plan)?;
+    // A program that returns into a forked interpreter is a warm jail's (it waits for
+    // its request in the interpreter's start-up hook), without AppArmor (whose
+    // profile is entered at an exec).
+    if start == Start::Return && (plan.warm.is_none() || plan.apparmor_profile.is_some()) {
+        return Err(JailError::ValidatePlan(
+            "a forked stage needs a warm plan without an AppArmor profile".to_string(),
+        ));
+    }
     // The hand-over pipe is a warm jail's (for its init); a cold run has none.
     let handover = match (&plan.warm, handover) {
         (None, _) => None,
@@ -119,18 +165,22 @@ fn build_jail(
         what: "init",
         source,
     })? {
-        Forked::Child => run_init(
-            InitContext {
-                plan: &plan,
-                spec: &spec,
-                control,
-                handover,
-                null: &null,
-                lifeline_read,
-                lifeline_write,
-            },
-            report,
-        ),
+        Forked::Child => {
+            // Returns only in the program of a forked stage (Start::Return).
+            return Ok(Some(run_init(
+                InitContext {
+                    plan: &plan,
+                    spec: &spec,
+                    control,
+                    handover,
+                    null: &null,
+                    lifeline_read,
+                    lifeline_write,
+                    start,
+                },
+                report,
+            )));
+        }
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
     drop(lifeline_read);
@@ -142,7 +192,7 @@ fn build_jail(
     // init's end (after every process of the run is gone) ends the stage.
     let supervised = supervise_init(&mut control, init);
     drop(lifeline_write);
-    supervised
+    supervised.map(|()| None)
 }
 
 fn check_single_threaded() -> Result<(), JailError> {

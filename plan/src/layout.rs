@@ -16,6 +16,17 @@ pub const CODE_FILE: &str = "jailed_code";
 /// `TMPDIR`), the one place the program may write.
 pub const TMP_DIR: &str = "tmp";
 
+/// The program's `PATH` unless its command configures one.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The program's `HOME` unless its command configures one: the run's `tmp/`. Upstream's
+/// runs get the sandbox user's home from sudo, which its AppArmor profile lets them
+/// read at most; here there is no passwd entry for the run's uid, so without HOME
+/// `~` stays `~`. The run's tmp/ is private to the run, writable, counted against TMP
+/// and gone with it, so a library that keeps data or a cache under `~` (nltk,
+/// matplotlib) works and leaves nothing for a later run.
+pub const DEFAULT_HOME: &str = "$TMPDIR";
+
 /// The run's directory (the program's cwd) as the program sees it, for the run
 /// directory named `workdir_name` (e.g. `/tmp/codejail-ab12cd34`).
 pub fn program_workdir(workdir_name: &str) -> String {
