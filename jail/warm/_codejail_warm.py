@@ -6,7 +6,9 @@
 # 3 is the .pth file itself, being read: the jail closes every fd above 2 at exec), so
 # a cold start pays one fstat, and takes it out of sys.modules once imported.
 #
-# In a warm jail (jail/src/warm.rs) fd 3 is a socket to the run's init. The init sends
+# In a zygote (a fork server: jail/src/forked.rs) fd 3 is a socket to the broker; see
+# the zygote block below. In a warm jail (jail/src/warm.rs) fd 3 is a socket to the
+# run's init. The init sends
 # the modules to import; they are imported, "ready" is answered, and the interpreter
 # waits here, inside its own start-up, until the init has written the run's files into
 # the workspace (which this process cannot write) and set its limits. Then the init
@@ -31,6 +33,143 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             os._exit(125)
         _cj_buf += _cj_chunk
     _cj_words = _cj_buf.split()
+    if _cj_words[:2] == [b"codejail-zygote", b"1"] and len(_cj_words) >= 3:
+        # Zygote mode (jail/src/forked.rs, zygote/src/lib.rs): fd 3 is the broker's
+        # socket, the greeting names the native library and the preimports. Import
+        # them, answer "ready", then fork one child per request: the child confines
+        # itself in the library (it returns only in the run's program, with fd 3 now
+        # the channel to the run's init) and goes on below as a warm jail's
+        # interpreter. The zygote itself never leaves this block.
+        try:
+            for _cj_name in _cj_words[3:]:
+                __import__(_cj_name.decode())
+        except BaseException as _cj_e:
+            _cj_msg = ("cannot import %s: %s: %s" % (_cj_name.decode(), type(_cj_e).__name__, _cj_e))
+            os.write(3, b"failed " + _cj_msg.replace("\n", " ").encode("utf-8", "replace")[:2000] + b"\n")
+            os._exit(1)
+        try:
+            # What the zygote imports for itself, which its children drop again.
+            _cj_before = set(sys.modules)
+            import ctypes as _cj_ctypes
+            import gc as _cj_gc
+            _cj_lib = _cj_ctypes.CDLL(os.fsdecode(_cj_words[2]))
+            if _cj_lib.codejail_zygote_init() != 0:
+                os._exit(1)
+            _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
+            _cj_lib.codejail_zygote_child.argtypes = (
+                _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t)
+            # site is reading this hook's .pth file while the hook runs, and reads on
+            # once it returns: the file's fd number, for the child to keep readable.
+            _cj_pth = -1
+            for _cj_fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink("/proc/self/fd/" + _cj_fd).endswith("/zz-codejail-warm.pth"):
+                        _cj_pth = int(_cj_fd)
+                except OSError:
+                    pass
+            # CPython made the script's path absolute at its start, from the zygote's
+            # cwd, and opens that path once this hook returns: each child points the
+            # interpreter's config at its own run directory's instead. The field is
+            # found by its value (a pointer inside PyConfig to that path, dereferenced
+            # only inside readable mappings), exactly once, or the zygote refuses.
+            _cj_api = _cj_ctypes.pythonapi
+            _cj_api.PyInterpreterState_Get.restype = _cj_ctypes.c_void_p
+            _cj_api._PyInterpreterState_GetConfig.restype = _cj_ctypes.c_void_p
+            _cj_api._PyInterpreterState_GetConfig.argtypes = (_cj_ctypes.c_void_p,)
+            _cj_api.PyMem_RawMalloc.restype = _cj_ctypes.c_void_p
+            _cj_api.PyMem_RawMalloc.argtypes = (_cj_ctypes.c_size_t,)
+            _cj_cfg = _cj_api._PyInterpreterState_GetConfig(_cj_api.PyInterpreterState_Get())
+            _cj_maps = []
+            with open("/proc/self/maps") as _cj_f:
+                for _cj_line in _cj_f:
+                    _cj_range, _cj_perms = _cj_line.split()[:2]
+                    if _cj_perms.startswith("r"):
+                        _cj_lo, _cj_hi = _cj_range.split("-")
+                        _cj_maps.append((int(_cj_lo, 16), int(_cj_hi, 16)))
+            _cj_script = os.getcwd() + "/" + sys.argv[0]
+            _cj_want = bytes(_cj_ctypes.create_unicode_buffer(_cj_script))
+            _cj_slots = []
+            for _cj_off in range(0, 4096, 8):
+                _cj_at = _cj_cfg + _cj_off
+                if not any(lo <= _cj_at and _cj_at + 8 <= hi for lo, hi in _cj_maps):
+                    break
+                _cj_p = _cj_ctypes.c_void_p.from_address(_cj_at).value
+                _cj_n = len(_cj_want)
+                if _cj_p and any(lo <= _cj_p and _cj_p + _cj_n <= hi for lo, hi in _cj_maps):
+                    if _cj_ctypes.string_at(_cj_p, _cj_n) == _cj_want:
+                        _cj_slots.append(_cj_at)
+            if sys.argv[0].startswith("/") or len(_cj_slots) != 1:
+                os.write(3, b"failed the script's path is not in the interpreter's config once\n")
+                os._exit(1)
+            _cj_fds = (_cj_ctypes.c_int * 8)()
+            _cj_env = _cj_ctypes.create_string_buffer(1 << 16)
+            # A process's first compile() is slow: once here, not in every run.
+            compile("pass", "<codejail-zygote>", "exec")
+            # Nothing buffered may be copied into the children; what exists now is
+            # never collected, so forked pages stay shared.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _cj_gc.freeze()
+            _cj_own = set(sys.modules) - _cj_before
+            os.write(3, b"ready\n")
+            while True:
+                _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8)
+                if _cj_n <= 0:
+                    os._exit(0 if _cj_n == 0 else 1)
+                _cj_pid = os.fork()
+                if _cj_pid == 0:
+                    break
+                for _cj_i in range(_cj_n):
+                    os.close(_cj_fds[_cj_i])
+                try:
+                    _cj_pidfd = os.pidfd_open(_cj_pid)
+                except OSError:
+                    _cj_pidfd = -1
+                if _cj_lib.codejail_zygote_answer(3, _cj_pid, _cj_pidfd) != 0:
+                    os._exit(1)
+                if _cj_pidfd >= 0:
+                    os.close(_cj_pidfd)
+            # The child: confined by the library, or gone.
+            _cj_len = _cj_lib.codejail_zygote_child(_cj_fds, _cj_n, _cj_env, 1 << 16)
+            if _cj_len < 0:
+                os._exit(1)
+            # The library closed the .pth file with every other fd: site's next read
+            # of it must find its end, as the file's own would.
+            if _cj_pth > 3:
+                _cj_r, _cj_w = os.pipe()
+                os.close(_cj_w)
+                if _cj_r != _cj_pth:
+                    os.dup2(_cj_r, _cj_pth)
+                    os.close(_cj_r)
+            _cj_want = _cj_ctypes.create_unicode_buffer(os.getcwd() + "/" + sys.argv[0])
+            _cj_p = _cj_api.PyMem_RawMalloc(_cj_ctypes.sizeof(_cj_want))
+            if not _cj_p:
+                os._exit(1)
+            _cj_ctypes.memmove(_cj_p, _cj_want, _cj_ctypes.sizeof(_cj_want))
+            _cj_ctypes.c_void_p.from_address(_cj_slots[0]).value = _cj_p
+            os.environ.clear()
+            for _cj_var in _cj_env.raw[:_cj_len].split(b"\0")[:-1]:
+                _cj_key, _, _cj_value = _cj_var.partition(b"=")
+                os.environ[os.fsdecode(_cj_key)] = os.fsdecode(_cj_value)
+            # Global generators seeded in the zygote would be the same in every run:
+            # the stdlib's random reseeds itself at fork, these do not.
+            if "numpy.random" in sys.modules:
+                sys.modules["numpy.random"].seed()
+            if "random2" in sys.modules:
+                sys.modules["random2"].seed()
+            for _cj_name in _cj_own:
+                sys.modules.pop(_cj_name, None)
+            del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_env
+        except BaseException:
+            os._exit(1)
+        # The run's init now greets this interpreter as a warm jail's.
+        _cj_buf = b""
+        while not _cj_buf.endswith(b"\n"):
+            _cj_chunk = os.read(3, 4096)
+            if not _cj_chunk:
+                os._exit(125)
+            _cj_buf += _cj_chunk
+        _cj_words = _cj_buf.split()
     if _cj_words[:2] != [b"codejail-warm", b"1"]:
         os._exit(125)
     try:

@@ -1,0 +1,238 @@
+//! The native half of a fork server (docs/architecture.md, "Fork server"): a C library
+//! (`libcodejail_zygote.so`, installed beside `codejail-jail`) that the sandbox
+//! interpreter's start-up hook loads with `ctypes` in zygote mode
+//! (`jail/warm/_codejail_warm.py`). The zygote is that interpreter, started once per
+//! command by the broker with the pool's preimports imported; it never runs request
+//! code and never sees a request's code, files, input or output: per warm jail it
+//!
+//! 1. receives one request from the broker on its socket ([`codejail_zygote_receive`]):
+//!    the line `fork` with the warm jail's fds (SCM_RIGHTS);
+//! 2. forks (Python's `os.fork`, so that the interpreter's at-fork handlers run);
+//! 3. answers with the child's pid and a pidfd of it ([`codejail_zygote_answer`]),
+//!    by which the broker watches it (the kernel reaps it: [`codejail_zygote_init`]);
+//!
+//! and the child calls [`codejail_zygote_child`], which puts the fds on the stage's
+//! numbers, enters the run's cgroup, and runs the jail stage
+//! ([`codejail_jail::run_forked_stage`]). That returns only in the run's program,
+//! confined; the hook then goes on as a warm jail's interpreter does.
+//!
+//! The request's fds, in order: the run's stdin, stdout and stderr, the stage's control,
+//! report and hand-over pipes, then the run's `cgroup.procs` files (none, one on v2, two
+//! on v1), which the child writes its own pid to before anything else.
+//!
+//! Every function is `extern "C"` and returns a negative errno on failure (the hook
+//! checks); nothing here panics across the boundary.
+
+use std::ffi::c_int;
+use std::io::IoSlice;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// What the broker sends to ask for a fork.
+pub const REQUEST: &[u8] = b"fork\n";
+/// The fds of a request before the cgroup files: stdin, stdout, stderr, control,
+/// report, hand-over.
+pub const STAGE_FDS: usize = 6;
+/// Most fds one request carries (the stage's and two cgroup files, cgroup v1).
+pub const MAX_REQUEST_FDS: usize = STAGE_FDS + 2;
+/// Where the child parks the received fds while it puts them in place: above every
+/// number they go to and every number the interpreter uses at start.
+const PARK_FDS_AT: RawFd = 64;
+
+fn errno_of(e: Errno) -> c_int {
+    -(e as c_int)
+}
+
+/// Make the calling zygote what it must be before it forks anything: not dumpable (no
+/// process of its uid may ptrace it or read its `/proc` files), and its children
+/// reaped by the kernel as they exit (`SIGCHLD` ignored: the broker watches each
+/// through a pidfd). Returns 0, or a negative errno.
+#[no_mangle]
+pub extern "C" fn codejail_zygote_init() -> c_int {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return errno_of(e);
+    }
+    // SAFETY: SIG_IGN registers no code of ours as a handler.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) } == libc::SIG_ERR {
+        return errno_of(Errno::last());
+    }
+    0
+}
+
+/// Receive one request on `sock` into `fds` (room for `max` fds): returns how many fds
+/// came ([`STAGE_FDS`] and the cgroup files), 0 when the broker has closed the socket,
+/// a negative errno on error (`-EPROTO` for a request that is not one).
+///
+/// # Safety
+///
+/// `fds` must point at `max` writable `c_int`s.
+#[no_mangle]
+pub unsafe extern "C" fn codejail_zygote_receive(
+    sock: c_int,
+    fds: *mut c_int,
+    max: c_int,
+) -> c_int {
+    let mut data = [0u8; 16];
+    let mut space = nix::cmsg_space!([RawFd; MAX_REQUEST_FDS]);
+    let mut iov = [std::io::IoSliceMut::new(&mut data)];
+    let received = loop {
+        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let msg = match received {
+        Ok(msg) => msg,
+        Err(e) => return errno_of(e),
+    };
+    let mut got: Vec<RawFd> = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::ScmRights(rights) = cmsg {
+                got.extend(rights);
+            }
+        }
+    }
+    let len = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    if len == 0 && got.is_empty() {
+        return 0;
+    }
+    let fits = usize::try_from(max).is_ok_and(|m| got.len() <= m);
+    if data.get(..len) != Some(REQUEST) || truncated || got.len() < STAGE_FDS || !fits {
+        for fd in got {
+            // SAFETY: each fd was just received by this call and is owned by nobody else.
+            unsafe { libc::close(fd) };
+        }
+        return -libc::EPROTO;
+    }
+    for (i, fd) in got.iter().enumerate() {
+        // SAFETY: the caller guarantees `fds` has room for `max` entries, and `i` is
+        // below `got.len()`, which is at most `max` (checked above).
+        unsafe { *fds.add(i) = *fd };
+    }
+    got.len() as c_int
+}
+
+/// Answer the broker on `sock`: the child's pid as a line, `forked <pid>`, and a pidfd
+/// of it (by which the broker waits for and kills the child; the zygote reaps it).
+/// Returns 0, or a negative errno.
+#[no_mangle]
+pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
+    let line = format!("forked {pid}\n");
+    let iov = [IoSlice::new(line.as_bytes())];
+    let rights = [pidfd];
+    let with_fd = [ControlMessage::ScmRights(&rights)];
+    // No pidfd (the child was already gone): the line alone, which the broker refuses.
+    let cmsg: &[ControlMessage<'_>] = if pidfd < 0 { &[] } else { &with_fd };
+    loop {
+        match sendmsg::<()>(sock, &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return 0,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return errno_of(e),
+        }
+    }
+}
+
+/// In the zygote's child: put the request's `n` fds (`fds`, as
+/// [`codejail_zygote_receive`] returned them) in place, enter the run's cgroup, close
+/// every other fd, and run the jail stage. Returns only in the run's program, confined:
+/// the environment a cold run would have, as `KEY=value` strings each ended by a NUL,
+/// written to `env` (room for `cap` bytes), and its length. In every other process of
+/// the run, and on any failure (reported to the broker where the report pipe is in
+/// place), the process exits.
+///
+/// # Safety
+///
+/// `fds` must point at `n` readable `c_int`s, `env` at `cap` writable bytes; the caller
+/// must be a freshly forked, single-threaded process that holds no fd it still needs
+/// (all are closed).
+#[no_mangle]
+pub unsafe extern "C" fn codejail_zygote_child(
+    fds: *const c_int,
+    n: c_int,
+    env: *mut u8,
+    cap: usize,
+) -> isize {
+    let Ok(count) = usize::try_from(n) else {
+        exit_now(1)
+    };
+    if !(STAGE_FDS..=MAX_REQUEST_FDS).contains(&count) {
+        exit_now(1)
+    }
+    // The stage waits for its init, and the run's processes for theirs: SIGCHLD as a
+    // fresh process has it, not ignored as in the zygote.
+    // SAFETY: SIG_DFL registers no code of ours as a handler.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        exit_now(1)
+    }
+    // SAFETY: the caller guarantees `fds` points at `n` readable entries.
+    let given = unsafe { std::slice::from_raw_parts(fds, count) };
+    if place_fds(given).is_err() {
+        exit_now(1)
+    }
+    let vars = codejail_jail::run_forked_stage();
+    let mut out: Vec<u8> = Vec::new();
+    for var in &vars {
+        out.extend_from_slice(var.as_bytes_with_nul());
+    }
+    if out.len() > cap {
+        exit_now(codejail_jail::program::EXIT_EXEC_FAILED)
+    }
+    // SAFETY: the caller guarantees `env` has room for `cap` bytes, and `out.len()` is
+    // at most `cap`; the two buffers cannot overlap (`out` is ours).
+    unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), env, out.len()) };
+    out.len() as isize
+}
+
+/// Park the fds high, write this process's pid to each cgroup file, put the stage's
+/// six on 0-5 and close everything else.
+fn place_fds(given: &[RawFd]) -> Result<(), Errno> {
+    let mut parked = Vec::with_capacity(given.len());
+    for fd in given {
+        // SAFETY: F_DUPFD_CLOEXEC only creates a new fd number for an open file; the
+        // received fds are this process's, owned by no Rust object.
+        let high = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, PARK_FDS_AT) };
+        if high < 0 {
+            return Err(Errno::last());
+        }
+        parked.push(high);
+    }
+    // Into the run's cgroup first, so everything the run does is charged there ("0":
+    // the writing process).
+    for procs in &parked[STAGE_FDS..] {
+        // SAFETY: writes one byte from a static buffer to an fd of ours.
+        if unsafe { libc::write(*procs, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(Errno::last());
+        }
+    }
+    for (target, fd) in parked[..STAGE_FDS].iter().enumerate() {
+        // SAFETY: dup2 takes plain integers; numbers 0-5 belong to no Rust object here
+        // (the interpreter's stdio objects keep using 0-2, now the run's).
+        if unsafe { libc::dup2(*fd, target as c_int) } < 0 {
+            return Err(Errno::last());
+        }
+    }
+    // SAFETY: close_range takes plain integers; no Rust object owns an fd of this
+    // process, and the interpreter holds none it needs above 2 (the caller's contract).
+    let closed = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            codejail_plan::HANDOVER_FD as libc::c_uint + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    if closed < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+fn exit_now(code: c_int) -> ! {
+    // SAFETY: _exit ends the process at once; nothing of the interpreter's (its buffers,
+    // its atexit handlers) belongs to this forked copy.
+    unsafe { libc::_exit(code) }
+}
