@@ -85,6 +85,11 @@ pub struct DevFlags {
     /// `[pool.python] preimport`).
     #[arg(long = "preimport", value_name = "MODULE", requires = "dev")]
     pub preimport: Vec<String>,
+    /// Dev: fork the python pool's warm jails from a zygote, an interpreter started
+    /// once with the preimports (config `[pool.python] fork_server = true`); implies a
+    /// pool (of 1 unless --pool-size).
+    #[arg(long, requires = "dev")]
+    pub fork_server: bool,
     /// Dev: seconds a warm jail may wait before it is replaced (config `[pool.python]
     /// max_age_secs`).
     #[arg(long, value_name = "SECS", requires = "dev")]
@@ -171,13 +176,18 @@ fn dev_config(cli: &DevFlags) -> anyhow::Result<FileConfig> {
             allow_exec: cli.allow_exec.then_some(true),
         },
     );
-    if cli.pool_size.is_some() || !cli.preimport.is_empty() || cli.pool_max_age_secs.is_some() {
+    if cli.pool_size.is_some()
+        || !cli.preimport.is_empty()
+        || cli.pool_max_age_secs.is_some()
+        || cli.fork_server
+    {
         cfg.pool.insert(
             "python".into(),
             PoolConfig {
                 size: Some(cli.pool_size.unwrap_or(1)),
                 preimport: cli.preimport.clone(),
                 max_age_secs: cli.pool_max_age_secs,
+                fork_server: cli.fork_server.then_some(true),
             },
         );
     }

@@ -82,7 +82,8 @@ pub fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((dup_high(&r)?, dup_high(&w)?))
 }
 
-fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
+/// `fd` again, as a close-on-exec fd numbered >= 10.
+pub fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     let raw = nix::fcntl::fcntl(
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD),
@@ -141,6 +142,31 @@ pub fn install_stage_fds(
         if unsafe { libc::dup2(handover, HANDOVER_FD) } < 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    become_run_identity(identity)
+}
+
+/// In the child of the broker that becomes a zygote (a fork server's interpreter,
+/// `run::pool::zygote`), before exec: no ambient capability, its socket to the broker on
+/// fd 3 (where the interpreter's start-up hook looks), and the runs' identity, which
+/// every stage it forks then has. Only async-signal-safe calls, no allocation.
+pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only, as in `install_stage_fds`.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2 on an fd the parent keeps open across fork; no memory is touched.
+    if unsafe { libc::dup2(sock, CONTROL_FD) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     become_run_identity(identity)
 }

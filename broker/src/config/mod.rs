@@ -365,6 +365,17 @@ impl Settings {
         let run_ids = run_ids_from_config(cfg, max_running, warm_jails, uid, gid)?;
         let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
+        // A zygote's children take its identity and return into its interpreter, which
+        // has no exec for an AppArmor profile to attach at: one run identity, no
+        // profile, for now.
+        if let Some((command, _)) = pools.iter().find(|(_, p)| p.fork_server) {
+            if run_ids.is_some() || apparmor_profile.is_some() {
+                return Err(invalid(
+                    format!("pool.{command}.fork_server"),
+                    "needs one identity for all runs (no run_ids) and no apparmor_profile: a fork server with per-run uids or AppArmor is not built yet",
+                ));
+            }
+        }
         let landlock_min_abi = cfg.landlock_min_abi.unwrap_or(match mode {
             Mode::Confined => 1,
             Mode::Dev => 0,

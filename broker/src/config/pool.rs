@@ -18,6 +18,10 @@ pub struct PoolConfig {
     pub preimport: Vec<String>,
     /// Seconds a warm jail may wait for a request before it is replaced (default 600).
     pub max_age_secs: Option<u64>,
+    /// Build the warm jails by forking them from a zygote, an interpreter started once
+    /// with the preimports, instead of starting an interpreter in each (default false;
+    /// `run::pool::zygote`).
+    pub fork_server: Option<bool>,
 }
 
 /// One command's warm pool, validated.
@@ -29,6 +33,8 @@ pub struct PoolSpec {
     pub preimport: Vec<String>,
     /// How long a warm jail may wait before it is replaced.
     pub max_age: Duration,
+    /// Whether the warm jails are forked from a zygote.
+    pub fork_server: bool,
 }
 
 /// Largest pool per command: each warm jail holds an interpreter's memory and a uid.
@@ -74,6 +80,7 @@ pub(super) fn pools_from_config(
                     size,
                     preimport: p.preimport.clone(),
                     max_age: Duration::from_secs(max_age_secs),
+                    fork_server: p.fork_server.unwrap_or(false),
                 },
             );
         }

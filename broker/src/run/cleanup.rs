@@ -3,7 +3,7 @@
 
 use super::cgroup::RunCgroup;
 use super::pool::InUse;
-use super::stage::{kill_cgroup, kill_stage, KILL_GRACE};
+use super::stage::{kill_cgroup, kill_stage, StageProcess, KILL_GRACE};
 use super::uidpool::Lease;
 
 /// What a run holds of the host, from the moment it is allocated (a cold run at its
@@ -21,7 +21,7 @@ pub struct Cleanup {
     lease: Option<Lease>,
     /// The run's stage once its run has ended, to be reaped (its exit tears the run's
     /// namespaces down).
-    pub(super) stage: Option<tokio::process::Child>,
+    pub(super) stage: Option<StageProcess>,
     /// A warm jail's place in its pool, given back last (the pool then builds its
     /// replacement, with the uid this run gives back).
     in_use: Option<InUse>,
@@ -70,7 +70,7 @@ impl Cleanup {
                     .as_ref()
                     .map_or_else(|| nix::unistd::geteuid().as_raw(), Lease::id);
                 kill_stage(&mut stage, owner);
-                let _ = stage.wait().await;
+                stage.wait().await;
             }
         }
         if let Some(cg) = self.cgroup.take() {

@@ -34,6 +34,15 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A zygote did not fork a stage (`pool/zygote.rs`).
+    #[error("the zygote {zygote} did not fork the jail stage: {source}")]
+    Forked {
+        /// The zygote's pid.
+        zygote: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The stage was gone before the broker knew its pid.
     #[error("the jail stage exited at once")]
     StageGone,
@@ -86,6 +95,9 @@ pub enum WarmError {
     /// The stage sent a report other than ready, or none.
     #[error("{0}")]
     NotReady(String),
+    /// The command's zygote (fork server) could not be started or did not fork.
+    #[error("its zygote: {0}")]
+    Zygote(String),
     /// Any of the above, with what the interpreter wrote before it failed.
     #[error("{cause}; the interpreter's output: {output}")]
     WithOutput {

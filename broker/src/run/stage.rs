@@ -6,7 +6,7 @@
 //! in `plan/src/lib.rs`.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,12 @@ impl RunSpec {
 /// run's is supervised at once; a warm jail's waits in the pool (`pool`) first.
 #[derive(Debug)]
 pub struct Stage {
-    child: tokio::process::Child,
+    process: StageProcess,
+    /// The run's stdin (the broker's end).
+    stdin: Option<pipe::Sender>,
+    /// The run's stdout and stderr (the broker's ends).
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     control: pipe::Sender,
     reports: pipe::Receiver,
     /// A warm jail's hand-over pipe (fd 5 of the stage, read by its init).
@@ -153,13 +158,120 @@ impl Stage {
             path: stage.to_path_buf(),
             source,
         })?;
-        let handover = match handover_w {
-            Some(w) => Some(pipe::Sender::from_owned_fd(w).map_err(RunError::Pipes)?),
-            None => None,
-        };
         let pid = child.id().ok_or(RunError::StageGone)?;
-        let mut control = pipe::Sender::from_owned_fd(control_w).map_err(RunError::Pipes)?;
-        let reports = pipe::Receiver::from_owned_fd(report_r).map_err(RunError::Pipes)?;
+        let stdio = (
+            child.stdin.take().map(|p| p.into_owned_fd()),
+            child.stdout.take().map(|p| p.into_owned_fd()),
+            child.stderr.take().map(|p| p.into_owned_fd()),
+        );
+        let mut process = StageProcess::Spawned(child);
+        let (stdin, stdout, stderr) = match stdio_ends(stdio) {
+            Ok(ends) => ends,
+            Err(e) => {
+                kill_stage(&mut process, owner);
+                process.wait().await;
+                return Err(RunError::Pipes(e));
+            }
+        };
+        Stage::send_plan(
+            process,
+            (stdin, stdout, stderr),
+            (control_w, report_r, handover_w),
+            pid,
+            owner,
+            plan,
+            held,
+        )
+        .await
+    }
+
+    /// Fork the stage from `zygote` (a warm plan: the run's program is the zygote's
+    /// interpreter, forked, and returns into it confined; `zygote.rs`), as the runs'
+    /// identity, the zygote's: into `cgroup` (the child writes its own pid to the
+    /// cgroup files before anything else), then send the plan.
+    pub async fn fork(
+        zygote: std::sync::Arc<super::pool::Zygote>,
+        plan: &mut Plan,
+        owner: u32,
+        cgroup: Option<&RunCgroup>,
+    ) -> Result<Stage, RunError> {
+        let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (handover_r, handover_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (stdin_r, stdin_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (stdout_r, stdout_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let (stderr_r, stderr_w) = sys::pipe_high().map_err(RunError::Pipes)?;
+        let mut theirs = vec![stdin_r, stdout_w, stderr_w, control_r, report_w, handover_r];
+        if let Some(cg) = cgroup {
+            let procs = cg.procs_files().map_err(RunError::Cgroup)?;
+            theirs.extend(procs);
+        }
+        let zygote_pid = zygote.pid();
+        let forked = tokio::task::spawn_blocking(move || zygote.fork(theirs))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|forked| forked)
+            .map_err(|e| RunError::Forked {
+                zygote: zygote_pid,
+                source: e,
+            })?;
+        let (pid, pidfd) = forked;
+        // SAFETY: the AsyncFd owns the pidfd (an OwnedFd, moved in) for its whole life,
+        // so the fd it watches stays open and the same until it is dropped.
+        let pidfd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| RunError::Pipes(e.into()))?;
+        let mut process = StageProcess::Forked { pidfd };
+        let stdio = (Some(Ok(stdin_w)), Some(Ok(stdout_r)), Some(Ok(stderr_r)));
+        let (stdin, stdout, stderr) = match stdio_ends(stdio) {
+            Ok(ends) => ends,
+            Err(e) => {
+                kill_stage(&mut process, owner);
+                process.wait().await;
+                return Err(RunError::Pipes(e));
+            }
+        };
+        Stage::send_plan(
+            process,
+            (stdin, stdout, stderr),
+            (control_w, report_r, Some(handover_w)),
+            pid,
+            owner,
+            plan,
+            None,
+        )
+        .await
+    }
+
+    /// The stage's pipes made async, then the plan sent (its payload then dropped, and
+    /// `held`); a stage that cannot take it is killed.
+    async fn send_plan(
+        mut process: StageProcess,
+        (stdin, stdout, stderr): StdioEnds,
+        (control_w, report_r, handover_w): (OwnedFd, OwnedFd, Option<OwnedFd>),
+        pid: u32,
+        owner: u32,
+        plan: &mut Plan,
+        held: Option<Reservation>,
+    ) -> Result<Stage, RunError> {
+        let pipes = (|| {
+            let handover = match handover_w {
+                Some(w) => Some(pipe::Sender::from_owned_fd(w)?),
+                None => None,
+            };
+            let control = pipe::Sender::from_owned_fd(control_w)?;
+            let reports = pipe::Receiver::from_owned_fd(report_r)?;
+            Ok::<_, io::Error>((handover, control, reports))
+        })();
+        let (handover, mut control, reports) = match pipes {
+            Ok(p) => p,
+            Err(e) => {
+                kill_stage(&mut process, owner);
+                process.wait().await;
+                return Err(RunError::Pipes(e));
+            }
+        };
 
         // The plan, serialised once; its files then leave memory (the frame has them),
         // and the frame itself once it is in the pipe. Until the files go, the frame is
@@ -183,12 +295,15 @@ impl Stage {
             Ok::<(), RunError>(())
         };
         if let Err(e) = setup.await {
-            kill_stage(&mut child, owner);
-            let _ = child.wait().await;
+            kill_stage(&mut process, owner);
+            process.wait().await;
             return Err(e);
         }
         Ok(Stage {
-            child,
+            process,
+            stdin,
+            stdout,
+            stderr,
             control,
             reports,
             handover,
@@ -212,8 +327,8 @@ impl Stage {
     pub(crate) fn take_pending_output(&mut self) -> Vec<u8> {
         let mut taken = Vec::new();
         for fd in [
-            self.child.stdout.as_ref().map(|o| o.as_fd()),
-            self.child.stderr.as_ref().map(|e| e.as_fd()),
+            self.stdout.as_ref().map(|o| o.as_fd()),
+            self.stderr.as_ref().map(|e| e.as_fd()),
         ]
         .into_iter()
         .flatten()
@@ -230,9 +345,9 @@ impl Stage {
     pub(crate) fn restamp_stdio(&self) -> std::io::Result<()> {
         let now = nix::sys::time::TimeSpec::UTIME_NOW;
         let fds = [
-            self.child.stdin.as_ref().map(|p| p.as_fd()),
-            self.child.stdout.as_ref().map(|p| p.as_fd()),
-            self.child.stderr.as_ref().map(|p| p.as_fd()),
+            self.stdin.as_ref().map(|p| p.as_fd()),
+            self.stdout.as_ref().map(|p| p.as_fd()),
+            self.stderr.as_ref().map(|p| p.as_fd()),
         ];
         for fd in fds.into_iter().flatten() {
             nix::sys::stat::futimens(fd.as_raw_fd(), &now, &now)?;
@@ -242,14 +357,14 @@ impl Stage {
 
     /// Whether the stage is still running (a warm jail's can die while it waits).
     pub(crate) fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.is_alive()
     }
 
     /// Kill the stage and reap it: its init dies with it (PDEATHSIG), and the run's
     /// pid namespace with the init.
     pub(crate) async fn kill(mut self) {
-        kill_stage(&mut self.child, self.owner);
-        let _ = self.child.wait().await;
+        kill_stage(&mut self.process, self.owner);
+        self.process.wait().await;
     }
 
     /// Supervise the run to its end: feed stdin, stream stdout and stderr under the
@@ -265,14 +380,14 @@ impl Stage {
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<RunResult, RunError> {
         let (pid, owner) = (self.pid, self.owner);
-        let mut child = self.child;
+        let mut child = self.process;
         let cgroup = cleanup.cgroup.as_ref();
         let mut reports = self.reports;
         let control = self.control;
         drop(self.handover.take());
-        let mut stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let mut stdin = self.stdin.take();
+        let stdout = self.stdout.take();
+        let stderr = self.stderr.take();
 
         // Supervise: stdin feeder, two readers, report reader, REALTIME and cancel.
         let feed = async {
@@ -382,20 +497,100 @@ impl Stage {
     }
 }
 
+/// The stage's process: spawned by the broker (`codejail-jail`, the broker's child),
+/// or forked by a zygote (the zygote's child, reaped by the kernel as it exits: the
+/// broker watches it through a pidfd the zygote sent, which also names it safely).
+#[derive(Debug)]
+pub(crate) enum StageProcess {
+    /// `codejail-jail`, spawned.
+    Spawned(tokio::process::Child),
+    /// Forked by a zygote.
+    Forked {
+        /// Readable once it has exited.
+        pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    },
+}
+
+impl StageProcess {
+    /// Whether it still runs.
+    fn is_alive(&mut self) -> bool {
+        match self {
+            StageProcess::Spawned(child) => matches!(child.try_wait(), Ok(None)),
+            StageProcess::Forked { pidfd } => {
+                let mut fds = [nix::poll::PollFd::new(
+                    pidfd.get_ref().as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                matches!(
+                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+                    Ok(0)
+                )
+            }
+        }
+    }
+
+    /// Wait until it has exited (and, when spawned, reap it).
+    pub(crate) async fn wait(&mut self) {
+        match self {
+            StageProcess::Spawned(child) => {
+                let _ = child.wait().await;
+            }
+            StageProcess::Forked { pidfd } => {
+                let _ = pidfd.readable().await;
+            }
+        }
+    }
+}
+
 /// SIGKILL a stage, which runs as its run's outside uid `owner`: the broker shares no
 /// uid with it and holds no capability over the namespaces it created, so where a plain
 /// kill is refused the signal is sent as `owner` (`sys::pidfd_kill_as`); tokio's kill
 /// once the stage has no pid left to open. (The control pipe is the usual way to end a
 /// run: its EOF makes the stage end the run and exit.)
-pub(super) fn kill_stage(child: &mut tokio::process::Child, owner: u32) {
-    let sent = child
-        .id()
-        .and_then(|pid| libc::pid_t::try_from(pid).ok())
-        .and_then(|pid| sys::pidfd_open(pid).ok())
-        .map(|fd| sys::pidfd_kill_as(&fd, libc::SIGKILL, owner));
-    if !matches!(sent, Some(Ok(()))) {
-        let _ = child.start_kill();
+pub(super) fn kill_stage(process: &mut StageProcess, owner: u32) {
+    match process {
+        StageProcess::Spawned(child) => {
+            let sent = child
+                .id()
+                .and_then(|pid| libc::pid_t::try_from(pid).ok())
+                .and_then(|pid| sys::pidfd_open(pid).ok())
+                .map(|fd| sys::pidfd_kill_as(&fd, libc::SIGKILL, owner));
+            if !matches!(sent, Some(Ok(()))) {
+                let _ = child.start_kill();
+            }
+        }
+        StageProcess::Forked { pidfd } => {
+            let _ = sys::pidfd_kill_as(pidfd.get_ref(), libc::SIGKILL, owner);
+        }
     }
+}
+
+/// The run's stdio, the broker's ends.
+type StdioEnds = (
+    Option<pipe::Sender>,
+    Option<pipe::Receiver>,
+    Option<pipe::Receiver>,
+);
+
+/// One of the broker's ends of the run's stdio, before it is made async.
+type StdioFd = Option<io::Result<OwnedFd>>;
+
+/// The broker's ends of the run's stdio, made async.
+fn stdio_ends((stdin, stdout, stderr): (StdioFd, StdioFd, StdioFd)) -> io::Result<StdioEnds> {
+    Ok((
+        stdin
+            .transpose()?
+            .map(pipe::Sender::from_owned_fd)
+            .transpose()?,
+        stdout
+            .transpose()?
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()?,
+        stderr
+            .transpose()?
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()?,
+    ))
 }
 
 /// `result` with the pid of the run's stage (known only to the spawner).

@@ -22,6 +22,8 @@
 //!   built with.
 //! - A warm jail older than the pool's `max_age_secs`, or whose stage has died, is
 //!   retired instead of used.
+//! - A pool with `fork_server` builds its jails by forking them from the command's
+//!   zygote ([`zygote`]): the same jail, without an interpreter start per jail.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,10 +39,12 @@ use crate::config::Settings;
 
 pub mod state;
 mod warm;
+mod zygote;
 
 pub use state::Footprint;
 use state::{Claim, PoolsState};
 pub use warm::WarmJail;
+pub use zygote::{Zygote, Zygotes};
 
 /// How long builds in flight may take to finish at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -58,6 +62,8 @@ struct Inner {
     state: Mutex<PoolsState<WarmJail>>,
     /// Woken when a jail was taken or released, or a build ended.
     wake: Notify,
+    /// The zygotes of the pools with `fork_server` (`zygote`).
+    zygotes: Zygotes,
 }
 
 impl Inner {
@@ -103,6 +109,7 @@ impl Pools {
             inner: Arc::new(Inner {
                 state: Mutex::new(PoolsState::new(specs, builders, nofile)),
                 wake: Notify::new(),
+                zygotes: Zygotes::default(),
             }),
         }
     }
@@ -115,6 +122,11 @@ impl Pools {
     /// The pools as `status` shows them.
     pub fn status(&self) -> BTreeMap<String, PoolStatus> {
         self.inner.lock().status()
+    }
+
+    /// The zygotes of the pools with a fork server.
+    pub fn zygotes(&self) -> &Zygotes {
+        &self.inner.zygotes
     }
 
     /// Forget the hits and misses so far (the start-up self-test's).
@@ -200,6 +212,7 @@ impl Pools {
         for jail in all {
             jail.retire().await;
         }
+        self.inner.zygotes.stop().await;
     }
 }
 

@@ -159,9 +159,10 @@ fn built(e: RunError) -> WarmError {
     WarmError::Build(Box::new(e))
 }
 
-/// Build one warm jail of `command` (today: a fresh interpreter start in a jail of its
-/// own): lease a uid, make its cgroup, spawn its stage with a warm plan, and wait until
-/// its interpreter reports ready. Returns it with its idle footprint.
+/// Build one warm jail of `command`: lease a uid, make its cgroup, spawn its stage with
+/// a warm plan (a fresh interpreter start in a jail of its own) or fork it from the
+/// command's zygote (`fork_server`), and wait until its interpreter reports ready.
+/// Returns it with its idle footprint.
 pub async fn build(
     runs: &Runs,
     command: &str,
@@ -198,19 +199,37 @@ pub async fn build(
         .create_run(run_id, caps)
         .map_err(|e| built(RunError::Cgroup(e)))?;
     let cleanup = Cleanup::new(run_id, cgroup, lease);
-    let mut stage = match Stage::spawn(
-        &settings.jail_stage,
-        &mut plan,
-        identity,
-        cleanup.cgroup(),
-        None,
-    )
-    .await
-    {
+    let stage = if spec.fork_server {
+        // Forked from the command's zygote (started or replaced here when needed); a
+        // zygote that fails to fork is replaced at the next build.
+        match runs.pools().zygotes().get(runs, command, spec).await {
+            Ok(zygote) => {
+                let zygote_pid = zygote.pid();
+                let forked =
+                    Stage::fork(zygote, &mut plan, identity.outer_uid, cleanup.cgroup()).await;
+                if forked.is_err() {
+                    runs.pools().zygotes().discard(command, zygote_pid).await;
+                }
+                forked.map_err(built)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        Stage::spawn(
+            &settings.jail_stage,
+            &mut plan,
+            identity,
+            cleanup.cgroup(),
+            None,
+        )
+        .await
+        .map_err(built)
+    };
+    let mut stage = match stage {
         Ok(s) => s,
         Err(e) => {
             cleanup.finish().await;
-            return Err(built(e));
+            return Err(e);
         }
     };
     let (mut landlock, mut seccomp_denied) = (None, None);

@@ -12,6 +12,7 @@ fn spec(size: u32, max_age_secs: u64) -> PoolSpec {
         size,
         preimport: vec!["numpy".into()],
         max_age: Duration::from_secs(max_age_secs),
+        fork_server: false,
     }
 }
 

@@ -1,0 +1,373 @@
+//! A command's zygote (fork server), from the broker's side: the command's interpreter,
+//! started once with the pool's preimports and parked in its start-up hook in zygote
+//! mode (`jail/warm/_codejail_warm.py`, the native half in `zygote/src/lib.rs`). A warm
+//! jail of a pool with `fork_server = true` is built by asking it for a child
+//! ([`Zygote::fork`]) instead of spawning `codejail-jail`: the child runs the same
+//! stage checklist and its program returns into the already started interpreter, so a
+//! warm jail costs a fork and the layers, not an interpreter start
+//! (docs/architecture.md, "Fork server").
+//!
+//! The zygote never sees a request: it gets a warm jail's fds before the jail exists,
+//! and the request reaches the jail's init later, on those fds. It runs as the runs'
+//! identity with no capability, its stdio on pipes whose output the broker logs.
+//!
+//! One str-hash seed and one address layout are shared by the runs of one zygote (they
+//! are fixed at an interpreter's start); a zygote is replaced after [`MAX_FORKS`] forks
+//! or [`MAX_AGE`], and whenever it fails to fork (its pool's builds then fail and runs
+//! go cold until a new one is up).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::time::TimeVal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::config::{CommandSpec, PoolSpec};
+use crate::run::{planning, Runs, WarmError};
+use crate::sys;
+
+/// The native half, looked for beside the jail stage binary.
+pub const ZYGOTE_LIBRARY: &str = "libcodejail_zygote.so";
+/// How long a zygote may take to start and import the preimports.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a zygote may take to answer a fork request.
+const FORK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forks one zygote serves before it is replaced.
+pub const MAX_FORKS: u64 = 1000;
+/// How long one zygote serves before it is replaced.
+pub const MAX_AGE: Duration = Duration::from_secs(600);
+/// What the broker sends to ask for a fork (`codejail_zygote::REQUEST`).
+const REQUEST: &[u8] = b"fork\n";
+/// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
+/// any variable set to `$TMPDIR...`) while the zygote starts: the runs' do not exist
+/// yet, and nothing it imports may write to the host. Each run gets its own.
+const NO_DIR: &str = "/nonexistent";
+
+/// A running zygote.
+#[derive(Debug)]
+pub struct Zygote {
+    /// Its process (killed when the zygote is dropped).
+    child: Mutex<tokio::process::Child>,
+    /// The broker's end of its socket (fd 3 in the zygote), one request at a time.
+    sock: Mutex<OwnedFd>,
+    pid: u32,
+    started: Instant,
+    forks: AtomicU64,
+}
+
+impl Zygote {
+    /// Start `command`'s zygote with `spec`'s preimports; returns once it has imported
+    /// them and answered `ready`.
+    pub async fn start(runs: &Runs, command: &str, spec: &PoolSpec) -> Result<Zygote, WarmError> {
+        let settings = runs.settings();
+        let cmd = settings
+            .commands
+            .get(command)
+            .ok_or_else(|| WarmError::NoCommand(command.to_string()))?;
+        let library = settings.jail_stage.with_file_name(ZYGOTE_LIBRARY);
+        let library = library
+            .to_str()
+            .filter(|l| !l.chars().any(char::is_whitespace))
+            .ok_or_else(|| {
+                WarmError::Zygote(format!(
+                    "{} is not a path the hook's greeting can carry (UTF-8, no whitespace)",
+                    library.display()
+                ))
+            })?
+            .to_string();
+        if !std::path::Path::new(&library).is_file() {
+            return Err(WarmError::Zygote(format!(
+                "no {library}: the fork server's library is built with `cargo build -p codejail-zygote` and goes beside codejail-jail"
+            )));
+        }
+        let failed = |what: &str, e: std::io::Error| WarmError::Zygote(format!("{what}: {e}"));
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| failed("socketpair", e.into()))?;
+        // Above the numbers the child's stdio set-up and the dup2 onto 3 use.
+        let theirs = {
+            let low = theirs;
+            sys::dup_high(&low).map_err(|e| failed("dup", e))?
+        };
+        let argv = planning::command_argv(cmd, true);
+        let mut c = tokio::process::Command::new(&cmd.bin);
+        c.arg0(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(zygote_env(cmd))
+            // Not "/": CPython makes the script's path absolute from it ("//jailed_code").
+            .current_dir("/tmp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let raw = theirs.as_raw_fd();
+        let id = sys::StageIdentity::from(settings.identity);
+        // SAFETY: the closure only calls prctl, dup2 and the set*id system calls
+        // (async-signal-safe, no allocation), on an fd the blocking task below owns
+        // until spawn has returned; it is >= 10, out of the way of std's stdio set-up.
+        unsafe {
+            c.pre_exec(move || sys::install_zygote_fd(raw, id));
+        }
+        let mut child = tokio::task::spawn_blocking(move || {
+            let spawned = c.spawn();
+            drop(theirs);
+            spawned
+        })
+        .await
+        .map_err(|e| WarmError::Zygote(e.to_string()))?
+        .map_err(|e| failed(&format!("spawning {}", cmd.bin.display()), e))?;
+        let pid = child.id().unwrap_or(0);
+        // Its stdin stays open and empty; what it writes is logged.
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let command = command.to_string();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(command, zygote = pid, "zygote output: {line}");
+                }
+            });
+        }
+        let mut greeting = format!("codejail-zygote 1 {library}");
+        for module in &spec.preimport {
+            greeting.push(' ');
+            greeting.push_str(module);
+        }
+        greeting.push('\n');
+        let answer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, OwnedFd)> {
+            set_timeout(&ours, START_TIMEOUT)?;
+            send(&ours, greeting.as_bytes(), &[])?;
+            let (answer, _) = receive(&ours)?;
+            set_timeout(&ours, FORK_TIMEOUT)?;
+            Ok((answer, ours))
+        })
+        .await
+        .map_err(|e| WarmError::Zygote(e.to_string()))?;
+        let (answer, ours) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(failed("waiting for its ready", e));
+            }
+        };
+        if answer != "ready\n" {
+            let _ = child.start_kill();
+            let answer = answer.trim();
+            return Err(WarmError::Zygote(if answer.is_empty() {
+                "it ended before it was ready: is codejail's start-up hook installed in the interpreter's site-packages (scripts/setup-sandbox-venv.sh)?".to_string()
+            } else {
+                format!("it answered {answer:?}")
+            }));
+        }
+        tracing::info!(command, zygote = pid, preimport = ?spec.preimport, "zygote started");
+        Ok(Zygote {
+            child: Mutex::new(child),
+            sock: Mutex::new(ours),
+            pid,
+            started: Instant::now(),
+            forks: AtomicU64::new(0),
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it may serve another fork: alive, younger than [`MAX_AGE`], fewer than
+    /// [`MAX_FORKS`] forks.
+    pub fn usable(&self) -> bool {
+        let alive = match self.child.lock() {
+            Ok(mut c) => matches!(c.try_wait(), Ok(None)),
+            Err(_) => false,
+        };
+        alive && self.started.elapsed() < MAX_AGE && self.forks.load(Ordering::Relaxed) < MAX_FORKS
+    }
+
+    /// Ask for a child that runs a stage on `fds` (the run's stdin, stdout, stderr, the
+    /// stage's control, report and hand-over pipes, then the cgroup.procs files: the
+    /// child's ends, closed here once sent). Returns the child's pid and a pidfd of it.
+    /// Blocking: call it off the runtime's threads.
+    pub fn fork(&self, fds: Vec<OwnedFd>) -> std::io::Result<(u32, OwnedFd)> {
+        let sock = self
+            .sock
+            .lock()
+            .map_err(|_| std::io::Error::other("the zygote's socket lock is poisoned"))?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        send(&sock, REQUEST, &raw)?;
+        drop(fds);
+        let (answer, pidfd) = receive(&sock)?;
+        let pid = answer
+            .strip_prefix("forked ")
+            .and_then(|p| p.trim_end().parse::<u32>().ok());
+        match (pid, pidfd) {
+            (Some(pid), Some(pidfd)) => {
+                self.forks.fetch_add(1, Ordering::Relaxed);
+                Ok((pid, pidfd))
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the zygote answered {:?}", answer.trim()),
+            )),
+        }
+    }
+}
+
+/// The zygote's environment: the command's, with the run-specific directories pointing
+/// nowhere ([`NO_DIR`]).
+fn zygote_env(cmd: &CommandSpec) -> Vec<(String, String)> {
+    let mut env = vec![("TMPDIR".to_string(), NO_DIR.to_string())];
+    let defaults = [
+        ("PATH", codejail_plan::layout::DEFAULT_PATH),
+        ("HOME", codejail_plan::layout::DEFAULT_HOME),
+    ];
+    for (k, v) in defaults {
+        if !cmd.env.iter().any(|(key, _)| key == k) {
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    env.extend(cmd.env.iter().cloned());
+    for (_, value) in env.iter_mut() {
+        if let Some(rest) = value.strip_prefix("$TMPDIR") {
+            if rest.is_empty() || rest.starts_with('/') {
+                *value = format!("{NO_DIR}{rest}");
+            }
+        }
+    }
+    env
+}
+
+fn set_timeout(sock: &OwnedFd, timeout: Duration) -> std::io::Result<()> {
+    let tv = TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    setsockopt(sock, sockopt::ReceiveTimeout, &tv)?;
+    setsockopt(sock, sockopt::SendTimeout, &tv)?;
+    Ok(())
+}
+
+fn send(sock: &OwnedFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [IoSlice::new(data)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One message: its text (lossy) and the first fd it carried (others are closed).
+fn receive(sock: &OwnedFd) -> std::io::Result<(String, Option<OwnedFd>)> {
+    let mut data = [0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let (len, mut fds) = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(rights) = cmsg {
+                        // SAFETY: the kernel just installed these fds in this process
+                        // for this message; nothing else owns them.
+                        fds.extend(rights.into_iter().map(|fd| unsafe {
+                            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                        }));
+                    }
+                }
+                break (msg.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let text = String::from_utf8_lossy(&data[..len]).into_owned();
+    let first = if fds.is_empty() {
+        None
+    } else {
+        Some(fds.remove(0))
+    };
+    Ok((text, first))
+}
+
+/// The zygotes of the pools with a fork server, started on their first build.
+#[derive(Debug, Default)]
+pub struct Zygotes {
+    running: tokio::sync::Mutex<std::collections::BTreeMap<String, Arc<Zygote>>>,
+    /// Zygotes started since the broker's start (the first of each command included).
+    started: AtomicU64,
+}
+
+impl Zygotes {
+    /// `command`'s zygote, started (or replaced) if there is none that may serve.
+    pub async fn get(
+        &self,
+        runs: &Runs,
+        command: &str,
+        spec: &PoolSpec,
+    ) -> Result<Arc<Zygote>, WarmError> {
+        let mut running = self.running.lock().await;
+        if let Some(z) = running.get(command) {
+            if z.usable() {
+                return Ok(z.clone());
+            }
+            tracing::info!(
+                command,
+                zygote = z.pid(),
+                forks = z.forks.load(Ordering::Relaxed),
+                "zygote replaced"
+            );
+            running.remove(command);
+        }
+        let zygote = Arc::new(Zygote::start(runs, command, spec).await?);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        running.insert(command.to_string(), zygote.clone());
+        Ok(zygote)
+    }
+
+    /// Drop `command`'s zygote `pid` (it failed to fork): the next build starts another.
+    pub async fn discard(&self, command: &str, pid: u32) {
+        let mut running = self.running.lock().await;
+        if running.get(command).is_some_and(|z| z.pid() == pid) {
+            tracing::warn!(command, zygote = pid, "zygote failed to fork; replaced");
+            running.remove(command);
+        }
+    }
+
+    /// Stop every zygote (shutdown).
+    pub async fn stop(&self) {
+        self.running.lock().await.clear();
+    }
+}
