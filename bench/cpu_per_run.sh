@@ -6,6 +6,9 @@
 #   codejail-client exec -c 'print(1)'                 warm (a broker with --pool-size 2;
 #                                                      each run's refill is built during
 #                                                      the runs that follow, so it counts)
+#   codejail-client exec -c 'print(1)'                 forked (the same pool, its jails
+#                                                      forked from a zygote: --fork-server;
+#                                                      the zygote's CPU counts in "other")
 #   codejail-client status                             the client and one round trip
 # with the broker's own share (its /proc/PID/stat utime + stime: its threads only; the
 # stage, init and program are its children) and the rest ("other": the client or the
@@ -20,7 +23,8 @@
 #   --client/--broker  binaries (default: target/release/… under $CARGO_TARGET_DIR or
 #             the repository's target/; codejail-jail beside the broker).
 #
-# Build first: cargo build --release -p codejail-client -p codejail-broker -p codejail-jail
+# Build first: cargo build --release -p codejail-client -p codejail-broker -p codejail-jail \
+#   -p codejail-zygote
 
 set -euo pipefail
 
@@ -38,7 +42,8 @@ require_client
 make_tmpdir
 start_named_broker cold "$broker"
 start_named_broker warm "$broker" --pool-size 2
-sleep 2 # the pool's first build
+start_named_broker forked "$broker" --pool-size 2 --fork-server
+sleep 2 # the pools' first builds
 
 tick=$(getconf CLK_TCK)
 cores=$(nproc)
@@ -50,14 +55,15 @@ proc_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 run_bare() { OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LC_ALL=C.UTF-8 "$python" -E -B -c 'print(1)'; }
 run_cold() { "$client" --socket "${bsock[cold]}" exec -c 'print(1)'; }
 run_warm() { "$client" --socket "${bsock[warm]}" exec -c 'print(1)'; }
+run_forked() { "$client" --socket "${bsock[forked]}" exec -c 'print(1)'; }
 run_status() { "$client" --socket "${bsock[cold]}" status; }
 
 printf '%-44s %10s %10s %10s %12s\n' "CPU per run (ms), $n runs each" total broker other "bound runs/s"
-for what in bare cold warm status; do
+for what in bare cold warm forked status; do
     "run_$what" >/dev/null || die "$what: the warm-up run failed"
     sleep 0.3
     who=${bpid[cold]}
-    [[ "$what" != warm ]] || who=${bpid[warm]}
+    [[ "$what" != warm && "$what" != forked ]] || who=${bpid[$what]}
     b0=$(busy_ticks) p0=$(proc_ticks "$who")
     for ((i = 0; i < n; i++)); do "run_$what" >/dev/null || die "$what run $i failed"; done
     # The last run's refill (warm) and the last cleanups finish inside the window.

@@ -58,9 +58,9 @@ export CODEJAIL_TEST_EDX_PYTHON
 log "edx-platform sandbox interpreter: $CODEJAIL_TEST_EDX_PYTHON"
 
 # 3. Build every binary: the end-to-end tests run the broker, the jail stage and the
-#    client as separate processes.
-log "cargo build --workspace --bins"
-cargo build --workspace --bins
+#    client as separate processes (and the fork server's library, a cdylib: --lib).
+log "cargo build --workspace --bins --lib"
+cargo build --workspace --bins --lib
 
 # 4. As root the tests start each broker as a non-root uid, which must reach the
 #    binaries. A checkout under a private directory (e.g. /root, mode 0700) is not
@@ -75,7 +75,7 @@ if $is_root; then
             test -x "$target/debug/codejail-broker"; then
         staged=$(mktemp -d /var/tmp/codejail-test-bin.XXXXXX)
         chmod 755 "$staged"
-        cp "$target"/debug/{codejail-broker,codejail-jail,codejail-client,codejail-http} "$staged/"
+        cp "$target"/debug/{codejail-broker,codejail-jail,codejail-client,codejail-http,libcodejail_zygote.so} "$staged/"
         chmod 755 "$staged"/*
         export CODEJAIL_TEST_BIN_DIR=$staged
         log "$repo is not reachable by other uids: binaries staged in $staged"
@@ -113,6 +113,14 @@ cargo test "${scope[@]}" --no-fail-fast "$@" || cargo_status=$?
 if [ ${#scope[@]} -gt 0 ]; then
     log "cargo test: jail_code, safe_exec, confinement, robustness, run_semantics with a warm pool (CODEJAIL_TEST_POOL=2)"
     CODEJAIL_TEST_POOL=2 cargo test -p codejail-tests --no-fail-fast \
+        --test jail_code --test safe_exec --test confinement --test robustness \
+        --test run_semantics \
+        || cargo_status=$?
+    # 5c. Again with the warm jails forked from a zygote (CODEJAIL_TEST_FORK_SERVER=1:
+    #     `--fork-server` for every dev-shape broker; a fork server with per-run uids is
+    #     not built yet, so the production shape runs as in 5b).
+    log "cargo test: the same with a fork server (CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1)"
+    CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1 cargo test -p codejail-tests --no-fail-fast \
         --test jail_code --test safe_exec --test confinement --test robustness \
         --test run_semantics \
         || cargo_status=$?

@@ -15,7 +15,8 @@
 # --as UID, when run by root: the broker runs as UID:UID with no supplementary groups
 # (setpriv; a broker never runs programs as root), and SOCKET's directory is chowned to
 # UID. If UID cannot execute BROKER where it is (a checkout under /root, mode 0700),
-# BROKER and the codejail-jail beside it are first copied into a root-owned "bin"
+# BROKER and the codejail-jail (and libcodejail_zygote.so) beside it are first copied
+# into a root-owned "bin"
 # directory next to SOCKET's directory and run from there. Without root, --as is
 # ignored: the broker runs as the invoking user.
 #
@@ -42,6 +43,10 @@ start_broker() {
             staged=$(dirname "$dir")/bin
             install -d -m 755 "$staged"
             install -m 755 "$broker" "$(dirname "$broker")/codejail-jail" "$staged/"
+            # The fork server's library, where it was built (--fork-server needs it).
+            if [[ -f $(dirname "$broker")/libcodejail_zygote.so ]]; then
+                install -m 644 "$(dirname "$broker")/libcodejail_zygote.so" "$staged/"
+            fi
             broker=$staged/$(basename "$broker")
         fi
     fi

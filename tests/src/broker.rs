@@ -99,7 +99,11 @@ impl TestBroker {
     fn spawn(opts: BrokerOpts, uid: Option<u32>) -> TestBroker {
         let broker = bin("codejail-broker");
         if uid.is_some() {
-            for path in [broker.clone(), bin("codejail-jail"), python()] {
+            let mut paths = vec![broker.clone(), bin("codejail-jail"), python()];
+            if crate::env::test_fork_server() {
+                paths.push(bin("libcodejail_zygote.so"));
+            }
+            for path in paths {
                 if let Err(why) = reachable_by_others(&path) {
                     panic!(
                         "the broker under test runs as a non-root uid and cannot reach {}: {why}. \
@@ -243,6 +247,15 @@ impl TestBroker {
             if !opts.args.iter().any(|a| a == "--pool-size") {
                 cmd.arg("--pool-size").arg(size.to_string());
             }
+        }
+        // CODEJAIL_TEST_FORK_SERVER=1: the dev shape's warm jails forked from a zygote
+        // (a fork server with per-run uids is not built yet: the production shape keeps
+        // its interpreter starts).
+        if crate::env::test_fork_server()
+            && matches!(opts.shape, Shape::Dev)
+            && !opts.args.iter().any(|a| a == "--fork-server")
+        {
+            cmd.arg("--fork-server");
         }
         cmd.args(&opts.args)
             .current_dir(state_dir)

@@ -106,7 +106,7 @@ impl BrokerOpts {
             || self
                 .args
                 .iter()
-                .any(|a| a == "--pool-size" || a == "--preimport")
+                .any(|a| a == "--pool-size" || a == "--preimport" || a == "--fork-server")
     }
 
     /// The `python` command's interpreter.

@@ -543,7 +543,19 @@ async fn randomness_is_fresh_in_every_run(shape: Shape) {
     let first = json_of(&run(&b, &py(DRAWS)).await);
     let second = json_of(&run(&b, &py(DRAWS)).await);
     eprintln!("draws: {first:?} {second:?}");
-    let mut fresh = vec!["random", "urandom", "uuid4", "str hash"];
+    let mut fresh = vec!["random", "urandom", "uuid4"];
+    // The string hash seed is fixed at an interpreter's start, and every str object
+    // the interpreter holds caches its hash: the runs forked from one zygote share it,
+    // by design (docs/architecture.md, "Fork server"; a zygote serves a bounded number
+    // of runs). Every other run draws its own.
+    if codejail_tests::test_fork_server() && matches!(shape, Shape::Dev) {
+        assert_eq!(
+            first["str hash"], second["str hash"],
+            "two runs forked from one zygote share its hash seed"
+        );
+    } else {
+        fresh.push("str hash");
+    }
     if first.contains_key("numpy") {
         eprintln!(
             "SKIPPED the numpy draws: numpy is not in the sandbox interpreter {}",
