@@ -171,6 +171,9 @@ pub enum JailError {
     /// Arming `PR_SET_PDEATHSIG` in the init failed, or the stage already died.
     #[error("tie the init's life to the stage")]
     TieToStage(#[source] io::Error),
+    /// `setsid` in the init failed (the run's own session and process group).
+    #[error("give the run its own session")]
+    NewSession(#[source] io::Error),
     /// Making every mount private failed.
     #[error("make / and its submounts private")]
     MakeMountsPrivate(#[source] io::Error),
@@ -389,6 +392,7 @@ impl JailError {
             JailError::Fork { what, .. } => return format!("fork {what}"),
             JailError::WatchInit(_) => "watch init",
             JailError::TieToStage(_) => "tie init to stage",
+            JailError::NewSession(_) => "new session",
             JailError::MakeMountsPrivate(_) => "make mounts private",
             JailError::MountWorkspace { .. } => "mount workspace tmpfs",
             JailError::OpenDir { .. } => "open workspace directory",

@@ -147,6 +147,13 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
     } else {
         Some(install_exec_guard()?)
     };
+    // The run's own session and process group, which the program inherits: kill(0)
+    // and killpg reach every process of a group whatever its pid namespace, and
+    // without Landlock's signal scope (ABI < 6) a run sharing a uid with the stage,
+    // the broker or another run's processes (one identity for all runs) could
+    // otherwise signal theirs. Signals from inside the namespace to us, its PID 1,
+    // are dropped unless we handle them.
+    nix::unistd::setsid().map_err(|e| JailError::NewSession(e.into()))?;
     // The program is PID 2, never PID 1 (see the module doc).
     let program = match sys::fork().map_err(|source| JailError::Fork {
         what: "program",

@@ -87,3 +87,61 @@ fn a_minimum_above_the_kernels_abi_refuses_to_start_naming_both() {
         "{log}"
     );
 }
+
+/// Without Landlock's signal scope (ABI < 6, as on Debian 12's 6.1), `kill(0, ...)`
+/// reaches the caller's whole process group across pid namespaces. The run's init
+/// gives it a session and group of its own, so a run signalling its group ends only
+/// itself: a concurrent run of the same broker (in the dev shape, of the same uid as
+/// the broker and as this run) finishes, and the broker keeps serving.
+async fn signalling_its_process_group_reaches_only_the_run(shape: Shape) {
+    let mut b = broker!(BrokerOpts::new().shape(shape).args([
+        "--landlock-abi",
+        "2",
+        "--landlock-min-abi",
+        "1",
+    ]));
+    let other = async {
+        b.run(&with_limit(
+            py("import time\ntime.sleep(2)\nprint('other run done')"),
+            "REALTIME",
+            20,
+        ))
+        .await
+    };
+    let attacker = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        b.run(&py(
+            "import os, signal\nprint(os.getsid(0) == os.getpgid(0) == 1, flush=True)\nos.kill(0, signal.SIGKILL)\nprint('survived')",
+        ))
+        .await
+    };
+    let (other, attacker) = tokio::join!(other, attacker);
+    assert_eq!(
+        (attacker.status, text(&attacker.stdout).as_str()),
+        (-libc::SIGKILL, "True\n"),
+        "the attacker's own group is the run's (its init's session): {}",
+        text(&attacker.stderr)
+    );
+    assert_eq!(
+        (other.status, text(&other.stdout).as_str()),
+        (0, "other run done\n"),
+        "the other run is untouched: {}",
+        text(&other.stderr)
+    );
+    assert!(b.is_running(), "the broker survived: {}", b.log());
+    let res = b.run(&py("print(6 * 7)")).await;
+    assert_eq!(text(&res.stdout), "42\n");
+}
+
+mod signalling_its_process_group_reaches_only_the_run {
+    #[tokio::test]
+    async fn dev() {
+        super::signalling_its_process_group_reaches_only_the_run(codejail_tests::Shape::Dev).await;
+    }
+
+    #[tokio::test]
+    async fn production() {
+        super::signalling_its_process_group_reaches_only_the_run(codejail_tests::Shape::Production)
+            .await;
+    }
+}
