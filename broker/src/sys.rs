@@ -168,6 +168,22 @@ pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity) -> io::Result<()>
     if unsafe { libc::dup2(sock, CONTROL_FD) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Nothing else: an fd the broker inherited without close-on-exec (a test runner's
+    // jobserver pipe, say) would be copied into every child of the zygote.
+    // SAFETY: close_range takes plain integers; in this child nothing needs an fd above
+    // 3 (the pipe std uses to report a failed exec is close-on-exec and stays: the
+    // flag CLOSE_RANGE_CLOEXEC only marks fds, and exec closes them).
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (CONTROL_FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
     become_run_identity(identity)
 }
 

@@ -111,6 +111,24 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             sys.stderr.flush()
             _cj_gc.freeze()
             _cj_own = set(sys.modules) - _cj_before
+            # Every child gets a copy of this process: nothing in it may be shared
+            # between runs or left dangling. No writable shared mapping (a channel
+            # between runs), no fd but stdio, the broker's socket and the .pth file
+            # (the children close the others under the objects that own them).
+            with open("/proc/self/maps") as _cj_f:
+                for _cj_line in _cj_f:
+                    _cj_perms = _cj_line.split()[1]
+                    if _cj_perms[1] == "w" and _cj_perms[3] == "s":
+                        os.write(3, b"failed a writable shared mapping in the zygote: " + _cj_line.strip().encode()[:500] + b"\n")
+                        os._exit(1)
+            for _cj_fd in os.listdir("/proc/self/fd"):
+                try:
+                    _cj_target = os.readlink("/proc/self/fd/" + _cj_fd)
+                except OSError:
+                    continue
+                if int(_cj_fd) not in (0, 1, 2, 3, _cj_pth):
+                    os.write(3, ("failed the zygote holds fd %s (%s)\n" % (_cj_fd, _cj_target)).encode()[:600])
+                    os._exit(1)
             os.write(3, b"ready\n")
             while True:
                 _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8)
@@ -119,12 +137,14 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 _cj_pid = os.fork()
                 if _cj_pid == 0:
                     break
-                for _cj_i in range(_cj_n):
-                    os.close(_cj_fds[_cj_i])
+                # At once: the kernel reaps the child as soon as it exits (SIGCHLD is
+                # ignored). One that is already gone is answered without a pidfd.
                 try:
                     _cj_pidfd = os.pidfd_open(_cj_pid)
                 except OSError:
                     _cj_pidfd = -1
+                for _cj_i in range(_cj_n):
+                    os.close(_cj_fds[_cj_i])
                 if _cj_lib.codejail_zygote_answer(3, _cj_pid, _cj_pidfd) != 0:
                     os._exit(1)
                 if _cj_pidfd >= 0:
@@ -151,6 +171,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             for _cj_var in _cj_env.raw[:_cj_len].split(b"\0")[:-1]:
                 _cj_key, _, _cj_value = _cj_var.partition(b"=")
                 os.environ[os.fsdecode(_cj_key)] = os.fsdecode(_cj_value)
+            # tempfile caches the directory it found first: the zygote's, not the run's.
+            if "tempfile" in sys.modules:
+                sys.modules["tempfile"].tempdir = None
             # Global generators seeded in the zygote would be the same in every run:
             # the stdlib's random reseeds itself at fork, these do not.
             if "numpy.random" in sys.modules:

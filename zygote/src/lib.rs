@@ -117,15 +117,20 @@ pub unsafe extern "C" fn codejail_zygote_receive(
 }
 
 /// Answer the broker on `sock`: the child's pid as a line, `forked <pid>`, and a pidfd
-/// of it (by which the broker waits for and kills the child; the zygote reaps it).
-/// Returns 0, or a negative errno.
+/// of it (by which the broker waits for and kills the child; the kernel reaps it), or
+/// `lost <pid>` when `pidfd` is negative (the child had already exited). Returns 0, or
+/// a negative errno.
 #[no_mangle]
 pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
-    let line = format!("forked {pid}\n");
+    // No pidfd: the child was already gone (reaped by the kernel), `lost <pid>`.
+    let line = if pidfd < 0 {
+        format!("lost {pid}\n")
+    } else {
+        format!("forked {pid}\n")
+    };
     let iov = [IoSlice::new(line.as_bytes())];
     let rights = [pidfd];
     let with_fd = [ControlMessage::ScmRights(&rights)];
-    // No pidfd (the child was already gone): the line alone, which the broker refuses.
     let cmsg: &[ControlMessage<'_>] = if pidfd < 0 { &[] } else { &with_fd };
     loop {
         match sendmsg::<()>(sock, &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None) {

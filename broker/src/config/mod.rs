@@ -366,13 +366,16 @@ impl Settings {
         let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
         // A zygote's children take its identity and return into its interpreter, which
-        // has no exec for an AppArmor profile to attach at: one run identity, no
-        // profile, for now.
+        // has no exec for an AppArmor profile to attach at. For now the zygote runs as
+        // the broker's own ids, which every run then shares (the broker can then
+        // signal it, and the children's cgroup files it opened take their writes on
+        // cgroup v1 too), and no profile is configured.
         if let Some((command, _)) = pools.iter().find(|(_, p)| p.fork_server) {
-            if run_ids.is_some() || apparmor_profile.is_some() {
+            let own = identity.outer_uid == uid && identity.outer_gid == gid;
+            if run_ids.is_some() || !own || apparmor_profile.is_some() {
                 return Err(invalid(
                     format!("pool.{command}.fork_server"),
-                    "needs one identity for all runs (no run_ids) and no apparmor_profile: a fork server with per-run uids or AppArmor is not built yet",
+                    "needs the runs to run as the broker's own uid and gid (no run_ids, no run_uid or run_gid) and no apparmor_profile: a fork server with other run ids or AppArmor is not built yet",
                 ));
             }
         }

@@ -204,11 +204,15 @@ pub async fn build(
         // zygote that fails to fork is replaced at the next build.
         match runs.pools().zygotes().get(runs, command, spec).await {
             Ok(zygote) => {
-                let zygote_pid = zygote.pid();
-                let forked =
-                    Stage::fork(zygote, &mut plan, identity.outer_uid, cleanup.cgroup()).await;
-                if forked.is_err() {
-                    runs.pools().zygotes().discard(command, zygote_pid).await;
+                let forked = Stage::fork(
+                    zygote.clone(),
+                    &mut plan,
+                    identity.outer_uid,
+                    cleanup.cgroup(),
+                )
+                .await;
+                if !zygote.usable() {
+                    runs.pools().zygotes().discard(command, zygote.pid()).await;
                 }
                 forked.map_err(built)
             }

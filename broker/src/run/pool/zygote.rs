@@ -61,6 +61,9 @@ pub struct Zygote {
     pid: u32,
     started: Instant,
     forks: AtomicU64,
+    /// Set when a request got no proper answer: the socket's requests and answers may
+    /// no longer pair up, so it serves no more.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Zygote {
@@ -190,6 +193,7 @@ impl Zygote {
             pid,
             started: Instant::now(),
             forks: AtomicU64::new(0),
+            broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -205,35 +209,66 @@ impl Zygote {
             Ok(mut c) => matches!(c.try_wait(), Ok(None)),
             Err(_) => false,
         };
-        alive && self.started.elapsed() < MAX_AGE && self.forks.load(Ordering::Relaxed) < MAX_FORKS
+        alive
+            && !self.broken.load(Ordering::Relaxed)
+            && self.started.elapsed() < MAX_AGE
+            && self.forks.load(Ordering::Relaxed) < MAX_FORKS
     }
 
     /// Ask for a child that runs a stage on `fds` (the run's stdin, stdout, stderr, the
     /// stage's control, report and hand-over pipes, then the cgroup.procs files: the
     /// child's ends, closed here once sent). Returns the child's pid and a pidfd of it.
     /// Blocking: call it off the runtime's threads.
+    ///
+    /// Any failure but a child that exited at once (`lost`) breaks the zygote: a late
+    /// answer would otherwise be read as the next request's.
     pub fn fork(&self, fds: Vec<OwnedFd>) -> std::io::Result<(u32, OwnedFd)> {
         let sock = self
             .sock
             .lock()
             .map_err(|_| std::io::Error::other("the zygote's socket lock is poisoned"))?;
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        send(&sock, REQUEST, &raw)?;
-        drop(fds);
-        let (answer, pidfd) = receive(&sock)?;
-        let pid = answer
-            .strip_prefix("forked ")
-            .and_then(|p| p.trim_end().parse::<u32>().ok());
-        match (pid, pidfd) {
-            (Some(pid), Some(pidfd)) => {
-                self.forks.fetch_add(1, Ordering::Relaxed);
-                Ok((pid, pidfd))
-            }
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the zygote answered {:?}", answer.trim()),
-            )),
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the zygote is broken"));
         }
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let answered = send(&sock, REQUEST, &raw).and_then(|()| {
+            drop(fds);
+            receive(&sock)
+        });
+        let (answer, pidfd) = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                self.break_off(&sock);
+                return Err(e);
+            }
+        };
+        self.forks.fetch_add(1, Ordering::Relaxed);
+        let line = answer.trim_end();
+        let number = |prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+        };
+        match (number("forked "), number("lost "), pidfd) {
+            (Some(pid), None, Some(pidfd)) => Ok((pid, pidfd)),
+            (None, Some(pid), None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the forked stage {pid} exited at once"),
+            )),
+            _ => {
+                self.break_off(&sock);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the zygote answered {line:?}"),
+                ))
+            }
+        }
+    }
+
+    /// Serve no more: the next build starts another zygote, and this one ends when its
+    /// socket is gone.
+    fn break_off(&self, sock: &OwnedFd) {
+        self.broken.store(true, Ordering::Relaxed);
+        let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -357,11 +392,12 @@ impl Zygotes {
         Ok(zygote)
     }
 
-    /// Drop `command`'s zygote `pid` (it failed to fork): the next build starts another.
+    /// Drop `command`'s zygote `pid` (it can serve no more: it failed to fork, died,
+    /// or aged out): the next build starts another.
     pub async fn discard(&self, command: &str, pid: u32) {
         let mut running = self.running.lock().await;
         if running.get(command).is_some_and(|z| z.pid() == pid) {
-            tracing::warn!(command, zygote = pid, "zygote failed to fork; replaced");
+            tracing::warn!(command, zygote = pid, "zygote can serve no more; replaced");
             running.remove(command);
         }
     }
