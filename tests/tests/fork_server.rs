@@ -7,6 +7,8 @@
 //!
 //! - a warm run's program is a fork of the zygote, three generations down (zygote ->
 //!   stage -> the run's init -> the program), not an interpreter of its own;
+//! - generators the zygote imported draw afresh in every run (`random`, numpy's,
+//!   `random2`);
 //! - the zygote is out of a run's reach: it cannot signal it, see it or trace it, and
 //!   the zygote still serves afterwards;
 //! - a zygote killed under load is replaced, and no run fails meanwhile;
@@ -94,6 +96,63 @@ async fn warm_runs_are_forked_from_the_zygote() {
     );
     // The program is the zygote's interpreter, not one exec'd for the run.
     assert_eq!(program.cmdline, zygote.cmdline, "{program:?}");
+    assert!(
+        b.log().contains("served=\"forked\""),
+        "the journal says how the run was served: {}",
+        b.log()
+    );
+}
+
+/// Global generators seeded in the zygote would give every run the same numbers: the
+/// stdlib's `random` reseeds itself at fork, the hook reseeds numpy's and capa's
+/// `random2`. With all three preimported in the zygote, the same unseeded code draws
+/// different numbers in two runs, and seeding still gives the documented values.
+#[tokio::test]
+async fn preimported_generators_draw_afresh_in_every_run() {
+    let Some(python) = codejail_tests::edx_python() else {
+        return;
+    };
+    let b = broker!(BrokerOpts::new().python(python).args([
+        "--fork-server",
+        "--pool-size",
+        "2",
+        // numpy.random itself: `import numpy` leaves it to the first use, which a
+        // zygote importing only numpy would leave to each run.
+        "--preimport",
+        "numpy.random",
+        "--preimport",
+        "random2",
+        "--preimport",
+        "random",
+    ]));
+    let code = r#"
+import json, random, random2, numpy
+draws = [random.random(), random2.random(), numpy.random.random()]
+random.seed(42); random2.seed(42); numpy.random.seed(42)
+seeded = [random.random(), random2.random(), numpy.random.random()]
+print(json.dumps([draws, seeded]))
+"#;
+    let first = b.run(&py(code)).await;
+    let second = b.run(&py(code)).await;
+    let parse = |r: &codejail_tests::JailResult| -> Vec<Vec<f64>> {
+        assert_eq!(r.status, 0, "{}", text(&r.stderr));
+        serde_json::from_str(text(&r.stdout).trim()).expect("json")
+    };
+    let (first, second) = (parse(&first), parse(&second));
+    for (i, name) in ["random", "random2", "numpy.random"].iter().enumerate() {
+        assert_ne!(
+            first[0][i], second[0][i],
+            "{name} drew the same number in two forked runs"
+        );
+        assert_eq!(first[1][i], second[1][i], "{name} seeded");
+    }
+    assert_eq!(first[1][0], 0.6394267984578837, "random seeded with 42");
+    assert_eq!(first[1][2], 0.3745401188473625, "numpy seeded with 42");
+    let status = codejail_client::status(&b.cfg()).await.expect("status");
+    assert!(
+        status.pool["python"].hits >= 2,
+        "both runs forked: {status:?}"
+    );
 }
 
 #[tokio::test]

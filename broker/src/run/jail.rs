@@ -39,6 +39,16 @@ impl Jail {
         matches!(self, Jail::Warm(_))
     }
 
+    /// How the run is served, for its log line: `cold`, `warm` (a warm jail whose
+    /// interpreter started in it) or `forked` (a warm jail forked from a zygote).
+    pub fn served(&self) -> &'static str {
+        match self {
+            Jail::Cold(_) => "cold",
+            Jail::Warm(jail) if jail.is_forked() => "forked",
+            Jail::Warm(_) => "warm",
+        }
+    }
+
     /// The outside uid the run has.
     pub fn outer_uid(&self, spec: &RunSpec) -> u32 {
         match self {

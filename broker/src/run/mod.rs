@@ -299,7 +299,12 @@ impl Runs {
             jail.abandon().await;
             return None;
         }
-        let (limits, run_uid, warm) = (spec.limits, jail.outer_uid(&spec), jail.is_warm());
+        let (limits, run_uid, warm, served) = (
+            spec.limits,
+            jail.outer_uid(&spec),
+            jail.is_warm(),
+            jail.served(),
+        );
         let cancel = self.kill.child_token();
         let mut client_alive = true;
         let (out_tx, mut out_rx) = mpsc::channel::<Output>(OUTPUT_BUFFER);
@@ -331,6 +336,7 @@ impl Runs {
             limits,
             run_uid,
             warm,
+            served,
             cancelled: cancel.is_cancelled(),
             client_alive,
             joined,
@@ -406,6 +412,8 @@ struct Ran {
     limits: codejail_protocol::Limits,
     run_uid: u32,
     warm: bool,
+    /// `cold`, `warm` or `forked` ([`jail::Jail::served`]).
+    served: &'static str,
     /// Whether the run was cancelled (its client left, or the broker is stopping).
     cancelled: bool,
     client_alive: bool,
@@ -422,7 +430,7 @@ async fn answer(who: &Who, ran: Ran, client: &mut impl Client) -> (bool, Option<
         ref command,
     } = *who;
     let run_id = run_id.unwrap_or_default();
-    let (limits, warm, run_uid) = (ran.limits, ran.warm, ran.run_uid);
+    let (limits, warm, served, run_uid) = (ran.limits, ran.warm, ran.served, ran.run_uid);
     let (result, cleanup) = match ran.joined {
         Ok(done) => done,
         Err(e) => {
@@ -463,13 +471,14 @@ async fn answer(who: &Who, ran: Ran, client: &mut impl Client) -> (bool, Option<
                 peak_memory_bytes = fin.usage.peak_memory_bytes.unwrap_or(0),
                 run_uid,
                 warm,
+                served,
                 "run ended"
             );
             client.confined(result.landlock, result.seccomp_denied);
             ran.client_alive && client.send(Response::Finished(fin)).await
         }
         Err(e) => {
-            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, warm, outcome = "jail failed", error = %e, "run failed");
+            tracing::error!(run_id, slug, peer_uid, command, limits = %limits, warm, served, outcome = "jail failed", error = %e, "run failed");
             ran.client_alive
                 && client
                     .send(error_response(ErrorKind::JailFailed, e.to_string()))

@@ -35,12 +35,19 @@ pub struct WarmJail {
     outer_uid: u32,
     landlock: Option<Achieved>,
     seccomp_denied: Option<u32>,
+    /// Whether it was forked from a zygote.
+    forked: bool,
 }
 
 impl WarmJail {
     /// The outside uid its run has.
     pub fn outer_uid(&self) -> u32 {
         self.outer_uid
+    }
+
+    /// Whether it was forked from a zygote (`fork_server`).
+    pub fn is_forked(&self) -> bool {
+        self.forked
     }
 
     /// Run `spec` (a cold run's spec of the request) in this jail: the cgroup gets the
@@ -300,6 +307,7 @@ pub async fn build(
         outer_uid: identity.outer_uid,
         landlock,
         seccomp_denied,
+        forked: spec.fork_server,
     };
     Ok((jail, footprint))
 }
