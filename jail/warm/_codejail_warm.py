@@ -119,7 +119,8 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 for _cj_line in _cj_f:
                     _cj_perms = _cj_line.split()[1]
                     if _cj_perms[1] == "w" and _cj_perms[3] == "s":
-                        os.write(3, b"failed a writable shared mapping in the zygote: " + _cj_line.strip().encode()[:500] + b"\n")
+                        _cj_msg = "failed a writable shared mapping in the zygote: " + _cj_line.strip()
+                        os.write(3, _cj_msg.encode()[:600] + b"\n")
                         os._exit(1)
             for _cj_fd in os.listdir("/proc/self/fd"):
                 try:
