@@ -147,22 +147,46 @@ pub fn install_stage_fds(
 }
 
 /// In the child of the broker that becomes a zygote (a fork server's interpreter,
-/// `run::pool::zygote`), before exec: no ambient capability, its socket to the broker on
-/// fd 3 (where the interpreter's start-up hook looks), and the runs' identity, which
-/// every stage it forks then has. Only async-signal-safe calls, no allocation.
-pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity) -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only, as in `install_stage_fds`.
-    if unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
+/// `run::pool::zygote`), before exec: its socket to the broker on fd 3 (where the
+/// interpreter's start-up hook looks), nothing else, and then either the runs' one
+/// identity (the broker's own) with no capability, or, with per-run ids
+/// (`keep_setid`), the broker's own ids with `CAP_SETUID` and `CAP_SETGID` kept
+/// across the exec (ambient), which each child needs to take its run's ids and then
+/// drops with every other capability (`codejail_zygote`). Only async-signal-safe
+/// calls, no allocation.
+pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity, keep_setid: bool) -> io::Result<()> {
+    if !keep_setid {
+        // SAFETY: prctl with integer arguments only, as in `install_stage_fds`.
+        if unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    } else {
+        // capability.h: CAP_SETGID 6, CAP_SETUID 7.
+        for cap in [6, 7] {
+            // SAFETY: prctl with integer arguments only. Raising an ambient
+            // capability needs it permitted and inheritable, as the broker's are.
+            if unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
     }
     // SAFETY: dup2 on an fd the parent keeps open across fork; no memory is touched.
     if unsafe { libc::dup2(sock, CONTROL_FD) } < 0 {
@@ -184,7 +208,11 @@ pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity) -> io::Result<()>
     {
         return Err(io::Error::last_os_error());
     }
-    become_run_identity(identity)
+    if keep_setid {
+        Ok(())
+    } else {
+        become_run_identity(identity)
+    }
 }
 
 /// Who the stage runs as, outside: the run's uid and gid (real, effective and saved).

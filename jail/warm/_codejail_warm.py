@@ -57,7 +57,8 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 os._exit(1)
             _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
             _cj_lib.codejail_zygote_child.argtypes = (
-                _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t)
+                _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t,
+                _cj_ctypes.c_uint, _cj_ctypes.c_uint)
             # site is reading this hook's .pth file while the hook runs, and reads on
             # once it returns: the file's fd number, for the child to keep readable.
             _cj_pth = -1
@@ -102,6 +103,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 os.write(3, b"failed the script's path is not in the interpreter's config once\n")
                 os._exit(1)
             _cj_fds = (_cj_ctypes.c_int * 8)()
+            _cj_ids = (_cj_ctypes.c_uint * 2)()
             _cj_env = _cj_ctypes.create_string_buffer(1 << 16)
             # A process's first compile() is slow: once here, not in every run.
             compile("pass", "<codejail-zygote>", "exec")
@@ -132,7 +134,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                     os._exit(1)
             os.write(3, b"ready\n")
             while True:
-                _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8)
+                _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8, _cj_ids)
                 if _cj_n <= 0:
                     os._exit(0 if _cj_n == 0 else 1)
                 _cj_pid = os.fork()
@@ -151,7 +153,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 if _cj_pidfd >= 0:
                     os.close(_cj_pidfd)
             # The child: confined by the library, or gone.
-            _cj_len = _cj_lib.codejail_zygote_child(_cj_fds, _cj_n, _cj_env, 1 << 16)
+            _cj_len = _cj_lib.codejail_zygote_child(_cj_fds, _cj_n, _cj_env, 1 << 16, _cj_ids[0], _cj_ids[1])
             if _cj_len < 0:
                 os._exit(1)
             # The library closed the .pth file with every other fd: site's next read
@@ -183,7 +185,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 sys.modules["random2"].seed()
             for _cj_name in _cj_own:
                 sys.modules.pop(_cj_name, None)
-            del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_env
+            del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env
         except BaseException:
             os._exit(1)
         # The run's init now greets this interpreter as a warm jail's.

@@ -6,13 +6,14 @@
 //! code and never sees a request's code, files, input or output: per warm jail it
 //!
 //! 1. receives one request from the broker on its socket ([`codejail_zygote_receive`]):
-//!    the line `fork` with the warm jail's fds (SCM_RIGHTS);
+//!    the line `fork` (or `fork UID GID`: the run's own outside ids) with the warm
+//!    jail's fds (SCM_RIGHTS);
 //! 2. forks (Python's `os.fork`, so that the interpreter's at-fork handlers run);
 //! 3. answers with the child's pid and a pidfd of it ([`codejail_zygote_answer`]),
 //!    by which the broker watches it (the kernel reaps it: [`codejail_zygote_init`]);
 //!
 //! and the child calls [`codejail_zygote_child`], which puts the fds on the stage's
-//! numbers, enters the run's cgroup, and runs the jail stage
+//! numbers, enters the run's cgroup, takes the run's ids, and runs the jail stage
 //! ([`codejail_jail::run_forked_stage`]). That returns only in the run's program,
 //! confined; the hook then goes on as a warm jail's interpreter does.
 //!
@@ -30,8 +31,12 @@ use std::os::fd::RawFd;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-/// What the broker sends to ask for a fork.
-pub const REQUEST: &[u8] = b"fork\n";
+/// What the broker sends to ask for a fork: `fork`, or `fork UID GID` when the child
+/// is to take a run's own outside ids (the zygote then holds `CAP_SETUID` and
+/// `CAP_SETGID` for it).
+pub const REQUEST: &[u8] = b"fork";
+/// The ids value that means "keep the zygote's".
+pub const NO_ID: u32 = u32::MAX;
 /// The fds of a request before the cgroup files: stdin, stdout, stderr, control,
 /// report, hand-over.
 pub const STAGE_FDS: usize = 6;
@@ -61,20 +66,40 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
     0
 }
 
-/// Receive one request on `sock` into `fds` (room for `max` fds): returns how many fds
-/// came ([`STAGE_FDS`] and the cgroup files), 0 when the broker has closed the socket,
-/// a negative errno on error (`-EPROTO` for a request that is not one).
+/// The uid and gid of a request's line: `fork` gives [`NO_ID`] twice, `fork UID GID`
+/// the two numbers; anything else `None`.
+fn request_ids(line: &[u8]) -> Option<(u32, u32)> {
+    let line = std::str::from_utf8(line).ok()?.strip_suffix('\n')?;
+    let mut words = line.split(' ');
+    if words.next()?.as_bytes() != REQUEST {
+        return None;
+    }
+    match (words.next(), words.next(), words.next()) {
+        (None, None, None) => Some((NO_ID, NO_ID)),
+        (Some(uid), Some(gid), None) => {
+            let (uid, gid) = (uid.parse().ok()?, gid.parse().ok()?);
+            (uid != NO_ID && gid != NO_ID).then_some((uid, gid))
+        }
+        _ => None,
+    }
+}
+
+/// Receive one request on `sock` into `fds` (room for `max` fds) and `ids` (the uid and
+/// gid the child is to take, [`NO_ID`] for the zygote's): returns how many fds came
+/// ([`STAGE_FDS`] and the cgroup files), 0 when the broker has closed the socket, a
+/// negative errno on error (`-EPROTO` for a request that is not one).
 ///
 /// # Safety
 ///
-/// `fds` must point at `max` writable `c_int`s.
+/// `fds` must point at `max` writable `c_int`s, `ids` at two writable `u32`s.
 #[no_mangle]
 pub unsafe extern "C" fn codejail_zygote_receive(
     sock: c_int,
     fds: *mut c_int,
     max: c_int,
+    ids: *mut u32,
 ) -> c_int {
-    let mut data = [0u8; 16];
+    let mut data = [0u8; 64];
     let mut space = nix::cmsg_space!([RawFd; MAX_REQUEST_FDS]);
     let mut iov = [std::io::IoSliceMut::new(&mut data)];
     let received = loop {
@@ -101,7 +126,8 @@ pub unsafe extern "C" fn codejail_zygote_receive(
         return 0;
     }
     let fits = usize::try_from(max).is_ok_and(|m| got.len() <= m);
-    if data.get(..len) != Some(REQUEST) || truncated || got.len() < STAGE_FDS || !fits {
+    let asked = data.get(..len).and_then(request_ids);
+    if asked.is_none() || truncated || got.len() < STAGE_FDS || !fits {
         for fd in got {
             // SAFETY: each fd was just received by this call and is owned by nobody else.
             unsafe { libc::close(fd) };
@@ -112,6 +138,12 @@ pub unsafe extern "C" fn codejail_zygote_receive(
         // SAFETY: the caller guarantees `fds` has room for `max` entries, and `i` is
         // below `got.len()`, which is at most `max` (checked above).
         unsafe { *fds.add(i) = *fd };
+    }
+    let (uid, gid) = asked.unwrap_or((NO_ID, NO_ID));
+    // SAFETY: the caller guarantees `ids` points at two writable entries.
+    unsafe {
+        *ids = uid;
+        *ids.add(1) = gid;
     }
     got.len() as c_int
 }
@@ -143,7 +175,8 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 
 /// In the zygote's child: put the request's `n` fds (`fds`, as
 /// [`codejail_zygote_receive`] returned them) in place, enter the run's cgroup, close
-/// every other fd, and run the jail stage. Returns only in the run's program, confined:
+/// every other fd, take the run's outside ids `uid`/`gid` unless they are [`NO_ID`]
+/// (and drop every capability), and run the jail stage. Returns only in the run's program, confined:
 /// the environment a cold run would have, as `KEY=value` strings each ended by a NUL,
 /// written to `env` (room for `cap` bytes), and its length. In every other process of
 /// the run, and on any failure (reported to the broker where the report pipe is in
@@ -160,6 +193,8 @@ pub unsafe extern "C" fn codejail_zygote_child(
     n: c_int,
     env: *mut u8,
     cap: usize,
+    uid: u32,
+    gid: u32,
 ) -> isize {
     let Ok(count) = usize::try_from(n) else {
         exit_now(1)
@@ -176,6 +211,11 @@ pub unsafe extern "C" fn codejail_zygote_child(
     // SAFETY: the caller guarantees `fds` points at `n` readable entries.
     let given = unsafe { std::slice::from_raw_parts(fds, count) };
     if place_fds(given).is_err() {
+        exit_now(1)
+    }
+    // After the cgroup files are written: on cgroup v1 a write is allowed for a process
+    // of the opener's (the broker's) uid, which the zygote's is.
+    if uid != NO_ID && take_run_ids(uid, gid).is_err() {
         exit_now(1)
     }
     let vars = codejail_jail::run_forked_stage();
@@ -232,6 +272,31 @@ fn place_fds(given: &[RawFd]) -> Result<(), Errno> {
     };
     if closed < 0 {
         return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// No supplementary group, then the run's gid and uid (real, effective, saved), with
+/// the zygote's `CAP_SETGID` and `CAP_SETUID`; then every capability goes (a change
+/// between two non-zero uids keeps them: capabilities(7)), so the stage starts as an
+/// unprivileged process of the run's uid, as a spawned one does after its exec.
+fn take_run_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: integer arguments only (setgroups with an empty list reads no memory).
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) < 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+        {
+            return Err(Errno::last());
+        }
+    }
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+        caps::CapSet::Inheritable,
+    ] {
+        caps::clear(None, set).map_err(|_| Errno::EPERM)?;
     }
     Ok(())
 }

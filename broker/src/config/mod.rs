@@ -365,17 +365,18 @@ impl Settings {
         let run_ids = run_ids_from_config(cfg, max_running, warm_jails, uid, gid)?;
         let cgroup = CgroupSettings::from_config(&cfg.cgroup, mode)?;
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
-        // A zygote's children take its identity and return into its interpreter, which
-        // has no exec for an AppArmor profile to attach at. For now the zygote runs as
-        // the broker's own ids, which every run then shares (the broker can then
-        // signal it, and the children's cgroup files it opened take their writes on
-        // cgroup v1 too), and no profile is configured.
+        // A zygote runs as the broker's own ids (with per-run ids, holding CAP_SETUID
+        // and CAP_SETGID for its children to take theirs), so the broker can signal it
+        // and its children can write the cgroup v1 files the broker opened for them;
+        // its children return into its interpreter, which has no exec for an AppArmor
+        // profile to attach at. So: per-run ids or the broker's own, and no profile,
+        // for now.
         if let Some((command, _)) = pools.iter().find(|(_, p)| p.fork_server) {
             let own = identity.outer_uid == uid && identity.outer_gid == gid;
-            if run_ids.is_some() || !own || apparmor_profile.is_some() {
+            if (run_ids.is_none() && !own) || apparmor_profile.is_some() {
                 return Err(invalid(
                     format!("pool.{command}.fork_server"),
-                    "needs the runs to run as the broker's own uid and gid (no run_ids, no run_uid or run_gid) and no apparmor_profile: a fork server with other run ids or AppArmor is not built yet",
+                    "needs per-run ids (run_ids) or the broker's own uid and gid for the runs (no run_uid or run_gid), and no apparmor_profile: a fork server with one other run identity or AppArmor is not built yet",
                 ));
             }
         }

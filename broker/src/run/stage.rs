@@ -186,15 +186,19 @@ impl Stage {
     }
 
     /// Fork the stage from `zygote` (a warm plan: the run's program is the zygote's
-    /// interpreter, forked, and returns into it confined; `zygote.rs`), as the runs'
-    /// identity, the zygote's: into `cgroup` (the child writes its own pid to the
-    /// cgroup files before anything else), then send the plan.
+    /// interpreter, forked, and returns into it confined; `zygote.rs`), as `identity`
+    /// (with `per_run_ids` the child takes it, else it is the zygote's): into `cgroup`
+    /// (the child writes its own pid to the cgroup files before anything else), then
+    /// send the plan.
     pub async fn fork(
         zygote: std::sync::Arc<super::pool::Zygote>,
         plan: &mut Plan,
-        owner: u32,
+        identity: RunIdentity,
+        per_run_ids: bool,
         cgroup: Option<&RunCgroup>,
     ) -> Result<Stage, RunError> {
+        let owner = identity.outer_uid;
+        let ids = per_run_ids.then_some((identity.outer_uid, identity.outer_gid));
         let (control_r, control_w) = sys::pipe_high().map_err(RunError::Pipes)?;
         let (report_r, report_w) = sys::pipe_high().map_err(RunError::Pipes)?;
         let (handover_r, handover_w) = sys::pipe_high().map_err(RunError::Pipes)?;
@@ -207,7 +211,7 @@ impl Stage {
             theirs.extend(procs);
         }
         let zygote_pid = zygote.pid();
-        let forked = tokio::task::spawn_blocking(move || zygote.fork(theirs))
+        let forked = tokio::task::spawn_blocking(move || zygote.fork(theirs, ids))
             .await
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|forked| forked)

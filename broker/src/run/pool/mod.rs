@@ -39,7 +39,7 @@ use crate::config::Settings;
 
 pub mod state;
 mod warm;
-mod zygote;
+pub mod zygote;
 
 pub use state::Footprint;
 use state::{Claim, PoolsState};

@@ -205,6 +205,7 @@ pub async fn build(
     let cgroup = cgroups
         .create_run(run_id, caps)
         .map_err(|e| built(RunError::Cgroup(e)))?;
+    let per_run_ids = lease.is_some();
     let cleanup = Cleanup::new(run_id, cgroup, lease);
     let stage = if spec.fork_server {
         // Forked from the command's zygote (started or replaced here when needed); a
@@ -214,7 +215,8 @@ pub async fn build(
                 let forked = Stage::fork(
                     zygote.clone(),
                     &mut plan,
-                    identity.outer_uid,
+                    identity,
+                    per_run_ids,
                     cleanup.cgroup(),
                 )
                 .await;

@@ -8,8 +8,15 @@
 //! (docs/architecture.md, "Fork server").
 //!
 //! The zygote never sees a request: it gets a warm jail's fds before the jail exists,
-//! and the request reaches the jail's init later, on those fds. It runs as the runs'
-//! identity with no capability, its stdio on pipes whose output the broker logs.
+//! and the request reaches the jail's init later, on those fds. Its stdio is on pipes
+//! whose output the broker logs. It runs as the broker's own ids: with one identity for
+//! all runs (the broker's) with no capability; with per-run ids with `CAP_SETUID` and
+//! `CAP_SETGID`, as the broker has them, which each child uses once, to take its run's
+//! outside ids before anything else, and then drops with every other capability. (Not
+//! a user namespace of the zygote's own with the run ids mapped: the kernel charges
+//! what a namespace's processes hold, at the top level, to the uid that created the
+//! outermost namespace below the host's, which would then be the broker's for every
+//! run: one run could exhaust the pending signals and timers of all.)
 //!
 //! One str-hash seed and one address layout are shared by the runs of one zygote (they
 //! are fixed at an interpreter's start); a zygote is replaced after [`MAX_FORKS`] forks
@@ -44,8 +51,9 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_FORKS: u64 = 1000;
 /// How long one zygote serves before it is replaced.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
-/// What the broker sends to ask for a fork (`codejail_zygote::REQUEST`).
-const REQUEST: &[u8] = b"fork\n";
+/// What the broker sends to ask for a fork (`codejail_zygote::REQUEST`): `fork`, or
+/// `fork UID GID` for a child that takes a run's own outside ids.
+const REQUEST: &str = "fork";
 /// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
 /// any variable set to `$TMPDIR...`) while the zygote starts: the runs' do not exist
 /// yet, and nothing it imports may write to the host. Each run gets its own.
@@ -118,11 +126,15 @@ impl Zygote {
             .kill_on_drop(true);
         let raw = theirs.as_raw_fd();
         let id = sys::StageIdentity::from(settings.identity);
-        // SAFETY: the closure only calls prctl, dup2 and the set*id system calls
-        // (async-signal-safe, no allocation), on an fd the blocking task below owns
-        // until spawn has returned; it is >= 10, out of the way of std's stdio set-up.
+        // Per-run ids: the zygote keeps CAP_SETUID and CAP_SETGID, which each child needs
+        // to take its run's ids (then it drops every capability).
+        let keep_setid = settings.run_ids.is_some();
+        // SAFETY: the closure only calls prctl, dup2, close_range and the set*id system
+        // calls (async-signal-safe, no allocation), on an fd the blocking task below
+        // owns until spawn has returned; it is >= 10, out of the way of std's stdio
+        // set-up.
         unsafe {
-            c.pre_exec(move || sys::install_zygote_fd(raw, id));
+            c.pre_exec(move || sys::install_zygote_fd(raw, id, keep_setid));
         }
         let mut child = tokio::task::spawn_blocking(move || {
             let spawned = c.spawn();
@@ -217,12 +229,17 @@ impl Zygote {
 
     /// Ask for a child that runs a stage on `fds` (the run's stdin, stdout, stderr, the
     /// stage's control, report and hand-over pipes, then the cgroup.procs files: the
-    /// child's ends, closed here once sent). Returns the child's pid and a pidfd of it.
+    /// child's ends, closed here once sent), as the run's outside `ids` when there are
+    /// per-run ids. Returns the child's pid and a pidfd of it.
     /// Blocking: call it off the runtime's threads.
     ///
     /// Any failure but a child that exited at once (`lost`) breaks the zygote: a late
     /// answer would otherwise be read as the next request's.
-    pub fn fork(&self, fds: Vec<OwnedFd>) -> std::io::Result<(u32, OwnedFd)> {
+    pub fn fork(
+        &self,
+        fds: Vec<OwnedFd>,
+        ids: Option<(u32, u32)>,
+    ) -> std::io::Result<(u32, OwnedFd)> {
         let sock = self
             .sock
             .lock()
@@ -231,7 +248,11 @@ impl Zygote {
             return Err(std::io::Error::other("the zygote is broken"));
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let answered = send(&sock, REQUEST, &raw).and_then(|()| {
+        let request = match ids {
+            Some((uid, gid)) => format!("{REQUEST} {uid} {gid}\n"),
+            None => format!("{REQUEST}\n"),
+        };
+        let answered = send(&sock, request.as_bytes(), &raw).and_then(|()| {
             drop(fds);
             receive(&sock)
         });
