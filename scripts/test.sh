@@ -117,8 +117,7 @@ if [ ${#scope[@]} -gt 0 ]; then
         --test run_semantics \
         || cargo_status=$?
     # 5c. Again with the warm jails forked from a zygote (CODEJAIL_TEST_FORK_SERVER=1:
-    #     `--fork-server` for every dev-shape broker; a fork server with per-run uids is
-    #     not built yet, so the production shape runs as in 5b).
+    #     `--fork-server` for every broker, both shapes).
     log "cargo test: the same with a fork server (CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1)"
     CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1 cargo test -p codejail-tests --no-fail-fast \
         --test jail_code --test safe_exec --test confinement --test robustness \

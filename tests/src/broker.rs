@@ -248,13 +248,9 @@ impl TestBroker {
                 cmd.arg("--pool-size").arg(size.to_string());
             }
         }
-        // CODEJAIL_TEST_FORK_SERVER=1: the dev shape's warm jails forked from a zygote
-        // (a fork server with per-run uids is not built yet: the production shape keeps
-        // its interpreter starts).
-        if crate::env::test_fork_server()
-            && matches!(opts.shape, Shape::Dev)
-            && !opts.args.iter().any(|a| a == "--fork-server")
-        {
+        // CODEJAIL_TEST_FORK_SERVER=1: the warm jails forked from a zygote, in both
+        // shapes.
+        if crate::env::test_fork_server() && !opts.args.iter().any(|a| a == "--fork-server") {
             cmd.arg("--fork-server");
         }
         cmd.args(&opts.args)

@@ -92,8 +92,8 @@ pub fn test_pool_size() -> Option<u32> {
         .filter(|n| *n > 0)
 }
 
-/// `CODEJAIL_TEST_FORK_SERVER=1`: every dev-shape broker under test forks its warm
-/// jails from a zygote (`--fork-server`; with `CODEJAIL_TEST_POOL`, scripts/test.sh).
+/// `CODEJAIL_TEST_FORK_SERVER=1`: every broker under test forks its warm jails from a
+/// zygote (`--fork-server`; with `CODEJAIL_TEST_POOL`, scripts/test.sh).
 pub fn test_fork_server() -> bool {
     std::env::var("CODEJAIL_TEST_FORK_SERVER").is_ok_and(|v| v == "1")
 }

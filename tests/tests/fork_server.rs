@@ -12,8 +12,8 @@
 //! - the zygote is out of a run's reach: it cannot signal it, see it or trace it, and
 //!   the zygote still serves afterwards;
 //! - a zygote killed under load is replaced, and no run fails meanwhile;
-//! - the production shape with per-run uids refuses a fork server (not built yet),
-//!   naming the key.
+//! - with per-run uids (the production shape) each forked run has its own, from a
+//!   zygote in a user namespace of its own.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
@@ -205,18 +205,25 @@ attempt("pidfd_open", lambda: os.pidfd_open({zygote}))
 async fn a_killed_zygote_is_replaced_and_no_run_fails() {
     let b = broker!(forked_pool());
     let first = zygotes_started(&b)[0];
-    // Runs keep coming while the zygote is killed: each one succeeds (warm, or cold
-    // while the pool cannot build).
+    // Runs keep coming while the zygote is killed mid-load: each one succeeds (warm
+    // from a jail built before, or cold while the pool cannot build).
     let runs = async {
         let mut outs = Vec::new();
-        for i in 0..12 {
+        for i in 0..40 {
             let res = b.run(&py(&format!("print({i})"))).await;
             outs.push((i, res.status, text(&res.stdout).trim().to_string()));
         }
         outs
     };
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once some runs have been served (the jails the zygote forked in use).
+        while codejail_client::status(&b.cfg())
+            .await
+            .map_or(0, |s| s.pool["python"].hits)
+            < 4
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(first),
             nix::sys::signal::Signal::SIGKILL,
@@ -224,6 +231,7 @@ async fn a_killed_zygote_is_replaced_and_no_run_fails() {
         .expect("kill the zygote");
     };
     let (outs, ()) = tokio::join!(runs, kill);
+    assert!(process(first).is_none(), "the zygote was killed");
     for (i, status, out) in outs {
         assert_eq!(
             (status, out.as_str()),
@@ -266,18 +274,104 @@ async fn a_killed_zygote_is_replaced_and_no_run_fails() {
     panic!("no run forked from the new zygote {second}: the stages' parents were {parents:?}");
 }
 
+/// With per-run ids (the production shape) the zygote is root in a user namespace of
+/// its own, mapped to the broker's uid on the host, and each forked run has its own
+/// outside uid from the broker's range, as a cold run has.
 #[tokio::test]
-async fn per_run_uids_refuse_a_fork_server() {
-    let Some((status, log)) = TestBroker::start_expecting_failure(
-        BrokerOpts::new()
-            .shape(Shape::Production)
-            .args(["--fork-server"]),
-    ) else {
-        return;
-    };
-    assert!(!status.success());
-    assert!(
-        log.contains("pool.python.fork_server") && log.contains("run_ids"),
-        "the refusal names the key and why: {log}"
+async fn per_run_uids_each_forked_run_has_its_own() {
+    let b = broker!(BrokerOpts::new().shape(Shape::Production).args([
+        "--fork-server",
+        "--pool-size",
+        "2"
+    ]));
+    let zygote = zygotes_started(&b)[0];
+    let info = process(zygote).expect("the zygote runs");
+    assert_eq!(
+        Some(info.uid),
+        b.uid(),
+        "the broker's uid on the host: {info:?}"
     );
+    // The capability sets of a process, from /proc/PID/status (hex masks).
+    let caps = |pid: i32| -> Vec<(String, u64)> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                let k = k.strip_prefix("Cap")?;
+                Some((k.to_string(), u64::from_str_radix(v.trim(), 16).ok()?))
+            })
+            .collect()
+    };
+    let setid = (1u64 << 6) | (1u64 << 7);
+    let zygote_caps = caps(zygote);
+    assert!(
+        zygote_caps.iter().any(|(k, v)| k == "Eff" && *v == setid),
+        "the zygote holds CAP_SETUID and CAP_SETGID, nothing else: {zygote_caps:?}"
+    );
+    let range = b.run_ids().expect("a production broker has run ids");
+    // The pool full again after the start-up self-test took a jail.
+    for _ in 0..100 {
+        let status = codejail_client::status(&b.cfg()).await.expect("status");
+        if status.pool["python"].ready == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two runs at once: each forked from the zygote, each with its own uid, each
+    // stage without any capability.
+    let seen = |marker: String| async move {
+        for _ in 0..300 {
+            if let Some(program) = processes_with(&marker).first().cloned() {
+                let init = process(program.ppid)?;
+                let stage = process(init.ppid)?;
+                let ns = std::fs::read_link(format!("/proc/{}/ns/user", stage.pid)).ok()?;
+                return Some((program.uid, stage.ppid, stage.uid, caps(stage.pid), ns));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    };
+    let (ma, mb) = (unique_marker("uida"), unique_marker("uidb"));
+    let (mut ra, mut rb) = (
+        py("import time\ntime.sleep(2)\n"),
+        py("import time\ntime.sleep(2)\n"),
+    );
+    ra.mark(&ma);
+    rb.mark(&mb);
+    let (res_a, res_b, a, c) = tokio::join!(b.run(&ra), b.run(&rb), seen(ma), seen(mb));
+    assert_eq!(
+        (res_a.status, res_b.status),
+        (0, 0),
+        "{}",
+        text(&res_a.stderr)
+    );
+    let (uid_a, parent_a, stage_uid_a, stage_caps_a, ns_a) = a.expect("run A seen");
+    let (uid_b, parent_b, _, stage_caps_b, ns_b) = c.expect("run B seen");
+    assert_eq!(
+        (parent_a, parent_b),
+        (zygote, zygote),
+        "both forked from the zygote"
+    );
+    assert!(
+        range.contains(&uid_a) && range.contains(&uid_b) && uid_a != uid_b,
+        "per-run uids {uid_a} and {uid_b} from {range:?}"
+    );
+    assert_eq!(stage_uid_a, uid_a, "the stage has its run's uid");
+    // Its capabilities are its own user namespace's (as a cold stage's): none on the
+    // host, none kept for an exec (the zygote's CAP_SETUID and CAP_SETGID are gone).
+    let host_ns = std::fs::read_link("/proc/self/ns/user").expect("our user namespace");
+    assert!(
+        ns_a != host_ns && ns_b != host_ns && ns_a != ns_b,
+        "each stage in a user namespace of its own: {ns_a:?} {ns_b:?} (host {host_ns:?})"
+    );
+    assert!(
+        !stage_caps_a.is_empty(),
+        "the stage's capabilities were read"
+    );
+    for (set, mask) in stage_caps_a.iter().chain(&stage_caps_b) {
+        if set == "Amb" || set == "Inh" {
+            assert_eq!(*mask, 0, "a forked stage's Cap{set}: {stage_caps_a:?}");
+        }
+    }
 }

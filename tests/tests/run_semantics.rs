@@ -548,7 +548,7 @@ async fn randomness_is_fresh_in_every_run(shape: Shape) {
     // the interpreter holds caches its hash: the runs forked from one zygote share it,
     // by design (docs/architecture.md, "Fork server"; a zygote serves a bounded number
     // of runs). Every other run draws its own.
-    if codejail_tests::test_fork_server() && matches!(shape, Shape::Dev) {
+    if codejail_tests::test_fork_server() {
         assert_eq!(
             first["str hash"], second["str hash"],
             "two runs forked from one zygote share its hash seed"
