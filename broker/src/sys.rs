@@ -108,20 +108,7 @@ pub fn install_stage_fds(
     cgroup_procs: &[RawFd],
     identity: StageIdentity,
 ) -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
-    // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
-    if unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    clear_ambient_caps()?;
     // The cgroups first, before a dup2 onto 3-5 could land on one of their fds.
     for &procs in cgroup_procs {
         // SAFETY: write(2) of a two-byte static buffer to an fd the parent keeps open.
@@ -156,19 +143,7 @@ pub fn install_stage_fds(
 /// calls, no allocation.
 pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity, keep_setid: bool) -> io::Result<()> {
     if !keep_setid {
-        // SAFETY: prctl with integer arguments only, as in `install_stage_fds`.
-        if unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        clear_ambient_caps()?;
     } else {
         // capability.h: CAP_SETGID 6, CAP_SETUID 7.
         for cap in [6, 7] {
@@ -213,6 +188,25 @@ pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity, keep_setid: bool)
     } else {
         become_run_identity(identity)
     }
+}
+
+/// Clear the ambient capabilities (async-signal-safe: one prctl).
+fn clear_ambient_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; touches no memory of ours. Clearing
+    // an empty ambient set is a no-op, and PR_CAP_AMBIENT exists since Linux 4.3.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Who the stage runs as, outside: the run's uid and gid (real, effective and saved).

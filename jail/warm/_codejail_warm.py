@@ -33,20 +33,24 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             os._exit(125)
         _cj_buf += _cj_chunk
     _cj_words = _cj_buf.split()
-    if _cj_words[:2] == [b"codejail-zygote", b"1"] and len(_cj_words) >= 3:
+    _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"1"] and len(_cj_words) >= 3
+    if not _cj_zygote and _cj_words[:2] != [b"codejail-warm", b"1"]:
+        os._exit(125)
+    # The preimports: a warm jail's, or a zygote's (which its children then have).
+    try:
+        for _cj_name in _cj_words[3 if _cj_zygote else 2:]:
+            __import__(_cj_name.decode())
+    except BaseException as _cj_e:
+        _cj_msg = ("cannot import %s: %s: %s" % (_cj_name.decode(), type(_cj_e).__name__, _cj_e))
+        os.write(3, b"failed " + _cj_msg.replace("\n", " ").encode("utf-8", "replace")[:2000] + b"\n")
+        os._exit(1)
+    if _cj_zygote:
         # Zygote mode (jail/src/forked.rs, zygote/src/lib.rs): fd 3 is the broker's
-        # socket, the greeting names the native library and the preimports. Import
-        # them, answer "ready", then fork one child per request: the child confines
-        # itself in the library (it returns only in the run's program, with fd 3 now
-        # the channel to the run's init) and goes on below as a warm jail's
-        # interpreter. The zygote itself never leaves this block.
-        try:
-            for _cj_name in _cj_words[3:]:
-                __import__(_cj_name.decode())
-        except BaseException as _cj_e:
-            _cj_msg = ("cannot import %s: %s: %s" % (_cj_name.decode(), type(_cj_e).__name__, _cj_e))
-            os.write(3, b"failed " + _cj_msg.replace("\n", " ").encode("utf-8", "replace")[:2000] + b"\n")
-            os._exit(1)
+        # socket, the greeting names the native library and the preimports. Answer
+        # "ready", then fork one child per request: the child confines itself in the
+        # library (it returns only in the run's program, with fd 3 now the channel to
+        # the run's init) and goes on below as a warm jail's interpreter. The zygote
+        # itself never leaves this block.
         try:
             # What the zygote imports for itself, which its children drop again.
             _cj_before = set(sys.modules)
@@ -188,23 +192,16 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env
         except BaseException:
             os._exit(1)
-        # The run's init now greets this interpreter as a warm jail's.
+        # The run's init now greets this interpreter as a warm jail's, with the same
+        # preimports, loaded above.
         _cj_buf = b""
         while not _cj_buf.endswith(b"\n"):
             _cj_chunk = os.read(3, 4096)
             if not _cj_chunk:
                 os._exit(125)
             _cj_buf += _cj_chunk
-        _cj_words = _cj_buf.split()
-    if _cj_words[:2] != [b"codejail-warm", b"1"]:
-        os._exit(125)
-    try:
-        for _cj_name in _cj_words[2:]:
-            __import__(_cj_name.decode())
-    except BaseException as _cj_e:
-        _cj_msg = ("cannot import %s: %s: %s" % (_cj_name.decode(), type(_cj_e).__name__, _cj_e))
-        os.write(3, b"failed " + _cj_msg.replace("\n", " ").encode("utf-8", "replace")[:2000] + b"\n")
-        os._exit(1)
+        if _cj_buf.split()[:2] != [b"codejail-warm", b"1"]:
+            os._exit(125)
     os.write(3, b"ready\n")
     _cj_buf = b""
     while True:

@@ -164,18 +164,9 @@ impl Stage {
             child.stdout.take().map(|p| p.into_owned_fd()),
             child.stderr.take().map(|p| p.into_owned_fd()),
         );
-        let mut process = StageProcess::Spawned(child);
-        let (stdin, stdout, stderr) = match stdio_ends(stdio) {
-            Ok(ends) => ends,
-            Err(e) => {
-                kill_stage(&mut process, owner);
-                process.wait().await;
-                return Err(RunError::Pipes(e));
-            }
-        };
         Stage::send_plan(
-            process,
-            (stdin, stdout, stderr),
+            StageProcess::Spawned(child),
+            stdio,
             (control_w, report_r, handover_w),
             pid,
             owner,
@@ -226,19 +217,9 @@ impl Stage {
             tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
         }
         .map_err(|e| RunError::Pipes(e.into()))?;
-        let mut process = StageProcess::Forked { pidfd };
-        let stdio = (Some(Ok(stdin_w)), Some(Ok(stdout_r)), Some(Ok(stderr_r)));
-        let (stdin, stdout, stderr) = match stdio_ends(stdio) {
-            Ok(ends) => ends,
-            Err(e) => {
-                kill_stage(&mut process, owner);
-                process.wait().await;
-                return Err(RunError::Pipes(e));
-            }
-        };
         Stage::send_plan(
-            process,
-            (stdin, stdout, stderr),
+            StageProcess::Forked { pidfd },
+            (Some(Ok(stdin_w)), Some(Ok(stdout_r)), Some(Ok(stderr_r))),
             (control_w, report_r, Some(handover_w)),
             pid,
             owner,
@@ -252,7 +233,7 @@ impl Stage {
     /// `held`); a stage that cannot take it is killed.
     async fn send_plan(
         mut process: StageProcess,
-        (stdin, stdout, stderr): StdioEnds,
+        stdio: (StdioFd, StdioFd, StdioFd),
         (control_w, report_r, handover_w): (OwnedFd, OwnedFd, Option<OwnedFd>),
         pid: u32,
         owner: u32,
@@ -266,9 +247,9 @@ impl Stage {
             };
             let control = pipe::Sender::from_owned_fd(control_w)?;
             let reports = pipe::Receiver::from_owned_fd(report_r)?;
-            Ok::<_, io::Error>((handover, control, reports))
+            Ok::<_, io::Error>((stdio_ends(stdio)?, handover, control, reports))
         })();
-        let (handover, mut control, reports) = match pipes {
+        let ((stdin, stdout, stderr), handover, mut control, reports) = match pipes {
             Ok(p) => p,
             Err(e) => {
                 kill_stage(&mut process, owner);
