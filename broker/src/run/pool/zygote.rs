@@ -56,7 +56,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(600);
 const REQUEST: &str = "fork";
 /// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
 /// any variable set to `$TMPDIR...`) while the zygote starts: the runs' do not exist
-/// yet, and nothing it imports may write to the host. Each run gets its own.
+/// yet, and each run gets its own. (A module that writes a cache at import may still
+/// fall back to the host's `/tmp`, as `tempfile` does: docs/operating.md says which
+/// preimports to keep out of a fork server.)
 const NO_DIR: &str = "/nonexistent";
 
 /// A running zygote.
@@ -382,8 +384,6 @@ fn receive(sock: &OwnedFd) -> std::io::Result<(String, Option<OwnedFd>)> {
 #[derive(Debug, Default)]
 pub struct Zygotes {
     running: tokio::sync::Mutex<std::collections::BTreeMap<String, Arc<Zygote>>>,
-    /// Zygotes started since the broker's start (the first of each command included).
-    started: AtomicU64,
 }
 
 impl Zygotes {
@@ -408,7 +408,6 @@ impl Zygotes {
             running.remove(command);
         }
         let zygote = Arc::new(Zygote::start(runs, command, spec).await?);
-        self.started.fetch_add(1, Ordering::Relaxed);
         running.insert(command.to_string(), zygote.clone());
         Ok(zygote)
     }
