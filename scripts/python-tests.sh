@@ -55,14 +55,15 @@ cleanup() { [ -n "$staged" ] && rm -rf "$staged"; return 0; }
 trap cleanup EXIT
 if [ -z "${CODEJAIL_TEST_BIN_DIR:-}" ]; then
     bins=${CARGO_TARGET_DIR:-$repo/target}/debug
-    if ! [ -x "$bins/codejail-broker" ] || ! [ -x "$bins/codejail-jail" ]; then
-        cargo build --bins
+    if ! [ -x "$bins/codejail-broker" ] || ! [ -x "$bins/codejail-jail" ] ||
+        ! [ -f "$bins/libcodejail_zygote.so" ]; then
+        cargo build --bins --lib
     fi
     if [ "$(id -u)" = 0 ] && ! setpriv --reuid=209999 --regid=209999 --clear-groups \
             test -x "$bins/codejail-broker"; then
         staged=$(mktemp -d /var/tmp/codejail-pytest-bin.XXXXXX)
         chmod 755 "$staged"
-        cp "$bins"/{codejail-broker,codejail-jail,codejail-client} "$staged/"
+        cp "$bins"/{codejail-broker,codejail-jail,codejail-client,libcodejail_zygote.so} "$staged/"
         bins=$staged
     fi
     export CODEJAIL_TEST_BIN_DIR=$bins
@@ -73,3 +74,7 @@ fi
 log "pytest python/tests (brokers: $CODEJAIL_TEST_BIN_DIR, interpreter: $CODEJAIL_TEST_PYTHON)"
 cd "$repo/python"
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/pytest" -p no:cacheprovider -v -rfEs tests "$@"
+# 5. Again with every broker's warm jails forked from a zygote (conftest.py).
+log "pytest python/tests with a fork server (CODEJAIL_TEST_FORK_SERVER=1)"
+CODEJAIL_TEST_FORK_SERVER=1 PYTHONDONTWRITEBYTECODE=1 \
+    "$venv/bin/pytest" -p no:cacheprovider -q -rfEs tests "$@"

@@ -25,6 +25,7 @@ import codejail.jail_code
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 REQUIRE_PRIVILEGED = os.environ.get("CODEJAIL_REQUIRE_PRIVILEGED") == "1"
+FORK_SERVER = os.environ.get("CODEJAIL_TEST_FORK_SERVER") == "1"
 _UIDS = itertools.count(210000 + (os.getpid() % 1000) * 20)
 
 
@@ -80,6 +81,10 @@ class Broker:
         if self.allow_caller:
             cmd += ["--allow-uid", str(os.getuid())]
         cmd += self.extra_args
+        # CODEJAIL_TEST_FORK_SERVER=1 (scripts/python-tests.sh's second pass): warm jails
+        # forked from a zygote, for every broker that has no pool of its own.
+        if FORK_SERVER and not {"--pool-size", "--fork-server"} & set(self.extra_args):
+            cmd += ["--fork-server", "--pool-size", "2"]
         if self.uid is not None:
             cmd = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"] + cmd
         return cmd
