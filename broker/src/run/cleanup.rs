@@ -3,7 +3,8 @@
 
 use super::cgroup::RunCgroup;
 use super::pool::InUse;
-use super::stage::{kill_cgroup, kill_stage, StageProcess, KILL_GRACE};
+use super::process::{kill_stage, StageProcess};
+use super::stage::{kill_cgroup, KILL_GRACE};
 use super::uidpool::Lease;
 
 /// What a run holds of the host, from the moment it is allocated (a cold run at its

@@ -41,6 +41,7 @@ mod jail;
 mod outcome;
 pub mod planning;
 pub mod pool;
+mod process;
 pub mod request;
 mod stage;
 pub mod uidpool;
