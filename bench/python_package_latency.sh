@@ -4,6 +4,8 @@
 #
 # Usage: bench/python_package_latency.sh [--socket PATH] [--python PATH] [-n N]
 #                                        [--client PATH] [--broker PATH]
+#   $THROUGHPUT=SECONDS also measures two concurrent callers' runs/s (the .py's
+#   --throughput); the numpy series runs when the broker's interpreter has numpy.
 #   --socket  a running broker (default: $CODEJAIL_SOCKET); with neither, a dev broker
 #             is started on a temporary socket and stopped at the end.
 #   --python  the broker's interpreter (default: $CODEJAIL_PYTHON, else
@@ -35,4 +37,5 @@ PYO3_PYTHON=$venv/bin/python "$venv/bin/python" -m pip install --quiet \
 make_tmpdir
 start_dev_broker_unless_socket
 "$venv/bin/python" "$root/bench/python_package_latency.py" --socket "$socket" \
-    --python "$python" --client "$client" -n "$n" || { show_broker_log; exit 1; }
+    --python "$python" --client "$client" -n "$n" --throughput "${THROUGHPUT:-0}" ||
+    { show_broker_log; exit 1; }
