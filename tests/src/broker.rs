@@ -13,6 +13,25 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
+/// Define `NAME::dev` and `NAME::production`, two tests each running the async scenario
+/// `NAME(shape)` of the calling module in that [`Shape`](crate::Shape).
+#[macro_export]
+macro_rules! both_shapes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn dev() {
+                super::$name($crate::Shape::Dev).await;
+            }
+
+            #[tokio::test]
+            async fn production() {
+                super::$name($crate::Shape::Production).await;
+            }
+        }
+    };
+}
+
 /// Start a broker for this test ([`TestBroker::start_or_skip`]), or return from the test
 /// (a skip) when this machine cannot run one.
 #[macro_export]

@@ -36,29 +36,12 @@ use std::time::Duration;
 
 use codejail_protocol::Response;
 use codejail_tests::{
-    broker, processes, processes_named, processes_with, python, raw_python, text, unique_marker,
-    wait_until, with_limit, BrokerOpts, JailRequest, JailResult, Marked, RawConn, Shape,
-    TestBroker,
+    both_shapes, broker, processes, processes_named, processes_with, python, raw_python, text,
+    unique_marker, wait_until, with_limit, BrokerOpts, JailRequest, JailResult, Marked, RawConn,
+    Shape, TestBroker,
 };
 
 // ---------------------------------------------------------------- harness of this file
-
-/// Define `NAME::dev` and `NAME::production`, each running the scenario `NAME(shape)`.
-macro_rules! both_shapes {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn dev() {
-                super::$name(codejail_tests::Shape::Dev).await;
-            }
-
-            #[tokio::test]
-            async fn production() {
-                super::$name(codejail_tests::Shape::Production).await;
-            }
-        }
-    };
-}
 
 /// Start a broker of `shape` (or skip the test; see the module doc).
 macro_rules! shaped_broker {

@@ -133,15 +133,4 @@ async fn signalling_its_process_group_reaches_only_the_run(shape: Shape) {
     assert_eq!(text(&res.stdout), "42\n");
 }
 
-mod signalling_its_process_group_reaches_only_the_run {
-    #[tokio::test]
-    async fn dev() {
-        super::signalling_its_process_group_reaches_only_the_run(codejail_tests::Shape::Dev).await;
-    }
-
-    #[tokio::test]
-    async fn production() {
-        super::signalling_its_process_group_reaches_only_the_run(codejail_tests::Shape::Production)
-            .await;
-    }
-}
+both_shapes!(signalling_its_process_group_reaches_only_the_run);

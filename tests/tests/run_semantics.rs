@@ -21,28 +21,12 @@ use std::time::{Duration, Instant};
 
 use codejail_protocol::Response;
 use codejail_tests::{
-    broker, processes_with, raw_python, test_pool_size, text, unique_marker, wait_until,
-    with_limit, BrokerOpts, JailRequest, JailResult, Marked, RawConn, Shape, TestBroker,
+    both_shapes, broker, processes_with, raw_python, test_pool_size, text, unique_marker,
+    wait_until, with_limit, BrokerOpts, JailRequest, JailResult, Marked, RawConn, Shape,
+    TestBroker,
 };
 
 // ---------------------------------------------------------------- harness of this file
-
-/// Define `NAME::dev` and `NAME::production`, each running the scenario `NAME(shape)`.
-macro_rules! both_shapes {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn dev() {
-                super::$name(codejail_tests::Shape::Dev).await;
-            }
-
-            #[tokio::test]
-            async fn production() {
-                super::$name(codejail_tests::Shape::Production).await;
-            }
-        }
-    };
-}
 
 /// A `python` request running `code` (dedented) with room for a loaded machine.
 fn py(code: &str) -> JailRequest {
