@@ -25,24 +25,12 @@ esac
 if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
     PATH=${HOME:-/root}/.cargo/bin:$PATH
 fi
-base_python=/usr/bin/python3
-[ -x "$base_python" ] || die "$base_python not found (install Debian's python3 and python3-venv)"
 venv=${CODEJAIL_PYTHON_LINT_VENV:-/var/tmp/codejail-python-lint-venv}
-requirements=$repo/requirements/python-lint.txt
-stamp=$venv/.codejail-requirements
 
 # 1. The venv, rebuilt only when it is broken or its requirements changed.
-mkdir -p "$(dirname "$venv")"
-exec 8>>"$venv.lock"
-flock 8
-if ! { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys' 2>/dev/null \
-        && cmp -s "$requirements" "$stamp"; }; then
-    log "building the lint venv $venv"
-    rm -rf "$venv"
-    "$base_python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
+# shellcheck source=scripts/lib/venv.sh
+source "$repo/scripts/lib/venv.sh"
+requirements_venv "$venv" "$repo/requirements/python-lint.txt" lint || die "building the lint venv $venv failed"
 
 # 2. The linter, over the whole checkout (ruff skips what .gitignore names, e.g. target/).
 log "ruff check ($("$venv/bin/ruff" --version))"

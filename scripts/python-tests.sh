@@ -20,24 +20,12 @@ die() { printf 'scripts/python-tests.sh: error: %s\n' "$*" >&2; exit 1; }
 if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
     PATH=${HOME:-/root}/.cargo/bin:$PATH
 fi
-base_python=/usr/bin/python3
-[ -x "$base_python" ] || die "$base_python not found (install Debian's python3 and python3-venv)"
 venv=${CODEJAIL_PYTHON_TEST_VENV:-/var/tmp/codejail-python-test-venv}
-requirements=$repo/requirements/python-test.txt
-stamp=$venv/.codejail-requirements
 
 # 1. The venv, rebuilt only when it is broken or its requirements changed.
-mkdir -p "$(dirname "$venv")"
-exec 8>>"$venv.lock"
-flock 8
-if ! { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys' 2>/dev/null \
-        && cmp -s "$requirements" "$stamp"; }; then
-    log "building the test venv $venv"
-    rm -rf "$venv"
-    "$base_python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
+# shellcheck source=scripts/lib/venv.sh
+source "$repo/scripts/lib/venv.sh"
+requirements_venv "$venv" "$repo/requirements/python-test.txt" test || die "building the test venv $venv failed"
 
 # 2. The package, from this checkout (maturin builds python/ against this interpreter).
 log "pip install ./python into $venv"
