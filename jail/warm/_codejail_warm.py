@@ -59,6 +59,17 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             _cj_lib = _cj_ctypes.CDLL(os.fsdecode(_cj_words[2]))
             if _cj_lib.codejail_zygote_init() != 0:
                 os._exit(1)
+            # A forked run exits without module teardown where the library knows the
+            # interpreter's frames (zygote/src/exit.rs): its handler runs with the GIL.
+            _cj_exit = None
+            if sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11):
+                import atexit as _cj_atexit
+                _cj_pylib = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2]))
+                if _cj_pylib.codejail_zygote_exit_prepare() == 0:
+                    _cj_exit = _cj_pylib.codejail_zygote_exit
+                    _cj_exit.restype = None
+                    _cj_arm = _cj_pylib.codejail_zygote_exit_arm
+                    _cj_arm.argtypes = (_cj_ctypes.c_void_p,)
             _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
             _cj_lib.codejail_zygote_child.argtypes = (
                 _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t,
@@ -189,6 +200,11 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 sys.modules["random2"].seed()
             for _cj_name in _cj_own:
                 sys.modules.pop(_cj_name, None)
+            # Registered first, the exit handler runs after every handler of the run's;
+            # one the preimports registered would run after it, so then there is none.
+            if _cj_exit is not None and _cj_atexit._ncallbacks() == 0:
+                _cj_atexit.register(_cj_exit)
+                _cj_arm(id(sys.modules["__main__"].__dict__))
             del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env
         except BaseException:
             os._exit(1)

@@ -12,6 +12,7 @@
 //! - the zygote is out of a run's reach: it cannot signal it, see it or trace it, and
 //!   the zygote still serves afterwards;
 //! - a zygote killed under load is replaced, and no run fails meanwhile;
+//! - a forked run exits without module teardown;
 //! - with per-run uids (the production shape) each forked run has its own, from a
 //!   zygote in a user namespace of its own.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
@@ -149,6 +150,42 @@ print(json.dumps([draws, seeded]))
     assert_eq!(first[1][0], 0.6394267984578837, "random seeded with 42");
     assert_eq!(first[1][2], 0.3745401188473625, "numpy seeded with 42");
     let status = codejail_client::status(&b.cfg()).await.expect("status");
+    assert!(
+        status.pool["python"].hits >= 2,
+        "both runs forked: {status:?}"
+    );
+}
+
+/// A forked run exits as CPython promises (threads joined, atexit handlers run, streams
+/// flushed, CPython's status: run_semantics.rs checks those in every pass) but without
+/// module teardown (zygote/src/exit.rs): an object still alive at the end is not
+/// finalized, where a cold run's is. A run that takes the exit handler away
+/// (`atexit._clear()`) gets CPython's own finalization back.
+#[tokio::test]
+async fn a_forked_run_skips_module_teardown() {
+    // No reference cycle (a class of the script's own would make one through its
+    // module's dict, which the zygote froze): finalized by teardown, not by a collection.
+    let code = "import functools\nD = type('D', (), {'__del__': functools.partial(print, 'finalized')})\nd = D()\nprint('end')\n";
+    let cleared = format!("import atexit\natexit._clear()\n{code}");
+    let cold = broker!(BrokerOpts::new());
+    let forked = broker!(forked_pool());
+    for (b, name, want) in [
+        (&cold, "cold", "end\nfinalized\n"),
+        (&forked, "forked", "end\n"),
+    ] {
+        for (code, want) in [(code, want), (cleared.as_str(), "end\nfinalized\n")] {
+            let res = b.run(&py(code)).await;
+            assert_eq!(
+                (res.status, text(&res.stdout)),
+                (0, want.to_string()),
+                "{name}, {code:?}: {}",
+                text(&res.stderr)
+            );
+        }
+    }
+    let status = codejail_client::status(&forked.cfg())
+        .await
+        .expect("status");
     assert!(
         status.pool["python"].hits >= 2,
         "both runs forked: {status:?}"

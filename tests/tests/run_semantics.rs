@@ -629,6 +629,55 @@ async fn exit_is_cpythons(shape: Shape) {
 }
 both_shapes!(exit_is_cpythons);
 
+/// The exit status is the one CPython exits with, whatever ends the script: the end
+/// of the module, `sys.exit` with an int (truncated to a C int as CPython does, -1 on
+/// overflow), None, True or a message, `SystemExit` raised or subclassed, an uncaught
+/// exception (1), a `sys.excepthook` that exits, `KeyboardInterrupt` (CPython kills
+/// itself with SIGINT) and a flush of `sys.stdout` that fails at exit (120). A forked
+/// run decides most of these itself to skip module teardown (zygote/src/exit.rs): this
+/// is the table it must match.
+async fn exit_statuses_are_cpythons(shape: Shape) {
+    let b = broker!(BrokerOpts::new().shape(shape));
+    let cases: &[(&str, i32, &str, &str)] = &[
+        ("print('end')", 0, "end\n", ""),
+        ("import sys; sys.exit(3)", 3, "", ""),
+        ("import sys; sys.exit()", 0, "", ""),
+        ("import sys; sys.exit(None)", 0, "", ""),
+        ("import sys; sys.exit(True)", 1, "", ""),
+        ("import sys; sys.exit(2**40 + 7)", 7, "", ""),
+        ("import sys; sys.exit(-1)", 255, "", ""),
+        ("import sys; sys.exit(2**70)", 255, "", ""),
+        ("import sys; sys.exit('bye')", 1, "", "bye\n"),
+        ("raise SystemExit(4)", 4, "", ""),
+        ("raise SystemExit", 0, "", ""),
+        ("class E(SystemExit):\n    code = 6\nraise E()", 6, "", ""),
+        ("import sys\nsys.excepthook = lambda *a: sys.exit(9)\nraise ValueError", 9, "", ""),
+        ("raise ValueError('x')", 1, "", "ValueError: x\n"),
+        ("raise KeyboardInterrupt", -libc::SIGINT, "", "KeyboardInterrupt\n"),
+        (
+            "import sys\nclass W:\n    def write(self, s): pass\n    def flush(self): raise OSError('no')\nsys.stdout = W()",
+            120,
+            "",
+            "OSError: no\n",
+        ),
+    ];
+    for (code, status, stdout, stderr_end) in cases {
+        let res = run(&b, &py(code)).await;
+        assert_eq!(
+            (res.status, text(&res.stdout).as_str()),
+            (*status, *stdout),
+            "{code:?}: stderr {:?}",
+            text(&res.stderr)
+        );
+        assert!(
+            text(&res.stderr).ends_with(stderr_end),
+            "{code:?}: stderr {:?}, expected to end with {stderr_end:?}",
+            text(&res.stderr)
+        );
+    }
+}
+both_shapes!(exit_statuses_are_cpythons);
+
 // ---------------------------------------------------------------- CPU
 
 /// CPU=1 ends a busy loop by SIGXCPU, with neither output nor a traceback, and the

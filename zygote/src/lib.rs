@@ -24,6 +24,8 @@
 //! Every function is `extern "C"` and returns a negative errno on failure (the hook
 //! checks); nothing here panics across the boundary.
 
+pub mod exit;
+
 use std::ffi::c_int;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
