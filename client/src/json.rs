@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use codejail_protocol::StatusReport;
+use codejail_protocol::{ForkServerStatus, StatusReport};
 
 use crate::JailResult;
 
@@ -24,6 +24,27 @@ pub fn jail_result(r: &JailResult) -> Value {
             "max_rss_kib": r.usage.max_rss_kib,
             "peak_memory_bytes": r.usage.peak_memory_bytes,
         },
+    })
+}
+
+/// A pool's `fork_server` in `status --json`: `{"pid", "preimport", "age_secs",
+/// "forks", "forks_per_sec", "rss_kib", "replacements", "forks_total"}` (docs/contracts.md).
+fn fork_server(f: &ForkServerStatus, preimport: &[String]) -> Value {
+    let age_secs = f.age_ms as f64 / 1000.0;
+    let per_sec = if f.age_ms == 0 {
+        0.0
+    } else {
+        f.forks as f64 / age_secs
+    };
+    json!({
+        "pid": f.pid,
+        "preimport": preimport,
+        "age_secs": age_secs,
+        "forks": f.forks,
+        "forks_per_sec": per_sec,
+        "rss_kib": f.rss_kib,
+        "replacements": f.started.saturating_sub(1),
+        "forks_total": f.forks_total,
     })
 }
 
@@ -63,6 +84,8 @@ pub fn status_report(s: &StatusReport) -> Value {
                 "misses": p.misses,
                 "idle_rss_kib": p.idle_rss_kib,
                 "idle_memory_bytes": p.idle_memory_bytes,
+                "forked_now": p.forked_now,
+                "fork_server": p.fork_server.as_ref().map(|f| fork_server(f, &p.preimport)),
             });
             (name.clone(), pool)
         })
@@ -207,6 +230,15 @@ mod tests {
                     misses: 1,
                     idle_rss_kib: 31000,
                     idle_memory_bytes: None,
+                    forked_now: 3,
+                    fork_server: Some(ForkServerStatus {
+                        pid: Some(77),
+                        age_ms: 4000,
+                        forks: 10,
+                        rss_kib: 29000,
+                        started: 2,
+                        forks_total: 12,
+                    }),
                 },
             )]
             .into_iter()
@@ -263,7 +295,9 @@ mod tests {
         assert_eq!(
             v["pool"],
             json!({"python": {"size": 2, "ready": 1, "preimport": ["numpy"], "hits": 5,
-                "misses": 1, "idle_rss_kib": 31000, "idle_memory_bytes": null}})
+                "misses": 1, "idle_rss_kib": 31000, "idle_memory_bytes": null, "forked_now": 3,
+                "fork_server": {"pid": 77, "preimport": ["numpy"], "age_secs": 4.0, "forks": 10,
+                    "forks_per_sec": 2.5, "rss_kib": 29000, "replacements": 1, "forks_total": 12}}})
         );
         assert_eq!(
             v["layers"],

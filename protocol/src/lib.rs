@@ -30,12 +30,13 @@ pub use limits::{LimitName, Limits};
 pub use request::{Exec, Request};
 pub use response::{upstream_status, ErrorKind, Finished, Response, Usage};
 pub use status::{
-    CommandInfo, Layer, LayerState, LimitsReport, Load, Mode, PoolStatus, StatusReport,
+    CommandInfo, ForkServerStatus, Layer, LayerState, LimitsReport, Load, Mode, PoolStatus,
+    StatusReport,
 };
 
 /// The protocol version spoken by this crate. Bump it whenever anything after the
 /// handshake changes its encoding.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 #[cfg(test)]
 mod tests;

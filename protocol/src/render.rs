@@ -116,6 +116,23 @@ fn pool_lines(r: &StatusReport, heading: &str) -> String {
             "  warm {command}: {} of {} ready, preimport {preimport}, {} hits, {} misses, idle rss {} KiB, idle cgroup memory {memory}\n",
             p.ready, p.size, p.hits, p.misses, p.idle_rss_kib
         ));
+        if let Some(f) = &p.fork_server {
+            let zygote = f.pid.map_or_else(
+                || "no zygote running".to_string(),
+                |pid| {
+                    format!(
+                        "zygote {pid}, {} s old, {} forks, rss {} KiB",
+                        f.age_ms / 1000,
+                        f.forks,
+                        f.rss_kib
+                    )
+                },
+            );
+            s.push_str(&format!(
+                "    fork server {command}: {zygote}; {} started, {} forks in all, {} runs forked on demand\n",
+                f.started, f.forks_total, p.forked_now
+            ));
+        }
     }
     s
 }

@@ -170,6 +170,30 @@ pub struct PoolStatus {
     pub idle_rss_kib: u64,
     /// Memory an idle warm jail's cgroup holds, bytes (`None` without a memory cgroup).
     pub idle_memory_bytes: Option<u64>,
+    /// Runs served by a jail forked for the run when none was ready (a pool with a
+    /// fork server; counted neither as hits nor as misses).
+    pub forked_now: u64,
+    /// The pool's fork server; `None` for a pool without one.
+    pub fork_server: Option<ForkServerStatus>,
+}
+
+/// A pool's fork server in its [`PoolStatus`]: the zygote its jails are forked from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ForkServerStatus {
+    /// The running zygote's pid; `None` while none runs (before the pool's first build,
+    /// or between a failed one and its replacement).
+    pub pid: Option<u32>,
+    /// The running zygote's age, milliseconds.
+    pub age_ms: u64,
+    /// Children the running zygote forked.
+    pub forks: u64,
+    /// The running zygote's resident memory, KiB: what its children share until they
+    /// write to it.
+    pub rss_kib: u64,
+    /// Zygotes started since the broker started, the running one included.
+    pub started: u64,
+    /// Children forked by every zygote since the broker started.
+    pub forks_total: u64,
 }
 
 /// One configured command in the [`StatusReport`]: callers check it against their own

@@ -13,6 +13,7 @@
 //!   the zygote still serves afterwards;
 //! - a zygote killed under load is replaced, and no run fails meanwhile;
 //! - a forked run exits without module teardown;
+//! - `status` shows the fork server, and a run that finds no jail ready forks its own;
 //! - with per-run uids (the production shape) each forked run has its own, from a
 //!   zygote in a user namespace of its own.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
@@ -101,6 +102,62 @@ async fn warm_runs_are_forked_from_the_zygote() {
         b.log().contains("served=\"forked\""),
         "the journal says how the run was served: {}",
         b.log()
+    );
+    // `status` shows the fork server: its zygote, and the forks it made (the pool's
+    // two jails, this run's replacement).
+    let status = codejail_client::status(&b.cfg()).await.expect("status");
+    let f = status.pool["python"]
+        .fork_server
+        .clone()
+        .expect("the pool's fork server in status");
+    assert_eq!(f.pid, Some(zygotes[0] as u32), "{f:?}");
+    assert!(f.forks >= 2 && f.forks_total == f.forks, "{f:?}");
+    assert_eq!(f.started, 1, "{f:?}");
+    assert!(f.age_ms > 0 && f.rss_kib > 5_000, "{f:?}");
+    let text_status = codejail_protocol::render::status_table(&status);
+    assert!(
+        text_status.contains(&format!("fork server python: zygote {}", zygotes[0])),
+        "{text_status}"
+    );
+}
+
+/// When no pooled jail is ready, a run of a fork server's command gets a jail forked
+/// for it at once rather than a cold start: with a pool of one, four concurrent runs
+/// are all served forked (the pool's jail or one forked on demand), none cold, and
+/// `status` counts them.
+#[tokio::test]
+async fn a_run_finding_no_jail_ready_forks_its_own() {
+    let b = broker!(BrokerOpts::new().args([
+        "--fork-server",
+        "--pool-size",
+        "1",
+        "--preimport",
+        "json"
+    ]));
+    let req = py("import time\ntime.sleep(0.3)\nprint('ok')\n");
+    let (r1, r2, r3, r4) = tokio::join!(b.run(&req), b.run(&req), b.run(&req), b.run(&req));
+    for r in [r1, r2, r3, r4] {
+        assert_eq!(
+            (r.status, text(&r.stdout).trim()),
+            (0, "ok"),
+            "{}",
+            text(&r.stderr)
+        );
+    }
+    let status = codejail_client::status(&b.cfg()).await.expect("status");
+    let p = &status.pool["python"];
+    assert_eq!(p.misses, 0, "no run went cold: {p:?}\n{}", b.log());
+    assert_eq!(p.hits + p.forked_now, 4, "{p:?}");
+    assert!(p.forked_now >= 1, "{p:?}");
+    let log = b.log();
+    let runs = || {
+        log.lines()
+            .filter(|l| l.contains("run ended") && !l.contains("self-test"))
+    };
+    assert_eq!(runs().count(), 4, "{log}");
+    assert!(
+        runs().all(|l| l.contains("served=\"forked\"")),
+        "every run served forked: {log}"
     );
 }
 

@@ -159,7 +159,10 @@ impl Runs {
             Err(alive) => return alive,
         };
         // 3. Choose a jail: a warm one when the pool has one that fits, else a cold one.
-        let jail = match self.choose_jail(&mut spec, &who.command, caller.warmth) {
+        let jail = match self
+            .choose_jail(&mut spec, &who.command, caller.warmth)
+            .await
+        {
             Ok(jail) => jail,
             Err(refusal) => {
                 tracing::error!(run_id = who.run_id, peer_uid = who.peer_uid, slug = who.slug, message = %refusal.message, "no jail for the run");
@@ -242,19 +245,25 @@ impl Runs {
         }
     }
 
-    /// Step 3: a warm jail from the command's pool when it can serve the run, else a
-    /// cold one with its own outside uid from the uid pool (production; without a uid
-    /// pool the spec keeps the shared identity).
-    fn choose_jail(
+    /// Step 3: a warm jail from the command's pool when it can serve the run; else,
+    /// when the pool has a fork server, one forked for the run now; else a cold one
+    /// with its own outside uid from the uid pool (production; without a uid pool the
+    /// spec keeps the shared identity).
+    async fn choose_jail(
         &self,
         spec: &mut RunSpec,
         command: &str,
         warmth: Warmth,
     ) -> Result<Jail, Refusal> {
         if warmth != Warmth::Cold {
+            let has_code = spec.plan.code.is_some();
+            if let Some(jail) = self.pools.take(command, &spec.limits, has_code) {
+                return Ok(Jail::Warm(Box::new(jail)));
+            }
             if let Some(jail) = self
                 .pools
-                .take(command, &spec.limits, spec.plan.code.is_some())
+                .fork_now(self, command, &spec.limits, has_code)
+                .await
             {
                 return Ok(Jail::Warm(Box::new(jail)));
             }

@@ -43,6 +43,7 @@ pub mod zygote;
 
 pub use state::Footprint;
 use state::{Claim, PoolsState};
+use warm::BuiltFor;
 pub use warm::WarmJail;
 pub use zygote::{Zygote, Zygotes};
 
@@ -121,7 +122,13 @@ impl Pools {
 
     /// The pools as `status` shows them.
     pub fn status(&self) -> BTreeMap<String, PoolStatus> {
-        self.inner.lock().status()
+        let mut status = self.inner.lock().status();
+        for (command, pool) in &mut status {
+            if let Some(fork_server) = &mut pool.fork_server {
+                *fork_server = self.inner.zygotes.status(command);
+            }
+        }
+        status
     }
 
     /// The zygotes of the pools with a fork server.
@@ -157,13 +164,37 @@ impl Pools {
         Some(jail)
     }
 
+    /// After [`take`](Pools::take) found none: a jail forked now for a run of
+    /// `command` with `limits`, from the command's running zygote, when its pool has a
+    /// fork server and the run could have taken a pooled jail (`PoolsState::fork_now`).
+    /// The jail is the run's alone, as a cold one is: no place in the pool. `None`
+    /// (the run goes cold) when the pool has no fork server, no zygote runs or the
+    /// fork fails.
+    pub async fn fork_now(
+        &self,
+        runs: &Runs,
+        command: &str,
+        limits: &Limits,
+        has_code: bool,
+    ) -> Option<WarmJail> {
+        let spec = self.inner.lock().fork_now(command, limits, has_code)?;
+        match warm::build(runs, command, &spec, BuiltFor::Run).await {
+            Ok((jail, _)) => Some(jail),
+            Err(e) => {
+                self.inner.lock().fork_failed(command);
+                tracing::warn!(command, error = %e, "no jail could be forked for the run; it runs cold");
+                None
+            }
+        }
+    }
+
     fn claim_build(&self) -> Option<Claim> {
         self.inner.lock().claim_build(Instant::now())
     }
 
     /// Build the claimed jail and put it in its pool; the error, if it failed.
     async fn build(&self, runs: &Runs, claim: Claim) -> Result<(), String> {
-        let result = warm::build(runs, &claim.command, &claim.spec).await;
+        let result = warm::build(runs, &claim.command, &claim.spec, BuiltFor::Pool).await;
         let now = Instant::now();
         let outcome = match result {
             Ok((jail, footprint)) => {

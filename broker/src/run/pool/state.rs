@@ -85,6 +85,8 @@ struct Pool<J> {
     in_use: u32,
     hits: u64,
     misses: u64,
+    /// Misses served by a jail forked for the run ([`PoolsState::fork_now`]).
+    forked_now: u64,
     /// The last built jail's, shown in `status` and used by nothing else.
     footprint: Option<Footprint>,
     failures: u32,
@@ -126,6 +128,7 @@ impl<J> PoolsState<J> {
                     in_use: 0,
                     hits: 0,
                     misses: 0,
+                    forked_now: 0,
                     footprint: None,
                     failures: 0,
                     retry_at: None,
@@ -267,6 +270,37 @@ impl<J> PoolsState<J> {
         taken
     }
 
+    /// After a miss of `command`'s pool ([`take`](PoolsState::take) found no jail): the
+    /// pool's spec when a jail may be forked for this run instead of going cold. Only a
+    /// `fork_server` pool, for a run with code, whose last build succeeded and whose
+    /// last jail's footprint fits `limits`. The jail is not one of the pool's (it is
+    /// the run's, as a cold jail is: its uid and cgroup count against the run's slot),
+    /// so the pool's invariants do not see it; the miss is counted as `forked_now`
+    /// instead, or again as a miss by [`fork_failed`](PoolsState::fork_failed).
+    pub fn fork_now(&mut self, command: &str, limits: &Limits, has_code: bool) -> Option<PoolSpec> {
+        let nofile = self.nofile;
+        if self.shut_down || !has_code {
+            return None;
+        }
+        let pool = self.pools.get_mut(command)?;
+        let footprint = pool.footprint?;
+        if !pool.spec.fork_server || pool.failures > 0 || !fits(&footprint, limits, nofile) {
+            return None;
+        }
+        pool.misses = pool.misses.saturating_sub(1);
+        pool.forked_now += 1;
+        Some(pool.spec.clone())
+    }
+
+    /// A jail [`fork_now`](PoolsState::fork_now) allowed could not be forked: the run
+    /// goes cold, a miss after all.
+    pub fn fork_failed(&mut self, command: &str) {
+        if let Some(pool) = self.pools.get_mut(command) {
+            pool.forked_now = pool.forked_now.saturating_sub(1);
+            pool.misses += 1;
+        }
+    }
+
     /// A taken jail's run of `command` is cleaned up: its place is free for a
     /// replacement. `false` when none of the pool's jails was in use (a bug).
     pub fn released(&mut self, command: &str) -> bool {
@@ -316,6 +350,7 @@ impl<J> PoolsState<J> {
         for pool in self.pools.values_mut() {
             pool.hits = 0;
             pool.misses = 0;
+            pool.forked_now = 0;
         }
     }
 
@@ -333,6 +368,9 @@ impl<J> PoolsState<J> {
                     misses: p.misses,
                     idle_rss_kib: footprint.rss_kib,
                     idle_memory_bytes: footprint.memory_bytes,
+                    forked_now: p.forked_now,
+                    // The zygote's side is the driver's to fill in (`Pools::status`).
+                    fork_server: p.spec.fork_server.then(Default::default),
                 };
                 (command.clone(), status)
             })

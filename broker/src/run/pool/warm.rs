@@ -166,6 +166,17 @@ fn built(e: RunError) -> WarmError {
     WarmError::Build(Box::new(e))
 }
 
+/// Who a jail is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltFor {
+    /// The pool, ahead of any request: a fork server's zygote is started (or replaced)
+    /// when none may serve.
+    Pool,
+    /// A run waiting for it (a fork server's pool had none ready): only a running
+    /// zygote forks it, none is started on the request path.
+    Run,
+}
+
 /// Build one warm jail of `command`: lease a uid, make its cgroup, spawn its stage with
 /// a warm plan (a fresh interpreter start in a jail of its own) or fork it from the
 /// command's zygote (`fork_server`), and wait until its interpreter reports ready.
@@ -174,6 +185,7 @@ pub async fn build(
     runs: &Runs,
     command: &str,
     spec: &PoolSpec,
+    built_for: BuiltFor,
 ) -> Result<(WarmJail, Footprint), WarmError> {
     let settings = runs.settings();
     let cmd = settings
@@ -210,7 +222,15 @@ pub async fn build(
     let stage = if spec.fork_server {
         // Forked from the command's zygote (started or replaced here when needed); a
         // zygote that fails to fork is replaced at the next build.
-        match runs.pools().zygotes().get(runs, command, spec).await {
+        let zygote = match built_for {
+            BuiltFor::Pool => runs.pools().zygotes().get(runs, command, spec).await,
+            BuiltFor::Run => runs
+                .pools()
+                .zygotes()
+                .serving(command)
+                .ok_or(WarmError::NoZygote),
+        };
+        match zygote {
             Ok(zygote) => {
                 let forked = Stage::fork(
                     zygote.clone(),

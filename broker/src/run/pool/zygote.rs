@@ -23,6 +23,7 @@
 //! or [`MAX_AGE`], and whenever it fails to fork (its pool's builds then fail and runs
 //! go cold until a new one is up).
 
+use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
@@ -36,6 +37,8 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use codejail_protocol::ForkServerStatus;
 
 use crate::config::{CommandSpec, PoolSpec};
 use crate::run::{planning, Runs, WarmError};
@@ -383,7 +386,20 @@ fn receive(sock: &OwnedFd) -> std::io::Result<(String, Option<OwnedFd>)> {
 /// The zygotes of the pools with a fork server, started on their first build.
 #[derive(Debug, Default)]
 pub struct Zygotes {
-    running: tokio::sync::Mutex<std::collections::BTreeMap<String, Arc<Zygote>>>,
+    running: tokio::sync::Mutex<BTreeMap<String, Arc<Zygote>>>,
+    /// What `status` shows of each command's fork server, and the running zygote for
+    /// a run that forks its own jail ([`Zygotes::serving`]), under a lock never held
+    /// across an await.
+    book: Mutex<BTreeMap<String, Book>>,
+}
+
+/// One command's fork server over the broker's life.
+#[derive(Debug, Default)]
+struct Book {
+    current: Option<Arc<Zygote>>,
+    started: u64,
+    /// Forks of the zygotes before the current one.
+    forks_before: u64,
 }
 
 impl Zygotes {
@@ -405,11 +421,58 @@ impl Zygotes {
                 forks = z.forks.load(Ordering::Relaxed),
                 "zygote replaced"
             );
-            running.remove(command);
+            if let Some(gone) = running.remove(command) {
+                self.gone(command, &gone);
+            }
         }
         let zygote = Arc::new(Zygote::start(runs, command, spec).await?);
         running.insert(command.to_string(), zygote.clone());
+        let mut book = self.book();
+        let entry = book.entry(command.to_string()).or_default();
+        entry.started += 1;
+        entry.current = Some(zygote.clone());
         Ok(zygote)
+    }
+
+    /// `command`'s zygote if one runs that may serve, without starting one (for a run
+    /// that forks its own jail: a zygote's start stays off the request path).
+    pub fn serving(&self, command: &str) -> Option<Arc<Zygote>> {
+        self.book()
+            .get(command)
+            .and_then(|b| b.current.clone())
+            .filter(|z| z.usable())
+    }
+
+    /// `command`'s fork server as `status` shows it.
+    pub fn status(&self, command: &str) -> ForkServerStatus {
+        let book = self.book();
+        let Some(b) = book.get(command) else {
+            return ForkServerStatus::default();
+        };
+        let current = b.current.as_ref();
+        let forks = current.map_or(0, |z| z.forks.load(Ordering::Relaxed));
+        ForkServerStatus {
+            pid: current.map(|z| z.pid()),
+            age_ms: current.map_or(0, |z| z.started.elapsed().as_millis() as u64),
+            forks,
+            rss_kib: current.map_or(0, |z| rss_kib(z.pid())),
+            started: b.started,
+            forks_total: b.forks_before + forks,
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Book>> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `zygote`, `command`'s, serves no more: its forks go to the total.
+    fn gone(&self, command: &str, zygote: &Arc<Zygote>) {
+        if let Some(b) = self.book().get_mut(command) {
+            if b.current.as_ref().is_some_and(|z| Arc::ptr_eq(z, zygote)) {
+                b.current = None;
+                b.forks_before += zygote.forks.load(Ordering::Relaxed);
+            }
+        }
     }
 
     /// Drop `command`'s zygote `pid` (it can serve no more: it failed to fork, died,
@@ -418,12 +481,27 @@ impl Zygotes {
         let mut running = self.running.lock().await;
         if running.get(command).is_some_and(|z| z.pid() == pid) {
             tracing::warn!(command, zygote = pid, "zygote can serve no more; replaced");
-            running.remove(command);
+            if let Some(gone) = running.remove(command) {
+                self.gone(command, &gone);
+            }
         }
     }
 
     /// Stop every zygote (shutdown).
     pub async fn stop(&self) {
-        self.running.lock().await.clear();
+        let mut running = self.running.lock().await;
+        for (command, zygote) in std::mem::take(&mut *running) {
+            self.gone(&command, &zygote);
+        }
     }
+}
+
+/// The resident memory of process `pid`, KiB (0 when it cannot be read).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

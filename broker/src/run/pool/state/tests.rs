@@ -412,3 +412,74 @@ fn a_request_fits_a_warm_jail_only_with_room_above_its_footprint() {
         nofile
     ));
 }
+
+/// A fork server's pool of one, its jail built and taken: the next run misses.
+fn forked_pool_missing(now: Instant) -> PoolsState<Jail> {
+    let mut forked = spec(1, 600);
+    forked.fork_server = true;
+    let mut state = PoolsState::new([("python".to_string(), forked)], 1, 4096);
+    fill_one(&mut state, "python", 1, now);
+    assert!(state
+        .take("python", &limits(&[]), true, now, alive)
+        .jail
+        .is_some());
+    assert!(state
+        .take("python", &limits(&[]), true, now, alive)
+        .jail
+        .is_none());
+    state
+}
+
+#[test]
+fn a_miss_of_a_fork_server_pool_is_forked_now_and_counted_so() {
+    let now = Instant::now();
+    let mut state = forked_pool_missing(now);
+    let spec = state.fork_now("python", &limits(&[]), true);
+    assert!(spec.is_some_and(|s| s.fork_server));
+    let status = &state.status()["python"];
+    assert_eq!((status.hits, status.misses, status.forked_now), (1, 0, 1));
+    assert!(
+        status.fork_server.is_some(),
+        "a fork server's pool shows one"
+    );
+    // A jail forked now is not the pool's: the pool's own count is unchanged.
+    assert_eq!(
+        state.claim_build(now),
+        None,
+        "the pool's one place is in use"
+    );
+    state.check().expect("invariants");
+    // When the fork fails, the run goes cold: a miss after all.
+    state.fork_failed("python");
+    let status = &state.status()["python"];
+    assert_eq!((status.misses, status.forked_now), (1, 0));
+}
+
+#[test]
+fn no_fork_now_without_a_fork_server_a_build_code_a_fit_or_while_failing() {
+    let now = Instant::now();
+    // A pool without a fork server.
+    let mut state = pools(&[("python", 1)], 1);
+    fill_one(&mut state, "python", 1, now);
+    assert!(state.fork_now("python", &limits(&[]), true).is_none());
+    assert!(state.status()["python"].fork_server.is_none());
+    // A fork server's pool, but no code, or a VMEM below the footprint's margin.
+    let mut state = forked_pool_missing(now);
+    assert!(state.fork_now("python", &limits(&[]), false).is_none());
+    let tight = limits(&[(LimitName::Vmem, IDLE.vm_bytes)]);
+    assert!(state.fork_now("python", &tight, true).is_none());
+    assert!(state.fork_now("ruby", &limits(&[]), true).is_none());
+    // Before any build (no footprint to fit), and while builds fail.
+    let mut forked = spec(1, 600);
+    forked.fork_server = true;
+    let mut fresh: PoolsState<Jail> = PoolsState::new([("python".to_string(), forked)], 1, 4096);
+    assert!(fresh.fork_now("python", &limits(&[]), true).is_none());
+    fill_one(&mut fresh, "python", 1, now);
+    assert!(fresh.claim_build(now).is_none());
+    let _ = fresh.take("python", &limits(&[]), true, now, alive);
+    fresh.released("python");
+    assert!(fresh.claim_build(now).is_some());
+    fresh.failed("python", now);
+    assert!(fresh.fork_now("python", &limits(&[]), true).is_none());
+    assert_eq!(fresh.status()["python"].forked_now, 0);
+}
