@@ -53,7 +53,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 if [ -z "$bin_dir" ]; then
     log "building the binaries (cargo build --release)"
-    (cd "$repo" && cargo build --release --workspace --bins)
+    (cd "$repo" && cargo build --release --workspace --bins --lib)
     bin_dir=$repo/target/release
 fi
 bin_dir=$(cd "$bin_dir" && pwd)
@@ -87,7 +87,8 @@ rm "$stage$CONFDIR/broker.toml"
 # As dh_strip does. (The wheels' libraries are left as their projects built them:
 # strip is known to corrupt the patchelf-edited libraries auditwheel makes.)
 strip --strip-unneeded --remove-section=.comment --remove-section=.note \
-    "$stage$BINDIR"/codejail-* "$stage$LIBEXECDIR/codejail-jail"
+    "$stage$BINDIR"/codejail-* "$stage$LIBEXECDIR/codejail-jail" \
+    "$stage$LIBEXECDIR/libcodejail_zygote.so"
 
 if [ -z "$version" ]; then
     version=$(cd "$repo" && cargo metadata --no-deps --format-version 1 |

@@ -27,8 +27,8 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; }
 fail() { printf 'DEMO FAILED: %s\n' "$*" >&2; failures=$((failures + 1)); }
 
-step "cargo build --release --workspace --bins"
-cargo build --release --workspace --bins
+step "cargo build --release --workspace --bins --lib"
+cargo build --release --workspace --bins --lib
 
 work=$(mktemp -d /tmp/codejail-demo.XXXXXX)
 chmod 755 "$work"

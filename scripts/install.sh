@@ -244,6 +244,7 @@ bin = "$SANDENV/bin/python"
 # size = 2
 # preimport = ["numpy"]
 # max_age_secs = 600
+# fork_server = true                             # fork the jails from one started interpreter
 
 # Limits: upstream's names and units (CPU, REALTIME seconds; VMEM, FSIZE bytes;
 # NPROC count) plus OUTPUT (bytes of stdout+stderr kept), TMP (bytes of the run's
@@ -393,8 +394,8 @@ if [ -z "$bin_dir" ]; then
     command -v cargo >/dev/null || [ -x "${HOME:-/root}/.cargo/bin/cargo" ] ||
         die "cargo not found: install Rust, or pass --bin-dir with built binaries"
     command -v cargo >/dev/null || PATH=${HOME:-/root}/.cargo/bin:$PATH
-    log "1. building the binaries (cargo build --release --bins)"
-    run cargo build --release --bins --manifest-path "$repo/Cargo.toml"
+    log "1. building the binaries (cargo build --release --bins --lib)"
+    run cargo build --release --bins --lib --manifest-path "$repo/Cargo.toml"
     bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
 else
     log "1. binaries from $bin_dir"
@@ -402,6 +403,9 @@ fi
 for b in codejail-broker codejail-jail codejail-client codejail-http; do
     $dry || [ -x "$bin_dir/$b" ] || die "$bin_dir/$b is missing"
 done
+# The fork server's native half (docs/architecture.md, "Fork server"), loaded by the
+# sandbox interpreter from beside codejail-jail.
+$dry || [ -f "$bin_dir/libcodejail_zygote.so" ] || die "$bin_dir/libcodejail_zygote.so is missing (cargo build --lib)"
 
 # 2. The broker's user and the callers' group.
 if $live; then
@@ -434,6 +438,7 @@ install_file 0755 "$bin_dir/codejail-broker" "$BINDIR/codejail-broker"
 install_file 0755 "$bin_dir/codejail-client" "$BINDIR/codejail-client"
 install_file 0755 "$bin_dir/codejail-http" "$BINDIR/codejail-http"
 install_file 0755 "$bin_dir/codejail-jail" "$LIBEXECDIR/codejail-jail"
+install_file 0644 "$bin_dir/libcodejail_zygote.so" "$LIBEXECDIR/libcodejail_zygote.so"
 install_file 0644 "$rendered/systemd/codejail-broker.socket" "$UNITDIR/codejail-broker.socket"
 install_file 0644 "$rendered/systemd/codejail-broker.service" "$UNITDIR/codejail-broker.service"
 install_file 0644 "$rendered/systemd/codejail-http.service" "$UNITDIR/codejail-http.service"

@@ -856,6 +856,7 @@ fn installer_stages_every_file_and_uninstalls() {
         "usr/local/bin/codejail-client",
         "usr/local/bin/codejail-http",
         "usr/local/lib/codejail/codejail-jail",
+        "usr/local/lib/codejail/libcodejail_zygote.so",
         "usr/local/share/doc/codejail/README.md",
     ];
     expected.extend(docs.iter().map(String::as_str));
@@ -889,6 +890,11 @@ fn installer_stages_every_file_and_uninstalls() {
             "usr/local/lib/codejail/codejail-jail",
             bin("codejail-jail"),
             0o755,
+        ),
+        (
+            "usr/local/lib/codejail/libcodejail_zygote.so",
+            bin("libcodejail_zygote.so"),
+            0o644,
         ),
         ("usr/local/bin/codejail-http", bin("codejail-http"), 0o755),
         (

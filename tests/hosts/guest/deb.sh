@@ -84,6 +84,21 @@ client 30 status >"$logs/status-deb.txt" 2>&1
 rc=$?
 [ $rc -le 1 ]
 check "deb serve: codejail-client status" $? "exit $rc; $(grep -E '^ +(namespaces|seccomp|landlock|apparmor|cgroup)' "$logs/status-deb.txt" | oneline)"
+# The fork server, as an operator turns it on (without AppArmor, which it does not
+# support yet: docs/architecture.md, "Fork server"): the pool's jails are forked from
+# a zygote, with the package's libcodejail_zygote.so beside codejail-jail. It stays on
+# for the upgrade and the trigger below.
+sed -i 's/^apparmor_profile = /# apparmor_profile = /' /etc/codejail/broker.toml
+printf '\n[pool.python]\nsize = 2\npreimport = ["json"]\nfork_server = true\n' >>/etc/codejail/broker.toml
+systemctl restart codejail-broker.service >"$logs/restart-fork.log" 2>&1
+wait_until 60 broker_serving
+got=$(client 60 exec -c 'import sys; print("json" in sys.modules)' 2>&1)
+rc=$?
+client 30 status >"$logs/status-fork.txt" 2>&1
+[ $rc = 0 ] && [ "$got" = True ] && [ -n "$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=forked 2>&1)" ] &&
+    grep -q 'fork server python: zygote [0-9]' "$logs/status-fork.txt"
+check "deb serve: fork_server = true, a run forked from the zygote, status shows it" $? \
+    "exit $rc: $(oneline <<<"$got"); $(grep 'fork server' "$logs/status-fork.txt" | oneline); $(broker_tail 3)"
 pid_before=$(main_pid)
 phase serve
 
