@@ -3,7 +3,8 @@
 # system, irq, softirq of every core) over R sequential runs of each of
 #   PYTHON -E -B -c 'print(1)'                         bare
 #   codejail-client exec -c 'print(1)'                 cold (a broker without a pool)
-#   codejail-client exec -c 'print(1)'                 warm (a broker with --pool-size 2;
+#   codejail-client exec -c 'print(1)'                 warm (a broker with --pool-size 2
+#                                                      and $PREIMPORT, default json numpy;
 #                                                      each run's refill is built during
 #                                                      the runs that follow, so it counts)
 #   codejail-client exec -c 'print(1)'                 forked (the same pool, its jails
@@ -41,8 +42,13 @@ require_client
 
 make_tmpdir
 start_named_broker cold "$broker"
-start_named_broker warm "$broker" --pool-size 2
-start_named_broker forked "$broker" --pool-size 2 --fork-server
+# The pools import what a course's code usually does: $PREIMPORT (default "json
+# numpy"; the interpreter must have them), so a warm jail's build pays for them and a
+# zygote holds them.
+preimports=()
+for module in ${PREIMPORT-json numpy}; do preimports+=(--preimport "$module"); done
+start_named_broker warm "$broker" --pool-size 2 "${preimports[@]}"
+start_named_broker forked "$broker" --pool-size 2 --fork-server "${preimports[@]}"
 sleep 2 # the pools' first builds
 
 tick=$(getconf CLK_TCK)

@@ -15,8 +15,9 @@
 #              (default: target/release under $CARGO_TARGET_DIR or the repository's)
 #   --python   the broker's interpreter (default: the sandbox venv,
 #              /var/tmp/codejail-sandbox-venv-lean/bin/python)
-#   Broker: --max-running $MAX_RUNNING (default 2) --max-queue $MAX_QUEUE (default 32);
-#   front: max_in_flight $MAX_IN_FLIGHT (default 64), queue_wait_secs 0.5.
+#   Broker: --max-running $MAX_RUNNING (default 2) --max-queue $MAX_QUEUE (default 32),
+#   then $BROKER_ARGS (split on spaces; e.g. "--fork-server --pool-size 2 --preimport
+#   json"); front: max_in_flight $MAX_IN_FLIGHT (default 64), queue_wait_secs 0.5.
 #
 # Build first: cargo build --release --bins
 set -euo pipefail
@@ -62,10 +63,11 @@ trap cleanup EXIT
 # The dev broker; as root, as an unprivileged uid (it never runs programs as root).
 mkdir "$tmp/broker"
 socket=$tmp/broker/broker.sock
+read -ra broker_args <<<"${BROKER_ARGS:-}"
 start_broker --as "${BENCH_BROKER_UID:-199971}" "$tmp/broker.log" "$socket" \
     "$bins/codejail-broker" --dev --python "$python" --allow-uid "$(id -u)" \
     --max-running "${MAX_RUNNING:-2}" --max-queue "${MAX_QUEUE:-32}" \
-    || die "the broker did not start"
+    "${broker_args[@]+"${broker_args[@]}"}" || die "the broker did not start"
 broker_pid=$started_broker_pid
 
 cat >"$tmp/http.toml" <<TOML
@@ -92,7 +94,7 @@ done
 /usr/bin/python3 -c "import urllib.request; urllib.request.urlopen('http://$addr/health/')" \
     || { cat "$tmp/http.log" >&2; die "codejail-http not ready"; }
 
-echo "http_load: $n requests; broker max_running ${MAX_RUNNING:-2} max_queue ${MAX_QUEUE:-32}; front max_in_flight ${MAX_IN_FLIGHT:-64}" >&2
+echo "http_load: $n requests; broker max_running ${MAX_RUNNING:-2} max_queue ${MAX_QUEUE:-32} ${BROKER_ARGS:-}; front max_in_flight ${MAX_IN_FLIGHT:-64}" >&2
 http=$(/usr/bin/python3 "$root/bench/http_load.py" http "$addr" "$n" "$timeout")
 http_c=$(/usr/bin/python3 "$root/bench/http_load.py" http "$addr" "$n" "$timeout" "$cli_conc")
 cli=$(/usr/bin/python3 "$root/bench/http_load.py" cli "$bins/codejail-client" "$socket" "$n" "$cli_conc" "$timeout")

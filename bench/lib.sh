@@ -74,13 +74,19 @@ make_tmpdir() {
 # The brokers start_named_broker started, by name: pid and socket.
 declare -A bpid=() bsock=()
 
+# The v1 cgroup parents made for production-shape brokers (removed at exit).
+cgroup_parents=()
+
 cleanup() {
-    local pid
+    local pid dir
     for pid in "$broker_pid" "${bpid[@]}"; do
         [[ -z "$pid" ]] || kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "$broker_pid" "${bpid[@]}"; do
         [[ -z "$pid" ]] || wait "$pid" 2>/dev/null || true
+    done
+    for dir in "${cgroup_parents[@]+"${cgroup_parents[@]}"}"; do
+        rmdir "$dir" 2>/dev/null || true
     done
     rm -rf "$tmp"
 }
@@ -108,12 +114,31 @@ broker_fail() {
 # waits up to 10 s for the socket. Run by root, the broker runs as uid
 # $BENCH_BROKER_UID (default 4321), as the tests' do (root is exempt from NPROC, and a
 # fork server needs the runs to have the broker's own ids), and lets root connect.
+#
+# BENCH_SHAPE=production (root only): as production runs it instead: the broker keeps
+# CAP_SETUID and CAP_SETGID, each run gets its own uid from $BENCH_RUN_IDS (default
+# 1900000000:64, FIRST:COUNT, one range per broker above it) and its own v1 memory and
+# pids cgroups, below parents made for the broker and removed at exit.
 start_named_broker() {
     local name=$1 bin=$2; shift 2
-    local sock="$tmp/$name.sock" as=()
-    [[ $(id -u) != 0 ]] || as=(--as "${BENCH_BROKER_UID:-4321}")
+    local sock="$tmp/$name.sock" as=() shape=()
+    local uid=${BENCH_BROKER_UID:-4321}
+    [[ $(id -u) != 0 ]] || as=(--as "$uid")
+    if [[ ${BENCH_SHAPE:-dev} == production ]]; then
+        [[ $(id -u) == 0 ]] || die "BENCH_SHAPE=production needs root"
+        local ids=${BENCH_RUN_IDS:-1900000000:64} memory pids
+        local first=$((${ids%%:*} + ${#bpid[@]} * ${ids##*:}))
+        memory=/sys/fs/cgroup/memory/codejail-bench-$name-$$
+        pids=/sys/fs/cgroup/pids/codejail-bench-$name-$$
+        mkdir "$memory" "$pids" || die "cannot make v1 cgroup parents (memory, pids)"
+        cgroup_parents+=("$memory" "$pids")
+        chown -R "$uid:$uid" "$memory" "$pids"
+        as+=(--setid-caps)
+        shape=(--run-ids "$first:${ids##*:}" --cgroup-v1 "$memory,$pids" --require-cgroups)
+    fi
     BROKER_START_SECS=10 start_broker "${as[@]+"${as[@]}"}" "$tmp/$name.log" "$sock" "$bin" --dev \
-        --python "$python" --allow-uid 0 "$@" || die "$name broker: did not start"
+        --python "$python" --allow-uid 0 "${shape[@]+"${shape[@]}"}" "$@" ||
+        die "$name broker: did not start"
     bpid[$name]=$started_broker_pid
     bsock[$name]=$sock
 }

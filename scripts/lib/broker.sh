@@ -3,7 +3,7 @@
 # invoking user or, when that is root, as another uid. Sourced, not run:
 #
 #   source "$repo/scripts/lib/broker.sh"
-#   start_broker [--as UID] LOG SOCKET BROKER [ARG...] || die "..."
+#   start_broker [--as UID [--setid-caps]] LOG SOCKET BROKER [ARG...] || die "..."
 #   pid=$started_broker_pid
 #
 # start_broker runs `BROKER --socket SOCKET ARG...` in the background, in SOCKET's
@@ -20,14 +20,23 @@
 # directory next to SOCKET's directory and run from there. Without root, --as is
 # ignored: the broker runs as the invoking user.
 #
+# --setid-caps (with --as, as root): the broker keeps CAP_SETUID and CAP_SETGID
+# (inheritable, ambient, bounding) and runs with no_new_privs, as the systemd unit
+# starts it: what per-run ids (--run-ids) need.
+#
 # The caller stops the broker (kill -TERM "$started_broker_pid"; wait) and removes the
 # directories; SOCKET's directory must exist and be reachable by UID.
 
 start_broker() {
-    local uid=
+    local uid='' setid_caps=()
     if [[ ${1:-} == --as ]]; then
         uid=${2:?start_broker: --as needs a uid}
         shift 2
+    fi
+    if [[ ${1:-} == --setid-caps ]]; then
+        local caps=-all,+setuid,+setgid
+        setid_caps=("--inh-caps=$caps" "--ambient-caps=$caps" "--bounding-set=$caps" --no-new-privs)
+        shift
     fi
     local log=${1:?start_broker: LOG} socket=${2:?start_broker: SOCKET}
     local broker=${3:?start_broker: BROKER}
@@ -36,7 +45,7 @@ start_broker() {
     local dir as=()
     dir=$(dirname "$socket")
     if [[ -n $uid && $(id -u) == 0 ]]; then
-        as=(setpriv "--reuid=$uid" "--regid=$uid" --clear-groups)
+        as=(setpriv "--reuid=$uid" "--regid=$uid" --clear-groups "${setid_caps[@]+"${setid_caps[@]}"}")
         chown "$uid:$uid" "$dir"
         if ! "${as[@]}" test -x "$broker"; then
             local staged
