@@ -37,8 +37,8 @@ if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; th
 fi
 
 # 1. Binaries and interpreters.
-log "cargo build --bins"
-cargo build --quiet --bins --manifest-path "$repo/Cargo.toml"
+log "cargo build --bins --lib"
+cargo build --quiet --bins --lib --manifest-path "$repo/Cargo.toml"
 target=${CARGO_TARGET_DIR:-$repo/target}/debug
 sandbox_python=$("$repo/scripts/setup-sandbox-venv.sh")
 venv=${CODEJAIL_API_TESTS_VENV:-/var/tmp/codejail-api-tests-venv}

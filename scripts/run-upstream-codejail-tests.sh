@@ -92,7 +92,7 @@ log "upstream's codejail/tests ($tag) at $site/tests"
 sandbox_python=$("$repo/scripts/setup-sandbox-venv.sh" --lean)
 sandbox_venv=$(dirname "$(dirname "$sandbox_python")")
 "$sandbox_python" -c 'import numpy, six' || die "the sandbox venv $sandbox_venv lacks numpy or six"
-(cd "$repo" && cargo build --bins -q)
+(cd "$repo" && cargo build --bins --lib -q)
 bins=${CARGO_TARGET_DIR:-$repo/target}/debug
 socket=$work/broker/broker.sock
 mkdir "$work/broker"

@@ -22,7 +22,7 @@
 #
 # Needs root. Installs the Debian packages it lacks (mmdebstrap, systemd-container,
 # qemu-system-x86, qemu-utils, e2fsprogs), builds the binaries (cargo build --workspace
-# --bins), the lean sandbox venv (scripts/setup-sandbox-venv.sh --lean) and the Python
+# --bins --lib: the fork server's library too), the lean sandbox venv (scripts/setup-sandbox-venv.sh --lean) and the Python
 # package's wheel (pip wheel ./python, maturin), and caches the image it builds in
 # $CODEJAIL_HOSTS_CACHE (default /var/cache/codejail-hosts), keyed by the hash of
 # tests/hosts/rootfs.sh (the package list and every file of the image): a second run
@@ -259,8 +259,8 @@ build_payload() {
     if [ -n "${CODEJAIL_HOSTS_BIN_DIR:-}" ]; then
         bin_dir=$CODEJAIL_HOSTS_BIN_DIR
     else
-        log "cargo build --workspace --bins"
-        (cd "$repo" && cargo build --workspace --bins) >"$CACHE/logs/cargo.log" 2>&1 ||
+        log "cargo build --workspace --bins --lib"
+        (cd "$repo" && cargo build --workspace --bins --lib) >"$CACHE/logs/cargo.log" 2>&1 ||
             { tail -20 "$CACHE/logs/cargo.log" >&2; return 1; }
         bin_dir=${CARGO_TARGET_DIR:-$repo/target}/debug
     fi
@@ -286,6 +286,8 @@ build_payload() {
         [ -x "$bin_dir/$b" ] || { log "$bin_dir/$b is missing"; return 1; }
         cp "$bin_dir/$b" "$payload.tmp/bin/$b"
     done
+    # The fork server's library, which scripts/install.sh installs beside codejail-jail.
+    cp "$bin_dir/libcodejail_zygote.so" "$payload.tmp/bin/"
     tar -C "$venv" -cf "$payload.tmp/sandbox.tar" .
     # The deb scenario's two builds of the package (same tree, the second newer).
     if [[ " ${scenarios[*]} " == *" deb "* ]]; then
