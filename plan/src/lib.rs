@@ -41,6 +41,16 @@ pub const HANDOVER_FD: i32 = 5;
 /// the init (`jail/warm/_codejail_warm.py`): the number the control pipe had, which the
 /// init never passes on. Cold programs never have it open.
 pub const WARM_FD: i32 = 3;
+/// The fork server's words on the socket between the broker and a zygote
+/// (docs/architecture.md, "Fork server"): the broker asks for a child with
+/// `FORK_REQUEST`, or `FORK_REQUEST UID GID` for a child that takes a run's own
+/// outside ids, each a line with the child's fds; the zygote answers `FORKED PID` with
+/// a pidfd of the child, or `LOST PID` when the child was already gone.
+pub const FORK_REQUEST: &str = "fork";
+/// See [`FORK_REQUEST`].
+pub const FORKED: &str = "forked";
+/// See [`FORK_REQUEST`].
+pub const LOST: &str = "lost";
 /// Largest plan frame the stage accepts (files travel inside the plan).
 pub const MAX_PLAN_FRAME: usize = 256 * 1024 * 1024;
 /// Largest report frame (reports are small; anything bigger is a bug or an attack).

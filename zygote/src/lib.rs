@@ -33,10 +33,6 @@ use std::os::fd::RawFd;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-/// What the broker sends to ask for a fork: `fork`, or `fork UID GID` when the child
-/// is to take a run's own outside ids (the zygote then holds `CAP_SETUID` and
-/// `CAP_SETGID` for it).
-pub const REQUEST: &[u8] = b"fork";
 /// The ids value that means "keep the zygote's".
 pub const NO_ID: u32 = u32::MAX;
 /// The fds of a request before the cgroup files: stdin, stdout, stderr, control,
@@ -73,7 +69,7 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
 fn request_ids(line: &[u8]) -> Option<(u32, u32)> {
     let line = std::str::from_utf8(line).ok()?.strip_suffix('\n')?;
     let mut words = line.split(' ');
-    if words.next()?.as_bytes() != REQUEST {
+    if words.next()? != codejail_plan::FORK_REQUEST {
         return None;
     }
     match (words.next(), words.next(), words.next()) {
@@ -158,9 +154,9 @@ pub unsafe extern "C" fn codejail_zygote_receive(
 pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
     // No pidfd: the child was already gone (reaped by the kernel), `lost <pid>`.
     let line = if pidfd < 0 {
-        format!("lost {pid}\n")
+        format!("{} {pid}\n", codejail_plan::LOST)
     } else {
-        format!("forked {pid}\n")
+        format!("{} {pid}\n", codejail_plan::FORKED)
     };
     let iov = [IoSlice::new(line.as_bytes())];
     let rights = [pidfd];

@@ -98,10 +98,6 @@ pub enum WarmError {
     /// The command's zygote (fork server) could not be started or did not fork.
     #[error("its zygote: {0}")]
     Zygote(String),
-    /// A run would fork its jail, but no zygote of its command is running (one is
-    /// started only for the pool).
-    #[error("no zygote is running")]
-    NoZygote,
     /// Any of the above, with what the interpreter wrote before it failed.
     #[error("{cause}; the interpreter's output: {output}")]
     WithOutput {

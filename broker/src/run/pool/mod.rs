@@ -168,8 +168,8 @@ impl Pools {
     /// `command` with `limits`, from the command's running zygote, when its pool has a
     /// fork server and the run could have taken a pooled jail (`PoolsState::fork_now`).
     /// The jail is the run's alone, as a cold one is: no place in the pool. `None`
-    /// (the run goes cold) when the pool has no fork server, no zygote runs or the
-    /// fork fails.
+    /// (the run goes cold) when no zygote runs (one is starting, or the pool has no
+    /// fork server), the run does not fit, or the fork fails.
     pub async fn fork_now(
         &self,
         runs: &Runs,
@@ -177,8 +177,9 @@ impl Pools {
         limits: &Limits,
         has_code: bool,
     ) -> Option<WarmJail> {
+        let zygote = self.inner.zygotes.serving(command)?;
         let spec = self.inner.lock().fork_now(command, limits, has_code)?;
-        match warm::build(runs, command, &spec, BuiltFor::Run).await {
+        match warm::build(runs, command, &spec, BuiltFor::Run(zygote)).await {
             Ok((jail, _)) => Some(jail),
             Err(e) => {
                 self.inner.lock().fork_failed(command);

@@ -4,6 +4,7 @@
 //! run. How it is built (today a fresh interpreter start in a jail of its own) is this
 //! module's business only: the pool's bookkeeping (`state.rs`) does not depend on it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codejail_plan::{Achieved, HandOver, RunLimits, StageReport, WarmPlan};
@@ -12,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::state::Footprint;
-use super::InUse;
+use super::{InUse, Zygote};
 use crate::config::PoolSpec;
 use crate::run::{
     planning, Cleanup, HandOverError, Output, Reports, RunError, RunResult, RunSpec, Runs, Stage,
@@ -167,14 +168,14 @@ fn built(e: RunError) -> WarmError {
 }
 
 /// Who a jail is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BuiltFor {
     /// The pool, ahead of any request: a fork server's zygote is started (or replaced)
     /// when none may serve.
     Pool,
-    /// A run waiting for it (a fork server's pool had none ready): only a running
-    /// zygote forks it, none is started on the request path.
-    Run,
+    /// A run waiting for it (a fork server's pool had none ready): forked by this
+    /// zygote, the one running (none is started on the request path).
+    Run(Arc<Zygote>),
 }
 
 /// Build one warm jail of `command`: lease a uid, make its cgroup, spawn its stage with
@@ -201,6 +202,15 @@ pub async fn build(
         preimport: spec.preimport.clone(),
     });
     let workdir = planning::program_workdir(&plan.workdir_name);
+    // A fork server's zygote first (started or replaced here for the pool): one that
+    // cannot start leases no uid and makes no cgroup.
+    let zygote = match built_for {
+        BuiltFor::Run(zygote) => Some(zygote),
+        BuiltFor::Pool if spec.fork_server => {
+            Some(runs.pools().zygotes().get(runs, command, spec).await?)
+        }
+        BuiltFor::Pool => None,
+    };
     let (identity, lease) = match runs.uid_pool() {
         Some(pool) => {
             let lease = pool.lease().ok_or_else(|| {
@@ -219,50 +229,38 @@ pub async fn build(
         .map_err(|e| built(RunError::Cgroup(e)))?;
     let per_run_ids = lease.is_some();
     let cleanup = Cleanup::new(run_id, cgroup, lease);
-    let stage = if spec.fork_server {
-        // Forked from the command's zygote (started or replaced here when needed); a
-        // zygote that fails to fork is replaced at the next build.
-        let zygote = match built_for {
-            BuiltFor::Pool => runs.pools().zygotes().get(runs, command, spec).await,
-            BuiltFor::Run => runs
-                .pools()
-                .zygotes()
-                .serving(command)
-                .ok_or(WarmError::NoZygote),
-        };
-        match zygote {
-            Ok(zygote) => {
-                let forked = Stage::fork(
-                    zygote.clone(),
-                    &mut plan,
-                    identity,
-                    per_run_ids,
-                    cleanup.cgroup(),
-                )
-                .await;
-                if !zygote.usable() {
-                    runs.pools().zygotes().discard(command, zygote.pid()).await;
-                }
-                forked.map_err(built)
+    let stage = match zygote {
+        // A zygote that fails to fork is replaced at the next build.
+        Some(zygote) => {
+            let forked = Stage::fork(
+                zygote.clone(),
+                &mut plan,
+                identity,
+                per_run_ids,
+                cleanup.cgroup(),
+            )
+            .await;
+            if !zygote.usable() {
+                runs.pools().zygotes().discard(command, zygote.pid());
             }
-            Err(e) => Err(e),
+            forked
         }
-    } else {
-        Stage::spawn(
-            &settings.jail_stage,
-            &mut plan,
-            identity,
-            cleanup.cgroup(),
-            None,
-        )
-        .await
-        .map_err(built)
+        None => {
+            Stage::spawn(
+                &settings.jail_stage,
+                &mut plan,
+                identity,
+                cleanup.cgroup(),
+                None,
+            )
+            .await
+        }
     };
     let mut stage = match stage {
         Ok(s) => s,
         Err(e) => {
             cleanup.finish().await;
-            return Err(e);
+            return Err(built(e));
         }
     };
     let (mut landlock, mut seccomp_denied) = (None, None);
@@ -350,16 +348,20 @@ fn measure(stage_pid: u32, cleanup: &Cleanup) -> Footprint {
     let status = program
         .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .unwrap_or_default();
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let kib = |key: &str| status_kib(&status, key);
     Footprint {
         rss_kib: kib("VmRSS:"),
         vm_bytes: kib("VmSize:") * 1024,
         memory_bytes: cleanup.cgroup().and_then(|cg| cg.memory_current()),
     }
+}
+
+/// The value of `key` (`VmRSS:`, `VmSize:`) in a `/proc/PID/status` text, KiB; 0 when
+/// it is absent.
+pub(super) fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

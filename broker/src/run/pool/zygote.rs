@@ -38,6 +38,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
+use codejail_plan::{FORKED, FORK_REQUEST, LOST};
 use codejail_protocol::ForkServerStatus;
 
 use crate::config::{CommandSpec, PoolSpec};
@@ -54,9 +55,6 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_FORKS: u64 = 1000;
 /// How long one zygote serves before it is replaced.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
-/// What the broker sends to ask for a fork (`codejail_zygote::REQUEST`): `fork`, or
-/// `fork UID GID` for a child that takes a run's own outside ids.
-const REQUEST: &str = "fork";
 /// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
 /// any variable set to `$TMPDIR...`) while the zygote starts: the runs' do not exist
 /// yet, and each run gets its own. (A module that writes a cache at import may still
@@ -254,8 +252,8 @@ impl Zygote {
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let request = match ids {
-            Some((uid, gid)) => format!("{REQUEST} {uid} {gid}\n"),
-            None => format!("{REQUEST}\n"),
+            Some((uid, gid)) => format!("{FORK_REQUEST} {uid} {gid}\n"),
+            None => format!("{FORK_REQUEST}\n"),
         };
         let answered = send(&sock, request.as_bytes(), &raw).and_then(|()| {
             drop(fds);
@@ -270,11 +268,12 @@ impl Zygote {
         };
         self.forks.fetch_add(1, Ordering::Relaxed);
         let line = answer.trim_end();
-        let number = |prefix: &str| {
-            line.strip_prefix(prefix)
+        let number = |word: &str| {
+            line.strip_prefix(word)
+                .and_then(|rest| rest.strip_prefix(' '))
                 .and_then(|p| p.parse::<u32>().ok())
         };
-        match (number("forked "), number("lost "), pidfd) {
+        match (number(FORKED), number(LOST), pidfd) {
             (Some(pid), None, Some(pidfd)) => Ok((pid, pidfd)),
             (None, Some(pid), None) => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -386,10 +385,11 @@ fn receive(sock: &OwnedFd) -> std::io::Result<(String, Option<OwnedFd>)> {
 /// The zygotes of the pools with a fork server, started on their first build.
 #[derive(Debug, Default)]
 pub struct Zygotes {
-    running: tokio::sync::Mutex<BTreeMap<String, Arc<Zygote>>>,
-    /// What `status` shows of each command's fork server, and the running zygote for
-    /// a run that forks its own jail ([`Zygotes::serving`]), under a lock never held
-    /// across an await.
+    /// Held while a zygote starts (its preimports can take seconds), so that builds
+    /// waiting for one start one, not several.
+    starting: tokio::sync::Mutex<()>,
+    /// Each command's fork server: its running zygote and its counts, under a lock
+    /// never held across an await.
     book: Mutex<BTreeMap<String, Book>>,
 }
 
@@ -410,23 +410,19 @@ impl Zygotes {
         command: &str,
         spec: &PoolSpec,
     ) -> Result<Arc<Zygote>, WarmError> {
-        let mut running = self.running.lock().await;
-        if let Some(z) = running.get(command) {
-            if z.usable() {
-                return Ok(z.clone());
-            }
+        let _starting = self.starting.lock().await;
+        if let Some(z) = self.serving(command) {
+            return Ok(z);
+        }
+        if let Some(old) = self.take_current(command, None) {
             tracing::info!(
                 command,
-                zygote = z.pid(),
-                forks = z.forks.load(Ordering::Relaxed),
+                zygote = old.pid(),
+                forks = old.forks.load(Ordering::Relaxed),
                 "zygote replaced"
             );
-            if let Some(gone) = running.remove(command) {
-                self.gone(command, &gone);
-            }
         }
         let zygote = Arc::new(Zygote::start(runs, command, spec).await?);
-        running.insert(command.to_string(), zygote.clone());
         let mut book = self.book();
         let entry = book.entry(command.to_string()).or_default();
         entry.started += 1;
@@ -465,43 +461,39 @@ impl Zygotes {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `zygote`, `command`'s, serves no more: its forks go to the total.
-    fn gone(&self, command: &str, zygote: &Arc<Zygote>) {
-        if let Some(b) = self.book().get_mut(command) {
-            if b.current.as_ref().is_some_and(|z| Arc::ptr_eq(z, zygote)) {
-                b.current = None;
-                b.forks_before += zygote.forks.load(Ordering::Relaxed);
-            }
+    /// Take `command`'s running zygote out (only if its pid is `pid`, when given): it
+    /// serves no more, and its forks go to the total.
+    fn take_current(&self, command: &str, pid: Option<u32>) -> Option<Arc<Zygote>> {
+        let mut book = self.book();
+        let b = book.get_mut(command)?;
+        if pid.is_some_and(|pid| b.current.as_ref().is_some_and(|z| z.pid() != pid)) {
+            return None;
         }
+        let gone = b.current.take()?;
+        b.forks_before += gone.forks.load(Ordering::Relaxed);
+        Some(gone)
     }
 
     /// Drop `command`'s zygote `pid` (it can serve no more: it failed to fork, died,
     /// or aged out): the next build starts another.
-    pub async fn discard(&self, command: &str, pid: u32) {
-        let mut running = self.running.lock().await;
-        if running.get(command).is_some_and(|z| z.pid() == pid) {
+    pub fn discard(&self, command: &str, pid: u32) {
+        if self.take_current(command, Some(pid)).is_some() {
             tracing::warn!(command, zygote = pid, "zygote can serve no more; replaced");
-            if let Some(gone) = running.remove(command) {
-                self.gone(command, &gone);
-            }
         }
     }
 
-    /// Stop every zygote (shutdown).
+    /// Stop every zygote (shutdown), once a start in flight has ended.
     pub async fn stop(&self) {
-        let mut running = self.running.lock().await;
-        for (command, zygote) in std::mem::take(&mut *running) {
-            self.gone(&command, &zygote);
+        let _starting = self.starting.lock().await;
+        let commands: Vec<String> = self.book().keys().cloned().collect();
+        for command in commands {
+            self.take_current(&command, None);
         }
     }
 }
 
 /// The resident memory of process `pid`, KiB (0 when it cannot be read).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    super::warm::status_kib(&status, "VmRSS:")
 }
