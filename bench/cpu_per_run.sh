@@ -42,11 +42,8 @@ require_client
 
 make_tmpdir
 start_named_broker cold "$broker"
-# The pools import what a course's code usually does: $PREIMPORT (default "json
-# numpy"; the interpreter must have them), so a warm jail's build pays for them and a
-# zygote holds them.
-preimports=()
-for module in ${PREIMPORT-json numpy}; do preimports+=(--preimport "$module"); done
+# The pools import $PREIMPORT (lib.sh's "${preimports[@]}"): a warm jail's build pays
+# for them, a zygote holds them.
 start_named_broker warm "$broker" --pool-size 2 "${preimports[@]}"
 start_named_broker forked "$broker" --pool-size 2 --fork-server "${preimports[@]}"
 sleep 2 # the pools' first builds

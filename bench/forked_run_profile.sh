@@ -28,14 +28,9 @@ command -v perf >/dev/null || die "perf is missing (apt-get install linux-perf)"
 python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
 [[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh --lean)"
 [[ -x "$broker" ]] || die "broker '$broker' not found; build it (see --help) or pass --broker"
-venv=${CODEJAIL_BENCH_VENV:-/var/tmp/codejail-python-test-venv}
-[[ -x "$venv/bin/python" ]] || /usr/bin/python3 -m venv "$venv"
-PYO3_PYTHON=$venv/bin/python "$venv/bin/python" -m pip install --quiet \
-    --disable-pip-version-check --force-reinstall --no-deps "$root/python" >&2
+install_package
 
 make_tmpdir
-preimports=()
-for module in ${PREIMPORT-json numpy}; do preimports+=(--preimport "$module"); done
 start_named_broker forked "$broker" --pool-size 2 --fork-server "${preimports[@]}"
 sleep 2
 zygote=$(sed -n 's/.*zygote started.* zygote=\([0-9]*\).*/\1/p' "$tmp/forked.log" | tail -1)

@@ -9,6 +9,8 @@
 #   make_tmpdir                      $tmp; on exit the dev broker is stopped, $tmp removed
 #   start_dev_broker_unless_socket   no --socket: a dev broker on $tmp/broker.sock
 #   start_named_broker NAME BROKER [ARG...]   a dev broker on ${bsock[NAME]} (several at once)
+#   install_package                  the Python package into $venv (CODEJAIL_BENCH_VENV)
+#   "${preimports[@]}"               --preimport for each of $PREIMPORT (default json numpy)
 #   stop_named_broker NAME           stop one of them (make_tmpdir's trap stops the rest)
 #   pool_field NAME FIELD...         NAME's python pool's fields from `status --json`
 #   wait_pool_full NAME SECONDS      poll until NAME's python pool is full
@@ -70,6 +72,21 @@ make_tmpdir() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
 }
+
+# install_package: the Python package (pip install ./python, this checkout's) into
+# the venv $CODEJAIL_BENCH_VENV (default /var/tmp/codejail-python-test-venv,
+# scripts/python-tests.sh's; made if missing), whose interpreter is then $venv/bin/python.
+install_package() {
+    venv=${CODEJAIL_BENCH_VENV:-/var/tmp/codejail-python-test-venv}
+    [[ -x "$venv/bin/python" ]] || /usr/bin/python3 -m venv "$venv"
+    PYO3_PYTHON=$venv/bin/python "$venv/bin/python" -m pip install --quiet \
+        --disable-pip-version-check --force-reinstall --no-deps "$root/python" >&2
+}
+
+# The pools' preimports, as broker arguments: $PREIMPORT (default "json numpy", what a
+# course's code usually imports; the interpreter must have them).
+preimports=()
+for module in ${PREIMPORT-json numpy}; do preimports+=(--preimport "$module"); done
 
 # The brokers start_named_broker started, by name: pid and socket.
 declare -A bpid=() bsock=()

@@ -27,12 +27,7 @@ parse_bench_args "$@"
 python="${python:-/var/tmp/codejail-sandbox-venv-lean/bin/python}"
 [[ -x "$python" ]] || die "python '$python' is not executable (scripts/setup-sandbox-venv.sh --lean, or pass --python)"
 require_client
-venv=${CODEJAIL_BENCH_VENV:-/var/tmp/codejail-python-test-venv}
-if [[ ! -x "$venv/bin/python" ]]; then
-    /usr/bin/python3 -m venv "$venv"
-fi
-PYO3_PYTHON=$venv/bin/python "$venv/bin/python" -m pip install --quiet \
-    --disable-pip-version-check --force-reinstall --no-deps "$root/python" >&2
+install_package
 
 make_tmpdir
 start_dev_broker_unless_socket
