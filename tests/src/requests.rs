@@ -35,6 +35,18 @@ pub fn dedent(text: &str) -> String {
     out
 }
 
+/// Python for a program that tries things: `attempt(name, f)` prints `name ok`, or
+/// `name ERRNO` (the errno's name) when `f` raises an `OSError`. Prepended to a
+/// program's code.
+pub const PY_ATTEMPT: &str = r#"import errno
+def attempt(name, f):
+    try:
+        f()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+"#;
+
 /// A `python` request running `code` (dedented).
 pub fn py(code: &str) -> JailRequest {
     JailRequest {

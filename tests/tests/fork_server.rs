@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use codejail_tests::{
     broker, processes, processes_with, text, unique_marker, wait_until, with_limit, BrokerOpts,
-    JailRequest, Marked, ProcInfo, Shape, TestBroker,
+    JailRequest, Marked, ProcInfo, Shape, TestBroker, PY_ATTEMPT,
 };
 
 /// A dev broker whose python pool of 2 is forked from a zygote with `json` preimported.
@@ -254,14 +254,8 @@ async fn a_run_cannot_reach_its_zygote() {
     let b = broker!(forked_pool());
     let zygote = zygotes_started(&b)[0];
     let code = format!(
-        r#"
-import ctypes, errno, os, signal
-def attempt(name, f):
-    try:
-        f()
-        print(name, "ok")
-    except OSError as e:
-        print(name, errno.errorcode.get(e.errno, e.errno))
+        r#"{PY_ATTEMPT}
+import ctypes, os, signal
 attempt("kill", lambda: os.kill({zygote}, signal.SIGKILL))
 attempt("signal 0", lambda: os.kill({zygote}, 0))
 attempt("open its mem", lambda: open("/proc/{zygote}/mem", "rb"))

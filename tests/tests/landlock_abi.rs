@@ -9,15 +9,9 @@
 use codejail_tests::*;
 
 /// What a run sees when it tries the attacks whose errnos depend on Landlock or the
-/// layers that stand in for its newer rules.
+/// layers that stand in for its newer rules (after [`PY_ATTEMPT`]).
 const ATTACKS: &str = r#"
-import errno, os, socket
-def attempt(name, f):
-    try:
-        f()
-        print(name, "ok")
-    except OSError as e:
-        print(name, errno.errorcode.get(e.errno, e.errno))
+import os, socket
 attempt("read /etc/passwd", lambda: open("/etc/passwd").read())
 attempt("list /", lambda: os.listdir("/"))
 attempt("write the workdir", lambda: open("x", "w"))
@@ -52,7 +46,7 @@ async fn older_landlock_abis_serve_report_partial_and_keep_the_errnos() {
             landlock.detail
         );
         assert!(status.required_layers_hold(), "ABI {abi}: {status:?}");
-        let res = b.run(&py(ATTACKS)).await;
+        let res = b.run(&py(&format!("{PY_ATTEMPT}{ATTACKS}"))).await;
         let out = text(&res.stdout);
         assert!(
             out.starts_with(EXPECTED),
