@@ -245,6 +245,8 @@ bin = "$SANDENV/bin/python"
 # preimport = ["numpy"]
 # max_age_secs = 600
 # fork_server = true                             # fork the jails from one started interpreter
+# zygote_max_forks = 1000                        # ...which is replaced after this many forks
+# zygote_max_age_secs = 600                      # ...or this long
 
 # Limits: upstream's names and units (CPU, REALTIME seconds; VMEM, FSIZE bytes;
 # NPROC count) plus OUTPUT (bytes of stdout+stderr kept), TMP (bytes of the run's

@@ -90,6 +90,10 @@ pub struct DevFlags {
     /// pool (of 1 unless --pool-size).
     #[arg(long, requires = "dev")]
     pub fork_server: bool,
+    /// Dev: forks one zygote serves before it is replaced (config `[pool.python]
+    /// zygote_max_forks`); needs --fork-server.
+    #[arg(long, value_name = "N", requires = "fork_server")]
+    pub zygote_max_forks: Option<u64>,
     /// Dev: seconds a warm jail may wait before it is replaced (config `[pool.python]
     /// max_age_secs`).
     #[arg(long, value_name = "SECS", requires = "dev")]
@@ -188,6 +192,8 @@ fn dev_config(cli: &DevFlags) -> anyhow::Result<FileConfig> {
                 preimport: cli.preimport.clone(),
                 max_age_secs: cli.pool_max_age_secs,
                 fork_server: cli.fork_server.then_some(true),
+                zygote_max_forks: cli.zygote_max_forks,
+                zygote_max_age_secs: None,
             },
         );
     }

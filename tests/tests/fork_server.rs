@@ -11,7 +11,8 @@
 //!   `random2`);
 //! - the zygote is out of a run's reach: it cannot signal it, see it or trace it, and
 //!   the zygote still serves afterwards;
-//! - a zygote killed under load is replaced, and no run fails meanwhile;
+//! - a zygote killed under load is replaced, and no run fails meanwhile; one that has
+//!   served its `zygote_max_forks` is replaced too;
 //! - a forked run exits without module teardown;
 //! - `status` shows the fork server, and a run that finds no jail ready forks its own;
 //! - with per-run uids (the production shape) each forked run has its own, from a
@@ -360,6 +361,46 @@ async fn a_killed_zygote_is_replaced_and_no_run_fails() {
         }
     }
     panic!("no run forked from the new zygote {second}: the stages' parents were {parents:?}");
+}
+
+/// A zygote serves the pool's `zygote_max_forks` forks (`--zygote-max-forks`), then
+/// another takes its place and it is gone; no run fails for it.
+#[tokio::test]
+async fn a_zygote_is_replaced_after_its_configured_forks() {
+    let b = broker!(BrokerOpts::new().args([
+        "--fork-server",
+        "--pool-size",
+        "1",
+        "--zygote-max-forks",
+        "3"
+    ]));
+    let first = zygotes_started(&b)[0];
+    // Runs until a third zygote has started (each serves three forks; a run that comes
+    // while the next one starts goes cold): every one succeeds.
+    let mut i = 0;
+    while zygotes_started(&b).len() < 3 {
+        assert!(i < 60, "no third zygote after {i} runs: {}", b.log());
+        let res = b.run(&py(&format!("print({i})"))).await;
+        assert_eq!(
+            (res.status, text(&res.stdout).trim()),
+            (0, i.to_string().as_str()),
+            "run {i}: {}",
+            text(&res.stderr)
+        );
+        i += 1;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || process(first).is_none()),
+        "the first zygote, replaced, is gone"
+    );
+    let status = codejail_client::status(&b.cfg()).await.expect("status");
+    let f = status.pool["python"]
+        .fork_server
+        .clone()
+        .expect("the pool's fork server in status");
+    assert!(f.forks <= 3, "the current zygote within its forks: {f:?}");
+    // Every zygote before the current one served exactly its three.
+    assert_eq!(f.forks_total, 3 * (f.started - 1) + f.forks, "{f:?}");
 }
 
 /// With per-run ids (the production shape) the zygote is root in a user namespace of

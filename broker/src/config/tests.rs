@@ -241,3 +241,49 @@ fn a_fork_server_needs_per_run_ids_or_the_brokers_own_and_no_apparmor() {
         );
     }
 }
+
+#[test]
+fn a_zygotes_life_is_configured_per_pool() {
+    let ids = "run_ids = { first = 300000, count = 64 }\n";
+    let settings = parse(&format!(
+        "{ids}{PY}[pool.python]\nsize = 1\nfork_server = true\n"
+    ))
+    .expect("defaults");
+    assert_eq!(settings.pools["python"].zygote, ZygoteLife::default());
+    assert_eq!(settings.pools["python"].zygote.max_forks, 1000);
+    let settings = parse(&format!(
+        "{ids}{PY}[pool.python]\nsize = 1\nfork_server = true\nzygote_max_forks = 3\nzygote_max_age_secs = 30\n"
+    ))
+    .expect("both keys");
+    assert_eq!(
+        settings.pools["python"].zygote,
+        ZygoteLife {
+            max_forks: 3,
+            max_age: Duration::from_secs(30)
+        }
+    );
+    for (keys, key, why) in [
+        (
+            "zygote_max_forks = 3\n",
+            "zygote_max_forks",
+            "only with fork_server",
+        ),
+        (
+            "fork_server = true\nzygote_max_forks = 0\n",
+            "zygote_max_forks",
+            "at least 1",
+        ),
+        (
+            "fork_server = true\nzygote_max_age_secs = 0\n",
+            "zygote_max_age_secs",
+            "at least 1",
+        ),
+    ] {
+        let err = parse(&format!("{ids}{PY}[pool.python]\nsize = 1\n{keys}")).expect_err(keys);
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("`pool.python.{key}`")) && err.contains(why),
+            "{keys}: {err}"
+        );
+    }
+}

@@ -19,8 +19,9 @@
 //! run: one run could exhaust the pending signals and timers of all.)
 //!
 //! One str-hash seed and one address layout are shared by the runs of one zygote (they
-//! are fixed at an interpreter's start); a zygote is replaced after [`MAX_FORKS`] forks
-//! or [`MAX_AGE`], and whenever it fails to fork (its pool's builds then fail and runs
+//! are fixed at an interpreter's start); a zygote is replaced after the pool's
+//! `zygote_max_forks` forks or `zygote_max_age_secs` ([`ZygoteLife`]), and whenever it
+//! fails to fork (its pool's builds then fail and runs
 //! go cold until a new one is up).
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use codejail_plan::{FORKED, FORK_REQUEST, LOST};
 use codejail_protocol::ForkServerStatus;
 
-use crate::config::{CommandSpec, PoolSpec};
+use crate::config::{CommandSpec, PoolSpec, ZygoteLife};
 use crate::run::{planning, Runs, WarmError};
 use crate::sys;
 
@@ -51,10 +52,6 @@ pub const ZYGOTE_LIBRARY: &str = "libcodejail_zygote.so";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a zygote may take to answer a fork request.
 const FORK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Forks one zygote serves before it is replaced.
-pub const MAX_FORKS: u64 = 1000;
-/// How long one zygote serves before it is replaced.
-pub const MAX_AGE: Duration = Duration::from_secs(600);
 /// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
 /// any variable set to `$TMPDIR...`) while the zygote starts: the runs' do not exist
 /// yet, and each run gets its own. (A module that writes a cache at import may still
@@ -72,6 +69,8 @@ pub struct Zygote {
     pid: u32,
     started: Instant,
     forks: AtomicU64,
+    /// When it is replaced.
+    life: ZygoteLife,
     /// Set when a request got no proper answer: the socket's requests and answers may
     /// no longer pair up, so it serves no more.
     broken: std::sync::atomic::AtomicBool,
@@ -208,6 +207,7 @@ impl Zygote {
             pid,
             started: Instant::now(),
             forks: AtomicU64::new(0),
+            life: spec.zygote,
             broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -217,8 +217,7 @@ impl Zygote {
         self.pid
     }
 
-    /// Whether it may serve another fork: alive, younger than [`MAX_AGE`], fewer than
-    /// [`MAX_FORKS`] forks.
+    /// Whether it may serve another fork: alive, not broken, within its [`ZygoteLife`].
     pub fn usable(&self) -> bool {
         let alive = match self.child.lock() {
             Ok(mut c) => matches!(c.try_wait(), Ok(None)),
@@ -226,8 +225,8 @@ impl Zygote {
         };
         alive
             && !self.broken.load(Ordering::Relaxed)
-            && self.started.elapsed() < MAX_AGE
-            && self.forks.load(Ordering::Relaxed) < MAX_FORKS
+            && self.started.elapsed() < self.life.max_age
+            && self.forks.load(Ordering::Relaxed) < self.life.max_forks
     }
 
     /// Ask for a child that runs a stage on `fds` (the run's stdin, stdout, stderr, the

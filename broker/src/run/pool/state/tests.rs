@@ -13,6 +13,7 @@ fn spec(size: u32, max_age_secs: u64) -> PoolSpec {
         preimport: vec!["numpy".into()],
         max_age: Duration::from_secs(max_age_secs),
         fork_server: false,
+        zygote: Default::default(),
     }
 }
 
