@@ -60,6 +60,42 @@ pub fn profile_for_runs(configured: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The broker's own profile (apparmor/codejail-broker), and the one that file stacks on
+/// each jail stage it execs (`pix -> &codejail-jail`).
+const BROKER_PROFILE: &str = "codejail-broker";
+const STAGE_PROFILE: &str = "codejail-jail";
+
+/// The label name in a `current` attribute's text (`name (mode)`, or `unconfined`).
+fn label_name(current: &str) -> &str {
+    let current = current.trim_end_matches(['\n', '\0']);
+    current.rsplit_once(" (").map_or(current, |(n, _)| n)
+}
+
+/// What a zygote's exec asks for, written to the exec attribute between fork and exec
+/// (`stack codejail-jail`): a zygote is a jail stage that forks (its children run the
+/// stage's checklist), so it gets the stage's confinement, stacked on the broker's, as
+/// a stage does. Its interpreter cannot get it from an exec rule of the broker's
+/// profile as the stage's binary does: that profile already runs the sandbox's
+/// interpreters `ix` (a stage's program with `allow_exec`), and one path has one exec
+/// mode. Only when the broker runs under its own profile (which names the stage's);
+/// `None` elsewhere (no AppArmor, unconfined, a site's own profile).
+pub fn zygote_exec_request() -> Option<std::ffi::CString> {
+    static REQUEST: std::sync::OnceLock<Option<std::ffi::CString>> = std::sync::OnceLock::new();
+    REQUEST
+        .get_or_init(|| {
+            if !kernel_has_apparmor_cached() {
+                return None;
+            }
+            let current = std::fs::read_to_string("/proc/self/attr/apparmor/current")
+                .or_else(|_| std::fs::read_to_string("/proc/self/attr/current"))
+                .ok()?;
+            (label_name(&current) == BROKER_PROFILE)
+                .then(|| std::ffi::CString::new(format!("stack {STAGE_PROFILE}")).ok())
+                .flatten()
+        })
+        .clone()
+}
+
 /// Whether `name` can be a profile name in the `stack <name>` request: non-empty, one
 /// line, no whitespace or NUL (the kernel parses the attribute by whitespace).
 pub fn check_profile_name(name: &str) -> Result<(), String> {
@@ -97,7 +133,7 @@ pub fn layer_detail(
             "profile {p}: the start-up self-test did not pass under it (is the profile loaded? apparmor_parser -r /etc/apparmor.d/{p})"
         )),
         (Some(p), true, true) => Ok(format!(
-            "each program is stacked on profile {p} at exec: only its own run's files, no network, signals only from the broker"
+            "each program is stacked on profile {p} at exec (a forked one before it returns to its interpreter): only its own run's files, no network, signals only from the broker"
         )),
     }
 }
@@ -130,6 +166,19 @@ mod tests {
             assert_eq!(profile_for_runs(Some("p")), None);
         }
         assert_eq!(profile_for_runs(None), None);
+    }
+
+    #[test]
+    fn label_names_drop_the_mode() {
+        assert_eq!(label_name("codejail-broker (enforce)\n"), "codejail-broker");
+        assert_eq!(label_name("unconfined\n"), "unconfined");
+        assert_eq!(
+            label_name("codejail-broker//&codejail-jail (enforce)"),
+            "codejail-broker//&codejail-jail"
+        );
+        if !kernel_has_apparmor() {
+            assert_eq!(zygote_exec_request(), None);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (to signal a process of a run without racing pid reuse), and the broker's own
 //! protection (not dumpable).
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,7 +142,15 @@ pub fn install_stage_fds(
 /// across the exec (ambient), which each child needs to take its run's ids and then
 /// drops with every other capability (`codejail_zygote`). Only async-signal-safe
 /// calls, no allocation.
-pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity, keep_setid: bool) -> io::Result<()> {
+pub fn install_zygote_fd(
+    sock: RawFd,
+    identity: StageIdentity,
+    keep_setid: bool,
+    apparmor: Option<&CStr>,
+) -> io::Result<()> {
+    if let Some(request) = apparmor {
+        request_exec_label(request)?;
+    }
     if !keep_setid {
         clear_ambient_caps()?;
     } else {
@@ -188,6 +197,39 @@ pub fn install_zygote_fd(sock: RawFd, identity: StageIdentity, keep_setid: bool)
     } else {
         become_run_identity(identity)
     }
+}
+
+/// Write `request` (`stack PROFILE`) to this thread's AppArmor exec attribute, the
+/// per-LSM file or else the legacy one (async-signal-safe: open, write, close).
+fn request_exec_label(request: &CStr) -> io::Result<()> {
+    let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+    for attr in [
+        c"/proc/thread-self/attr/apparmor/exec",
+        c"/proc/thread-self/attr/exec",
+    ] {
+        // SAFETY: open, write and close on a C string and a buffer that outlive the
+        // calls; no allocation.
+        unsafe {
+            let fd = libc::open(attr.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                last = io::Error::last_os_error();
+                continue;
+            }
+            let bytes = request.to_bytes();
+            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            let error = io::Error::last_os_error();
+            libc::close(fd);
+            if n == bytes.len() as isize {
+                return Ok(());
+            }
+            last = if n < 0 {
+                error
+            } else {
+                io::Error::from(io::ErrorKind::WriteZero)
+            };
+        }
+    }
+    Err(last)
 }
 
 /// Clear the ambient capabilities (async-signal-safe: one prctl).

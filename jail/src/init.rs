@@ -174,7 +174,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
                 let _ = std::os::fd::IntoRawFd::into_raw_fd(program_end);
                 drop((ours, handover));
             }
-            let program = return_program(plan, spec, &filters, report, sentinel);
+            let program = return_program(plan, spec, &filters, report, sentinel, host_proc);
             return Ok(InitEnd::Program(program));
         }
         Forked::Parent(pid) => pid,

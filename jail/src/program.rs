@@ -204,8 +204,9 @@ pub(crate) fn return_program(
     filters: &Filters,
     report: &mut File,
     sentinel: Option<ExecSentinel>,
+    host_proc: Option<OwnedFd>,
 ) -> Returned {
-    match confine(plan, spec, filters, report, None, false) {
+    match confine(plan, spec, filters, report, host_proc, false) {
         Ok(()) => {
             drop(sentinel);
             Returned {
@@ -275,11 +276,16 @@ fn confine(
             sys::clear_cloexec(codejail_plan::WARM_FD).map_err(JailError::CloseOnExec)?;
         }
     }
-    // AppArmor (where configured and present): the exec transition is requested
-    // before no_new_privs, stacked so it can only narrow.
+    // AppArmor (where configured and present): the sandbox profile is stacked (so it
+    // can only narrow) before no_new_privs, at the exec or, for a forked program, now.
     // The host's procfs fd (the run has none) is closed by it.
     if let (Some(profile), Some(proc)) = (&plan.apparmor_profile, host_proc) {
-        apparmor::request_exec_transition(profile, proc)?;
+        let when = if exec {
+            apparmor::Transition::AtExec
+        } else {
+            apparmor::Transition::Now
+        };
+        apparmor::request_transition(profile, proc, when)?;
     }
     // no_new_privs before exec: no setuid bit or file capability (honoured inside a
     // user namespace for files owned by host root) can raise privileges again.

@@ -117,11 +117,10 @@ fn build_jail(
     // Names again: the broker checked them, but this is the check that counts.
     check_names(&plan)?;
     // A program that returns into a forked interpreter is a warm jail's (it waits for
-    // its request in the interpreter's start-up hook), without AppArmor (whose
-    // profile is entered at an exec).
-    if start == Start::Return && (plan.warm.is_none() || plan.apparmor_profile.is_some()) {
+    // its request in the interpreter's start-up hook).
+    if start == Start::Return && plan.warm.is_none() {
         return Err(JailError::ValidatePlan(
-            "a forked stage needs a warm plan without an AppArmor profile".to_string(),
+            "a forked stage needs a warm plan".to_string(),
         ));
     }
     // The hand-over pipe is a warm jail's (for its init); a cold run has none.

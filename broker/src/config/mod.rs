@@ -367,16 +367,14 @@ impl Settings {
         let (apparmor_profile, apparmor_required) = apparmor_from_config(cfg)?;
         // A zygote runs as the broker's own ids (with per-run ids, holding CAP_SETUID
         // and CAP_SETGID for its children to take theirs), so the broker can signal it
-        // and its children can write the cgroup v1 files the broker opened for them;
-        // its children return into its interpreter, which has no exec for an AppArmor
-        // profile to attach at. So: per-run ids or the broker's own, and no profile,
-        // for now.
+        // and its children can write the cgroup v1 files the broker opened for them.
+        // So: per-run ids or the broker's own.
         if let Some((command, _)) = pools.iter().find(|(_, p)| p.fork_server) {
             let own = identity.outer_uid == uid && identity.outer_gid == gid;
-            if (run_ids.is_none() && !own) || apparmor_profile.is_some() {
+            if run_ids.is_none() && !own {
                 return Err(invalid(
                     format!("pool.{command}.fork_server"),
-                    "needs per-run ids (run_ids) or the broker's own uid and gid for the runs (no run_uid or run_gid), and no apparmor_profile: a fork server with one other run identity or AppArmor is not built yet",
+                    "needs per-run ids (run_ids) or the broker's own uid and gid for the runs (no run_uid or run_gid): a fork server with one other run identity is not built yet",
                 ));
             }
         }

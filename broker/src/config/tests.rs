@@ -219,27 +219,27 @@ fn landlock_min_abi_defaults_to_any_landlock_and_is_bounded() {
 }
 
 #[test]
-fn a_fork_server_needs_per_run_ids_or_the_brokers_own_and_no_apparmor() {
+fn a_fork_server_needs_per_run_ids_or_the_brokers_own() {
     let pool = "[pool.python]\nsize = 1\nfork_server = true\n";
     let ids = "run_ids = { first = 300000, count = 64 }\n";
     let settings = parse(&format!("{ids}{PY}{pool}")).expect("per-run ids");
     assert!(settings.pools["python"].fork_server);
-    for (text, why) in [
-        (
-            format!("run_uid = 5000\nrun_gid = 5000\n{PY}{pool}"),
-            "one run_uid",
-        ),
-        (
-            format!("{ids}apparmor_profile = \"codejail-sandbox\"\n{PY}{pool}"),
-            "an AppArmor profile",
-        ),
-    ] {
-        let err = parse(&text).expect_err(why);
-        assert!(
-            err.to_string().contains("`pool.python.fork_server`"),
-            "{why}: {err}"
-        );
-    }
+    // With AppArmor too: a forked program stacks the profile when it is confined.
+    let settings = parse(&format!(
+        "{ids}apparmor_profile = \"codejail-sandbox\"\n{PY}{pool}"
+    ))
+    .expect("per-run ids and a profile");
+    assert!(settings.pools["python"].fork_server);
+    assert_eq!(
+        settings.apparmor_profile.as_deref(),
+        Some("codejail-sandbox")
+    );
+    let err =
+        parse(&format!("run_uid = 5000\nrun_gid = 5000\n{PY}{pool}")).expect_err("one run_uid");
+    assert!(
+        err.to_string().contains("`pool.python.fork_server`"),
+        "one run_uid: {err}"
+    );
 }
 
 #[test]

@@ -84,11 +84,9 @@ client 30 status >"$logs/status-deb.txt" 2>&1
 rc=$?
 [ $rc -le 1 ]
 check "deb serve: codejail-client status" $? "exit $rc; $(grep -E '^ +(namespaces|seccomp|landlock|apparmor|cgroup)' "$logs/status-deb.txt" | oneline)"
-# The fork server, as an operator turns it on (without AppArmor, which it does not
-# support yet: docs/architecture.md, "Fork server"): the pool's jails are forked from
-# a zygote, with the package's libcodejail_zygote.so beside codejail-jail. It stays on
-# for the upgrade and the trigger below.
-sed -i 's/^apparmor_profile = /# apparmor_profile = /' /etc/codejail/broker.toml
+# The fork server, as an operator turns it on (docs/operating.md): the pool's jails
+# are forked from a zygote, with the package's libcodejail_zygote.so beside
+# codejail-jail. It stays on for the upgrade and the trigger below.
 printf '\n[pool.python]\nsize = 2\npreimport = ["json"]\nfork_server = true\n' >>/etc/codejail/broker.toml
 systemctl restart codejail-broker.service >"$logs/restart-fork.log" 2>&1
 wait_until 60 broker_serving

@@ -309,6 +309,13 @@ rc=$?
 [ $rc = 0 ] && [ "$(cat "$logs/safe-exec.txt")" = '{"x": 2}' ]
 check "client: safe-exec -c 'x = 1 + 1'" $? "exit $rc: $(head -c 300 "$logs/safe-exec.txt")"
 
+# numpy, an extension module of the sandbox below /usr/local (the installer's layout):
+# every profile of the program's stack must let it be mapped.
+client 120 exec --limit CPU=10 --limit REALTIME=30 -c 'import numpy; print(int(numpy.arange(10).sum()))' >"$logs/numpy.txt" 2>&1
+rc=$?
+[ $rc = 0 ] && [ "$(cat "$logs/numpy.txt")" = 45 ]
+check "client: exec -c 'import numpy ...' (cold)" $? "exit $rc: $(head -c 300 "$logs/numpy.txt")"
+
 # The program's environment: TMPDIR names the run's writable tmp/ (docs/compat.md §1), so
 # tempfile works. (glibc drops TMPDIR from a secure-exec's environment, AT_SECURE.)
 client 60 exec --limit FSIZE=1048576 -c '
@@ -480,7 +487,7 @@ hog_ready() { grep -q '^exhausted' "$logs/budget-hog.txt"; }
 wait_until 60 hog_ready
 check "attack: a run exhausts its queued signals (the hog)" $? "$(head -c 200 "$logs/budget-hog.txt")"
 ps -eo pid=,ruid=,euid=,suid=,args= >"$logs/ps-hog.txt" 2>&1
-client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$bpid" >"$logs/attacks.txt" 2>&1
+client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$bpid" >"$logs/attack.txt" 2>&1
 rc=$?
 # The hog must still hold its timers for the check below to mean anything.
 kill -0 "$hog" 2>/dev/null
@@ -488,36 +495,39 @@ check "attack: the hog held its timers through the attacks" $? "$(head -c 200 "$
 # End the hog (its client: the broker then ends the run), and wait for it.
 pkill -f -- "--code-file $here/budget_hog.py" 2>/dev/null
 wait "$hog" 2>/dev/null
-line=$(grep '^{' "$logs/attacks.txt" | tail -1)
-printf '%s\n' "$line" >"$logs/attacks.json"
-attack() { # NAME EXPECTED-ERRNO... (tests/tests/confinement.rs)
+attack() { # NAME EXPECTED-ERRNO... (tests/tests/confinement.rs), from $attacks
     local name=$1 got
     shift
-    got=$(json_get "$logs/attacks.json" "d.get('$name', 'not recorded')")
+    got=$(json_get "$logs/$attacks.json" "d.get('$name', 'not recorded')")
     local e
     for e in "$@"; do
         if [ "$got" = "$e" ]; then
-            pass "attack: $name" "$got"
+            pass "$attacks: $name" "$got"
             return
         fi
     done
-    fail "attack: $name" "got ${got:-nothing}, expected $*; exit $rc: $(head -c 200 "$logs/attacks.txt")"
+    fail "$attacks: $name" "got ${got:-nothing}, expected $*; exit $rc: $(head -c 200 "$logs/$attacks.txt")"
 }
-attack "read /etc/shadow" EACCES
-attack "read /etc/passwd" EACCES
-attack "list /" EACCES
-attack "list /proc" EACCES
-attack "AF_INET socket" EACCES
-attack "connect 127.0.0.1:8550" EACCES
-attack "subprocess /bin/true" EACCES
-attack "kill broker" ESRCH
-attack "inotify_init1" EPERM
-attack "memfd_create" EPERM
-attack "shmget" EPERM
-attack "stat /etc/machine-id" ENOENT
-attack "boottime under a minute" "ok True"
-attack "timer_create beside the hog" "ok 0"
-attack "write own tmp/" "ok 1"
+check_attacks() { # the results of attacks.py in $logs/$attacks.txt
+    grep '^{' "$logs/$attacks.txt" | tail -1 >"$logs/$attacks.json"
+    attack "read /etc/shadow" EACCES
+    attack "read /etc/passwd" EACCES
+    attack "list /" EACCES
+    attack "list /proc" EACCES
+    attack "AF_INET socket" EACCES
+    attack "connect 127.0.0.1:8550" EACCES
+    attack "subprocess /bin/true" EACCES
+    attack "kill broker" ESRCH
+    attack "inotify_init1" EPERM
+    attack "memfd_create" EPERM
+    attack "shmget" EPERM
+    attack "stat /etc/machine-id" ENOENT
+    attack "boottime under a minute" "ok True"
+    attack "timer_create beside the hog" "ok 0"
+    attack "write own tmp/" "ok 1"
+}
+attacks=attack
+check_attacks
 [ "$(main_pid)" = "$bpid" ] && [ "$(unit_state codejail-broker.service)" = active ]
 check "attack: the broker survived" $? "MainPID $bpid -> $(main_pid), $(unit_state codejail-broker.service)"
 phase attacks
@@ -554,6 +564,76 @@ else
     fail "watchdog: SIGSTOP'd broker restarted and serves" "no broker main pid ($(unit_state codejail-broker.service)): $(broker_tail 3)"
 fi
 phase watchdog
+
+# ---------------------------------------------------------------- 10. the fork server
+# Turned on as an operator would (docs/operating.md), the installed config's AppArmor
+# profile kept: the pool's jails are forked from a zygote with numpy preimported.
+fork_since=$(date '+%Y-%m-%d %H:%M:%S')
+printf '\n[pool.python]\nsize = 2\npreimport = ["json", "numpy"]\nfork_server = true\n' >>/etc/codejail/broker.toml
+systemctl restart codejail-broker.service >"$logs/restart-fork.log" 2>&1
+wait_until 120 broker_serving
+numpy_runs=0
+for _ in 1 2 3 4 5; do
+    got=$(client 120 exec --limit CPU=10 --limit REALTIME=30 -c 'import numpy; print(int(numpy.arange(10).sum()))' 2>&1)
+    [ "$got" = 45 ] && numpy_runs=$((numpy_runs + 1))
+done
+client 30 status >"$logs/status-fork.txt" 2>&1
+served=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=forked 2>/dev/null | wc -l)
+[ "$numpy_runs" = 5 ] && [ "$served" -gt 0 ] && grep -q 'fork server python: zygote [0-9]' "$logs/status-fork.txt"
+check "fork server: numpy runs forked from the zygote (AppArmor profile kept)" $? \
+    "$numpy_runs/5 printed 45 (last: $(oneline <<<"$got" | head -c 200)); $served runs served forked; $(grep 'fork server' "$logs/status-fork.txt" | oneline); $(broker_tail 3)"
+zygote=$(sed -n 's/.*fork server python: zygote \([0-9]*\).*/\1/p' "$logs/status-fork.txt" | head -1)
+client 90 exec --slug hosts-forked-sleep --limit REALTIME=30 -c 'import time; time.sleep(8); print("slept")' >"$logs/forked-sleep.txt" 2>&1 &
+sleeper=$!
+forked_prog() { # a process of a run_ids uid confined by the sandbox profile
+    local p
+    for p in $(ps -eo pid=,uid= | awk -v lo=$RUN_IDS_FIRST -v hi=$((RUN_IDS_FIRST + RUN_IDS_COUNT)) '$2 >= lo && $2 < hi { print $1 }'); do
+        grep -q codejail-sandbox "/proc/$p/attr/current" 2>/dev/null && { pid=$p; return 0; }
+    done
+    return 1
+}
+pid=
+wait_until 30 forked_prog
+label=$( [ -n "$pid" ] && cat "/proc/$pid/attr/current" 2>&1)
+parent=$( [ -n "$pid" ] && ps -o ppid= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')" | tr -d ' ')
+zlabel=$( [ -n "$zygote" ] && cat "/proc/$zygote/attr/current" 2>&1)
+if $have_apparmor; then
+    [ "$label" = "codejail-broker//&codejail-jail//&codejail-sandbox (enforce)" ] &&
+        [ "$zlabel" = "codejail-broker//&codejail-jail (enforce)" ] &&
+        [ -n "$parent" ] && [ "$(ps -o ppid= -p "$parent" | tr -d ' ')" = "$zygote" ]
+    check "fork server: the forked program's label is a cold one's, the zygote's a stage's" $? \
+        "program $pid: ${label:-none}; zygote $zygote: ${zlabel:-none}; program's grandparent $parent"
+else
+    info "fork server: labels (no AppArmor)" "zygote $zygote: ${zlabel:-none}"
+fi
+wait "$sleeper"
+rc=$?
+[ $rc = 0 ] && [ "$(cat "$logs/forked-sleep.txt")" = slept ]
+check "fork server: a forked sleep completes" $? "exit $rc: $(head -c 200 "$logs/forked-sleep.txt")"
+# The attacks again, from a forked run (no hog beside it this time: its line holds
+# anyway, a run's timers are its own).
+client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$(main_pid)" >"$logs/forked-attack.txt" 2>&1
+rc=$?
+attacks=forked-attack
+check_attacks
+# The same pool without the fork server: each warm jail an interpreter of its own.
+sed -i 's/^fork_server = true$/fork_server = false/' /etc/codejail/broker.toml
+systemctl restart codejail-broker.service >"$logs/restart-warm.log" 2>&1
+wait_until 120 broker_serving
+warm_before=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
+got=$(client 120 exec --limit CPU=10 --limit REALTIME=30 -c 'import sys; print("numpy" in sys.modules)' 2>&1)
+rc=$?
+warm_after=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
+[ $rc = 0 ] && [ "$got" = True ] && [ "$warm_after" -gt "$warm_before" ]
+check "warm pool: a run served warm, numpy preimported (AppArmor profile kept)" $? \
+    "exit $rc: $(oneline <<<"$got" | head -c 200); served warm $warm_before -> $warm_after; $(broker_tail 3)"
+if $have_apparmor; then
+    journalctl -k --since "$fork_since" --no-pager | grep -i 'apparmor="DENIED"' >"$logs/apparmor-denials-fork.txt" 2>&1
+    n=$(wc -l <"$logs/apparmor-denials-fork.txt")
+    [ "$n" = 0 ]
+    check "fork server and warm pool: no AppArmor denial" $? "$n; first: $(head -3 "$logs/apparmor-denials-fork.txt" | sed 's/.*apparmor=/apparmor=/' | cut -c1-300 | oneline)"
+fi
+phase fork-server
 
 # ---------------------------------------------------------------- 9. uninstall
 collect_logs ".end"

@@ -131,12 +131,14 @@ impl Zygote {
         // Per-run ids: the zygote keeps CAP_SETUID and CAP_SETGID, which each child needs
         // to take its run's ids (then it drops every capability).
         let keep_setid = settings.run_ids.is_some();
-        // SAFETY: the closure only calls prctl, dup2, close_range and the set*id system
-        // calls (async-signal-safe, no allocation), on an fd the blocking task below
-        // owns until spawn has returned; it is >= 10, out of the way of std's stdio
-        // set-up.
+        // Under AppArmor, the stage's profile stacked at the exec, as a stage's is.
+        let apparmor = crate::apparmor::zygote_exec_request();
+        // SAFETY: the closure only calls prctl, dup2, close_range, open, write, close and
+        // the set*id system calls (async-signal-safe, no allocation), on an fd the
+        // blocking task below owns until spawn has returned; it is >= 10, out of the way
+        // of std's stdio set-up.
         unsafe {
-            c.pre_exec(move || sys::install_zygote_fd(raw, id, keep_setid));
+            c.pre_exec(move || sys::install_zygote_fd(raw, id, keep_setid, apparmor.as_deref()));
         }
         let mut child = tokio::task::spawn_blocking(move || {
             let spawned = c.spawn();
