@@ -115,6 +115,18 @@ async fn warm_runs_are_forked_from_the_zygote() {
     assert!(f.forks >= 2 && f.forks_total == f.forks, "{f:?}");
     assert_eq!(f.started, 1, "{f:?}");
     assert!(f.age_ms > 0 && f.rss_kib > 5_000, "{f:?}");
+    // The confinement report says what a forked run achieves, layer by layer (the
+    // start-up probe ran in one); this dev broker makes no cgroups, so that layer has
+    // nothing to add.
+    for name in ["namespaces", "rlimits", "landlock", "seccomp", "exec"] {
+        let detail = &status.layers[name].detail;
+        assert!(
+            detail.contains("runs forked from the python zygote: "),
+            "{name}: {detail}"
+        );
+    }
+    let cgroups = &status.layers["cgroups"].detail;
+    assert!(!cgroups.contains("forked"), "{cgroups}");
     let text_status = codejail_protocol::render::status_table(&status);
     assert!(
         text_status.contains(&format!("fork server python: zygote {}", zygotes[0])),

@@ -138,6 +138,9 @@ pub fn build(settings: &Settings, cgroups: &CgroupStatus, probe: &Probe) -> Stat
             Err(d) => layer(LayerState::Unavailable, settings.apparmor_required, d),
         },
     );
+    if let (Ok(()), Some(command)) = (&probe.verdict, &probe.forked) {
+        note_forked(&mut layers, command, settings.run_ids.is_some());
+    }
     StatusReport {
         broker_version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: PROTOCOL_VERSION,
@@ -198,6 +201,53 @@ fn exec_layer(settings: &Settings, probe_ok: bool, probe_detail: &dyn Fn(&str) -
                 allowing.join(", ")
             ),
         )
+    }
+}
+
+/// What a run forked from `command`'s zygote achieves, layer by layer, appended to
+/// each layer's detail: the start-up probe held in such a run too, with the same
+/// Landlock and seccomp (docs/architecture.md, "Fork server").
+fn note_forked(layers: &mut BTreeMap<String, Layer>, command: &str, per_run_ids: bool) {
+    let same = "the same (the start-up probe ran in one)";
+    let identity = if per_run_ids {
+        "the zygote's child takes the run's ids (the zygote holds only CAP_SETUID and CAP_SETGID for it), then drops every capability"
+    } else {
+        "the broker's ids, as cold runs"
+    };
+    for (name, how) in [
+        (
+            "namespaces",
+            "the same, made by the zygote's child (the probe ran in one)",
+        ),
+        (
+            "rlimits",
+            "the same; CPU counted from the fork, VMEM counting the zygote's mappings",
+        ),
+        ("workspace", same),
+        ("filesystem_view", same),
+        ("landlock", same),
+        ("seccomp", same),
+        (
+            "exec",
+            "the program returns into its interpreter (no exec) and every exec after it is refused",
+        ),
+        ("capabilities", same),
+        ("identity", identity),
+        (
+            "cgroups",
+            "the zygote's child enters the run's cgroup first, before it takes the run's ids",
+        ),
+    ] {
+        // (A layer that does not hold at all, e.g. no cgroups, has nothing to add.)
+        if let Some(layer) = layers
+            .get_mut(name)
+            .filter(|l| l.state != LayerState::Unavailable)
+        {
+            layer.detail = format!(
+                "{}; runs forked from the {command} zygote: {how}",
+                layer.detail
+            );
+        }
     }
 }
 
@@ -356,5 +406,44 @@ mod tests {
         assert!(!l.required && l.detail.contains("not required"), "{l:?}");
         let l = landlock_layer(None, 1, &probe_detail);
         assert!(!l.holds && l.detail.contains("did not reach"), "{l:?}");
+    }
+
+    #[test]
+    fn the_forked_path_is_described_layer_by_layer() {
+        let names = [
+            "namespaces",
+            "rlimits",
+            "workspace",
+            "filesystem_view",
+            "landlock",
+            "seccomp",
+            "exec",
+            "capabilities",
+            "identity",
+            "cgroups",
+        ];
+        let mut layers: BTreeMap<String, Layer> = names
+            .iter()
+            .map(|n| (n.to_string(), layer(LayerState::Full, true, "cold")))
+            .collect();
+        note_forked(&mut layers, "python", true);
+        for name in names {
+            let d = &layers[name].detail;
+            assert!(
+                d.starts_with("cold; runs forked from the python zygote: "),
+                "{name}: {d}"
+            );
+        }
+        assert!(layers["identity"].detail.contains("CAP_SETUID"));
+        assert!(layers["rlimits"]
+            .detail
+            .contains("CPU counted from the fork"));
+        // A layer that does not hold (no cgroups) gets no note.
+        let mut layers = BTreeMap::from([(
+            "cgroups".to_string(),
+            layer(LayerState::Unavailable, false, "none"),
+        )]);
+        note_forked(&mut layers, "python", false);
+        assert_eq!(layers["cgroups"].detail, "none");
     }
 }

@@ -44,6 +44,9 @@ pub struct Probe {
     pub landlock: Option<Achieved>,
     /// Entries of the seccomp deny list the probe run got.
     pub seccomp_denied: Option<u32>,
+    /// The command whose pool forks its jails from a zygote, when the probe also held
+    /// in a jail of that pool (the forked path), with the same Landlock and seccomp.
+    pub forked: Option<String>,
 }
 
 impl Probe {
@@ -53,6 +56,7 @@ impl Probe {
             verdict: Err("not run yet".into()),
             landlock: None,
             seccomp_denied: None,
+            forked: None,
         }
     }
 }
@@ -65,8 +69,17 @@ pub async fn probe(runs: &Runs) -> Probe {
     }
     let warm = probe_in(runs, Warmth::Warm).await;
     runs.pools().reset_counts();
+    // The probe's warm run is the python pool's (`probe_in`).
+    let forked = runs
+        .settings()
+        .pools
+        .get("python")
+        .filter(|spec| spec.fork_server)
+        .map(|_| "python".to_string());
     match warm.verdict {
-        Ok(()) if (warm.landlock, warm.seccomp_denied) == (cold.landlock, cold.seccomp_denied) => cold,
+        Ok(()) if (warm.landlock, warm.seccomp_denied) == (cold.landlock, cold.seccomp_denied) => {
+            Probe { forked, ..cold }
+        }
         Ok(()) => Probe {
             verdict: Err(format!(
                 "the warm jail's confinement (landlock {:?}, seccomp {:?}) differs from a cold one's ({:?}, {:?})",
@@ -121,6 +134,7 @@ async fn probe_in(runs: &Runs, warmth: Warmth) -> Probe {
         verdict: Err(e),
         landlock: None,
         seccomp_denied: None,
+        forked: None,
     };
     let Some(python) = runs.settings().commands.get("python") else {
         return failed("no `python` command configured to probe with".into());
@@ -168,6 +182,7 @@ async fn probe_in(runs: &Runs, warmth: Warmth) -> Probe {
         verdict,
         landlock: got.landlock,
         seccomp_denied: got.seccomp_denied,
+        forked: None,
     }
 }
 
