@@ -56,6 +56,7 @@ impl Cleanup {
     pub async fn finish(mut self) {
         // The stage first: it exits once the init, and with it every process of the
         // run, is gone (a stage that does not is killed, with the run's cgroup).
+        let stage_reaped = self.stage.is_some();
         if let Some(mut stage) = self.stage.take() {
             if tokio::time::timeout(KILL_GRACE, stage.wait())
                 .await
@@ -74,15 +75,30 @@ impl Cleanup {
                 stage.wait().await;
             }
         }
+        let mut cgroup_removed = false;
         if let Some(cg) = self.cgroup.take() {
             // The run's processes are gone once the cgroup can be removed (rmdir fails
             // with EBUSY while any task is left): this is the check, not an assumption.
-            if let Err(e) = cg.remove().await {
-                tracing::error!(run_id = self.run_id, error = %e, "run cgroup not removed");
+            match cg.remove().await {
+                Ok(()) => cgroup_removed = true,
+                Err(e) => {
+                    tracing::error!(run_id = self.run_id, error = %e, "run cgroup not removed")
+                }
             }
         }
         if let Some(lease) = self.lease.take() {
-            lease.release().await;
+            // Every process of the run's uid is made inside the run's cgroup (the stage
+            // enters it before it takes the uid: spawned, between fork and exec; forked
+            // from a zygote, first thing); none can leave it (the run has no cgroupfs and
+            // no cgroup file open, and owns none). So with the stage reaped and the
+            // cgroup removed, no process of the uid is left (zombies aside, which the
+            // scan ignores too), and the uid goes back without the `/proc` scan a run
+            // without cgroups needs.
+            if stage_reaped && cgroup_removed {
+                lease.release_emptied();
+            } else {
+                lease.release().await;
+            }
         }
         drop(self.in_use.take());
     }

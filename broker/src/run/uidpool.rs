@@ -402,6 +402,16 @@ impl Lease {
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 
+    /// Give the id back at once: the caller has proved that no process with it is left
+    /// (its run's cgroup, which held every one of them, removed; `Cleanup::finish`).
+    pub fn release_emptied(mut self) {
+        if let Some(free) = self.free.take() {
+            if let Ok(mut f) = free.lock() {
+                f.push_back(self.id);
+            }
+        }
+    }
+
     fn settle(&mut self) {
         let Some(free) = self.free.take() else { return };
         let id = self.id;
@@ -476,6 +486,10 @@ mod tests {
         assert!(pool.lease().is_none());
         l.release().await;
         assert_eq!(pool.free_count(), 1);
+        let l = pool.lease().expect("id again");
+        l.release_emptied();
+        assert_eq!(pool.free_count(), 1, "given back once, not twice");
+        assert_eq!(pool.lease().map(|l| l.id()), Some(3_900_000_100));
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
