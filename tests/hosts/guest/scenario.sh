@@ -612,17 +612,31 @@ rc=$?
 check "fork server: a forked sleep completes" $? "exit $rc: $(head -c 200 "$logs/forked-sleep.txt")"
 # The attacks again, from a forked run (no hog beside it this time: its line holds
 # anyway, a run's timers are its own).
+forked_count() { journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=forked 2>/dev/null | wc -l; }
+forked_before=$(forked_count)
 client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$(main_pid)" >"$logs/forked-attack.txt" 2>&1
 rc=$?
+forked_grew() { [ "$(forked_count)" -gt "$forked_before" ]; }
+wait_until 10 forked_grew
+check "forked-attack: the attacks' run was forked from the zygote" $? "served forked $forked_before -> $(forked_count)"
 attacks=forked-attack
 check_attacks
 # The same pool without the fork server: each warm jail an interpreter of its own.
 sed -i 's/^fork_server = true$/fork_server = false/' /etc/codejail/broker.toml
 systemctl restart codejail-broker.service >"$logs/restart-warm.log" 2>&1
 wait_until 120 broker_serving
+# The self-test took a warm jail: wait for its replacement (numpy imported: seconds
+# under TCG), or the run goes cold.
+pool_ready() {
+    client 30 status --json 2>/dev/null |
+        python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["pool"]["python"]["ready"] < 1)' 2>/dev/null
+}
+wait_until 120 pool_ready
 warm_before=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
 got=$(client 120 exec --limit CPU=10 --limit REALTIME=30 -c 'import sys; print("numpy" in sys.modules)' 2>&1)
 rc=$?
+warm_grew() { [ "$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)" -gt "$warm_before" ]; }
+wait_until 10 warm_grew
 warm_after=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
 [ $rc = 0 ] && [ "$got" = True ] && [ "$warm_after" -gt "$warm_before" ]
 check "warm pool: a run served warm, numpy preimported (AppArmor profile kept)" $? \
