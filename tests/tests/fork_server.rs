@@ -516,3 +516,24 @@ async fn per_run_uids_each_forked_run_has_its_own() {
         }
     }
 }
+
+/// A zygote that cannot start says why: an interpreter without codejail's start-up
+/// hook (the system's) never answers, and the broker refuses to start with what the
+/// interpreter printed in its error, not only a guess.
+#[test]
+fn a_zygote_that_cannot_start_says_why() {
+    let Some((status, log)) = TestBroker::start_expecting_failure(
+        BrokerOpts::new()
+            .python("/usr/bin/python3")
+            .args(["--fork-server"]),
+    ) else {
+        return;
+    };
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("ended before it was ready")
+            && log.contains("its output: ")
+            && log.contains("jailed_code"),
+        "the interpreter's own words in the refusal: {log}"
+    );
+}

@@ -24,7 +24,7 @@
 //! fails to fork (its pool's builds then fail and runs
 //! go cold until a new one is up).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
@@ -50,6 +50,10 @@ use crate::sys;
 pub const ZYGOTE_LIBRARY: &str = "libcodejail_zygote.so";
 /// How long a zygote may take to start and import the preimports.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of a zygote's output kept for the error of a failed start.
+const OUTPUT_TAIL: usize = 12;
+/// How long a failed zygote's output is waited for.
+const OUTPUT_WAIT: Duration = Duration::from_secs(2);
 /// How long a zygote may take to answer a fork request.
 const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The environment's value for the run-specific directories (`TMPDIR`, and `HOME` or
@@ -149,7 +153,10 @@ impl Zygote {
         .map_err(|e| WarmError::Zygote(e.to_string()))?
         .map_err(|e| failed(&format!("spawning {}", cmd.bin.display()), e))?;
         let pid = child.id().unwrap_or(0);
-        // Its stdin stays open and empty; what it writes is logged.
+        // Its stdin stays open and empty; what it writes is logged, and its last lines
+        // kept for the error if it fails to start.
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut readers = Vec::new();
         for out in [
             child
                 .stdout
@@ -164,12 +171,19 @@ impl Zygote {
         .flatten()
         {
             let command = command.to_string();
-            tokio::spawn(async move {
+            let tail = Arc::clone(&tail);
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::warn!(command, zygote = pid, "zygote output: {line}");
+                    if let Ok(mut tail) = tail.lock() {
+                        if tail.len() == OUTPUT_TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line);
+                    }
                 }
-            });
+            }));
         }
         let mut greeting = format!("codejail-zygote 1 {library}");
         for module in &spec.preimport {
@@ -186,24 +200,49 @@ impl Zygote {
         })
         .await
         .map_err(|e| WarmError::Zygote(e.to_string()))?;
-        let (answer, ours) = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.start_kill();
-                return Err(failed("waiting for its ready", e));
+        let ended = "it ended before it was ready: is codejail's start-up hook installed in the interpreter's site-packages (scripts/setup-sandbox-venv.sh)?";
+        let why = match answer {
+            Ok((answer, _)) if answer != "ready\n" => {
+                let answer = answer.trim().to_string();
+                if answer.is_empty() {
+                    ended.to_string()
+                } else {
+                    format!("it answered {answer:?}")
+                }
             }
+            // It exited with the greeting unread.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ended.to_string(),
+            Ok(ok) => {
+                drop(readers);
+                return Ok(Zygote::started(command, pid, child, ok.1, spec));
+            }
+            Err(e) => format!("waiting for its ready: {e}"),
         };
-        if answer != "ready\n" {
-            let _ = child.start_kill();
-            let answer = answer.trim();
-            return Err(WarmError::Zygote(if answer.is_empty() {
-                "it ended before it was ready: is codejail's start-up hook installed in the interpreter's site-packages (scripts/setup-sandbox-venv.sh)?".to_string()
-            } else {
-                format!("it answered {answer:?}")
-            }));
-        }
+        let _ = child.start_kill();
+        // What it printed (a traceback, an AppArmor denial's EACCES) says why: its pipes
+        // close as it dies, so the readers end.
+        let _ = tokio::time::timeout(OUTPUT_WAIT, futures_join(readers)).await;
+        let output: Vec<String> = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        Err(WarmError::Zygote(if output.is_empty() {
+            why
+        } else {
+            format!("{why}; its output: {}", output.join(" | "))
+        }))
+    }
+
+    /// The record of a zygote that answered `ready`.
+    fn started(
+        command: &str,
+        pid: u32,
+        child: tokio::process::Child,
+        ours: OwnedFd,
+        spec: &PoolSpec,
+    ) -> Zygote {
         tracing::info!(command, zygote = pid, preimport = ?spec.preimport, "zygote started");
-        Ok(Zygote {
+        Zygote {
             child: Mutex::new(child),
             sock: Mutex::new(ours),
             pid,
@@ -211,7 +250,7 @@ impl Zygote {
             forks: AtomicU64::new(0),
             life: spec.zygote,
             broken: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 
     /// Its pid.
@@ -300,6 +339,13 @@ impl Zygote {
 
 /// The zygote's environment: the command's, with the run-specific directories pointing
 /// nowhere ([`NO_DIR`]).
+/// Wait for every task of `handles` (their results do not matter).
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
 fn zygote_env(cmd: &CommandSpec) -> Vec<(String, String)> {
     let mut env = vec![("TMPDIR".to_string(), NO_DIR.to_string())];
     let defaults = [
