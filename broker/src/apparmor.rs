@@ -96,6 +96,28 @@ pub fn zygote_exec_request() -> Option<std::ffi::CString> {
         .clone()
 }
 
+/// When the zygote's exec asked for the stage's profile (`requested`), that it got it:
+/// its label must be the broker's with `codejail-jail` stacked, as a stage's is, or
+/// the fork server would run its runs' stages under the broker's wider profile. `Err`
+/// names what it got.
+pub fn check_zygote_label(requested: bool, pid: u32) -> Result<(), String> {
+    if !requested {
+        return Ok(());
+    }
+    let want = format!("{BROKER_PROFILE}//&{STAGE_PROFILE}");
+    let current = std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/attr/current")))
+        .map_err(|e| format!("its AppArmor label could not be read: {e}"))?;
+    if label_name(&current) == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "its AppArmor label is {:?}, not {want:?} (is the installed codejail-broker profile loaded in full?)",
+            label_name(&current)
+        ))
+    }
+}
+
 /// Whether `name` can be a profile name in the `stack <name>` request: non-empty, one
 /// line, no whitespace or NUL (the kernel parses the attribute by whitespace).
 pub fn check_profile_name(name: &str) -> Result<(), String> {
@@ -179,6 +201,11 @@ mod tests {
         if !kernel_has_apparmor() {
             assert_eq!(zygote_exec_request(), None);
         }
+        // Nothing asked, nothing to check; asked, a process without the stacked label
+        // (this test's own, unconfined or without AppArmor) is refused.
+        assert_eq!(check_zygote_label(false, std::process::id()), Ok(()));
+        let err = check_zygote_label(true, std::process::id()).expect_err("not stacked");
+        assert!(err.contains("AppArmor label"), "{err}");
     }
 
     #[test]

@@ -135,8 +135,10 @@ impl Zygote {
         // Per-run ids: the zygote keeps CAP_SETUID and CAP_SETGID, which each child needs
         // to take its run's ids (then it drops every capability).
         let keep_setid = settings.run_ids.is_some();
-        // Under AppArmor, the stage's profile stacked at the exec, as a stage's is.
+        // Under AppArmor, the stage's profile stacked at the exec, as a stage's is
+        // (checked once it is ready).
         let apparmor = crate::apparmor::zygote_exec_request();
+        let stacked = apparmor.is_some();
         // SAFETY: the closure only calls prctl, dup2, close_range, open, write, close and
         // the set*id system calls (async-signal-safe, no allocation), on an fd the
         // blocking task below owns until spawn has returned; it is >= 10, out of the way
@@ -212,10 +214,13 @@ impl Zygote {
             }
             // It exited with the greeting unread.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ended.to_string(),
-            Ok(ok) => {
-                drop(readers);
-                return Ok(Zygote::started(command, pid, child, ok.1, spec));
-            }
+            Ok(ok) => match crate::apparmor::check_zygote_label(stacked, pid) {
+                Ok(()) => {
+                    drop(readers);
+                    return Ok(Zygote::started(command, pid, child, ok.1, spec));
+                }
+                Err(why) => why,
+            },
             Err(e) => format!("waiting for its ready: {e}"),
         };
         let _ = child.start_kill();
