@@ -73,6 +73,9 @@ main_pid() { systemctl show -p MainPID --value codejail-broker.service 2>/dev/nu
 unit_state() { systemctl is-active "$1" 2>/dev/null; }
 # The status verdict: 0 serving with every required layer, 1 degraded, else down.
 broker_serving() { client 30 status >/dev/null 2>&1; [ $? -le 1 ]; }
+served_count() { # HOW: the broker's runs this boot served HOW (cold, warm, forked)
+    journalctl -u codejail-broker.service -b -o cat --no-pager "CODEJAIL_SERVED=$1" 2>/dev/null | wc -l
+}
 wait_until() { # SECONDS CMD...: poll every second
     local deadline=$((SECONDS + $1))
     shift
@@ -578,7 +581,7 @@ for _ in 1 2 3 4 5; do
     [ "$got" = 45 ] && numpy_runs=$((numpy_runs + 1))
 done
 client 30 status >"$logs/status-fork.txt" 2>&1
-served=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=forked 2>/dev/null | wc -l)
+served=$(served_count forked)
 [ "$numpy_runs" = 5 ] && [ "$served" -gt 0 ] && grep -q 'fork server python: zygote [0-9]' "$logs/status-fork.txt"
 check "fork server: numpy runs forked from the zygote (AppArmor profile kept)" $? \
     "$numpy_runs/5 printed 45 (last: $(oneline <<<"$got" | head -c 200)); $served runs served forked; $(grep 'fork server' "$logs/status-fork.txt" | oneline); $(broker_tail 3)"
@@ -612,13 +615,12 @@ rc=$?
 check "fork server: a forked sleep completes" $? "exit $rc: $(head -c 200 "$logs/forked-sleep.txt")"
 # The attacks again, from a forked run (no hog beside it this time: its line holds
 # anyway, a run's timers are its own).
-forked_count() { journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=forked 2>/dev/null | wc -l; }
-forked_before=$(forked_count)
+forked_before=$(served_count forked)
 client 120 exec --limit REALTIME=30 --limit CPU=10 --limit FSIZE=1048576 --code-file "$here/attacks.py" "$(main_pid)" >"$logs/forked-attack.txt" 2>&1
 rc=$?
-forked_grew() { [ "$(forked_count)" -gt "$forked_before" ]; }
+forked_grew() { [ "$(served_count forked)" -gt "$forked_before" ]; }
 wait_until 10 forked_grew
-check "forked-attack: the attacks' run was forked from the zygote" $? "served forked $forked_before -> $(forked_count)"
+check "forked-attack: the attacks' run was forked from the zygote" $? "served forked $forked_before -> $(served_count forked)"
 attacks=forked-attack
 check_attacks
 # The same pool without the fork server: each warm jail an interpreter of its own.
@@ -632,12 +634,12 @@ pool_ready() {
         python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["pool"]["python"]["ready"] < 1)' 2>/dev/null
 }
 wait_until 120 pool_ready
-warm_before=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
+warm_before=$(served_count warm)
 got=$(client 120 exec --limit CPU=10 --limit REALTIME=30 -c 'import sys; print("numpy" in sys.modules)' 2>&1)
 rc=$?
-warm_grew() { [ "$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)" -gt "$warm_before" ]; }
+warm_grew() { [ "$(served_count warm)" -gt "$warm_before" ]; }
 wait_until 10 warm_grew
-warm_after=$(journalctl -u codejail-broker.service -b -o cat --no-pager CODEJAIL_SERVED=warm 2>/dev/null | wc -l)
+warm_after=$(served_count warm)
 [ $rc = 0 ] && [ "$got" = True ] && [ "$warm_after" -gt "$warm_before" ]
 check "warm pool: a run served warm, numpy preimported (AppArmor profile kept)" $? \
     "exit $rc: $(oneline <<<"$got" | head -c 200); served warm $warm_before -> $warm_after; $(broker_tail 3)"
