@@ -532,7 +532,7 @@ fn a_zygote_that_cannot_start_says_why() {
     assert!(!status.success(), "{log}");
     assert!(
         log.contains("ended before it was ready")
-            && log.contains("its output: ")
+            && log.contains("; the interpreter's output: ")
             && log.contains("jailed_code"),
         "the interpreter's own words in the refusal: {log}"
     );

@@ -214,10 +214,10 @@ impl Zygote {
             }
             // It exited with the greeting unread.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ended.to_string(),
-            Ok(ok) => match crate::apparmor::check_zygote_label(stacked, pid) {
+            Ok((_, ours)) => match crate::apparmor::check_zygote_label(stacked, pid) {
                 Ok(()) => {
                     drop(readers);
-                    return Ok(Zygote::started(command, pid, child, ok.1, spec));
+                    return Ok(Zygote::started(command, pid, child, ours, spec));
                 }
                 Err(why) => why,
             },
@@ -226,16 +226,20 @@ impl Zygote {
         let _ = child.start_kill();
         // What it printed (a traceback, an AppArmor denial's EACCES) says why: its pipes
         // close as it dies, so the readers end.
-        let _ = tokio::time::timeout(OUTPUT_WAIT, futures_join(readers)).await;
+        let _ = tokio::time::timeout(OUTPUT_WAIT, futures::future::join_all(readers)).await;
         let output: Vec<String> = tail
             .lock()
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
-        Err(WarmError::Zygote(if output.is_empty() {
-            why
+        let error = WarmError::Zygote(why);
+        Err(if output.is_empty() {
+            error
         } else {
-            format!("{why}; its output: {}", output.join(" | "))
-        }))
+            WarmError::WithOutput {
+                cause: Box::new(error),
+                output: output.join(" | "),
+            }
+        })
     }
 
     /// The record of a zygote that answered `ready`.
@@ -344,13 +348,6 @@ impl Zygote {
 
 /// The zygote's environment: the command's, with the run-specific directories pointing
 /// nowhere ([`NO_DIR`]).
-/// Wait for every task of `handles` (their results do not matter).
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
-    }
-}
-
 fn zygote_env(cmd: &CommandSpec) -> Vec<(String, String)> {
     let mut env = vec![("TMPDIR".to_string(), NO_DIR.to_string())];
     let defaults = [
