@@ -65,6 +65,13 @@ pub fn profile_for_runs(configured: Option<&str>) -> Option<String> {
 const BROKER_PROFILE: &str = "codejail-broker";
 const STAGE_PROFILE: &str = "codejail-jail";
 
+/// The `current` attribute of process `pid` (`self` or a number): the per-LSM file,
+/// else the legacy shared one.
+fn current_label(pid: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/attr/current")))
+}
+
 /// The label name in a `current` attribute's text (`name (mode)`, or `unconfined`).
 fn label_name(current: &str) -> &str {
     let current = current.trim_end_matches(['\n', '\0']);
@@ -86,9 +93,7 @@ pub fn zygote_exec_request() -> Option<std::ffi::CString> {
             if !kernel_has_apparmor_cached() {
                 return None;
             }
-            let current = std::fs::read_to_string("/proc/self/attr/apparmor/current")
-                .or_else(|_| std::fs::read_to_string("/proc/self/attr/current"))
-                .ok()?;
+            let current = current_label("self").ok()?;
             (label_name(&current) == BROKER_PROFILE)
                 .then(|| std::ffi::CString::new(format!("stack {STAGE_PROFILE}")).ok())
                 .flatten()
@@ -105,8 +110,7 @@ pub fn check_zygote_label(requested: bool, pid: u32) -> Result<(), String> {
         return Ok(());
     }
     let want = format!("{BROKER_PROFILE}//&{STAGE_PROFILE}");
-    let current = std::fs::read_to_string(format!("/proc/{pid}/attr/apparmor/current"))
-        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/attr/current")))
+    let current = current_label(&pid.to_string())
         .map_err(|e| format!("its AppArmor label could not be read: {e}"))?;
     if label_name(&current) == want {
         Ok(())
