@@ -137,11 +137,7 @@ print(f"codejail-service api_tests against codejail-http: {total - failed - erro
       f"{failed} failed, {errors} errors, {skipped} skipped (of {total})")
 PY
 # With a warm pool: how many of the runs it served.
-"$target/codejail-client" --socket "$socket" status --json 2>/dev/null | "$venv/bin/python" -c '
-import json, sys
-for name, p in json.load(sys.stdin).get("pool", {}).items():
-    print("warm pool %s: %d runs served warm, %d cold" % (name, p["hits"], p["misses"]))
-' || true
+print_pool_counts "$target/codejail-client" "$socket" "$venv/bin/python"
 if [ "$rc" != 0 ]; then
     log "codejail-http log tail:"; tail -n 20 "$work/http.log" >&2
 fi

@@ -144,12 +144,6 @@ EOF
     fi
 done
 # With a warm pool ($CODEJAIL_BROKER_ARGS): how the runs were served.
-"$bins/codejail-client" --socket "$socket" status --json 2>/dev/null | "$venv/bin/python" -c '
-import json, sys
-for name, p in json.load(sys.stdin).get("pool", {}).items():
-    forked = " (forked from its zygote)" if p.get("fork_server") else ""
-    print("warm pool %s: %d runs served warm%s, %d cold, %d forked on demand"
-          % (name, p["hits"], forked, p["misses"], p.get("forked_now", 0)))
-' || true
+print_pool_counts "$bins/codejail-client" "$socket" "$venv/bin/python"
 rm -rf "$site/tests"
 exit $overall

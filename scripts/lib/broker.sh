@@ -26,6 +26,12 @@
 #
 # The caller stops the broker (kill -TERM "$started_broker_pid"; wait) and removes the
 # directories; SOCKET's directory must exist and be reachable by UID.
+#
+#   print_pool_counts CLIENT SOCKET PYTHON
+#
+# prints one line per warm pool of the broker at SOCKET (CLIENT's `status --json`, read
+# with PYTHON): the runs it served warm (forked from a zygote or not), cold, and forked
+# on demand. Prints nothing without a pool; never fails.
 
 start_broker() {
     local uid='' setid_caps=()
@@ -79,4 +85,14 @@ start_broker() {
         echo "the broker did not listen on $socket within ${BROKER_START_SECS:-20} s" >&2
     fi
     return 1
+}
+
+print_pool_counts() {
+    "$1" --socket "$2" status --json 2>/dev/null | "$3" -c '
+import json, sys
+for name, p in json.load(sys.stdin).get("pool", {}).items():
+    forked = " (forked from its zygote)" if p.get("fork_server") else ""
+    print("warm pool %s: %d runs served warm%s, %d cold, %d forked on demand"
+          % (name, p["hits"], forked, p["misses"], p.get("forked_now", 0)))
+' || true
 }
