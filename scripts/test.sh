@@ -111,17 +111,17 @@ cargo test "${scope[@]}" --no-fail-fast "$@" || cargo_status=$?
 #     program gives itself (codejail_tests::Marked), which a warm run's command line
 #     cannot show (its interpreter was exec'd before the request existed).
 if [ ${#scope[@]} -gt 0 ]; then
-    log "cargo test: jail_code, safe_exec, confinement, robustness, run_semantics with a warm pool (CODEJAIL_TEST_POOL=2)"
+    log "cargo test: jail_code, safe_exec, confinement, robustness, run_semantics, http with a warm pool (CODEJAIL_TEST_POOL=2)"
     CODEJAIL_TEST_POOL=2 cargo test -p codejail-tests --no-fail-fast \
         --test jail_code --test safe_exec --test confinement --test robustness \
-        --test run_semantics \
+        --test run_semantics --test http \
         || cargo_status=$?
     # 5c. Again with the warm jails forked from a zygote (CODEJAIL_TEST_FORK_SERVER=1:
     #     `--fork-server` for every broker, both shapes).
     log "cargo test: the same with a fork server (CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1)"
     CODEJAIL_TEST_POOL=2 CODEJAIL_TEST_FORK_SERVER=1 cargo test -p codejail-tests --no-fail-fast \
         --test jail_code --test safe_exec --test confinement --test robustness \
-        --test run_semantics \
+        --test run_semantics --test http \
         || cargo_status=$?
 fi
 
