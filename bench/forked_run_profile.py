@@ -6,9 +6,9 @@
 `split` reads `perf script -F comm,pid,ip,sym,dso` output (a system-wide profile taken
 while `loop` ran) and prints the CPU per run of each process role and kind of work.
 Roles: the run's program (its samples reach CPython's evaluator), its init (the pid
-before the program's) and stage (the one before that; a forked run's three processes
-are created in a row), the zygote, the broker, the caller (the package's process), the
-kernel's threads, the rest. Kinds, by the first match in a sample's stack: page fault
+before the program's: the zygote clones the init, which forks the program at once; a
+forked run has no stage process), the zygote, the broker, the caller (the package's
+process), the kernel's threads, the rest. Kinds, by the first match in a sample's stack: page fault
 (copy-on-write of pages shared with the zygote), exit (tearing the address space
 down), fork (copying it), unshare, seccomp, mount (and pivot_root), other.
 """
@@ -68,13 +68,13 @@ def split(path, runs, zygote, broker, caller):
     all_samples = list(samples(path))
     programs = {pid for _, pid, frames in all_samples if any("_PyEval_EvalFrame" in f for f in frames)}
     programs -= {zygote, caller}
-    # A run whose program was not caught in CPython's evaluator: its three processes
-    # are still three pids in a row of the interpreter's name.
+    # A run whose program was not caught in CPython's evaluator: its two processes are
+    # still two pids in a row of the interpreter's name.
     run_pids = {pid for comm, pid, _ in all_samples if comm == "python"} - {zygote, caller}
     for pid in sorted(run_pids):
-        near = {pid - 2, pid - 1, pid, pid + 1, pid + 2} & programs
-        if not near and pid + 2 in run_pids and pid + 1 in run_pids:
-            programs.add(pid + 2)
+        near = {pid - 1, pid, pid + 1} & programs
+        if not near and pid + 1 in run_pids:
+            programs.add(pid + 1)
 
     def role(comm, pid):
         if pid == zygote:
@@ -87,8 +87,6 @@ def split(path, runs, zygote, broker, caller):
             return "program"
         if pid + 1 in programs:
             return "init"
-        if pid + 2 in programs:
-            return "stage"
         if comm == "swapper":
             return "idle"
         if pid == 0 or comm.startswith(("kworker", "ksoftirqd", "rcu", "kdamond", "migration")):

@@ -3,7 +3,7 @@
 # BENCH_SHAPE=production; pool of 2, $PREIMPORT preimported, default "json numpy")
 # serves jail_code('print(1)') back to back from the Python package for SECONDS
 # (default 5) while `perf record -a -g` samples the whole machine; the samples are
-# split by process (the run's stage, init and program, the zygote, the broker, the
+# split by process (the run's init and program, the zygote, the broker, the
 # caller) and by kind of work (copy-on-write faults, exit, fork, unshare, seccomp,
 # mounts, the rest) into CPU per run (bench/forked_run_profile.py). Needs perf (Debian:
 # linux-perf) and root; run on an idle machine.

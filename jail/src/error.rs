@@ -168,6 +168,10 @@ pub enum JailError {
     /// Watching the init (pidfd, poll, wait) failed.
     #[error("watching the init")]
     WatchInit(#[source] io::Error),
+    /// A forked run's init could not watch the broker's control pipe (duplicate it,
+    /// read it).
+    #[error("watching the control pipe")]
+    WatchControl(#[source] io::Error),
     /// Arming `PR_SET_PDEATHSIG` in the init failed, or the stage already died.
     #[error("tie the init's life to the stage")]
     TieToStage(#[source] io::Error),
@@ -391,6 +395,7 @@ impl JailError {
             JailError::WarmAck(_) | JailError::WarmBadAck { .. } => "read warm ack",
             JailError::Fork { what, .. } => return format!("fork {what}"),
             JailError::WatchInit(_) => "watch init",
+            JailError::WatchControl(_) => "watch control pipe",
             JailError::TieToStage(_) => "tie init to stage",
             JailError::NewSession(_) => "new session",
             JailError::MakeMountsPrivate(_) => "make mounts private",

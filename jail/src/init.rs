@@ -10,6 +10,7 @@
 //! once they are all reaped: that is how the run's cleanup is verified, not assumed.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::signalfd::SignalFd;
@@ -46,26 +47,50 @@ pub(crate) struct InitContext<'a> {
     pub(crate) handover: Option<File>,
     /// `/dev/null`, to put on the init's stdio once the program holds the run's.
     pub(crate) null: &'a File,
-    /// The read end of the lifeline: a pipe that hangs up when the stage is gone.
-    pub(crate) lifeline_read: OwnedFd,
-    /// The init's copy of the lifeline's write end, closed first thing so that only
-    /// the stage holds one.
-    pub(crate) lifeline_write: OwnedFd,
-    /// How the program starts.
-    pub(crate) start: Start,
+    /// What ends the run if the broker goes away; it also says how the program
+    /// starts ([`Tie::start`]).
+    pub(crate) tie: Tie,
+}
+
+/// What ties the init to the broker's control pipe.
+pub(crate) enum Tie {
+    /// A spawned stage forked the init and watches the control pipe: the init dies
+    /// with the stage (`PR_SET_PDEATHSIG`), and checks through the lifeline that the
+    /// stage was still there when that was armed.
+    Stage {
+        /// The read end of the lifeline: a pipe that hangs up when the stage is gone.
+        lifeline_read: OwnedFd,
+        /// The init's copy of the lifeline's write end, closed first thing so that
+        /// only the stage holds one.
+        lifeline_write: OwnedFd,
+    },
+    /// A zygote cloned the init (`forked`): there is no stage, the init watches the
+    /// control pipe itself and ends the run at its EOF, as a stage would.
+    Control,
+}
+
+impl Tie {
+    /// How the program starts: a spawned stage's execs the plan's program, a forked
+    /// run's returns into the interpreter the zygote cloned.
+    fn start(&self) -> Start {
+        match self {
+            Tie::Stage { .. } => Start::Exec,
+            Tie::Control => Start::Return,
+        }
+    }
 }
 
 /// How the init's checklist ended in this process.
 enum InitEnd {
     /// The run ended: the report to send.
     Ended(StageReport),
-    /// This process is the program of a forked stage, confined ([`Start::Return`]).
+    /// This process is the program of a forked run, confined ([`Start::Return`]).
     Program(Returned),
 }
 
 /// The init's checklist, run in the forked PID 1; never returns in the init. Exits 0
 /// after reporting the program's end, 1 after reporting a failed step. Returns only
-/// in the program of a forked stage ([`Start::Return`]), once it is confined.
+/// in the program of a forked run ([`Start::Return`]), once it is confined.
 pub(crate) fn run_init(ctx: InitContext<'_>, report: &mut File) -> Returned {
     match init_steps(ctx, report) {
         Ok(InitEnd::Program(program)) => program,
@@ -88,21 +113,32 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
         control,
         handover,
         null,
-        lifeline_read,
-        lifeline_write,
-        start,
+        tie,
     } = ctx;
+    let start = tie.start();
     // The run's inner identity, for the init and the program it forks (the stage
     // keeps its own: see `userns`).
     switch_to_run_identity()?;
-    // Die with the stage, first: if the broker kills the stage, the whole run must go
-    // (the stage is single-threaded, so "parent thread exits" means "stage exits").
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| JailError::TieToStage(e.into()))?;
-    // The stage may have died between fork and prctl; the lifeline pipe tells, once
-    // our own copy of its write end is closed.
-    drop(lifeline_write);
-    check_stage_alive(&lifeline_read)?;
-    drop(lifeline_read);
+    let watched = match tie {
+        Tie::Stage {
+            lifeline_read,
+            lifeline_write,
+        } => {
+            // Die with the stage, first: if the broker kills the stage, the whole run
+            // must go (the stage is single-threaded, so "parent thread exits" means
+            // "stage exits").
+            prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| JailError::TieToStage(e.into()))?;
+            // The stage may have died between fork and prctl; the lifeline pipe
+            // tells, once our own copy of its write end is closed.
+            drop(lifeline_write);
+            check_stage_alive(&lifeline_read)?;
+            drop(lifeline_read);
+            None
+        }
+        // No stage: the init watches the control pipe, on a number of its own (a
+        // warm jail's program gets the hand-over socket on the control pipe's).
+        Tie::Control => Some(control.try_clone().map_err(JailError::WatchControl)?),
+    };
     // The control pipe is the stage's business (and the broker's kill switch); the
     // program must not hold it. A warm jail's program gets its hand-over socket on
     // that number instead (`warm`).
@@ -160,6 +196,8 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
         source,
     })? {
         Forked::Child => {
+            // Nor the control pipe, which only the init watches.
+            drop(watched);
             // The program holds the sentinel until its exec, and never the listener.
             let sentinel = guard.map(|(guard, sentinel)| {
                 drop(guard);
@@ -188,7 +226,12 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
         Some((ours, program_end, handover)) => {
             drop(program_end);
             let preimport = plan.warm.as_ref().map(|w| w.preimport.as_slice());
-            Some(Warm::start(ours, handover, preimport.unwrap_or_default())?)
+            Some(Warm::start(
+                ours,
+                handover,
+                preimport.unwrap_or_default(),
+                start.shared_processes(),
+            )?)
         }
         None => None,
     };
@@ -218,7 +261,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
             }
         }
         let waiting = warm.as_ref().and_then(Warm::waiting_on);
-        match wait_event(&signals, guard.as_ref(), waiting)? {
+        match wait_event(&signals, guard.as_ref(), waiting, watched.as_ref())? {
             Event::Terminate => {
                 let before = warm.as_mut().map(Warm::used_before).unwrap_or_default();
                 return terminate_run(before).map(InitEnd::Ended);
@@ -243,7 +286,8 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
 
 /// What woke the init.
 enum Event {
-    /// The stage asks to end the run (SIGTERM).
+    /// The stage asks to end the run (SIGTERM), or the control pipe the init watches
+    /// has reached its end (the broker's kill switch, or the broker is gone).
     Terminate,
     /// A child ended (SIGCHLD): reap.
     ChildEnded,
@@ -253,15 +297,22 @@ enum Event {
     Warm,
 }
 
-/// Wait for a signal, an exec notification or (a warm jail) its awaited fd. Signals
-/// first: a SIGTERM is never delayed by a stream of notifications.
+/// Wait for a signal, the control pipe's end (`control`: the init watches it when
+/// no stage does), an exec notification or (a warm jail) its awaited fd. Signals and
+/// the control pipe first: ending the run is never delayed by a stream of
+/// notifications.
 fn wait_event(
     signals: &SignalFd,
     guard: Option<&ExecGuard>,
     warm: Option<BorrowedFd<'_>>,
+    control: Option<&File>,
 ) -> Result<Event, JailError> {
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let control_at = control.map(|pipe| {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
         let listener = guard.map(|guard| {
             fds.push(PollFd::new(guard.listener(), PollFlags::POLLIN));
             fds.len() - 1
@@ -279,6 +330,7 @@ fn wait_event(
         let signalled = ready(&fds[0]);
         let notified = listener.is_some_and(|i| ready(&fds[i]));
         let warm_ready = warm_at.is_some_and(|i| ready(&fds[i]));
+        let control_ready = control_at.is_some_and(|i| ready(&fds[i]));
         if signalled {
             let mut terminate = false;
             loop {
@@ -294,6 +346,17 @@ fn wait_event(
             } else {
                 Event::ChildEnded
             });
+        }
+        if let (true, Some(pipe)) = (control_ready, control) {
+            let mut scratch = [0u8; 64];
+            match (&*pipe).read(&mut scratch) {
+                // EOF: the broker says kill (REALTIME, cancel) or the broker died.
+                Ok(0) => return Ok(Event::Terminate),
+                // Nothing else is expected on it; ignore stray bytes.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(JailError::WatchControl(e)),
+            }
         }
         if notified {
             return Ok(Event::Exec);

@@ -17,8 +17,9 @@
 //!   (its rules for the view `rootfs` builds), [`seccomp`], exec;
 //! - `warm`: a warm jail's hand-over, between the program's exec and its code,
 //!   with `restamp`: its build's timestamps moved to the hand-over;
-//! - [`forked`]: the same checklist in a process forked from a zygote, whose program
-//!   returns into the interpreter instead of exec'ing one;
+//! - [`forked`]: a run whose init a zygote cloned into the run's namespaces (no
+//!   stage process), whose program returns into the interpreter instead of exec'ing
+//!   one;
 //! - `sys`: every raw system call, each with its `SAFETY` comment;
 //! - [`error`]: the one error type, variants named after the failed step.
 //!
@@ -47,7 +48,7 @@ mod warm;
 mod workspace;
 
 pub use error::JailError;
-pub use forked::run_forked_stage;
+pub use forked::run_forked_init;
 pub use stage::run_stage;
 
 /// The stage's checks of a decoded plan before it builds anything, in the stage's order:

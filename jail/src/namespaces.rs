@@ -36,6 +36,12 @@ pub(crate) fn unshare_run_namespaces() -> Result<(), JailError> {
     unshare(flags).map_err(|e| JailError::UnshareNamespaces(e.into()))?;
     // Apart, so that a kernel without time namespaces (CONFIG_TIME_NS, Linux 5.6)
     // is named as the cause rather than a bare EINVAL for the whole set.
+    unshare_time_namespace()
+}
+
+/// Unshare the time namespace for our children and set its clocks to start now (a
+/// forked run's init, whose other namespaces its clone made).
+pub(crate) fn unshare_time_namespace() -> Result<(), JailError> {
     unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
         .map_err(|e| JailError::UnshareTime(e.into()))?;
     start_clocks_now()

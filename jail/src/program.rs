@@ -13,7 +13,7 @@ use super::error::{report_failure, JailError};
 use super::execguard::ExecSentinel;
 use super::rlimits::apply_rlimits;
 use super::seccomp::{self, Filters};
-use super::stage::Returned;
+use super::stage::{Returned, Start};
 use super::sys;
 use super::workspace::workdir_path;
 use super::{apparmor, landlock};
@@ -190,7 +190,7 @@ pub(crate) fn exec_program(
     sys::exit_now(EXIT_EXEC_FAILED)
 }
 
-/// The program's checklist for a forked stage ([`Start::Return`]): the same layers
+/// The program's checklist for a forked run ([`Start::Return`]): the same layers
 /// as [`exec_program`]'s, in the same order, then, instead of an `execve`, a return
 /// into the interpreter this process was forked from, with the environment the exec
 /// would have given it. On failure it reports the step and exits with
@@ -260,7 +260,8 @@ fn confine(
     }
     // Resource limits now, after the last fork of trusted code (the init counts under
     // NPROC) and before anything of the user's runs.
-    apply_rlimits(&plan.limits, plan.sigpending)?;
+    let start = if exec { Start::Exec } else { Start::Return };
+    apply_rlimits(&plan.limits, plan.sigpending, start.shared_processes())?;
     // Every capability the namespace gave us goes, bounding and ambient sets too:
     // the exec below would already leave uid 1000 with none (capabilities(7)), but
     // nothing of the user's should ever run with a capability in hand.

@@ -5,16 +5,17 @@
 //! | CPU n | `RLIMIT_CPU` soft n, hard n+1: SIGXCPU at n seconds, SIGKILL one later |
 //! | VMEM n | `RLIMIT_AS` n |
 //! | FSIZE n | `RLIMIT_FSIZE` n, always set: 0 means no file may be written |
-//! | NPROC n | `RLIMIT_NPROC` n + [`NPROC_SHARED`] |
+//! | NPROC n | `RLIMIT_NPROC` n + the run's processes that are not the program's (below) |
 //! | NOFILE n | `RLIMIT_NOFILE` n, soft = hard, always set: the program can neither raise it nor keep the broker's |
 //! | (always) | `RLIMIT_CORE` 0: no core dumps of untrusted code |
 //!
 //! `RLIMIT_NPROC` counts the processes and threads of a *(user namespace, real uid)*
 //! pair since Linux 5.14 (ucounts), so it is per run here, not per host uid as
-//! upstream. Besides the program's own tree, two processes of the run's namespace
+//! upstream. Besides the program's own tree, other processes of the run's namespace
 //! share its uid: the stage (the broker starts it as the run's uid, and it creates the
-//! run's namespaces) and the init; both are added so that NPROC n still means "the
-//! program plus n-1 more".
+//! run's namespaces) and the init, or in a forked run only the init (a zygote's child,
+//! with no stage: `forked`); they are added so that NPROC n still means "the program
+//! plus n-1 more" (`Start::shared_processes`).
 //! The check is done at fork (copy_process): a fork fails with `EAGAIN` when the
 //! count including the new process would exceed the limit.
 
@@ -22,10 +23,6 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use super::error::JailError;
 use codejail_plan::RunLimits;
-
-/// Processes of the run's user namespace with the run's uid that are not the
-/// program's: the stage and the init.
-pub(crate) const NPROC_SHARED: u64 = 2;
 
 /// One limit to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +38,13 @@ pub(crate) struct RlimitSetting {
 }
 
 /// The limits to set for `limits`, in the order they are applied; `sigpending` is the
-/// plan's bound on queued signals (`Plan::sigpending`).
-pub(crate) fn rlimit_settings(limits: &RunLimits, sigpending: Option<u64>) -> Vec<RlimitSetting> {
+/// plan's bound on queued signals (`Plan::sigpending`), `shared` the run's processes
+/// with its uid that are not the program's.
+pub(crate) fn rlimit_settings(
+    limits: &RunLimits,
+    sigpending: Option<u64>,
+    shared: u64,
+) -> Vec<RlimitSetting> {
     let set = |resource, name, soft, hard| RlimitSetting {
         resource,
         name,
@@ -68,7 +70,7 @@ pub(crate) fn rlimit_settings(limits: &RunLimits, sigpending: Option<u64>) -> Ve
         limits.fsize_bytes,
     ));
     if let Some(n) = limits.nproc {
-        let n = n.saturating_add(NPROC_SHARED);
+        let n = n.saturating_add(shared);
         settings.push(set(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", n, n));
     }
     settings.push(set(
@@ -93,8 +95,12 @@ pub(crate) fn clamp_to_current(soft: u64, hard: u64, current_hard: u64) -> (u64,
 }
 
 /// Apply the run's limits to the calling process (the program, just before exec).
-pub(crate) fn apply_rlimits(limits: &RunLimits, sigpending: Option<u64>) -> Result<(), JailError> {
-    for setting in rlimit_settings(limits, sigpending) {
+pub(crate) fn apply_rlimits(
+    limits: &RunLimits,
+    sigpending: Option<u64>,
+    shared: u64,
+) -> Result<(), JailError> {
+    for setting in rlimit_settings(limits, sigpending, shared) {
         let fail = |e: nix::Error| JailError::SetRlimit {
             resource: setting.name,
             soft: setting.soft,
@@ -117,10 +123,11 @@ pub(crate) fn apply_rlimits_to(
     pid: libc::pid_t,
     limits: &RunLimits,
     used: std::time::Duration,
+    shared: u64,
 ) -> Result<(), JailError> {
     let offset = used.as_secs() + u64::from(used.subsec_millis() >= 500);
     // RLIMIT_SIGPENDING was set at the program's exec and never changes.
-    for mut setting in rlimit_settings(limits, None) {
+    for mut setting in rlimit_settings(limits, None, shared) {
         if setting.resource == Resource::RLIMIT_CPU {
             setting.soft = setting.soft.saturating_add(offset);
             setting.hard = setting.hard.saturating_add(offset);
@@ -162,21 +169,24 @@ mod tests {
             tmp_bytes: None,
             tmp_inodes: None,
         };
-        let s = rlimit_settings(&limits, None);
+        let s = rlimit_settings(&limits, None, 2);
         assert_eq!(find(&s, Resource::RLIMIT_CPU), Some((1, 2)));
         assert_eq!(find(&s, Resource::RLIMIT_AS), Some((1 << 30, 1 << 30)));
         assert_eq!(find(&s, Resource::RLIMIT_FSIZE), Some((0, 0)));
         assert_eq!(find(&s, Resource::RLIMIT_NPROC), Some((17, 17)));
+        // A forked run has no stage: only its init shares the run's uid.
+        let forked = rlimit_settings(&limits, None, 1);
+        assert_eq!(find(&forked, Resource::RLIMIT_NPROC), Some((16, 16)));
         assert_eq!(find(&s, Resource::RLIMIT_NOFILE), Some((1024, 1024)));
         assert_eq!(find(&s, Resource::RLIMIT_CORE), Some((0, 0)));
         assert_eq!(find(&s, Resource::RLIMIT_SIGPENDING), None);
-        let s = rlimit_settings(&limits, Some(512));
+        let s = rlimit_settings(&limits, Some(512), 2);
         assert_eq!(find(&s, Resource::RLIMIT_SIGPENDING), Some((512, 512)));
     }
 
     #[test]
     fn unset_limits_are_left_alone_but_fsize_and_core_always_apply() {
-        let s = rlimit_settings(&RunLimits::default(), None);
+        let s = rlimit_settings(&RunLimits::default(), None, 2);
         assert_eq!(find(&s, Resource::RLIMIT_CPU), None);
         assert_eq!(find(&s, Resource::RLIMIT_AS), None);
         assert_eq!(find(&s, Resource::RLIMIT_NPROC), None);
@@ -189,6 +199,7 @@ mod tests {
                 ..RunLimits::default()
             },
             None,
+            2,
         );
         assert_eq!(find(&s, Resource::RLIMIT_CPU), Some((u64::MAX, u64::MAX)));
         assert_eq!(find(&s, Resource::RLIMIT_NPROC), Some((u64::MAX, u64::MAX)));

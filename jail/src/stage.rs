@@ -19,12 +19,12 @@ use nix::sys::stat::{umask, Mode};
 use nix::unistd::{pipe2, Pid};
 
 use super::error::{report_failure, JailError};
-use super::init::{run_init, InitContext};
+use super::init::{run_init, InitContext, Tie};
 use super::names::check_names;
-use super::namespaces::{set_hostname, unshare_run_namespaces};
+use super::namespaces::{set_hostname, unshare_run_namespaces, unshare_time_namespace};
 use super::program::ExecSpec;
 use super::sys::{self, Forked};
-use super::userns::{enter_user_namespace, map_own_ids};
+use super::userns::{enter_user_namespace, map_own_ids, OutsideIds};
 use codejail_plan::{read_frame, Plan, HANDOVER_FD, MAX_PLAN_FRAME};
 
 /// Exit status of the stage when the run was built and has ended (however the
@@ -41,9 +41,22 @@ pub const EXIT_NO_FDS: i32 = 2;
 pub(crate) enum Start {
     /// It execs the plan's program: a stage the broker spawned (`codejail-jail`).
     Exec,
-    /// It returns into the interpreter the stage was forked from: a stage forked by a
-    /// zygote (`forked`). The program is then that interpreter, already started.
+    /// It returns into the interpreter its init was cloned from: a forked run's
+    /// (`forked`). The program is then that interpreter, already started.
     Return,
+}
+
+impl Start {
+    /// Processes of the run's user namespace with the run's uid besides the program's
+    /// own tree, which `RLIMIT_NPROC` must leave room for: the stage and the init of a
+    /// spawned stage; only the init when a zygote's child is the init itself
+    /// ([`forked_init_main`]).
+    pub(crate) fn shared_processes(self) -> u64 {
+        match self {
+            Start::Exec => 2,
+            Start::Return => 1,
+        }
+    }
 }
 
 /// What the program takes back into the interpreter it was forked from
@@ -67,22 +80,30 @@ pub(crate) enum StageEnd {
 /// failed step is reported on fd 4 as `StageReport::Failed`; nothing is ever written
 /// to fds 0-2, which belong to the program.
 pub fn run_stage() -> i32 {
-    match stage_main(Start::Exec) {
-        StageEnd::Exit(code) => code,
-        // Only a program that returns (Start::Return) gets here.
-        StageEnd::Program(_) => EXIT_FAILED,
+    let Ok((control, mut report, handover)) = sys::take_stage_fds() else {
+        return EXIT_NO_FDS;
+    };
+    match build_jail(control, handover, &mut report) {
+        Ok(()) => EXIT_RUN_ENDED,
+        Err(error) => {
+            report_failure(&mut report, &error);
+            EXIT_FAILED
+        }
     }
 }
 
-/// The stage with its program started as `start` says: in every process but the
-/// program of a [`Start::Return`] stage, the status to exit with.
-pub(crate) fn stage_main(start: Start) -> StageEnd {
+/// The init of a forked run: a zygote's child, cloned into the run's new user, mount,
+/// pid, network, IPC and UTS namespaces (so it is their PID 1 already), with the
+/// broker's fds in place and the run's cgroup entered. `outside` are the ids its user
+/// namespace maps (the zygote's effective ids at the clone: the run's). There is no
+/// stage process: the init watches the control pipe itself. Returns only in the run's
+/// program, confined; in the init, the status to exit with.
+pub(crate) fn forked_init_main(outside: OutsideIds) -> StageEnd {
     let Ok((control, mut report, handover)) = sys::take_stage_fds() else {
         return StageEnd::Exit(EXIT_NO_FDS);
     };
-    match build_jail(control, handover, &mut report, start) {
-        Ok(Some(program)) => StageEnd::Program(program),
-        Ok(None) => StageEnd::Exit(EXIT_RUN_ENDED),
+    match build_forked_init(control, handover, &mut report, outside) {
+        Ok(program) => StageEnd::Program(program),
         Err(error) => {
             report_failure(&mut report, &error);
             StageEnd::Exit(EXIT_FAILED)
@@ -90,15 +111,14 @@ pub(crate) fn stage_main(start: Start) -> StageEnd {
     }
 }
 
-/// The stage's checklist, in order. Each step is one call; the comment says why it
-/// sits where it does. Returns once the init ran and has ended, with every process
-/// of the run; or, in the program of a [`Start::Return`] stage, once it is confined.
-fn build_jail(
-    mut control: File,
+/// What a stage does before any namespace of its own, spawned or forked: the fds, the
+/// process's state, the plan and its checks. Returns the plan, the program's exec
+/// arguments and a warm jail's hand-over pipe.
+fn prepare(
+    control: &mut File,
     handover: Option<File>,
-    report: &mut File,
     start: Start,
-) -> Result<Option<Returned>, JailError> {
+) -> Result<(Plan, ExecSpec, Option<File>), JailError> {
     // Sanitize first: nothing of the broker's beyond the fd contract may reach the
     // jail (a leaked fd is an escape: CVE-2024-21626). The environment is never
     // passed on: the program gets exactly the plan's.
@@ -113,14 +133,14 @@ fn build_jail(
     // A known umask, so the workspace gets exactly the modes the plan asks for.
     umask(Mode::from_bits_truncate(0o022));
     // The plan: one frame, its length capped before anything is allocated.
-    let plan = read_plan(&mut control)?;
+    let plan = read_plan(control)?;
     // Names again: the broker checked them, but this is the check that counts.
     check_names(&plan)?;
     // A program that returns into a forked interpreter is a warm jail's (it waits for
     // its request in the interpreter's start-up hook).
     if start == Start::Return && plan.warm.is_none() {
         return Err(JailError::ValidatePlan(
-            "a forked stage needs a warm plan".to_string(),
+            "a forked run needs a warm plan".to_string(),
         ));
     }
     // The hand-over pipe is a warm jail's (for its init); a cold run has none.
@@ -135,6 +155,49 @@ fn build_jail(
     };
     // C strings for execve now, so a bad plan fails before any namespace exists.
     let spec = ExecSpec::from_plan(&plan)?;
+    Ok((plan, spec, handover))
+}
+
+/// The forked init's checklist: [`prepare`], then what the stage would do in the
+/// namespaces the zygote's clone made, then the init's own (`init_steps`).
+fn build_forked_init(
+    mut control: File,
+    handover: Option<File>,
+    report: &mut File,
+    outside: OutsideIds,
+) -> Result<Returned, JailError> {
+    let (plan, spec, handover) = prepare(&mut control, handover, Start::Return)?;
+    // Our own id maps, as a stage writes them: the namespace's owner, the zygote's
+    // effective uid at the clone, is the run's uid we map.
+    map_own_ids(outside)?;
+    // The time namespace, for our children only (its offsets must be set before any
+    // process is in it): the program is the first, as in a spawned stage's run.
+    unshare_time_namespace()?;
+    set_hostname(&plan.hostname)?;
+    // /dev/null before the root moves, for the init to give up the run's stdio.
+    let null = open_null()?;
+    Ok(run_init(
+        InitContext {
+            plan: &plan,
+            spec: &spec,
+            control,
+            handover,
+            null: &null,
+            tie: Tie::Control,
+        },
+        report,
+    ))
+}
+
+/// The stage's checklist, in order. Each step is one call; the comment says why it
+/// sits where it does. Returns once the init ran and has ended, with every process
+/// of the run.
+fn build_jail(
+    mut control: File,
+    handover: Option<File>,
+    report: &mut File,
+) -> Result<(), JailError> {
+    let (plan, spec, handover) = prepare(&mut control, handover, Start::Exec)?;
     // (The broker has already moved us into the run's cgroup, before sending the plan:
     // everything from here on is charged to the run.)
     // The user namespace first: it grants the capabilities every later step needs. We
@@ -154,31 +217,29 @@ fn build_jail(
         pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::CreateLifeline(e.into()))?;
     // /dev/null, opened now (before the init's pivot_root moves our root too), for the
     // stage and the init to give up the run's stdio once their child holds it.
-    let null = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(JailError::OpenNull)?;
+    let null = open_null()?;
     // Fork the init; it builds the rest inside the namespaces and never returns.
     let init = match sys::fork().map_err(|source| JailError::Fork {
         what: "init",
         source,
     })? {
         Forked::Child => {
-            // Returns only in the program of a forked stage (Start::Return).
-            return Ok(Some(run_init(
+            // Never returns: the init exits, its program execs or exits.
+            run_init(
                 InitContext {
                     plan: &plan,
                     spec: &spec,
                     control,
                     handover,
                     null: &null,
-                    lifeline_read,
-                    lifeline_write,
-                    start,
+                    tie: Tie::Stage {
+                        lifeline_read,
+                        lifeline_write,
+                    },
                 },
                 report,
-            )));
+            );
+            sys::exit_now(EXIT_FAILED)
         }
         Forked::Parent(pid) => Pid::from_raw(pid),
     };
@@ -191,7 +252,15 @@ fn build_jail(
     // init's end (after every process of the run is gone) ends the stage.
     let supervised = supervise_init(&mut control, init);
     drop(lifeline_write);
-    supervised.map(|()| None)
+    supervised
+}
+
+fn open_null() -> Result<File, JailError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(JailError::OpenNull)
 }
 
 fn check_single_threaded() -> Result<(), JailError> {

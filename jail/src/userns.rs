@@ -39,6 +39,14 @@ pub(crate) struct OutsideIds {
     gid: u32,
 }
 
+impl OutsideIds {
+    /// The ids a namespace made by someone else's clone maps: a forked run's init
+    /// cannot read them itself (inside, before its maps, both are the overflow id).
+    pub(crate) fn new(uid: u32, gid: u32) -> OutsideIds {
+        OutsideIds { uid, gid }
+    }
+}
+
 /// Enter a new user namespace (the process must be single-threaded: unshare(2)) and
 /// return who the stage was outside it.
 pub(crate) fn enter_user_namespace() -> Result<OutsideIds, JailError> {

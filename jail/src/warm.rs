@@ -72,6 +72,8 @@ pub(crate) struct Warm {
     used: std::time::Duration,
     /// CPU (user, system) µs the program used before the hand-over.
     before: (u64, u64),
+    /// The run's processes with its uid that are not the program's (for NPROC).
+    shared: u64,
 }
 
 /// Put the program's end of a new socket pair on [`WARM_FD`], in place of the control
@@ -108,6 +110,7 @@ impl Warm {
         mut sock: File,
         handover: File,
         preimport: &[String],
+        shared: u64,
     ) -> Result<Warm, JailError> {
         let mut line = String::from(GREETING);
         for module in preimport {
@@ -123,6 +126,7 @@ impl Warm {
             state: State::Starting,
             used: std::time::Duration::ZERO,
             before: (0, 0),
+            shared,
         })
     }
 
@@ -231,7 +235,7 @@ impl Warm {
         restamp_warm_jail(&run.workdir_name)?;
         // The limits count from now: the CPU already used is added to RLIMIT_CPU.
         let used = super::sys::process_cpu_time(program).map_err(JailError::WarmCpuClock)?;
-        apply_rlimits_to(program, &run.limits, used)?;
+        apply_rlimits_to(program, &run.limits, used, self.shared)?;
         self.used = used;
         self.sock
             .write_all(&message)

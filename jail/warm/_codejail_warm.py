@@ -47,10 +47,11 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
     if _cj_zygote:
         # Zygote mode (jail/src/forked.rs, zygote/src/lib.rs): fd 3 is the broker's
         # socket, the greeting names the native library and the preimports. Answer
-        # "ready", then fork one child per request: the child confines itself in the
-        # library (it returns only in the run's program, with fd 3 now the channel to
-        # the run's init) and goes on below as a warm jail's interpreter. The zygote
-        # itself never leaves this block.
+        # "ready", then clone one child per request, into the run's new namespaces: the
+        # child is the run's init, and the library returns only in the run's program,
+        # which the init forked and confined (fd 3 now the channel to the init), to go
+        # on below as a warm jail's interpreter. The zygote itself never leaves this
+        # block.
         try:
             # What the zygote imports for itself, which its children drop again.
             _cj_before = set(sys.modules)
@@ -70,6 +71,10 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                     _cj_exit.restype = None
                     _cj_arm = _cj_pylib.codejail_zygote_exit_arm
                     _cj_arm.argtypes = (_cj_ctypes.c_void_p,)
+            # The clone runs between the interpreter's own before- and after-fork
+            # calls, as os.fork makes them, with the GIL held (PyDLL).
+            _cj_spawn = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_spawn
+            _cj_spawn.argtypes = (_cj_ctypes.c_uint, _cj_ctypes.c_uint)
             _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
             _cj_lib.codejail_zygote_child.argtypes = (
                 _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t,
@@ -152,9 +157,16 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8, _cj_ids)
                 if _cj_n <= 0:
                     os._exit(0 if _cj_n == 0 else 1)
-                _cj_pid = os.fork()
+                # The child is the run's init, in the run's new namespaces
+                # (zygote/src/lib.rs, codejail_zygote_spawn).
+                _cj_api.PyOS_BeforeFork()
+                _cj_pid = _cj_spawn(_cj_ids[0], _cj_ids[1])
                 if _cj_pid == 0:
+                    _cj_api.PyOS_AfterFork_Child()
                     break
+                _cj_api.PyOS_AfterFork_Parent()
+                if _cj_pid < 0:
+                    os._exit(1)
                 # At once: the kernel reaps the child as soon as it exits (SIGCHLD is
                 # ignored). One that is already gone is answered without a pidfd.
                 try:
@@ -205,7 +217,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             if _cj_exit is not None and _cj_atexit._ncallbacks() == 0:
                 _cj_atexit.register(_cj_exit)
                 _cj_arm(id(sys.modules["__main__"].__dict__))
-            del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env
+            del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env, _cj_spawn
         except BaseException:
             os._exit(1)
         # The run's init now greets this interpreter as a warm jail's, with the same

@@ -2,11 +2,11 @@
 //! warm jails are forked from the command's zygote, an interpreter started once with
 //! the preimports (docs/architecture.md, "Fork server"). What the rest of the suite
 //! checks of every run holds for these too (scripts/test.sh runs jail_code, safe_exec,
-//! confinement, robustness and run_semantics with `CODEJAIL_TEST_FORK_SERVER=1`); this
-//! file checks the fork server itself:
+//! confinement, robustness, run_semantics and http with `CODEJAIL_TEST_FORK_SERVER=1`);
+//! this file checks the fork server itself:
 //!
-//! - a warm run's program is a fork of the zygote, three generations down (zygote ->
-//!   stage -> the run's init -> the program), not an interpreter of its own;
+//! - a warm run's program is a fork of the zygote, two generations down (zygote ->
+//!   the run's init -> the program: no stage process), not an interpreter of its own;
 //! - generators the zygote imported draw afresh in every run (`random`, numpy's,
 //!   `random2`);
 //! - the zygote is out of a run's reach: it cannot signal it, see it or trace it, and
@@ -15,8 +15,8 @@
 //!   served its `zygote_max_forks` is replaced too;
 //! - a forked run exits without module teardown;
 //! - `status` shows the fork server, and a run that finds no jail ready forks its own;
-//! - with per-run uids (the production shape) each forked run has its own, from a
-//!   zygote in a user namespace of its own.
+//! - with per-run uids (the production shape) each forked run has its own, its init
+//!   in a user namespace of its own.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
@@ -55,6 +55,19 @@ fn zygotes_started(b: &TestBroker) -> Vec<i32> {
         .collect()
 }
 
+/// Wait (up to 5 s) until `b`'s python pool has `size` jails ready again: the start-up
+/// self-test takes one, and a run finding none ready forks its own instead (counted
+/// as `forked_now`, not as a hit).
+async fn wait_pool_full(b: &TestBroker, size: u32) {
+    for _ in 0..100 {
+        let status = codejail_client::status(&b.cfg()).await.expect("status");
+        if status.pool["python"].ready == size {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn process(pid: i32) -> Option<ProcInfo> {
     processes().into_iter().find(|p| p.pid == pid)
 }
@@ -77,13 +90,12 @@ async fn warm_runs_are_forked_from_the_zygote() {
     let marker = unique_marker("forked");
     let mut req = py("import time, sys\nprint('json' in sys.modules)\ntime.sleep(2)\n");
     req.mark(&marker);
-    // The run's program, its init and its stage, seen from the host while it runs.
+    // The run's program and its init, seen from the host while it runs.
     let watch = async {
         for _ in 0..300 {
             if let Some(program) = processes_with(&marker).first().cloned() {
                 let init = process(program.ppid).expect("its init");
-                let stage = process(init.ppid).expect("its stage");
-                return Some((program, init, stage));
+                return Some((program, init));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -92,10 +104,11 @@ async fn warm_runs_are_forked_from_the_zygote() {
     let (res, found) = tokio::join!(b.run(&req), watch);
     assert_eq!(res.status, 0, "{}", text(&res.stderr));
     assert_eq!(text(&res.stdout).trim(), "True", "the preimport is loaded");
-    let (program, init, stage) = found.expect("the run's program seen from the host");
+    let (program, init) = found.expect("the run's program seen from the host");
+    // No stage between them: the zygote's child is the run's init.
     assert_eq!(
-        stage.ppid, zygotes[0],
-        "program {program:?} <- init {init:?} <- stage {stage:?}: forked from the zygote"
+        init.ppid, zygotes[0],
+        "program {program:?} <- init {init:?}: the init is the zygote's child"
     );
     // The program is the zygote's interpreter, not one exec'd for the run.
     assert_eq!(program.cmdline, zygote.cmdline, "{program:?}");
@@ -203,6 +216,7 @@ random.seed(42); random2.seed(42); numpy.random.seed(42)
 seeded = [random.random(), random2.random(), numpy.random.random()]
 print(json.dumps([draws, seeded]))
 "#;
+    wait_pool_full(&b, 2).await;
     let first = b.run(&py(code)).await;
     let second = b.run(&py(code)).await;
     let parse = |r: &codejail_tests::JailResult| -> Vec<Vec<f64>> {
@@ -358,8 +372,7 @@ async fn a_killed_zygote_is_replaced_and_no_run_fails() {
             for _ in 0..300 {
                 if let Some(p) = processes_with(&marker).first() {
                     let init = process(p.ppid)?;
-                    let stage = process(init.ppid)?;
-                    return Some(stage.ppid);
+                    return Some(init.ppid);
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -372,7 +385,7 @@ async fn a_killed_zygote_is_replaced_and_no_run_fails() {
             return;
         }
     }
-    panic!("no run forked from the new zygote {second}: the stages' parents were {parents:?}");
+    panic!("no run forked from the new zygote {second}: the inits' parents were {parents:?}");
 }
 
 /// A zygote serves the pool's `zygote_max_forks` forks (`--zygote-max-forks`), then
@@ -451,23 +464,15 @@ async fn per_run_uids_each_forked_run_has_its_own() {
         "the zygote holds CAP_SETUID and CAP_SETGID, nothing else: {zygote_caps:?}"
     );
     let range = b.run_ids().expect("a production broker has run ids");
-    // The pool full again after the start-up self-test took a jail.
-    for _ in 0..100 {
-        let status = codejail_client::status(&b.cfg()).await.expect("status");
-        if status.pool["python"].ready == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_pool_full(&b, 2).await;
     // Two runs at once: each forked from the zygote, each with its own uid, each
-    // stage without any capability.
+    // init without any capability on the host.
     let seen = |marker: String| async move {
         for _ in 0..300 {
             if let Some(program) = processes_with(&marker).first().cloned() {
                 let init = process(program.ppid)?;
-                let stage = process(init.ppid)?;
-                let ns = std::fs::read_link(format!("/proc/{}/ns/user", stage.pid)).ok()?;
-                return Some((program.uid, stage.ppid, stage.uid, caps(stage.pid), ns));
+                let ns = std::fs::read_link(format!("/proc/{}/ns/user", init.pid)).ok()?;
+                return Some((program.uid, init.ppid, init.uid, caps(init.pid), ns));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -487,8 +492,8 @@ async fn per_run_uids_each_forked_run_has_its_own() {
         "{}",
         text(&res_a.stderr)
     );
-    let (uid_a, parent_a, stage_uid_a, stage_caps_a, ns_a) = a.expect("run A seen");
-    let (uid_b, parent_b, _, stage_caps_b, ns_b) = c.expect("run B seen");
+    let (uid_a, parent_a, init_uid_a, init_caps_a, ns_a) = a.expect("run A seen");
+    let (uid_b, parent_b, _, init_caps_b, ns_b) = c.expect("run B seen");
     assert_eq!(
         (parent_a, parent_b),
         (zygote, zygote),
@@ -498,21 +503,18 @@ async fn per_run_uids_each_forked_run_has_its_own() {
         range.contains(&uid_a) && range.contains(&uid_b) && uid_a != uid_b,
         "per-run uids {uid_a} and {uid_b} from {range:?}"
     );
-    assert_eq!(stage_uid_a, uid_a, "the stage has its run's uid");
-    // Its capabilities are its own user namespace's (as a cold stage's): none on the
-    // host, none kept for an exec (the zygote's CAP_SETUID and CAP_SETGID are gone).
+    assert_eq!(init_uid_a, uid_a, "the init has its run's uid");
+    // Its capabilities are its own user namespace's (as a cold run's init's): none on
+    // the host, none kept for an exec (the zygote's CAP_SETUID and CAP_SETGID are gone).
     let host_ns = std::fs::read_link("/proc/self/ns/user").expect("our user namespace");
     assert!(
         ns_a != host_ns && ns_b != host_ns && ns_a != ns_b,
-        "each stage in a user namespace of its own: {ns_a:?} {ns_b:?} (host {host_ns:?})"
+        "each init in a user namespace of its own: {ns_a:?} {ns_b:?} (host {host_ns:?})"
     );
-    assert!(
-        !stage_caps_a.is_empty(),
-        "the stage's capabilities were read"
-    );
-    for (set, mask) in stage_caps_a.iter().chain(&stage_caps_b) {
+    assert!(!init_caps_a.is_empty(), "the init's capabilities were read");
+    for (set, mask) in init_caps_a.iter().chain(&init_caps_b) {
         if set == "Amb" || set == "Inh" {
-            assert_eq!(*mask, 0, "a forked stage's Cap{set}: {stage_caps_a:?}");
+            assert_eq!(*mask, 0, "a forked init's Cap{set}: {init_caps_a:?}");
         }
     }
 }

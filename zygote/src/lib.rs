@@ -8,13 +8,16 @@
 //! 1. receives one request from the broker on its socket ([`codejail_zygote_receive`]):
 //!    the line `fork` (or `fork UID GID`: the run's own outside ids) with the warm
 //!    jail's fds (SCM_RIGHTS);
-//! 2. forks (Python's `os.fork`, so that the interpreter's at-fork handlers run);
+//! 2. clones a child straight into the run's new namespaces
+//!    ([`codejail_zygote_spawn`], between the interpreter's own before- and after-fork
+//!    calls, as `os.fork` makes them), with the run's ids as its effective ids for
+//!    the clone, so that the run's user namespace belongs to the run's uid;
 //! 3. answers with the child's pid and a pidfd of it ([`codejail_zygote_answer`]),
 //!    by which the broker watches it (the kernel reaps it: [`codejail_zygote_init`]);
 //!
 //! and the child calls [`codejail_zygote_child`], which puts the fds on the stage's
-//! numbers, enters the run's cgroup, takes the run's ids, and runs the jail stage
-//! ([`codejail_jail::run_forked_stage`]). That returns only in the run's program,
+//! numbers, enters the run's cgroup, and runs as the run's init
+//! ([`codejail_jail::run_forked_init`]). That returns only in the run's program,
 //! confined; the hook then goes on as a warm jail's interpreter does.
 //!
 //! The request's fds, in order: the run's stdin, stdout and stderr, the stage's control,
@@ -35,6 +38,9 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 
 /// The ids value that means "keep the zygote's".
 pub const NO_ID: u32 = u32::MAX;
+/// The zygote's effective uid and gid, read by [`codejail_zygote_init`]: what a child
+/// cloned with the zygote's own ids maps.
+static ZYGOTE_IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
 /// The fds of a request before the cgroup files: stdin, stdout, stderr, control,
 /// report, hand-over.
 pub const STAGE_FDS: usize = 6;
@@ -49,13 +55,23 @@ fn errno_of(e: Errno) -> c_int {
 }
 
 /// Make the calling zygote what it must be before it forks anything: not dumpable (no
-/// process of its uid may ptrace it or read its `/proc` files), and its children
-/// reaped by the kernel as they exit (`SIGCHLD` ignored: the broker watches each
-/// through a pidfd). Returns 0, or a negative errno.
+/// process of its uid may ptrace it or read its `/proc` files), without supplementary
+/// groups when it may drop them (with per-run ids its children must not carry the
+/// broker's groups into their runs, and inside their own user namespace they could no
+/// longer drop them), and its children reaped by the kernel as they exit (`SIGCHLD`
+/// ignored: the broker watches each through a pidfd). Returns 0, or a negative errno.
 #[no_mangle]
 pub extern "C" fn codejail_zygote_init() -> c_int {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         return errno_of(e);
+    }
+    // SAFETY: plain reads of our own ids.
+    let _ = ZYGOTE_IDS.set(unsafe { (libc::geteuid(), libc::getegid()) });
+    if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETGID).unwrap_or(false) {
+        // SAFETY: setgroups with an empty list reads no memory.
+        if unsafe { libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) } < 0 {
+            return errno_of(Errno::last());
+        }
     }
     // SAFETY: SIG_IGN registers no code of ours as a handler.
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) } == libc::SIG_ERR {
@@ -171,10 +187,85 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
     }
 }
 
-/// In the zygote's child: put the request's `n` fds (`fds`, as
-/// [`codejail_zygote_receive`] returned them) in place, enter the run's cgroup, close
-/// every other fd, take the run's outside ids `uid`/`gid` unless they are [`NO_ID`]
-/// (and drop every capability), and run the jail stage. Returns only in the run's program, confined:
+/// Clone the calling zygote into a child that is PID 1 of new user, mount, pid,
+/// network, IPC and UTS namespaces ([`codejail_jail::forked::CLONE_FLAGS`]), as
+/// `fork` would otherwise (no new stack: the child goes on from here on a copy of the
+/// zygote's). With `uid`/`gid` (not [`NO_ID`]) the zygote takes them as its
+/// effective ids for the clone and back at once after it, with its `CAP_SETUID` and
+/// `CAP_SETGID`: the kernel makes the clone's effective uid the new user namespace's
+/// owner, which is charged for what the run holds in it (`ucounts`), and which the
+/// child may then map to itself without any capability. The real and saved ids stay
+/// the zygote's, so the child can still enter the cgroup the broker opened for it
+/// (cgroup v1 checks the opener's uid against the target's real or saved uid) and no
+/// process of the run's uid can signal the zygote meanwhile.
+///
+/// Returns the child's pid in the zygote, 0 in the child, a negative errno on failure
+/// (the zygote's ids restored).
+///
+/// # Safety
+///
+/// The caller must be single-threaded and make the interpreter's before-fork call
+/// just before and its after-fork calls just after (`PyOS_BeforeFork`,
+/// `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork` does: the child is a
+/// copy of the whole process, made without the C library's own fork handlers (no
+/// lock may be held by another thread, and there is none).
+#[no_mangle]
+pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32) -> c_int {
+    // SAFETY: plain reads of our own ids.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let switch = uid != NO_ID && gid != NO_ID;
+    let keep = -1 as libc::c_long;
+    if switch {
+        // SAFETY: integer arguments only; the effective ids of this process change.
+        let switched = unsafe {
+            libc::syscall(libc::SYS_setresgid, keep, gid as libc::c_long, keep) == 0
+                && libc::syscall(libc::SYS_setresuid, keep, uid as libc::c_long, keep) == 0
+        };
+        if !switched {
+            let e = Errno::last();
+            restore_ids(euid, egid);
+            return errno_of(e);
+        }
+    }
+    let flags = (codejail_jail::forked::CLONE_FLAGS | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and without a new stack is fork with namespace
+    // flags: the child runs on its own copy of this stack and returns from here. The
+    // three pointer arguments (parent tid, child tid, tls) are unused without their
+    // flags.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        return 0;
+    }
+    let clone_errno = Errno::last();
+    if switch {
+        restore_ids(euid, egid);
+    }
+    if pid < 0 {
+        return errno_of(clone_errno);
+    }
+    pid as c_int
+}
+
+/// Take back the zygote's effective ids (its real ones: always allowed), and make it
+/// undumpable again (a change of effective ids resets the flag).
+fn restore_ids(euid: libc::uid_t, egid: libc::gid_t) {
+    let keep = -1 as libc::c_long;
+    // SAFETY: integer arguments only.
+    let restored = unsafe {
+        libc::syscall(libc::SYS_setresuid, keep, euid as libc::c_long, keep) == 0
+            && libc::syscall(libc::SYS_setresgid, keep, egid as libc::c_long, keep) == 0
+    };
+    // A zygote that cannot be itself again must not fork anything more.
+    if !restored || nix::sys::prctl::set_dumpable(false).is_err() {
+        exit_now(1)
+    }
+}
+
+/// In the zygote's child ([`codejail_zygote_spawn`]): put the request's `n` fds
+/// (`fds`, as [`codejail_zygote_receive`] returned them) in place, enter the run's
+/// cgroup, close every other fd, and run as the run's init, whose user namespace maps
+/// `uid`/`gid` (the ids the zygote cloned it with; [`NO_ID`]: the zygote's own).
+/// Returns only in the run's program, confined:
 /// the environment a cold run would have, as `KEY=value` strings each ended by a NUL,
 /// written to `env` (room for `cap` bytes), and its length. In every other process of
 /// the run, and on any failure (reported to the broker where the report pipe is in
@@ -211,12 +302,19 @@ pub unsafe extern "C" fn codejail_zygote_child(
     if place_fds(given).is_err() {
         exit_now(1)
     }
-    // After the cgroup files are written: on cgroup v1 a write is allowed for a process
-    // of the opener's (the broker's) uid, which the zygote's is.
-    if uid != NO_ID && take_run_ids(uid, gid).is_err() {
-        exit_now(1)
-    }
-    let vars = codejail_jail::run_forked_stage();
+    // The ids the namespace maps: the clone's effective ids, which are the run's, or
+    // the zygote's own (the same numbers: the zygote's real ids).
+    let (uid, gid) = if uid == NO_ID || gid == NO_ID {
+        // Read before the clone: inside the new namespace, before its maps, every id
+        // of ours reads as the overflow id.
+        match ZYGOTE_IDS.get() {
+            Some(ids) => *ids,
+            None => exit_now(1),
+        }
+    } else {
+        (uid, gid)
+    };
+    let vars = codejail_jail::run_forked_init(uid, gid);
     let mut out: Vec<u8> = Vec::new();
     for var in &vars {
         out.extend_from_slice(var.as_bytes_with_nul());
@@ -270,31 +368,6 @@ fn place_fds(given: &[RawFd]) -> Result<(), Errno> {
     };
     if closed < 0 {
         return Err(Errno::last());
-    }
-    Ok(())
-}
-
-/// No supplementary group, then the run's gid and uid (real, effective, saved), with
-/// the zygote's `CAP_SETGID` and `CAP_SETUID`; then every capability goes (a change
-/// between two non-zero uids keeps them: capabilities(7)), so the stage starts as an
-/// unprivileged process of the run's uid, as a spawned one does after its exec.
-fn take_run_ids(uid: u32, gid: u32) -> Result<(), Errno> {
-    // SAFETY: integer arguments only (setgroups with an empty list reads no memory).
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) < 0
-            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
-            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
-        {
-            return Err(Errno::last());
-        }
-    }
-    for set in [
-        caps::CapSet::Ambient,
-        caps::CapSet::Effective,
-        caps::CapSet::Permitted,
-        caps::CapSet::Inheritable,
-    ] {
-        caps::clear(None, set).map_err(|_| Errno::EPERM)?;
     }
     Ok(())
 }

@@ -210,14 +210,14 @@ fn exec_layer(settings: &Settings, probe_ok: bool, probe_detail: &dyn Fn(&str) -
 fn note_forked(layers: &mut BTreeMap<String, Layer>, command: &str, per_run_ids: bool) {
     let same = "the same (the start-up probe ran in one)";
     let identity = if per_run_ids {
-        "the zygote's child takes the run's ids (the zygote holds only CAP_SETUID and CAP_SETGID for it), then drops every capability"
+        "the zygote clones the run's init with the run's ids as its effective ids (it holds only CAP_SETUID and CAP_SETGID for it), so the run's user namespace is the run's uid's, as a cold stage's; the init holds no capability outside it"
     } else {
         "the broker's ids, as cold runs"
     };
     for (name, how) in [
         (
             "namespaces",
-            "the same, made by the zygote's child (the probe ran in one)",
+            "the same, made by the zygote's clone of the run's init, its PID 1 (the probe ran in one)",
         ),
         (
             "rlimits",
@@ -235,7 +235,7 @@ fn note_forked(layers: &mut BTreeMap<String, Layer>, command: &str, per_run_ids:
         ("identity", identity),
         (
             "cgroups",
-            "the zygote's child enters the run's cgroup first, before it takes the run's ids",
+            "the zygote's child, the run's init, enters the run's cgroup first, before anything else",
         ),
     ] {
         // (A layer that does not hold at all, e.g. no cgroups, has nothing to add.)

@@ -177,11 +177,14 @@ impl Stage {
         .await
     }
 
-    /// Fork the stage from `zygote` (a warm plan: the run's program is the zygote's
-    /// interpreter, forked, and returns into it confined; `zygote.rs`), as `identity`
-    /// (with `per_run_ids` the child takes it, else it is the zygote's): into `cgroup`
-    /// (the child writes its own pid to the cgroup files before anything else), then
-    /// send the plan.
+    /// Have `zygote` clone the run's init (a warm plan: the run's program is the
+    /// zygote's interpreter, forked by that init, and returns into it confined;
+    /// `zygote.rs`). A forked run has no stage process: its init, the zygote's child,
+    /// takes the stage's part towards the broker (the same fds, reports and control
+    /// pipe), and is the process this `Stage` holds and kills. Its user namespace is
+    /// `identity`'s (with `per_run_ids`; else the zygote's own ids); it enters `cgroup`
+    /// (writing its own pid to the cgroup files before anything else); then the plan
+    /// is sent.
     pub async fn fork(
         zygote: std::sync::Arc<super::pool::Zygote>,
         plan: &mut Plan,

@@ -603,9 +603,9 @@ zlabel=$( [ -n "$zygote" ] && cat "/proc/$zygote/attr/current" 2>&1)
 if $have_apparmor; then
     [ "$label" = "codejail-broker//&codejail-jail//&codejail-sandbox (enforce)" ] &&
         [ "$zlabel" = "codejail-broker//&codejail-jail (enforce)" ] &&
-        [ -n "$parent" ] && [ "$(ps -o ppid= -p "$parent" | tr -d ' ')" = "$zygote" ]
+        [ -n "$parent" ] && [ "$parent" = "$zygote" ]
     check "fork server: the forked program's label is a cold one's, the zygote's a stage's" $? \
-        "program $pid: ${label:-none}; zygote $zygote: ${zlabel:-none}; program's grandparent $parent"
+        "program $pid: ${label:-none}; zygote $zygote: ${zlabel:-none}; program's grandparent (the zygote, its init's parent) $parent"
 else
     info "fork server: labels (no AppArmor)" "zygote $zygote: ${zlabel:-none}"
 fi

@@ -139,7 +139,8 @@ impl WarmJail {
     }
 
     /// Destroy an unused warm jail: its stage is killed (the init dies with it, and the
-    /// whole run with the init), then its cgroup and uid are given back.
+    /// whole run with the init; a forked jail's "stage" is its init), then its cgroup
+    /// and uid are given back.
     pub async fn retire(self) {
         let WarmJail { stage, cleanup, .. } = self;
         stage.kill().await;
@@ -318,7 +319,7 @@ pub async fn build(
             "output of a warm jail's start-up discarded"
         );
     }
-    let footprint = measure(stage.pid(), &cleanup);
+    let footprint = measure(stage.pid(), spec.fork_server, &cleanup);
     let jail = WarmJail {
         stage,
         cleanup,
@@ -332,9 +333,11 @@ pub async fn build(
     Ok((jail, footprint))
 }
 
-/// An idle warm jail's footprint: its interpreter's (the stage's grandchild, found in
-/// the host's `/proc`) resident and virtual size, and its cgroup's memory.
-fn measure(stage_pid: u32, cleanup: &Cleanup) -> Footprint {
+/// An idle warm jail's footprint: its interpreter's (the stage's grandchild; a forked
+/// jail has no stage, and its interpreter is the child of its init, whose pid the
+/// zygote answered: found in the host's `/proc`) resident and virtual size, and its
+/// cgroup's memory.
+fn measure(stage_pid: u32, forked: bool, cleanup: &Cleanup) -> Footprint {
     let children = |pid: u32| -> Vec<u32> {
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .unwrap_or_default()
@@ -342,9 +345,12 @@ fn measure(stage_pid: u32, cleanup: &Cleanup) -> Footprint {
             .filter_map(|p| p.parse().ok())
             .collect()
     };
-    let program = children(stage_pid)
-        .first()
-        .and_then(|init| children(*init).first().copied());
+    let init = if forked {
+        Some(stage_pid)
+    } else {
+        children(stage_pid).first().copied()
+    };
+    let program = init.and_then(|init| children(init).first().copied());
     let status = program
         .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .unwrap_or_default();

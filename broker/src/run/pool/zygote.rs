@@ -326,7 +326,7 @@ impl Zygote {
             (Some(pid), None, Some(pidfd)) => Ok((pid, pidfd)),
             (None, Some(pid), None) => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("the forked stage {pid} exited at once"),
+                format!("the forked init {pid} exited at once"),
             )),
             _ => {
                 self.break_off(&sock);
