@@ -139,8 +139,8 @@ pub fn install_stage_fds(
 /// interpreter's start-up hook looks), nothing else, and then either the runs' one
 /// identity (the broker's own) with no capability, or, with per-run ids
 /// (`keep_setid`), the broker's own ids with `CAP_SETUID` and `CAP_SETGID` kept
-/// across the exec (ambient), which each child needs to take its run's ids and then
-/// drops with every other capability (`codejail_zygote`). Only async-signal-safe
+/// across the exec (ambient), with which it makes each clone as its run's ids
+/// (`codejail_zygote`). Only async-signal-safe
 /// calls, no allocation.
 pub fn install_zygote_fd(
     sock: RawFd,

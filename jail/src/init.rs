@@ -331,6 +331,19 @@ fn wait_event(
         let notified = listener.is_some_and(|i| ready(&fds[i]));
         let warm_ready = warm_at.is_some_and(|i| ready(&fds[i]));
         let control_ready = control_at.is_some_and(|i| ready(&fds[i]));
+        // The control pipe before the signals: a run that keeps the init busy reaping
+        // (orphans exiting one after another) must not delay its own end.
+        if let (true, Some(pipe)) = (control_ready, control) {
+            let mut scratch = [0u8; 64];
+            match (&*pipe).read(&mut scratch) {
+                // EOF: the broker says kill (REALTIME, cancel) or the broker died.
+                Ok(0) => return Ok(Event::Terminate),
+                // Nothing else is expected on it; ignore stray bytes.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(JailError::WatchControl(e)),
+            }
+        }
         if signalled {
             let mut terminate = false;
             loop {
@@ -346,17 +359,6 @@ fn wait_event(
             } else {
                 Event::ChildEnded
             });
-        }
-        if let (true, Some(pipe)) = (control_ready, control) {
-            let mut scratch = [0u8; 64];
-            match (&*pipe).read(&mut scratch) {
-                // EOF: the broker says kill (REALTIME, cancel) or the broker died.
-                Ok(0) => return Ok(Event::Terminate),
-                // Nothing else is expected on it; ignore stray bytes.
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(JailError::WatchControl(e)),
-            }
         }
         if notified {
             return Ok(Event::Exec);

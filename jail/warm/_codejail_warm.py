@@ -74,7 +74,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
             # The clone runs between the interpreter's own before- and after-fork
             # calls, as os.fork makes them, with the GIL held (PyDLL).
             _cj_spawn = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_spawn
-            _cj_spawn.argtypes = (_cj_ctypes.c_uint, _cj_ctypes.c_uint)
+            _cj_spawn.argtypes = (_cj_ctypes.c_uint, _cj_ctypes.c_uint, _cj_ctypes.c_void_p)
+            _cj_pidfd = _cj_ctypes.c_int(-1)
+            _cj_pidfd_at = _cj_ctypes.addressof(_cj_pidfd)
             _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
             _cj_lib.codejail_zygote_child.argtypes = (
                 _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t,
@@ -152,6 +154,15 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 if int(_cj_fd) not in (0, 1, 2, 3, _cj_pth):
                     os.write(3, ("failed the zygote holds fd %s (%s)\n" % (_cj_fd, _cj_target)).encode()[:600])
                     os._exit(1)
+            # The clone runs no C at-fork handler (zygote/src/lib.rs): a thread a native
+            # library of the preimports started would be left half-alive in every child.
+            _cj_threads = len(os.listdir("/proc/self/task"))
+            if _cj_threads != 1:
+                _cj_msg = ("failed the zygote runs %d threads after its preimports (a native "
+                           "library started them; e.g. OPENBLAS_NUM_THREADS=1 in the command's "
+                           "env); a fork server needs one" % _cj_threads)
+                os.write(3, _cj_msg.encode() + b"\n")
+                os._exit(1)
             os.write(3, b"ready\n")
             while True:
                 _cj_n = _cj_lib.codejail_zygote_receive(3, _cj_fds, 8, _cj_ids)
@@ -160,25 +171,20 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 # The child is the run's init, in the run's new namespaces
                 # (zygote/src/lib.rs, codejail_zygote_spawn).
                 _cj_api.PyOS_BeforeFork()
-                _cj_pid = _cj_spawn(_cj_ids[0], _cj_ids[1])
+                _cj_pid = _cj_spawn(_cj_ids[0], _cj_ids[1], _cj_pidfd_at)
                 if _cj_pid == 0:
                     _cj_api.PyOS_AfterFork_Child()
                     break
                 _cj_api.PyOS_AfterFork_Parent()
                 if _cj_pid < 0:
                     os._exit(1)
-                # At once: the kernel reaps the child as soon as it exits (SIGCHLD is
-                # ignored). One that is already gone is answered without a pidfd.
-                try:
-                    _cj_pidfd = os.pidfd_open(_cj_pid)
-                except OSError:
-                    _cj_pidfd = -1
+                # The clone made the pidfd (the kernel reaps the child as soon as it
+                # exits: SIGCHLD is ignored, and its pid could be reused).
                 for _cj_i in range(_cj_n):
                     os.close(_cj_fds[_cj_i])
-                if _cj_lib.codejail_zygote_answer(3, _cj_pid, _cj_pidfd) != 0:
+                if _cj_lib.codejail_zygote_answer(3, _cj_pid, _cj_pidfd.value) != 0:
                     os._exit(1)
-                if _cj_pidfd >= 0:
-                    os.close(_cj_pidfd)
+                os.close(_cj_pidfd.value)
             # The child: confined by the library, or gone.
             _cj_len = _cj_lib.codejail_zygote_child(_cj_fds, _cj_n, _cj_env, 1 << 16, _cj_ids[0], _cj_ids[1])
             if _cj_len < 0:
@@ -218,6 +224,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000:
                 _cj_atexit.register(_cj_exit)
                 _cj_arm(id(sys.modules["__main__"].__dict__))
             del _cj_lib, _cj_api, _cj_ctypes, _cj_gc, _cj_fds, _cj_ids, _cj_env, _cj_spawn
+            del _cj_pidfd
         except BaseException:
             os._exit(1)
         # The run's init now greets this interpreter as a warm jail's, with the same

@@ -12,8 +12,9 @@
 //!    ([`codejail_zygote_spawn`], between the interpreter's own before- and after-fork
 //!    calls, as `os.fork` makes them), with the run's ids as its effective ids for
 //!    the clone, so that the run's user namespace belongs to the run's uid;
-//! 3. answers with the child's pid and a pidfd of it ([`codejail_zygote_answer`]),
-//!    by which the broker watches it (the kernel reaps it: [`codejail_zygote_init`]);
+//! 3. answers with the child's pid and a pidfd of it, made by the clone
+//!    ([`codejail_zygote_answer`]), by which the broker watches it (the kernel reaps
+//!    it: [`codejail_zygote_init`]);
 //!
 //! and the child calls [`codejail_zygote_child`], which puts the fds on the stage's
 //! numbers, enters the run's cgroup, and runs as the run's init
@@ -67,7 +68,12 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
     }
     // SAFETY: plain reads of our own ids.
     let _ = ZYGOTE_IDS.set(unsafe { (libc::geteuid(), libc::getegid()) });
-    if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETGID).unwrap_or(false) {
+    let may_drop = match caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETGID)
+    {
+        Ok(may) => may,
+        Err(_) => return -libc::EIO,
+    };
+    if may_drop {
         // SAFETY: setgroups with an empty list reads no memory.
         if unsafe { libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) } < 0 {
             return errno_of(Errno::last());
@@ -190,30 +196,70 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// Clone the calling zygote into a child that is PID 1 of new user, mount, pid,
 /// network, IPC and UTS namespaces ([`codejail_jail::forked::CLONE_FLAGS`]), as
 /// `fork` would otherwise (no new stack: the child goes on from here on a copy of the
-/// zygote's). With `uid`/`gid` (not [`NO_ID`]) the zygote takes them as its
-/// effective ids for the clone and back at once after it, with its `CAP_SETUID` and
-/// `CAP_SETGID`: the kernel makes the clone's effective uid the new user namespace's
-/// owner, which is charged for what the run holds in it (`ucounts`), and which the
-/// child may then map to itself without any capability. The real and saved ids stay
-/// the zygote's, so the child can still enter the cgroup the broker opened for it
-/// (cgroup v1 checks the opener's uid against the target's real or saved uid) and no
-/// process of the run's uid can signal the zygote meanwhile.
+/// zygote's), and store a pidfd of it at `pidfd` (made by the clone itself: no pid
+/// can be reused in between). With `uid`/`gid` (not [`NO_ID`]) the zygote takes them
+/// as its effective ids for the clone and back at once after it, with its
+/// `CAP_SETUID` and `CAP_SETGID`: the kernel makes the clone's effective uid the new
+/// user namespace's owner, which is charged for what the run holds in it (`ucounts`),
+/// and which the child may then map to itself without any capability. The real and
+/// saved ids stay the zygote's, so the child can still enter the cgroup the broker
+/// opened for it (cgroup v1 checks the opener's uid against the target's real or
+/// saved uid) and no process of the run's uid can signal the zygote meanwhile.
+///
+/// The C library's own fork bookkeeping is done as its `fork` does it: the kernel
+/// writes the child's thread id where the library keeps it (`CLONE_CHILD_SETTID` at
+/// the address the library registered with `set_tid_address`), and the child
+/// registers the zygote's robust-futex list head again (the kernel forgets it across
+/// a fork). What does not run are C `pthread_atfork` handlers, which a native library
+/// of the preimports may have installed for threads of its own: so the zygote must
+/// have exactly one thread, checked here (`-EDEADLK` otherwise), as the start-up hook
+/// checks it before it answers `ready`.
 ///
 /// Returns the child's pid in the zygote, 0 in the child, a negative errno on failure
 /// (the zygote's ids restored).
 ///
 /// # Safety
 ///
-/// The caller must be single-threaded and make the interpreter's before-fork call
-/// just before and its after-fork calls just after (`PyOS_BeforeFork`,
-/// `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork` does: the child is a
-/// copy of the whole process, made without the C library's own fork handlers (no
-/// lock may be held by another thread, and there is none).
+/// `pidfd` must point at a writable `c_int`. The caller must make the interpreter's
+/// before-fork call just before and its after-fork calls just after
+/// (`PyOS_BeforeFork`, `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork`
+/// does.
 #[no_mangle]
-pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32) -> c_int {
+pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32, pidfd: *mut c_int) -> c_int {
+    match thread_count() {
+        Ok(1) => {}
+        Ok(_) => return -libc::EDEADLK,
+        Err(e) => return errno_of(e),
+    }
     // SAFETY: plain reads of our own ids.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let switch = uid != NO_ID && gid != NO_ID;
+    // A child with the run's ids must carry none of the broker's groups: inside its
+    // own user namespace it could not drop them (`codejail_zygote_init` did).
+    // SAFETY: getgroups with a zero size only counts.
+    if switch && unsafe { libc::getgroups(0, std::ptr::null_mut()) } != 0 {
+        return -libc::EPERM;
+    }
+    let mut tid_address: *mut c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the address given.
+    let have_tid_address = unsafe {
+        libc::prctl(
+            libc::PR_GET_TID_ADDRESS,
+            std::ptr::addr_of_mut!(tid_address) as libc::c_ulong,
+        )
+    } == 0
+        && !tid_address.is_null();
+    let mut robust_head: *mut libc::c_void = std::ptr::null_mut();
+    let mut robust_len: libc::size_t = 0;
+    // SAFETY: get_robust_list of the calling thread (0) writes one pointer and one size.
+    let have_robust = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0 as libc::c_long,
+            std::ptr::addr_of_mut!(robust_head),
+            std::ptr::addr_of_mut!(robust_len),
+        )
+    } == 0;
     let keep = -1 as libc::c_long;
     if switch {
         // SAFETY: integer arguments only; the effective ids of this process change.
@@ -227,13 +273,39 @@ pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32) -> c_int {
             return errno_of(e);
         }
     }
-    let flags = (codejail_jail::forked::CLONE_FLAGS | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: clone without CLONE_VM and without a new stack is fork with namespace
+    let mut flags = codejail_jail::forked::CLONE_FLAGS as u64 | libc::CLONE_PIDFD as u64;
+    if have_tid_address {
+        flags |= (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
+    }
+    let args = CloneArgs {
+        flags,
+        pidfd: pidfd as u64,
+        child_tid: if have_tid_address {
+            tid_address as u64
+        } else {
+            0
+        },
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack is fork with namespace
     // flags: the child runs on its own copy of this stack and returns from here. The
-    // three pointer arguments (parent tid, child tid, tls) are unused without their
-    // flags.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    // kernel reads `args` (its own layout, `CloneArgs`) and writes the pidfd and the
+    // child's tid to the addresses in it, which are valid: the caller's `pidfd`, and
+    // the C library's own tid slot, which it registered for exactly this.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid == 0 {
+        if have_robust {
+            // SAFETY: the head the zygote's thread had, at the same address in this
+            // copy of its memory.
+            unsafe { libc::syscall(libc::SYS_set_robust_list, robust_head, robust_len) };
+        }
         return 0;
     }
     let clone_errno = Errno::last();
@@ -244,6 +316,31 @@ pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32) -> c_int {
         return errno_of(clone_errno);
     }
     pid as c_int
+}
+
+/// The kernel's `struct clone_args` (clone3(2), `CLONE_ARGS_SIZE_VER2`: a kernel that
+/// knows fewer fields takes the larger size when the fields it does not know are 0).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// How many threads the calling process has.
+fn thread_count() -> Result<usize, Errno> {
+    std::fs::read_dir("/proc/self/task")
+        .map(Iterator::count)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Take back the zygote's effective ids (its real ones: always allowed), and make it
@@ -285,14 +382,19 @@ pub unsafe extern "C" fn codejail_zygote_child(
     uid: u32,
     gid: u32,
 ) -> isize {
+    // Undumpable first: the clone of a zygote whose effective ids changed inherits the
+    // flag fs.suid_dumpable gave it, and it holds the broker's fds.
+    if nix::sys::prctl::set_dumpable(false).is_err() {
+        exit_now(1)
+    }
     let Ok(count) = usize::try_from(n) else {
         exit_now(1)
     };
     if !(STAGE_FDS..=MAX_REQUEST_FDS).contains(&count) {
         exit_now(1)
     }
-    // The stage waits for its init, and the run's processes for theirs: SIGCHLD as a
-    // fresh process has it, not ignored as in the zygote.
+    // The init waits for the run's processes: SIGCHLD as a fresh process has it, not
+    // ignored as in the zygote.
     // SAFETY: SIG_DFL registers no code of ours as a handler.
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
         exit_now(1)
@@ -376,4 +478,45 @@ fn exit_now(code: c_int) -> ! {
     // SAFETY: _exit ends the process at once; nothing of the interpreter's (its buffers,
     // its atexit handlers) belongs to this forked copy.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_name_the_runs_ids_or_none() {
+        assert_eq!(request_ids(b"fork\n"), Some((NO_ID, NO_ID)));
+        assert_eq!(
+            request_ids(b"fork 1900000001 1900000001\n"),
+            Some((1_900_000_001, 1_900_000_001))
+        );
+        assert_eq!(request_ids(b"fork 1 2 3\n"), None);
+        assert_eq!(
+            request_ids(b"fork 4294967295 1\n"),
+            None,
+            "NO_ID is not an id"
+        );
+        assert_eq!(request_ids(b"spawn\n"), None);
+    }
+
+    /// A zygote with a thread besides its own is refused before any clone: the clone
+    /// would run no C at-fork handler, and the thread's library state would be left
+    /// half-alive in the child. (The test harness runs each test on a thread of its
+    /// own; one more is started to be sure.)
+    #[test]
+    fn a_threaded_caller_is_refused_before_the_clone() {
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv();
+        });
+        assert!(thread_count().expect("thread count") >= 2);
+        let mut pidfd: c_int = -1;
+        // SAFETY: `pidfd` is a writable c_int; the call returns before any clone.
+        let got = unsafe { codejail_zygote_spawn(NO_ID, NO_ID, &mut pidfd) };
+        let _ = stop.send(());
+        let _ = other.join();
+        assert_eq!(got, -libc::EDEADLK);
+        assert_eq!(pidfd, -1, "no pidfd for a clone that was never made");
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use codejail_protocol::LimitName;
 use tokio::sync::mpsc;
 
+use super::cgroup::PIDS_SHARED;
 use super::cleanup::Cleanup;
 use super::outcome::{Reports, RunResult};
 use super::pool::WarmJail;
@@ -88,6 +89,7 @@ async fn run_cold(
     let limits = spec.cgroups.limits_for(
         spec.limits.effective(LimitName::Memory),
         spec.limits.effective(LimitName::Nproc),
+        PIDS_SHARED,
     );
     let cgroup = match spec.cgroups.create_run(spec.run_id, limits) {
         Ok(cg) => cg,

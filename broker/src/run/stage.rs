@@ -27,7 +27,8 @@ use crate::sys;
 use codejail_plan::{self as plan, Plan, StageReport, MAX_REPORT_FRAME};
 
 /// How long the stage gets to end the run after its control pipe closes, before the
-/// broker kills the stage itself (its init then dies by PDEATHSIG).
+/// broker kills the stage itself (its init then dies by PDEATHSIG; a forked run's
+/// "stage" is its init, whose death ends the run's pid namespace).
 pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long output pipes may stay open after the stage has exited (they close as soon
 /// as the run's pid namespace is gone; this only bounds a kernel surprise).
@@ -460,10 +461,11 @@ impl Stage {
             cleanup.stage = Some(child);
             return result;
         }
-        // End the run: closing the control pipe makes the stage SIGKILL the run's init,
-        // which takes the whole pid namespace with it, and the stage reaps it. If the
-        // stage does not exit in time, kill the whole cgroup and the stage (init then dies
-        // by PDEATHSIG if it was not in the cgroup). Not both at once: an init whose
+        // End the run: closing the control pipe makes the stage end the run's init (a
+        // forked run's init sees it itself), which takes the whole pid namespace with
+        // it, and the stage reaps it. If the stage does not exit in time, kill the whole
+        // cgroup and the stage (init then dies by PDEATHSIG if it was not in the cgroup;
+        // a forked run's init is the process killed). Not both at once: an init whose
         // stage died first is reparented to the host's PID 1 and left for it to reap.
         drop(control);
         let r = match tokio::time::timeout(KILL_GRACE, &mut io).await {

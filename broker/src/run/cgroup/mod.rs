@@ -57,6 +57,8 @@ pub const BROKER_LEAF: &str = "broker";
 /// Processes of a run's cgroup that are not the program's: the jail stage and the
 /// run's init (the same two the stage adds to RLIMIT_NPROC, see `codejail_jail::rlimits`).
 pub const PIDS_SHARED: u64 = 2;
+/// The same for a run forked from a zygote: its init only (it has no stage).
+pub const PIDS_SHARED_FORKED: u64 = 1;
 /// How long removing a run cgroup may take (exiting tasks leave it asynchronously).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between removal attempts.
@@ -302,13 +304,19 @@ impl Cgroups {
     }
 
     /// The caps of a run with these limits: MEMORY as is (0 = none); pids for the
-    /// program's NPROC plus the stage and the init, or `unlimited_pids` when NPROC is
-    /// 0 so that a fork bomb is still bounded.
-    pub fn limits_for(&self, memory: Option<u64>, nproc: Option<u64>) -> RunCgroupLimits {
+    /// program's NPROC plus the run's `shared` processes ([`PIDS_SHARED`], or
+    /// [`PIDS_SHARED_FORKED`]), or `unlimited_pids` when NPROC is 0 so that a fork
+    /// bomb is still bounded.
+    pub fn limits_for(
+        &self,
+        memory: Option<u64>,
+        nproc: Option<u64>,
+        shared: u64,
+    ) -> RunCgroupLimits {
         RunCgroupLimits {
             memory_bytes: memory,
             pids_max: nproc
-                .map(|n| n.saturating_add(PIDS_SHARED))
+                .map(|n| n.saturating_add(shared))
                 .unwrap_or(self.unlimited_pids),
         }
     }

@@ -186,7 +186,7 @@ fn v2_run_cgroup_lifecycle_writes_caps_procs_kill_then_rmdir() {
     let fs = Arc::new(FakeFs::new(tmp.path()));
     let cg = Cgroups::set_up_with(fs.clone(), &settings(CgroupMode::V2, tmp.path()), &own);
     fs.log.lock().expect("log").clear();
-    let limits = cg.limits_for(Some(64 << 20), Some(15));
+    let limits = cg.limits_for(Some(64 << 20), Some(15), PIDS_SHARED);
     assert_eq!(limits.pids_max, 17, "NPROC + the stage and the init");
     let run = cg.create_run(5, limits).expect("create").expect("a cgroup");
     let dir = root.join("run-5");
@@ -255,7 +255,7 @@ fn unlimited_memory_and_nproc_still_bound_pids() {
     let fs = Arc::new(FakeFs::new(tmp.path()));
     let cg = Cgroups::set_up_with(fs, &settings(CgroupMode::V2, tmp.path()), &own);
     let run = cg
-        .create_run(1, cg.limits_for(None, None))
+        .create_run(1, cg.limits_for(None, None, PIDS_SHARED))
         .expect("create")
         .expect("cgroup");
     assert_eq!(
@@ -281,7 +281,7 @@ fn a_failed_limit_write_removes_the_new_cgroup() {
     let fs = Arc::new(fake);
     let cg = Cgroups::set_up_with(fs, &settings(CgroupMode::V2, tmp.path()), &own);
     let err = cg
-        .create_run(2, cg.limits_for(Some(1 << 20), Some(3)))
+        .create_run(2, cg.limits_for(Some(1 << 20), Some(3), PIDS_SHARED))
         .expect_err("EACCES");
     assert!(matches!(err, CgroupError::SetLimit { .. }), "{err:?}");
     assert!(err.to_string().contains("pids.max"), "{err}");
@@ -323,7 +323,7 @@ fn v2_not_delegated_is_unavailable() {
         fs.log()
     );
     assert!(cg
-        .create_run(1, cg.limits_for(None, None))
+        .create_run(1, cg.limits_for(None, None, PIDS_SHARED))
         .expect("no-op")
         .is_none());
 }
@@ -379,7 +379,7 @@ fn v1_runs_get_a_memory_and_a_pids_cgroup() {
         cg.status().detail
     );
     let run = cg
-        .create_run(3, cg.limits_for(Some(1 << 26), None))
+        .create_run(3, cg.limits_for(Some(1 << 26), None, PIDS_SHARED))
         .expect("create")
         .expect("cgroup");
     run.add_process(4242).expect("move");

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::state::Footprint;
 use super::{InUse, Zygote};
 use crate::config::PoolSpec;
+use crate::run::cgroup::{PIDS_SHARED, PIDS_SHARED_FORKED};
 use crate::run::{
     planning, Cleanup, HandOverError, Output, Reports, RunError, RunResult, RunSpec, Runs, Stage,
     WarmError,
@@ -68,11 +69,17 @@ impl WarmJail {
             script_argv,
             landlock,
             seccomp_denied,
+            forked,
             ..
         } = self;
         let caps = spec.cgroups.limits_for(
             spec.limits.effective(LimitName::Memory),
             spec.limits.effective(LimitName::Nproc),
+            if forked {
+                PIDS_SHARED_FORKED
+            } else {
+                PIDS_SHARED
+            },
         );
         if let Some(Err(e)) = cleanup.cgroup().map(|cg| cg.set_limits(caps)) {
             return (Err(RunError::HandOver(HandOverError::Caps(e))), cleanup);
@@ -224,7 +231,7 @@ pub async fn build(
         None => (settings.identity, None),
     };
     let cgroups = runs.cgroups();
-    let caps = cgroups.limits_for(None, None);
+    let caps = cgroups.limits_for(None, None, PIDS_SHARED);
     let cgroup = cgroups
         .create_run(run_id, caps)
         .map_err(|e| built(RunError::Cgroup(e)))?;

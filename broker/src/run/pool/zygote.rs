@@ -2,17 +2,18 @@
 //! started once with the pool's preimports and parked in its start-up hook in zygote
 //! mode (`jail/warm/_codejail_warm.py`, the native half in `zygote/src/lib.rs`). A warm
 //! jail of a pool with `fork_server = true` is built by asking it for a child
-//! ([`Zygote::fork`]) instead of spawning `codejail-jail`: the child runs the same
-//! stage checklist and its program returns into the already started interpreter, so a
-//! warm jail costs a fork and the layers, not an interpreter start
-//! (docs/architecture.md, "Fork server").
+//! ([`Zygote::fork`]) instead of spawning `codejail-jail`: the child, cloned into the
+//! run's namespaces, is the run's init (there is no stage process), and its program
+//! returns into the already started interpreter, so a warm jail costs a fork and the
+//! layers, not an interpreter start (docs/architecture.md, "Fork server").
 //!
 //! The zygote never sees a request: it gets a warm jail's fds before the jail exists,
 //! and the request reaches the jail's init later, on those fds. Its stdio is on pipes
 //! whose output the broker logs. It runs as the broker's own ids: with one identity for
 //! all runs (the broker's) with no capability; with per-run ids with `CAP_SETUID` and
-//! `CAP_SETGID`, as the broker has them, which each child uses once, to take its run's
-//! outside ids before anything else, and then drops with every other capability. (Not
+//! `CAP_SETGID`, as the broker has them, with which it makes each clone as its run's
+//! ids (its effective ids, for the clone only), so that the run's user namespace is the
+//! run's uid's; the child holds no capability outside that namespace. (Not
 //! a user namespace of the zygote's own with the run ids mapped: the kernel charges
 //! what a namespace's processes hold, at the top level, to the uid that created the
 //! outermost namespace below the host's, which would then be the broker's for every
@@ -132,8 +133,8 @@ impl Zygote {
             .kill_on_drop(true);
         let raw = theirs.as_raw_fd();
         let id = sys::StageIdentity::from(settings.identity);
-        // Per-run ids: the zygote keeps CAP_SETUID and CAP_SETGID, which each child needs
-        // to take its run's ids (then it drops every capability).
+        // Per-run ids: the zygote keeps CAP_SETUID and CAP_SETGID, with which it makes
+        // each clone as its run's ids.
         let keep_setid = settings.run_ids.is_some();
         // Under AppArmor, the stage's profile stacked at the exec, as a stage's is
         // (checked once it is ready).
