@@ -25,7 +25,7 @@
 //! kept on a read-only remount inside a user namespace (mount_namespaces(7), "locked
 //! mounts"), so they are read with statvfs and carried over.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -195,9 +195,7 @@ pub(crate) fn build_and_enter(
     let ws = root.join(WORKSPACE_MOUNT.trim_start_matches('/'));
     std::fs::create_dir(&ws).map_err(io_err("mkdir", &ws))?;
     let proc = root.join(PROC_MASK);
-    std::fs::create_dir(&proc).map_err(io_err("mkdir mask", &proc))?;
-    std::fs::set_permissions(&proc, std::fs::Permissions::from_mode(0o000))
-        .map_err(io_err("chmod mask", &proc))?;
+    mask_dir(&proc).map_err(io_err("mkdir mask", &proc))?;
     // Mask what the host has beside the view: at the top, and beside each directory
     // on the way to a read-only path (`/var/tmp/venv` masks `/var/log`, ...).
     mask_host_entries(Path::new("/"), &root)?;
@@ -250,9 +248,13 @@ fn build_etc(etc: &Path) -> Result<(), JailError> {
     }
     for name in ETC_PLACEHOLDERS {
         let dst = etc.join(name);
-        std::fs::File::create(&dst).map_err(io_err("create", &dst))?;
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o000))
-            .map_err(io_err("chmod", &dst))?;
+        // Mode 0 from its creation (the creating open may write it all the same).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .open(&dst)
+            .map_err(io_err("create", &dst))?;
     }
     Ok(())
 }
@@ -267,14 +269,20 @@ fn mask_host_entries(host: &Path, skel: &Path) -> Result<(), JailError> {
     };
     for entry in entries.flatten().take(MASK_LIMIT) {
         let dst = skel.join(entry.file_name());
-        if std::fs::symlink_metadata(&dst).is_ok() {
-            continue;
+        match mask_dir(&dst) {
+            // What the view already has there (a bound directory, a symlink, a file)
+            // stays as it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            done => done.map_err(io_err("mkdir mask", &dst))?,
         }
-        std::fs::create_dir(&dst).map_err(io_err("mkdir mask", &dst))?;
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o000))
-            .map_err(io_err("chmod mask", &dst))?;
     }
     Ok(())
+}
+
+/// A mode-0 directory at `path`, made so by its one `mkdir` (a mode the umask can only
+/// narrow): an entry the run's uid can neither list nor enter (`EACCES`).
+fn mask_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o000).create(path)
 }
 
 /// Make the skeleton itself read-only (after the workspace is mounted on it).
