@@ -45,12 +45,10 @@ pub const WARM_FD: i32 = 3;
 /// (docs/architecture.md, "Fork server"): the broker asks for a child with
 /// `FORK_REQUEST`, or `FORK_REQUEST UID GID` for a child that takes a run's own
 /// outside ids, each a line with the child's fds; the zygote answers `FORKED PID` with
-/// a pidfd of the child, or `LOST PID` when the child was already gone.
+/// a pidfd of the child (made by the clone: there always is one).
 pub const FORK_REQUEST: &str = "fork";
 /// See [`FORK_REQUEST`].
 pub const FORKED: &str = "forked";
-/// See [`FORK_REQUEST`].
-pub const LOST: &str = "lost";
 /// Largest plan frame the stage accepts (files travel inside the plan).
 pub const MAX_PLAN_FRAME: usize = 256 * 1024 * 1024;
 /// Largest report frame (reports are small; anything bigger is a bug or an attack).

@@ -168,24 +168,20 @@ pub unsafe extern "C" fn codejail_zygote_receive(
     got.len() as c_int
 }
 
-/// Answer the broker on `sock`: the child's pid as a line, `forked <pid>`, and a pidfd
-/// of it (by which the broker waits for and kills the child; the kernel reaps it), or
-/// `lost <pid>` when `pidfd` is negative (the child had already exited). Returns 0, or
-/// a negative errno.
+/// Answer the broker on `sock`: the child's pid as a line, `forked <pid>`, and the
+/// pidfd its clone made (by which the broker waits for and kills the child; the kernel
+/// reaps it). Returns 0, or a negative errno (`-EBADF` for a negative `pidfd`).
 #[no_mangle]
 pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
-    // No pidfd: the child was already gone (reaped by the kernel), `lost <pid>`.
-    let line = if pidfd < 0 {
-        format!("{} {pid}\n", codejail_plan::LOST)
-    } else {
-        format!("{} {pid}\n", codejail_plan::FORKED)
-    };
+    if pidfd < 0 {
+        return -libc::EBADF;
+    }
+    let line = format!("{} {pid}\n", codejail_plan::FORKED);
     let iov = [IoSlice::new(line.as_bytes())];
     let rights = [pidfd];
-    let with_fd = [ControlMessage::ScmRights(&rights)];
-    let cmsg: &[ControlMessage<'_>] = if pidfd < 0 { &[] } else { &with_fd };
+    let cmsg = [ControlMessage::ScmRights(&rights)];
     loop {
-        match sendmsg::<()>(sock, &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(_) => return 0,
             Err(Errno::EINTR) => continue,
             Err(e) => return errno_of(e),
@@ -226,10 +222,10 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// does.
 #[no_mangle]
 pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32, pidfd: *mut c_int) -> c_int {
-    match thread_count() {
+    match codejail_jail::forked::thread_count() {
         Ok(1) => {}
         Ok(_) => return -libc::EDEADLK,
-        Err(e) => return errno_of(e),
+        Err(e) => return -e.raw_os_error().unwrap_or(libc::EIO),
     }
     // SAFETY: plain reads of our own ids.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };

@@ -40,7 +40,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use codejail_plan::{FORKED, FORK_REQUEST, LOST};
+use codejail_plan::{FORKED, FORK_REQUEST};
 use codejail_protocol::ForkServerStatus;
 
 use crate::config::{CommandSpec, PoolSpec, ZygoteLife};
@@ -280,14 +280,14 @@ impl Zygote {
             && self.forks.load(Ordering::Relaxed) < self.life.max_forks
     }
 
-    /// Ask for a child that runs a stage on `fds` (the run's stdin, stdout, stderr, the
+    /// Ask for a child, the run's init, on `fds` (the run's stdin, stdout, stderr, the
     /// stage's control, report and hand-over pipes, then the cgroup.procs files: the
     /// child's ends, closed here once sent), as the run's outside `ids` when there are
     /// per-run ids. Returns the child's pid and a pidfd of it.
     /// Blocking: call it off the runtime's threads.
     ///
-    /// Any failure but a child that exited at once (`lost`) breaks the zygote: a late
-    /// answer would otherwise be read as the next request's.
+    /// Any failure breaks the zygote: a late answer would otherwise be read as the
+    /// next request's.
     pub fn fork(
         &self,
         fds: Vec<OwnedFd>,
@@ -318,17 +318,12 @@ impl Zygote {
         };
         self.forks.fetch_add(1, Ordering::Relaxed);
         let line = answer.trim_end();
-        let number = |word: &str| {
-            line.strip_prefix(word)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|p| p.parse::<u32>().ok())
-        };
-        match (number(FORKED), number(LOST), pidfd) {
-            (Some(pid), None, Some(pidfd)) => Ok((pid, pidfd)),
-            (None, Some(pid), None) => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("the forked init {pid} exited at once"),
-            )),
+        let pid = line
+            .strip_prefix(FORKED)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|p| p.parse::<u32>().ok());
+        match (pid, pidfd) {
+            (Some(pid), Some(pidfd)) => Ok((pid, pidfd)),
             _ => {
                 self.break_off(&sock);
                 Err(std::io::Error::new(
