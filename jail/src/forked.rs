@@ -21,6 +21,7 @@ use std::ffi::CString;
 
 use super::stage::{forked_init_main, StageEnd};
 use super::sys;
+pub use super::sys::thread_count;
 use super::userns::OutsideIds;
 use codejail_plan::WARM_FD;
 

@@ -180,8 +180,9 @@ fn close_range_from(first: RawFd, flags: libc::c_uint) -> io::Result<()> {
 }
 
 /// The number of threads of this process (from `/proc/self/status`), to check the
-/// stage's single-threadedness before it forks and unshares.
-pub(crate) fn thread_count() -> io::Result<usize> {
+/// stage's single-threadedness before it forks and unshares (and a zygote's before it
+/// clones: `codejail_jail::forked::thread_count`).
+pub fn thread_count() -> io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()

@@ -332,13 +332,6 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// How many threads the calling process has.
-fn thread_count() -> Result<usize, Errno> {
-    std::fs::read_dir("/proc/self/task")
-        .map(Iterator::count)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-}
-
 /// Take back the zygote's effective ids (its real ones: always allowed), and make it
 /// undumpable again (a change of effective ids resets the flag).
 fn restore_ids(euid: libc::uid_t, egid: libc::gid_t) {
@@ -506,7 +499,7 @@ mod tests {
         let other = std::thread::spawn(move || {
             let _ = wait.recv();
         });
-        assert!(thread_count().expect("thread count") >= 2);
+        assert!(codejail_jail::forked::thread_count().expect("thread count") >= 2);
         let mut pidfd: c_int = -1;
         // SAFETY: `pidfd` is a writable c_int; the call returns before any clone.
         let got = unsafe { codejail_zygote_spawn(NO_ID, NO_ID, &mut pidfd) };
