@@ -347,15 +347,101 @@ fn restore_ids(euid: libc::uid_t, egid: libc::gid_t) {
     }
 }
 
+/// The interpreter's script path, which each forked program points at its own run
+/// directory ([`codejail_zygote_script_path`]).
+struct ScriptPath {
+    /// The interpreter's buffer (wide characters) that its config's field points at.
+    buf: *mut libc::wchar_t,
+    /// Its room, in wide characters.
+    cap: usize,
+    /// The script's name (the interpreter's `argv[0]`, relative), as bytes.
+    name: Vec<u8>,
+}
+
+// SAFETY: the pointer is the zygote's own buffer, written only by the one thread of a
+// forked child.
+unsafe impl Send for ScriptPath {}
+// SAFETY: as above.
+unsafe impl Sync for ScriptPath {}
+
+static SCRIPT_PATH: std::sync::OnceLock<ScriptPath> = std::sync::OnceLock::new();
+
+/// In the zygote, once: the interpreter's config keeps the script's path as CPython made
+/// it absolute at its start (from the zygote's cwd) in the buffer `buf` (room for `cap`
+/// wide characters), and opens that path once the start-up hook returns. Each forked
+/// program writes its own path there, its cwd (the run's directory) and `name` (`len`
+/// bytes), before it returns ([`codejail_zygote_child`]). Returns 0, or `-EINVAL`.
+///
+/// # Safety
+///
+/// `buf` must stay valid and writable for `cap` wide characters for the process's life;
+/// `name` must point at `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn codejail_zygote_script_path(
+    buf: *mut libc::wchar_t,
+    cap: usize,
+    name: *const u8,
+    len: usize,
+) -> c_int {
+    if buf.is_null() || name.is_null() || cap == 0 {
+        return -libc::EINVAL;
+    }
+    // SAFETY: the caller guarantees `name` points at `len` readable bytes.
+    let name = unsafe { std::slice::from_raw_parts(name, len) }.to_vec();
+    match SCRIPT_PATH.set(ScriptPath { buf, cap, name }) {
+        Ok(()) => 0,
+        Err(_) => -libc::EINVAL,
+    }
+}
+
+/// `bytes` as CPython decodes a path at its start (UTF-8, each byte that is not part
+/// of a valid sequence as the lone surrogate U+DC80..U+DCFF: `surrogateescape`).
+fn decode_path(bytes: &[u8]) -> Vec<libc::wchar_t> {
+    let mut wide = Vec::with_capacity(bytes.len() + 1);
+    for chunk in bytes.utf8_chunks() {
+        wide.extend(chunk.valid().chars().map(|c| c as libc::wchar_t));
+        wide.extend(
+            chunk
+                .invalid()
+                .iter()
+                .map(|&b| 0xDC00 + libc::wchar_t::from(b)),
+        );
+    }
+    wide
+}
+
+/// Point the interpreter's script path at `cwd/name` ([`codejail_zygote_script_path`]).
+fn write_script_path() -> Result<(), Errno> {
+    let Some(path) = SCRIPT_PATH.get() else {
+        return Err(Errno::EINVAL);
+    };
+    let cwd = nix::unistd::getcwd()?;
+    let mut bytes = std::os::unix::ffi::OsStrExt::as_bytes(cwd.as_os_str()).to_vec();
+    bytes.push(b'/');
+    bytes.extend_from_slice(&path.name);
+    let mut wide = decode_path(&bytes);
+    wide.push(0);
+    if wide.len() > path.cap {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    // SAFETY: `buf` has room for `cap` wide characters (the registration's contract),
+    // `wide` is at most that long, and the two cannot overlap (`wide` is ours).
+    unsafe { std::ptr::copy_nonoverlapping(wide.as_ptr(), path.buf, wide.len()) };
+    Ok(())
+}
+
 /// In the zygote's child ([`codejail_zygote_spawn`]): put the request's `n` fds
 /// (`fds`, as [`codejail_zygote_receive`] returned them) in place, enter the run's
 /// cgroup, close every other fd, and run as the run's init, whose user namespace maps
 /// `uid`/`gid` (the ids the zygote cloned it with; [`NO_ID`]: the zygote's own).
-/// Returns only in the run's program, confined:
-/// the environment a cold run would have, as `KEY=value` strings each ended by a NUL,
-/// written to `env` (room for `cap` bytes), and its length. In every other process of
-/// the run, and on any failure (reported to the broker where the report pipe is in
-/// place), the process exits.
+/// Returns only in the run's program, confined, with the interpreter's script path
+/// pointing at the run's directory ([`codejail_zygote_script_path`]) and the
+/// environment a cold run would have as its C environment (`environ`, in the plan's
+/// order, as the exec would have set it); the same strings, each `KEY=value` ended by
+/// a NUL, are written to `env` (room for `cap` bytes; for the hook's `os.environ`),
+/// and their length is returned. In every other process of the run, and on any
+/// failure (reported to the broker where the report pipe is in place), the process
+/// exits.
 ///
 /// # Safety
 ///
@@ -416,7 +502,28 @@ pub unsafe extern "C" fn codejail_zygote_child(
     // SAFETY: the caller guarantees `env` has room for `cap` bytes, and `out.len()` is
     // at most `cap`; the two buffers cannot overlap (`out` is ours).
     unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), env, out.len()) };
+    if write_script_path().is_err() {
+        exit_now(codejail_jail::program::EXIT_EXEC_FAILED)
+    }
+    set_environ(vars);
     out.len() as isize
+}
+
+/// Make `vars` the process's C environment, in their order, as a cold program's
+/// `execve` would have. The array and the strings are leaked: they are the
+/// environment for the rest of the process's life (the C library copies the array
+/// before it ever changes it, as it does after any such assignment).
+fn set_environ(vars: Vec<std::ffi::CString>) {
+    extern "C" {
+        static mut environ: *mut *mut std::ffi::c_char;
+    }
+    let mut array: Vec<*mut std::ffi::c_char> =
+        vars.into_iter().map(std::ffi::CString::into_raw).collect();
+    array.push(std::ptr::null_mut());
+    let array = array.leak().as_mut_ptr();
+    // SAFETY: the process is single-threaded here (the caller's contract), so nothing
+    // reads `environ` meanwhile; the array is NULL-terminated and lives forever.
+    unsafe { std::ptr::addr_of_mut!(environ).write(array) };
 }
 
 /// Park the fds high, write this process's pid to each cgroup file, put the stage's
@@ -487,6 +594,21 @@ mod tests {
             "NO_ID is not an id"
         );
         assert_eq!(request_ids(b"spawn\n"), None);
+    }
+
+    /// A path decodes as CPython decodes its arguments (`os.fsdecode`: UTF-8 with
+    /// `surrogateescape`): `"/tmp/a\xffb/\xc3\xa9".decode("utf-8", "surrogateescape")`
+    /// is `'/tmp/a\udcffb/é'`.
+    #[test]
+    fn paths_decode_as_cpython_decodes_them() {
+        let want: Vec<libc::wchar_t> = "/tmp/a"
+            .chars()
+            .map(|c| c as libc::wchar_t)
+            .chain([0xDCFF])
+            .chain("b/\u{e9}".chars().map(|c| c as libc::wchar_t))
+            .collect();
+        assert_eq!(decode_path(b"/tmp/a\xffb/\xc3\xa9"), want);
+        assert_eq!(decode_path(b"\xc3"), vec![0xDCC3], "a cut sequence");
     }
 
     /// A zygote with a thread besides its own is refused before any clone: the clone
