@@ -39,7 +39,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             os._exit(125)
         _cj_buf += _cj_chunk
     _cj_words = _cj_buf.split()
-    _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"2"] and len(_cj_words) >= 3
+    _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"3"] and len(_cj_words) >= 3
     if not _cj_zygote and _cj_words[:2] != [b"codejail-warm", b"1"]:
         os._exit(125)
     # The preimports: a warm jail's, or a zygote's (which its children then have).
@@ -104,14 +104,16 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                     _cj_arm.argtypes = (_cj_ctypes.c_void_p,)
             # The clone runs between the interpreter's own before- and after-fork
             # calls, as os.fork makes them, with the GIL held (PyDLL).
+            # The child becomes the run's init in the library, never returning here;
+            # the clone returns 0 only in the run's program, which the init forked.
             _cj_spawn = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_spawn
-            _cj_spawn.argtypes = (_cj_ctypes.c_uint, _cj_ctypes.c_uint, _cj_ctypes.c_void_p)
+            _cj_spawn.argtypes = (
+                _cj_ctypes.c_uint, _cj_ctypes.c_uint, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p,
+                _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t, _cj_ctypes.c_void_p)
             _cj_pidfd = _cj_ctypes.c_int(-1)
             _cj_pidfd_at = _cj_ctypes.addressof(_cj_pidfd)
-            _cj_lib.codejail_zygote_child.restype = _cj_ctypes.c_ssize_t
-            _cj_lib.codejail_zygote_child.argtypes = (
-                _cj_ctypes.c_void_p, _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t,
-                _cj_ctypes.c_uint, _cj_ctypes.c_uint)
+            _cj_env_len = _cj_ctypes.c_ssize_t(-1)
+            _cj_env_len_at = _cj_ctypes.addressof(_cj_env_len)
             # CPython made the script's path absolute at its start, from the zygote's
             # cwd, and opens that path once start-up is over: each child points the
             # interpreter's config at its own run directory's instead. The field is
@@ -268,16 +270,16 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os._exit(1)
             f = line = perms = fd = target = threads = None
             lib, api, spawn, fds, ids, env = _cj_lib, _cj_api, _cj_spawn, _cj_fds, _cj_ids, _cj_env
-            pidfd, pidfd_at = _cj_pidfd, _cj_pidfd_at
+            pidfd, pidfd_at, env_len, env_len_at = _cj_pidfd, _cj_pidfd_at, _cj_env_len, _cj_env_len_at
             os.write(3, b"ready\n")
             while True:
                 n = lib.codejail_zygote_receive(3, fds, 8, ids)
                 if n <= 0:
                     os._exit(0 if n == 0 else 1)
                 # The child is the run's init, in the run's new namespaces
-                # (zygote/src/lib.rs, codejail_zygote_spawn).
+                # (zygote/src/lib.rs, codejail_zygote_spawn); 0 is the run's program.
                 api.PyOS_BeforeFork()
-                pid = spawn(ids[0], ids[1], pidfd_at)
+                pid = spawn(ids[0], ids[1], pidfd_at, fds, n, env, 1 << 16, env_len_at)
                 if pid == 0:
                     api.PyOS_AfterFork_Child()
                     break
@@ -291,12 +293,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 if lib.codejail_zygote_answer(3, pid, pidfd.value) != 0:
                     os._exit(1)
                 os.close(pidfd.value)
-            # The child: confined by the library, or gone. The library has set the C
+            # The run's program, confined by the library, which has set the C
             # environment and pointed the script's path at the run's directory.
-            length = lib.codejail_zygote_child(fds, n, env, 1 << 16, ids[0], ids[1])
-            if length < 0:
-                os._exit(1)
-            return env, length
+            return env, env_len.value
 
         _cj_import = _cj_builtins.__import__
         _cj_builtins.__import__ = _cj_serve

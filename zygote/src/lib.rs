@@ -16,10 +16,11 @@
 //!    ([`codejail_zygote_answer`]), by which the broker watches it (the kernel reaps
 //!    it: [`codejail_zygote_init`]);
 //!
-//! and the child calls [`codejail_zygote_child`], which puts the fds on the stage's
-//! numbers, enters the run's cgroup, and runs as the run's init
-//! ([`codejail_jail::run_forked_init`]). That returns only in the run's program,
-//! confined; the hook then goes on as a warm jail's interpreter does.
+//! and the child, without returning into the interpreter, puts the fds on the
+//! stage's numbers, enters the run's cgroup, and runs as the run's init
+//! ([`codejail_jail::run_forked_init`]). The clone returns only in the run's program,
+//! which the init forked, confined; the hook then goes on as a warm jail's
+//! interpreter does.
 //!
 //! The request's fds, in order: the run's stdin, stdout and stderr, the stage's control,
 //! report and hand-over pipes, then the run's `cgroup.procs` files (none, one on v2, two
@@ -211,22 +212,51 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// have exactly one thread, checked here (`-EDEADLK` otherwise), as the start-up hook
 /// checks it before it answers `ready`.
 ///
-/// Returns the child's pid in the zygote, 0 in the child, a negative errno on failure
-/// (the zygote's ids restored).
+/// The child never returns into the interpreter: it becomes the run's init with the
+/// request's `n` fds (`fds`, as [`codejail_zygote_receive`] returned them; see
+/// [`child_main`]), and the clone returns 0 only in the run's program, which the init
+/// forked and confined, with the length of the environment it wrote to `env` (room for
+/// `cap` bytes) stored at `env_len`. So the interpreter's after-fork work is done once
+/// per run, by the program, and none of the init's pages is written by Python.
+///
+/// Returns the child's pid in the zygote, 0 in the run's program, a negative errno on
+/// failure (the zygote's ids restored; `-EINVAL` for a request that has too few or too
+/// many fds).
 ///
 /// # Safety
 ///
-/// `pidfd` must point at a writable `c_int`. The caller must make the interpreter's
-/// before-fork call just before and its after-fork calls just after
+/// `pidfd` must point at a writable `c_int`, `fds` at `n` readable `c_int`s, `env` at
+/// `cap` writable bytes and `env_len` at a writable `isize`. The caller must make the
+/// interpreter's before-fork call just before and its after-fork calls just after
 /// (`PyOS_BeforeFork`, `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork`
-/// does.
+/// does, and hold no fd its child needs besides `fds` (the child closes every other).
 #[no_mangle]
-pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32, pidfd: *mut c_int) -> c_int {
+pub unsafe extern "C" fn codejail_zygote_spawn(
+    uid: u32,
+    gid: u32,
+    pidfd: *mut c_int,
+    fds: *const c_int,
+    n: c_int,
+    env: *mut u8,
+    cap: usize,
+    env_len: *mut isize,
+) -> c_int {
     match codejail_jail::forked::thread_count() {
         Ok(1) => {}
         Ok(_) => return -libc::EDEADLK,
         Err(e) => return -e.raw_os_error().unwrap_or(libc::EIO),
     }
+    let count = match usize::try_from(n) {
+        Ok(count) if (STAGE_FDS..=MAX_REQUEST_FDS).contains(&count) => count,
+        _ => return -libc::EINVAL,
+    };
+    if fds.is_null() || env.is_null() || env_len.is_null() {
+        return -libc::EINVAL;
+    }
+    let mut given = [-1 as RawFd; MAX_REQUEST_FDS];
+    // SAFETY: the caller guarantees `fds` points at `n` readable entries, and `count`
+    // (which is `n`) is at most `given.len()`.
+    given[..count].copy_from_slice(unsafe { std::slice::from_raw_parts(fds, count) });
     // SAFETY: plain reads of our own ids.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let switch = uid != NO_ID && gid != NO_ID;
@@ -302,6 +332,11 @@ pub unsafe extern "C" fn codejail_zygote_spawn(uid: u32, gid: u32, pidfd: *mut c
             // copy of its memory.
             unsafe { libc::syscall(libc::SYS_set_robust_list, robust_head, robust_len) };
         }
+        // SAFETY: this is the fresh, single-threaded clone; `env` has room for `cap`
+        // bytes (the caller's contract).
+        let len = unsafe { child_main(&given[..count], env, cap, uid, gid) };
+        // SAFETY: the caller guarantees `env_len` is writable.
+        unsafe { env_len.write(len) };
         return 0;
     }
     let clone_errno = Errno::last();
@@ -370,7 +405,8 @@ static SCRIPT_PATH: std::sync::OnceLock<ScriptPath> = std::sync::OnceLock::new()
 /// it absolute at its start (from the zygote's cwd) in the buffer `buf` (room for `cap`
 /// wide characters), and opens that path once the start-up hook returns. Each forked
 /// program writes its own path there, its cwd (the run's directory) and `name` (`len`
-/// bytes), before it returns ([`codejail_zygote_child`]). Returns 0, or `-EINVAL`.
+/// bytes), before the clone returns in it ([`codejail_zygote_spawn`]). Returns 0, or
+/// `-EINVAL`.
 ///
 /// # Safety
 ///
@@ -430,8 +466,8 @@ fn write_script_path() -> Result<(), Errno> {
     Ok(())
 }
 
-/// In the zygote's child ([`codejail_zygote_spawn`]): put the request's `n` fds
-/// (`fds`, as [`codejail_zygote_receive`] returned them) in place, enter the run's
+/// In the zygote's child ([`codejail_zygote_spawn`]): put the request's fds (`given`,
+/// as [`codejail_zygote_receive`] returned them) in place, enter the run's
 /// cgroup, close every other fd, and run as the run's init, whose user namespace maps
 /// `uid`/`gid` (the ids the zygote cloned it with; [`NO_ID`]: the zygote's own).
 /// Returns only in the run's program, confined, with the interpreter's script path
@@ -445,27 +481,12 @@ fn write_script_path() -> Result<(), Errno> {
 ///
 /// # Safety
 ///
-/// `fds` must point at `n` readable `c_int`s, `env` at `cap` writable bytes; the caller
-/// must be a freshly forked, single-threaded process that holds no fd it still needs
-/// (all are closed).
-#[no_mangle]
-pub unsafe extern "C" fn codejail_zygote_child(
-    fds: *const c_int,
-    n: c_int,
-    env: *mut u8,
-    cap: usize,
-    uid: u32,
-    gid: u32,
-) -> isize {
+/// `env` must point at `cap` writable bytes; the caller must be a freshly forked,
+/// single-threaded process that holds no fd it still needs (all are closed).
+unsafe fn child_main(given: &[RawFd], env: *mut u8, cap: usize, uid: u32, gid: u32) -> isize {
     // Undumpable first: the clone of a zygote whose effective ids changed inherits the
     // flag fs.suid_dumpable gave it, and it holds the broker's fds.
     if nix::sys::prctl::set_dumpable(false).is_err() {
-        exit_now(1)
-    }
-    let Ok(count) = usize::try_from(n) else {
-        exit_now(1)
-    };
-    if !(STAGE_FDS..=MAX_REQUEST_FDS).contains(&count) {
         exit_now(1)
     }
     // The init waits for the run's processes: SIGCHLD as a fresh process has it, not
@@ -474,8 +495,6 @@ pub unsafe extern "C" fn codejail_zygote_child(
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
         exit_now(1)
     }
-    // SAFETY: the caller guarantees `fds` points at `n` readable entries.
-    let given = unsafe { std::slice::from_raw_parts(fds, count) };
     if place_fds(given).is_err() {
         exit_now(1)
     }
@@ -623,8 +642,23 @@ mod tests {
         });
         assert!(codejail_jail::forked::thread_count().expect("thread count") >= 2);
         let mut pidfd: c_int = -1;
-        // SAFETY: `pidfd` is a writable c_int; the call returns before any clone.
-        let got = unsafe { codejail_zygote_spawn(NO_ID, NO_ID, &mut pidfd) };
+        let fds = [0 as c_int; STAGE_FDS];
+        let mut env = [0u8; 16];
+        let mut env_len: isize = -1;
+        // SAFETY: every pointer is to a local of the right size; the call returns
+        // before any clone.
+        let got = unsafe {
+            codejail_zygote_spawn(
+                NO_ID,
+                NO_ID,
+                &mut pidfd,
+                fds.as_ptr(),
+                STAGE_FDS as c_int,
+                env.as_mut_ptr(),
+                env.len(),
+                &mut env_len,
+            )
+        };
         let _ = stop.send(());
         let _ = other.join();
         assert_eq!(got, -libc::EDEADLK);

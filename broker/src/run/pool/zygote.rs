@@ -188,7 +188,7 @@ impl Zygote {
                 }
             }));
         }
-        let mut greeting = format!("codejail-zygote 2 {library}");
+        let mut greeting = format!("codejail-zygote 3 {library}");
         for module in &spec.preimport {
             greeting.push(' ');
             greeting.push_str(module);
