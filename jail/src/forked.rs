@@ -35,6 +35,14 @@ pub const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS;
 
+/// What a zygote prepares once, before its first fork, for every run's init to find
+/// in its copy of the zygote's memory: the compiled seccomp policy.
+pub fn prepare_zygote() -> std::io::Result<()> {
+    super::seccomp::compiled()
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Run a forked run's init, in the zygote's child, which [`CLONE_FLAGS`] made PID 1
 /// of the run's namespaces; `uid` and `gid` are the ids its user namespace is to map
 /// (the zygote's effective ids at the clone). In the init this never returns (it exits

@@ -175,7 +175,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
     seal_root()?;
     // The seccomp filter is compiled now, by trusted code with memory to spare,
     // before rlimits can starve it; the program only installs it.
-    let filters = seccomp::compile().map_err(JailError::CompileSeccomp)?;
+    let filters = seccomp::compiled().map_err(JailError::CompileSeccomp)?;
     // Exec denial, on ourselves before the fork, so every process of the run inherits
     // the filter and no untrusted code exists yet; we hold its listener.
     let guard = if plan.allow_exec {
@@ -204,7 +204,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
                 sentinel
             });
             if start == Start::Exec {
-                exec_program(plan, spec, &filters, report, sentinel, host_proc)
+                exec_program(plan, spec, filters, report, sentinel, host_proc)
             }
             // A forked interpreter's: its end of the warm channel stays on its number
             // (the hook takes it), the init's end and the hand-over pipe close here.
@@ -212,7 +212,7 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
                 let _ = std::os::fd::IntoRawFd::into_raw_fd(program_end);
                 drop((ours, handover));
             }
-            let program = return_program(plan, spec, &filters, report, sentinel, host_proc);
+            let program = return_program(plan, spec, filters, report, sentinel, host_proc);
             return Ok(InitEnd::Program(program));
         }
         Forked::Parent(pid) => pid,

@@ -13,6 +13,7 @@
 //! `clone`, whose flags *can* be inspected (clone3 passes them in memory).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use seccompiler::{
     sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -276,8 +277,21 @@ pub(crate) fn exec_filter() -> Vec<libc::sock_filter> {
         .collect()
 }
 
-/// Compile the policy (in the stage, before rlimits).
-pub fn compile() -> Result<Filters, SeccompError> {
+/// The policy, compiled once per process: the first call compiles it (a spawned
+/// stage's init, before rlimits; a fork server's zygote, before its first fork, so
+/// that every run's init finds it compiled in its copy of the zygote's memory and
+/// neither allocates nor writes for it).
+pub fn compiled() -> Result<&'static Filters, SeccompError> {
+    static COMPILED: OnceLock<Filters> = OnceLock::new();
+    if let Some(filters) = COMPILED.get() {
+        return Ok(filters);
+    }
+    let filters = compile()?;
+    Ok(COMPILED.get_or_init(|| filters))
+}
+
+/// Compile the policy.
+fn compile() -> Result<Filters, SeccompError> {
     let mut by_errno: BTreeMap<u32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     for (nr, deny, _why) in DENIED {
         by_errno

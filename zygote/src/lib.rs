@@ -61,7 +61,9 @@ fn errno_of(e: Errno) -> c_int {
 /// groups when it may drop them (with per-run ids its children must not carry the
 /// broker's groups into their runs, and inside their own user namespace they could no
 /// longer drop them), and its children reaped by the kernel as they exit (`SIGCHLD`
-/// ignored: the broker watches each through a pidfd). Returns 0, or a negative errno.
+/// ignored: the broker watches each through a pidfd), with what every run's init
+/// shares compiled ([`codejail_jail::forked::prepare_zygote`]). Returns 0, or a
+/// negative errno.
 #[no_mangle]
 pub extern "C" fn codejail_zygote_init() -> c_int {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
@@ -83,6 +85,10 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
     // SAFETY: SIG_IGN registers no code of ours as a handler.
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) } == libc::SIG_ERR {
         return errno_of(Errno::last());
+    }
+    // What every run's init would otherwise compute for itself (and copy pages for).
+    if codejail_jail::forked::prepare_zygote().is_err() {
+        return -libc::EIO;
     }
     0
 }
