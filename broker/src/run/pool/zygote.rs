@@ -218,7 +218,7 @@ impl Zygote {
             Ok((_, ours)) => match crate::apparmor::check_zygote_label(stacked, pid) {
                 Ok(()) => {
                     drop(readers);
-                    return Ok(Zygote::started(command, pid, child, ours, spec));
+                    return Ok(Zygote::started(pid, child, ours, spec));
                 }
                 Err(why) => why,
             },
@@ -244,14 +244,7 @@ impl Zygote {
     }
 
     /// The record of a zygote that answered `ready`.
-    fn started(
-        command: &str,
-        pid: u32,
-        child: tokio::process::Child,
-        ours: OwnedFd,
-        spec: &PoolSpec,
-    ) -> Zygote {
-        tracing::info!(command, zygote = pid, preimport = ?spec.preimport, "zygote started");
+    fn started(pid: u32, child: tokio::process::Child, ours: OwnedFd, spec: &PoolSpec) -> Zygote {
         Zygote {
             child: Mutex::new(child),
             sock: Mutex::new(ours),
@@ -472,6 +465,8 @@ impl Zygotes {
         let entry = book.entry(command.to_string()).or_default();
         entry.started += 1;
         entry.current = Some(zygote.clone());
+        // Logged once `status` counts it, so that the two never disagree.
+        tracing::info!(command, zygote = zygote.pid(), preimport = ?spec.preimport, "zygote started");
         Ok(zygote)
     }
 
