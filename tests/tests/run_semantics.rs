@@ -351,11 +351,15 @@ both_shapes!(concurrent_runs_have_no_channel);
 /// The code is CPython's `__main__` script: no frame above the module
 /// (`sys._getframe(1)` raises ValueError), `__name__` is `'__main__'`, `sys.argv` is
 /// `['jailed_code', *argv]`, the cwd is the run's `/tmp/codejail-XXXXXXXX` (also
-/// `sys.path[0]`) and `TMPDIR` its `tmp`.
+/// `sys.path[0]`) and `TMPDIR` its `tmp`; the collector knows no object of the
+/// start-up hook's (a zygote's is left frozen: `jail/warm/_codejail_warm.py`).
 async fn code_runs_as_the_main_script(shape: Shape) {
     let b = broker!(BrokerOpts::new().shape(shape));
     let mut req = py(r#"
-        import json, os, sys
+        import gc, json, os, sys
+        ours = [repr(o)[:80] for o in gc.get_objects()
+                if getattr(o, "__module__", None) == "_codejail_warm"
+                or str(getattr(o, "__name__", "")).startswith(("_cj_", "_codejail_warm"))]
         try:
             sys._getframe(1)
             caller = "a frame above the module"
@@ -365,6 +369,7 @@ async fn code_runs_as_the_main_script(shape: Shape) {
             "caller": caller, "name": __name__, "file": __file__, "argv": sys.argv,
             "cwd": os.getcwd(), "path0": sys.path[0], "tmpdir": os.environ.get("TMPDIR"),
             "main is us": sys.modules["__main__"].__dict__ is globals(),
+            "hook's objects": ours,
         }))
     "#);
     req.argv = vec!["one".into(), "two words".into(), "-x".into()];
@@ -390,6 +395,7 @@ async fn code_runs_as_the_main_script(shape: Shape) {
         "path0": cwd,
         "tmpdir": format!("{cwd}/tmp"),
         "main is us": true,
+        "hook's objects": [],
     });
     assert_eq!(serde_json::json!(r), want);
 }
