@@ -67,9 +67,7 @@ impl ExecSpec {
     /// that would make the environment ambiguous.
     pub(crate) fn from_plan(plan: &Plan) -> Result<Self, JailError> {
         let invalid = |what: String| JailError::ValidatePlan(what);
-        let c = |what: &str, s: &str| {
-            CString::new(s).map_err(|_| invalid(format!("{what} {s:?} contains a NUL")))
-        };
+        let c = c_string;
         if !plan.program.starts_with('/') {
             return Err(invalid(format!(
                 "program {:?} is not an absolute path",
@@ -119,6 +117,23 @@ impl ExecSpec {
             workdir_shown,
         })
     }
+
+    /// The same spec with `args` after the plan's argv, checked as [`from_plan`]
+    /// checks the plan's (a warm jail's hand-over: the exec a cold run of the request
+    /// would make).
+    ///
+    /// [`from_plan`]: ExecSpec::from_plan
+    pub(crate) fn with_args(mut self, args: &[String]) -> Result<Self, JailError> {
+        for arg in args {
+            self.argv.push(c_string("argument", arg)?);
+        }
+        Ok(self)
+    }
+}
+
+/// `s` as a C string for execve, refused (naming `what`) when it holds a NUL.
+fn c_string(what: &str, s: &str) -> Result<CString, JailError> {
+    CString::new(s).map_err(|_| JailError::ValidatePlan(format!("{what} {s:?} contains a NUL")))
 }
 
 /// `ARG_MAX` of the kernel's headers: the room for argument and environment strings

@@ -217,13 +217,11 @@ impl Warm {
         // its size: this program was exec'd before the arguments existed, so without
         // this check arguments that fail a cold run (execve's E2BIG) would run here.
         // Same check, same error, same report as the cold program's failed execve.
-        let cold = Plan {
-            argv: plan.argv.iter().chain(&args).cloned().collect(),
-            ..plan.clone()
-        };
         let (stack, _) =
             getrlimit(Resource::RLIMIT_STACK).map_err(|e| JailError::WarmStackLimit(e.into()))?;
-        ExecSpec::from_plan(&cold)?.check_exec_size(stack)?;
+        ExecSpec::from_plan(plan)?
+            .with_args(&args)?
+            .check_exec_size(stack)?;
         // (`from_plan` refused any argument with a NUL: the separators are unambiguous.)
         let mut message = b"go".to_vec();
         for arg in &args {
