@@ -176,7 +176,7 @@ fn build_forked_init(
     set_hostname(&plan.hostname)?;
     // /dev/null before the root moves, for the init to give up the run's stdio.
     let null = open_null()?;
-    Ok(run_init(
+    let program = run_init(
         InitContext {
             plan: &plan,
             spec: &spec,
@@ -186,7 +186,14 @@ fn build_forked_init(
             tie: Tie::Control,
         },
         report,
-    ))
+    );
+    // Only the run's program gets here (the init exits inside `run_init`). The plan
+    // and the spec are left allocated, not freed: each free would write heap pages the
+    // program shares copy-on-write with its init and the zygote, for nothing (they
+    // hold no fd; the process ends with the run).
+    std::mem::forget(plan);
+    std::mem::forget(spec);
+    Ok(program)
 }
 
 /// The stage's checklist, in order. Each step is one call; the comment says why it
