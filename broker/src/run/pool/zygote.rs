@@ -203,7 +203,7 @@ impl Zygote {
         })
         .await
         .map_err(|e| WarmError::Zygote(e.to_string()))?;
-        let ended = "it ended before it was ready: is codejail's start-up hook installed in the interpreter's site-packages (scripts/setup-sandbox-venv.sh)?";
+        let ended = "it ended before it was ready: is this build's start-up hook installed in the interpreter's site-packages (scripts/setup-sandbox-venv.sh; an earlier build's speaks an earlier zygote protocol)?";
         let why = match answer {
             Ok((answer, _)) if answer != "ready\n" => {
                 let answer = answer.trim().to_string();
