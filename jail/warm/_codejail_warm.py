@@ -32,13 +32,18 @@ except OSError:
 # time, there is nothing to do.
 _cj_serving = getattr(_cj_builtins.__import__, "__module__", None) == __name__
 if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_serving:
-    _cj_buf = b""
-    while not _cj_buf.endswith(b"\n"):
-        _cj_chunk = os.read(3, 4096)
-        if not _cj_chunk:
-            os._exit(125)
-        _cj_buf += _cj_chunk
-    _cj_words = _cj_buf.split()
+
+    def _cj_greeting():
+        # The first line on fd 3, split in words; the process ends if fd 3 ends first.
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = os.read(3, 4096)
+            if not chunk:
+                os._exit(125)
+            buf += chunk
+        return buf.split()
+
+    _cj_words = _cj_greeting()
     _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"3"] and len(_cj_words) >= 3
     if not _cj_zygote and _cj_words[:2] != [b"codejail-warm", b"1"]:
         os._exit(125)
@@ -174,7 +179,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             del _cj_before, _cj_maps, _cj_f, _cj_line, _cj_range, _cj_perms, _cj_lo, _cj_hi
             del _cj_script, _cj_want, _cj_off, _cj_at, _cj_p, _cj_cfg, _cj_pylib, _cj_slots
             del _cj_path_room, _cj_path_buf, _cj_argv0
-            del _cj_st, _cj_buf, _cj_chunk, _cj_words
+            del _cj_st, _cj_words
             globals().pop("_cj_name", None)
         except BaseException:
             os._exit(1)
@@ -215,13 +220,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                     _cj_arm(id(sys.modules["__main__"].__dict__))
                 # The run's init now greets this interpreter as a warm jail's, with
                 # the same preimports, loaded above.
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    chunk = os.read(3, 4096)
-                    if not chunk:
-                        os._exit(125)
-                    buf += chunk
-                if buf.split()[:2] != [b"codejail-warm", b"1"]:
+                if _cj_greeting()[:2] != [b"codejail-warm", b"1"]:
                     os._exit(125)
                 _cj_handover()
                 imp = _cj_import
