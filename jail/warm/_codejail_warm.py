@@ -223,15 +223,12 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 if _cj_greeting()[:2] != [b"codejail-warm", b"1"]:
                     os._exit(125)
                 _cj_handover()
+                # Nothing of this module is left once this frame ends, with the
+                # import it hands on.
                 imp = _cj_import
+                _cj_serve.__globals__.clear()
             except BaseException:
                 os._exit(1)
-            # Nothing of this module is reachable once this frame ends, with the import
-            # it hands on: its names stay in its dict, which only its functions refer
-            # to (and they to it). The zygote froze them (gc.freeze), so no collection
-            # sees them (neither does gc.get_objects nor gc.get_referrers: they look
-            # at the collector's generations, not at the frozen), and freeing them
-            # instead would copy every page they are on, in every run.
             return imp(name, globals, locals, fromlist, level)
 
         def _cj_fork():
