@@ -125,8 +125,12 @@ impl Zygote {
             .args(&argv[1..])
             .env_clear()
             .envs(zygote_env(cmd))
-            // Not "/": CPython makes the script's path absolute from it ("//jailed_code").
-            .current_dir("/tmp")
+            // CPython makes the script's path absolute from the cwd, and would run that
+            // file if its start-up ever ended in the zygote (an interpreter started
+            // without site, `-S`, never runs the hook): in /proc no file can be put at
+            // that path, so that ends in an error, not in a file someone left in /tmp.
+            // (Not "/": the path would be "//jailed_code".)
+            .current_dir("/proc")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
