@@ -27,10 +27,11 @@ try:
     _cj_st = os.fstat(3)
 except OSError:
     _cj_st = None
-# A zygote's site runs this file's .pth line again (its second pass over
-# site-packages) while the zygote's import hook below waits for sitecustomize: that
-# time, there is nothing to do.
-_cj_serving = getattr(_cj_builtins.__import__, "__module__", None) == __name__
+# In a venv, a zygote's site runs this file's .pth line again (its second pass over
+# site-packages, for sys.prefix) while the zygote's import hook below waits for
+# sitecustomize: that time there is nothing to do. The zygote marks that wait with
+# this name in sys.modules, which it takes out again before its first fork.
+_cj_serving = "_codejail_zygote_waits" in sys.modules
 if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_serving:
 
     def _cj_greeting():
@@ -94,8 +95,11 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             import ctypes as _cj_ctypes
             import gc as _cj_gc
             _cj_lib = _cj_ctypes.CDLL(os.fsdecode(_cj_words[2]))
-            if _cj_lib.codejail_zygote_init() != 0:
+            _cj_e = _cj_lib.codejail_zygote_init()
+            if _cj_e != 0:
+                os.write(3, b"failed the library could not prepare the zygote: " + os.strerror(-_cj_e).encode() + b"\n")
                 os._exit(1)
+            del _cj_e
             # A forked run exits without module teardown where the library knows the
             # interpreter's frames (zygote/src/exit.rs): its handler runs with the GIL.
             _cj_exit = None
@@ -156,7 +160,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # The field points at a buffer of the zygote's, PATH_MAX wide characters
             # (with the zygote's own path in it, still valid), which the library
             # fills with each child's path (its run directory's) in the child's copy:
-            # one page, no allocation, no Python in the child.
+            # a page or two written, no allocation, no Python in the child.
+            _cj_lib.codejail_zygote_script_path.argtypes = (
+                _cj_ctypes.c_void_p, _cj_ctypes.c_size_t, _cj_ctypes.c_char_p, _cj_ctypes.c_size_t)
             _cj_path_room = 4096
             _cj_path_buf = _cj_api.PyMem_RawMalloc(_cj_path_room * _cj_ctypes.sizeof(_cj_ctypes.c_wchar))
             _cj_argv0 = os.fsencode(sys.argv[0])
@@ -167,8 +173,10 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os._exit(1)
             _cj_ctypes.memmove(_cj_path_buf, _cj_want, len(_cj_want))
             _cj_ctypes.c_void_p.from_address(_cj_slots[0]).value = _cj_path_buf
-            _cj_fds = (_cj_ctypes.c_int * 8)()
-            _cj_ids = (_cj_ctypes.c_uint * 2)()
+            # Raw buffers (an array type of ours would stay in ctypes' cache, named
+            # after this module, in every run): 8 fds, 2 ids, as C ints.
+            _cj_fds = _cj_ctypes.create_string_buffer(4 * 8)
+            _cj_ids = _cj_ctypes.create_string_buffer(4 * 2)
             _cj_env = _cj_ctypes.create_string_buffer(1 << 16)
             # A process's first compile() is slow: once here, not in every run.
             compile("pass", "<codejail-zygote>", "exec")
@@ -189,7 +197,14 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # other import passes through.
             if name != "sitecustomize" or level != 0:
                 return _cj_import(name, globals, locals, fromlist, level)
+            # Whatever replaced this function meanwhile (a .pth file's wrapper) could
+            # not be put back as a cold start has it: refuse rather than drop it.
+            if _cj_builtins.__import__ is not _cj_serve:
+                os.write(3, b"failed builtins.__import__ was replaced while site ran; "
+                            b"a fork server cannot fork where sitecustomize is imported\n")
+                os._exit(1)
             _cj_builtins.__import__ = _cj_import
+            sys.modules.pop("_codejail_zygote_waits", None)
             try:
                 env, length = _cj_fork()
                 # The child: every line from here on runs in each run, and what it
@@ -262,7 +277,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # library of the preimports started would be left half-alive in every child.
             threads = len(os.listdir("/proc/self/task"))
             if threads != 1:
-                msg = ("failed the zygote runs %d threads after its preimports (a native "
+                msg = ("failed the zygote runs %d threads after its preimports and site (a native "
                        "library started them; e.g. OPENBLAS_NUM_THREADS=1 in the command's "
                        "env); a fork server needs one" % threads)
                 os.write(3, msg.encode() + b"\n")
@@ -278,7 +293,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 # The child is the run's init, in the run's new namespaces
                 # (zygote/src/lib.rs, codejail_zygote_spawn); 0 is the run's program.
                 api.PyOS_BeforeFork()
-                pid = spawn(ids[0], ids[1], pidfd_at, fds, n, env, 1 << 16, env_len_at)
+                uid = int.from_bytes(ids.raw[0:4], sys.byteorder)
+                gid = int.from_bytes(ids.raw[4:8], sys.byteorder)
+                pid = spawn(uid, gid, pidfd_at, fds, n, env, 1 << 16, env_len_at)
                 if pid == 0:
                     api.PyOS_AfterFork_Child()
                     break
@@ -288,7 +305,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 # The clone made the pidfd (the kernel reaps the child as soon as it
                 # exits: SIGCHLD is ignored, and its pid could be reused).
                 for i in range(n):
-                    os.close(fds[i])
+                    os.close(int.from_bytes(fds.raw[4 * i:4 * i + 4], sys.byteorder, signed=True))
                 if lib.codejail_zygote_answer(3, pid, pidfd.value) != 0:
                     os._exit(1)
                 os.close(pidfd.value)
@@ -298,6 +315,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
 
         _cj_import = _cj_builtins.__import__
         _cj_builtins.__import__ = _cj_serve
+        sys.modules["_codejail_zygote_waits"] = None
     else:
         _cj_handover()
 # A zygote's names stay until its children have used them (`_cj_serve` deletes them).
