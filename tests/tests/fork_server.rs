@@ -522,20 +522,102 @@ async fn per_run_uids_each_forked_run_has_its_own() {
 /// A zygote that cannot start says why: an interpreter without codejail's start-up
 /// hook (the system's) never answers, and the broker refuses to start with what the
 /// interpreter printed in its error, not only a guess.
+///
+/// Such an interpreter (no hook: its start-up never stops in the zygote) runs its
+/// script as the broker, outside any jail, at the path CPython made from the zygote's
+/// cwd: that cwd is /proc, where no file can be put, so a `jailed_code` that anyone
+/// left in /tmp (the cwd before) is never run.
 #[test]
 fn a_zygote_that_cannot_start_says_why() {
-    let Some((status, log)) = TestBroker::start_expecting_failure(
+    let marker = std::env::temp_dir().join(format!("codejail-zygote-ran-{}", std::process::id()));
+    let planted = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open("/tmp/jailed_code")
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(
+                f,
+                "open({:?}, 'w').write('ran')",
+                marker.display().to_string()
+            )
+        })
+        .is_ok();
+    let started = TestBroker::start_expecting_failure(
         BrokerOpts::new()
             .python("/usr/bin/python3")
             .args(["--fork-server"]),
-    ) else {
+    );
+    if planted {
+        let _ = std::fs::remove_file("/tmp/jailed_code");
+    }
+    let ran = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    let Some((status, log)) = started else {
         return;
     };
+    assert!(
+        !ran,
+        "the zygote ran a file left at /tmp/jailed_code: {log}"
+    );
     assert!(!status.success(), "{log}");
     assert!(
         log.contains("ended before it was ready")
             && log.contains("; the interpreter's output: ")
-            && log.contains("jailed_code"),
+            && log.contains("/proc/jailed_code"),
         "the interpreter's own words in the refusal: {log}"
+    );
+}
+
+/// A `.pth` file after the hook's that wraps `builtins.__import__` (its wrapper calls
+/// the hook's, which waits for site's import of `sitecustomize`): the hook could not
+/// put that wrapper back as a cold start has it, so the zygote refuses, saying so, and
+/// the broker refuses to start. (Before, the wrapper also hid the hook's mark, and
+/// site's second pass over a venv's `.pth` files took the hook into zygote mode again,
+/// to wait on its socket for a greeting that never came.)
+#[test]
+fn a_zygote_whose_import_is_replaced_while_site_runs_refuses() {
+    // Not under /tmp: inside a jail that is the run's workspace.
+    let venv = std::path::PathBuf::from(format!(
+        "/var/tmp/codejail-wrapped-import-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--copies", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv {}", venv.display());
+    let site = std::fs::read_dir(venv.join("lib"))
+        .expect("the venv's lib")
+        .next()
+        .expect("lib/pythonX.Y")
+        .expect("lib/pythonX.Y")
+        .path()
+        .join("site-packages");
+    let warm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../jail/warm");
+    for file in ["_codejail_warm.py", "zz-codejail-warm.pth"] {
+        std::fs::copy(warm.join(file), site.join(file)).expect("the hook's files");
+    }
+    std::fs::write(
+        site.join("zzz-wrap-import.pth"),
+        "import builtins; builtins.__import__ = lambda *a, _i=builtins.__import__, **k: _i(*a, **k)\n",
+    )
+    .expect("a .pth that wraps __import__");
+    let python = venv.join("bin/python3");
+    let started = TestBroker::start_expecting_failure(
+        BrokerOpts::new()
+            .python(python.to_str().expect("a UTF-8 path"))
+            .args(["--fork-server"]),
+    );
+    let _ = std::fs::remove_dir_all(&venv);
+    let Some((status, log)) = started else {
+        return;
+    };
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("builtins.__import__ was replaced while site ran"),
+        "the zygote's refusal names the replaced __import__: {log}"
     );
 }
