@@ -173,8 +173,9 @@ fn init_steps(ctx: InitContext<'_>, report: &mut File) -> Result<InitEnd, JailEr
     }
     // Nothing more is mounted: the skeleton becomes read-only.
     seal_root()?;
-    // The seccomp filter is compiled now, by trusted code with memory to spare,
-    // before rlimits can starve it; the program only installs it.
+    // The seccomp filter is compiled now (or was, by a fork server's zygote), by
+    // trusted code with memory to spare, before rlimits can starve it; the program
+    // only installs it.
     let filters = seccomp::compiled().map_err(JailError::CompileSeccomp)?;
     // Exec denial, on ourselves before the fork, so every process of the run inherits
     // the filter and no untrusted code exists yet; we hold its listener.

@@ -5,8 +5,9 @@
 //! layers (namespaces, Landlock, rlimits, uid) bound what allowed calls can reach.
 //!
 //! Compiled with `seccompiler` by the init, which has memory to spare, before the
-//! program's rlimits could make compiling fail; installed by the program as its very
-//! last step before `execve` (the layers and their order: `docs/architecture.md`).
+//! program's rlimits could make compiling fail (in a fork server, once by the zygote,
+//! whose copy every run's init finds: [`compiled`]); installed by the program as its
+//! very last step before `execve` (the layers and their order: `docs/architecture.md`).
 //! Two extra guards that `seccompiler`'s rule language cannot express are a tiny
 //! hand-written prefix filter: the x32 ABI (same audit arch as x86_64, syscall numbers
 //! with bit 30 set), and `clone3`, answered `ENOSYS` so that libc falls back to

@@ -222,7 +222,8 @@ impl Warm {
         ExecSpec::from_plan(plan)?
             .with_args(&args)?
             .check_exec_size(stack)?;
-        // (`from_plan` refused any argument with a NUL: the separators are unambiguous.)
+        // (`from_plan` and `with_args` refused any argument with a NUL: the separators
+        // are unambiguous.)
         let mut message = b"go".to_vec();
         for arg in &args {
             message.push(0);

@@ -220,7 +220,7 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 ///
 /// The child never returns into the interpreter: it becomes the run's init with the
 /// request's `n` fds (`fds`, as [`codejail_zygote_receive`] returned them; see
-/// [`child_main`]), and the clone returns 0 only in the run's program, which the init
+/// `child_main`), and the clone returns 0 only in the run's program, which the init
 /// forked and confined, with the length of the environment it wrote to `env` (room for
 /// `cap` bytes) stored at `env_len`. So the interpreter's after-fork work is done once
 /// per run, by the program, and none of the init's pages is written by Python.
@@ -409,7 +409,7 @@ static SCRIPT_PATH: std::sync::OnceLock<ScriptPath> = std::sync::OnceLock::new()
 
 /// In the zygote, once: the interpreter's config keeps the script's path as CPython made
 /// it absolute at its start (from the zygote's cwd) in the buffer `buf` (room for `cap`
-/// wide characters), and opens that path once the start-up hook returns. Each forked
+/// wide characters), and opens that path once site has ended. Each forked
 /// program writes its own path there, its cwd (the run's directory) and `name` (`len`
 /// bytes), before the clone returns in it ([`codejail_zygote_spawn`]). Returns 0, or
 /// `-EINVAL`.
@@ -536,8 +536,9 @@ unsafe fn child_main(given: &[RawFd], env: *mut u8, cap: usize, uid: u32, gid: u
 
 /// Make `vars` the process's C environment, in their order, as a cold program's
 /// `execve` would have. The array and the strings are leaked: they are the
-/// environment for the rest of the process's life (the C library copies the array
-/// before it ever changes it, as it does after any such assignment).
+/// environment for the rest of the process's life (the C library's `setenv` copies an
+/// array it did not make before it adds to it; `unsetenv` edits it in place, which a
+/// leaked, writable array allows).
 fn set_environ(vars: Vec<std::ffi::CString>) {
     extern "C" {
         static mut environ: *mut *mut std::ffi::c_char;
