@@ -82,13 +82,13 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
         # socket, the greeting names the native library and the preimports. The
         # zygote loads the library and finds what each child must change, then lets
         # site finish (what site does after this hook is the same in every run, so
-        # the zygote does it once, not each child), and, at site's last step, the
-        # import of sitecustomize (`_cj_serve`), answers "ready" and clones one child
-        # per request into the run's new namespaces: the child is the run's init, and
-        # the library returns only in the run's program, which the init forked and
-        # confined (fd 3 now the channel to the init), to go on as a warm jail's
-        # interpreter and then import sitecustomize as a cold start does. The zygote
-        # itself never returns from that import.
+        # the zygote does it once, not each child), and, at site's import of
+        # sitecustomize (`_cj_serve`; only usercustomize may come after it), answers
+        # "ready" and clones one child per request into the run's new namespaces: the
+        # child is the run's init, and the library returns only in the run's program,
+        # which the init forked and confined (fd 3 now the channel to the init), to go
+        # on as a warm jail's interpreter and then import sitecustomize as a cold
+        # start does. The zygote itself never returns from that import.
         try:
             # What the zygote imports for itself, which its children drop again.
             _cj_before = set(sys.modules)
