@@ -45,7 +45,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
         return buf.split()
 
     _cj_words = _cj_greeting()
-    _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"3"] and len(_cj_words) >= 3
+    _cj_zygote = _cj_words[:2] == [b"codejail-zygote", b"4"] and len(_cj_words) >= 3
     if not _cj_zygote and _cj_words[:2] != [b"codejail-warm", b"1"]:
         os._exit(125)
     # The preimports: a warm jail's, or a zygote's (which its children then have).
@@ -118,9 +118,13 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             _cj_spawn = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_spawn
             _cj_spawn.argtypes = (
                 _cj_ctypes.c_uint, _cj_ctypes.c_uint, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p,
-                _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_size_t, _cj_ctypes.c_void_p)
+                _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p)
             _cj_pidfd = _cj_ctypes.c_int(-1)
             _cj_pidfd_at = _cj_ctypes.addressof(_cj_pidfd)
+            # Where the program finds its environment: the library's own buffer, as
+            # long as the run's plan makes it (a cold run's exec takes the same).
+            _cj_env = _cj_ctypes.c_void_p()
+            _cj_env_at = _cj_ctypes.addressof(_cj_env)
             _cj_env_len = _cj_ctypes.c_ssize_t(-1)
             _cj_env_len_at = _cj_ctypes.addressof(_cj_env_len)
             # CPython made the script's path absolute at its start, from the zygote's
@@ -177,7 +181,6 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # after this module, in every run): 8 fds, 2 ids, as C ints.
             _cj_fds = _cj_ctypes.create_string_buffer(4 * 8)
             _cj_ids = _cj_ctypes.create_string_buffer(4 * 2)
-            _cj_env = _cj_ctypes.create_string_buffer(1 << 16)
             # A process's first compile() is slow: once here, not in every run.
             compile("pass", "<codejail-zygote>", "exec")
             _cj_own = set(sys.modules) - _cj_before
@@ -206,14 +209,14 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             _cj_builtins.__import__ = _cj_import
             sys.modules.pop("_codejail_zygote_waits", None)
             try:
-                env, length = _cj_fork()
+                env = _cj_fork()
                 # The child: every line from here on runs in each run, and what it
                 # touches is copied. os.environ's own dict (posix.environ, shared
                 # with os.environb), filled as CPython fills it at start from the C
                 # environment, which the library has set: the first of a name wins.
                 data = os.environ._data
                 data.clear()
-                for var in env[:length].split(b"\0")[:-1]:
+                for var in env.split(b"\0")[:-1]:
                     key, _, value = var.partition(b"=")
                     data.setdefault(key, value)
                 # tempfile caches the directory it found first: the zygote's.
@@ -249,7 +252,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
         def _cj_fork():
             # At the fork point: nothing in the zygote may be shared by its children
             # or left dangling in them. Returns, in the child only, the environment
-            # buffer and the length the library wrote.
+            # the library set, as bytes: each KEY=value ended by a NUL.
             # Nothing buffered may be copied into the children; what exists now is
             # never collected, so forked pages stay shared.
             sys.stdout.flush()
@@ -283,8 +286,9 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os.write(3, msg.encode() + b"\n")
                 os._exit(1)
             f = line = perms = fd = target = threads = None
-            lib, api, spawn, fds, ids, env = _cj_lib, _cj_api, _cj_spawn, _cj_fds, _cj_ids, _cj_env
-            pidfd, pidfd_at, env_len, env_len_at = _cj_pidfd, _cj_pidfd_at, _cj_env_len, _cj_env_len_at
+            lib, api, spawn, fds, ids = _cj_lib, _cj_api, _cj_spawn, _cj_fds, _cj_ids
+            pidfd, pidfd_at, env, env_at = _cj_pidfd, _cj_pidfd_at, _cj_env, _cj_env_at
+            env_len, env_len_at, string_at = _cj_env_len, _cj_env_len_at, _cj_ctypes.string_at
             os.write(3, b"ready\n")
             while True:
                 n = lib.codejail_zygote_receive(3, fds, 8, ids)
@@ -295,7 +299,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 api.PyOS_BeforeFork()
                 uid = int.from_bytes(ids.raw[0:4], sys.byteorder)
                 gid = int.from_bytes(ids.raw[4:8], sys.byteorder)
-                pid = spawn(uid, gid, pidfd_at, fds, n, env, 1 << 16, env_len_at)
+                pid = spawn(uid, gid, pidfd_at, fds, n, env_at, env_len_at)
                 if pid == 0:
                     api.PyOS_AfterFork_Child()
                     break
@@ -311,7 +315,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os.close(pidfd.value)
             # The run's program, confined by the library, which has set the C
             # environment and pointed the script's path at the run's directory.
-            return env, env_len.value
+            return string_at(env.value, env_len.value)
 
         _cj_import = _cj_builtins.__import__
         _cj_builtins.__import__ = _cj_serve

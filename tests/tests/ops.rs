@@ -1588,6 +1588,49 @@ fn a_caller_waits_for_a_socket_activated_broker_that_is_starting() {
     assert!(b.terminate().success(), "{}", b.log());
 }
 
+/// A command's environment as large as a cold run's exec takes (here 100 KB, over the
+/// 64 KiB buffer a zygote's start-up hook once set aside for it): a forked run gets it
+/// all, served forked. Before, the program ended with status 127 and no reason.
+#[test]
+fn a_forked_run_gets_an_environment_of_any_size_the_exec_takes() {
+    if !require_privileged("starting the broker as the unit's user with its capabilities") {
+        return;
+    }
+    let dir = work_dir("big-env");
+    let ids = next_ids();
+    let big = "x".repeat(100_000);
+    broker_config(
+        dir.path(),
+        &ids,
+        "",
+        Some(&format!(
+            "[commands.python.env]\nBIG = \"{big}\"\n\
+             [pool.python]\nsize = 1\nfork_server = true\n\
+             [cgroup]\nmode = \"none\"\nrequired = false\n"
+        )),
+    );
+    let socket = sock(dir.path());
+    let mut b = Prod::spawn(dir.path(), &ids, Launch::default());
+    b.wait_serving();
+    let code = "import os; print(len(os.environ['BIG']), os.environ['BIG'] == 'x' * 100000)";
+    let out = client(&socket, &["exec", "-c", code]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "100000 True\n",
+        "{}\n{}",
+        describe(&out),
+        b.log()
+    );
+    let log = b.log();
+    assert!(
+        log.lines().any(|l| l.contains("run ended")
+            && !l.contains("self-test")
+            && l.contains("served=\"forked\"")),
+        "the run was served forked: {log}"
+    );
+    assert!(b.terminate().success(), "{}", b.log());
+}
+
 #[test]
 fn listen_pid_of_another_process_is_ignored() {
     if !require_privileged("starting the broker as the unit's user with its capabilities") {

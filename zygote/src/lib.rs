@@ -35,6 +35,7 @@ use std::ffi::c_int;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 
+use codejail_plan::names::MAX_COMPONENT_LEN;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
@@ -221,9 +222,12 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// The child never returns into the interpreter: it becomes the run's init with the
 /// request's `n` fds (`fds`, as [`codejail_zygote_receive`] returned them; see
 /// `child_main`), and the clone returns 0 only in the run's program, which the init
-/// forked and confined, with the length of the environment it wrote to `env` (room for
-/// `cap` bytes) stored at `env_len`. So the interpreter's after-fork work is done once
-/// per run, by the program, and none of the init's pages is written by Python.
+/// forked and confined, with its environment stored at `env` and `env_len`: the
+/// address and length of the strings the C `environ` points into, each `KEY=value`
+/// ended by a NUL (the library's, for the process's life; as large as the run's plan
+/// makes it, as a cold run's exec takes it). So the interpreter's after-fork work is
+/// done once per run, by the program, and none of the init's pages is written by
+/// Python.
 ///
 /// Returns the child's pid in the zygote, 0 in the run's program, a negative errno on
 /// failure (the zygote's ids restored; `-EINVAL` for a request that has too few or too
@@ -232,7 +236,7 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// # Safety
 ///
 /// `pidfd` must point at a writable `c_int`, `fds` at `n` readable `c_int`s, `env` at
-/// `cap` writable bytes and `env_len` at a writable `isize`. The caller must make the
+/// a writable pointer and `env_len` at a writable `isize`. The caller must make the
 /// interpreter's before-fork call just before and its after-fork calls just after
 /// (`PyOS_BeforeFork`, `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork`
 /// does, and hold no fd its child needs besides `fds` (the child closes every other).
@@ -243,8 +247,7 @@ pub unsafe extern "C" fn codejail_zygote_spawn(
     pidfd: *mut c_int,
     fds: *const c_int,
     n: c_int,
-    env: *mut u8,
-    cap: usize,
+    env: *mut *const u8,
     env_len: *mut isize,
 ) -> c_int {
     match codejail_jail::forked::thread_count() {
@@ -338,11 +341,14 @@ pub unsafe extern "C" fn codejail_zygote_spawn(
             // copy of its memory.
             unsafe { libc::syscall(libc::SYS_set_robust_list, robust_head, robust_len) };
         }
-        // SAFETY: this is the fresh, single-threaded clone; `env` has room for `cap`
-        // bytes (the caller's contract).
-        let len = unsafe { child_main(&given[..count], env, cap, uid, gid) };
-        // SAFETY: the caller guarantees `env_len` is writable.
-        unsafe { env_len.write(len) };
+        // SAFETY: this is the fresh, single-threaded clone (the caller's contract).
+        let strings = unsafe { child_main(&given[..count], uid, gid) };
+        // SAFETY: the caller guarantees `env` and `env_len` are writable; a slice is
+        // never longer than `isize::MAX`.
+        unsafe {
+            env.write(strings.as_ptr());
+            env_len.write(strings.len() as isize);
+        }
         return 0;
     }
     let clone_errno = Errno::last();
@@ -411,8 +417,10 @@ static SCRIPT_PATH: std::sync::OnceLock<ScriptPath> = std::sync::OnceLock::new()
 /// it absolute at its start (from the zygote's cwd) in the buffer `buf` (room for `cap`
 /// wide characters), and opens that path once site has ended. Each forked
 /// program writes its own path there, its cwd (the run's directory) and `name` (`len`
-/// bytes), before the clone returns in it ([`codejail_zygote_spawn`]). Returns 0, or
-/// `-EINVAL`.
+/// bytes), before the clone returns in it ([`codejail_zygote_spawn`]). Returns 0,
+/// `-ENAMETOOLONG` when the path in the longest run directory a plan may name
+/// (`longest_script_path`) would not fit `cap` (so no run can fail on it after its
+/// init has forked the program, where it could not say why), or `-EINVAL`.
 ///
 /// # Safety
 ///
@@ -430,10 +438,21 @@ pub unsafe extern "C" fn codejail_zygote_script_path(
     }
     // SAFETY: the caller guarantees `name` points at `len` readable bytes.
     let name = unsafe { std::slice::from_raw_parts(name, len) }.to_vec();
+    if longest_script_path(name.len()) > cap {
+        return -libc::ENAMETOOLONG;
+    }
     match SCRIPT_PATH.set(ScriptPath { buf, cap, name }) {
         Ok(()) => 0,
         Err(_) => -libc::EINVAL,
     }
+}
+
+/// The most wide characters, its NUL included, that the script's path (its name `len`
+/// bytes long) takes in any run directory: the workspace's mount, then one component
+/// of at most `NAME_MAX` bytes (the stage refuses a longer workdir name), then the
+/// name. Decoding never makes more wide characters than there are bytes.
+fn longest_script_path(len: usize) -> usize {
+    codejail_plan::layout::WORKSPACE_MOUNT.len() + 1 + MAX_COMPONENT_LEN + 1 + len + 1
 }
 
 /// `bytes` as CPython decodes a path at its start (UTF-8, each byte that is not part
@@ -479,17 +498,15 @@ fn write_script_path() -> Result<(), Errno> {
 /// Returns only in the run's program, confined, with the interpreter's script path
 /// pointing at the run's directory ([`codejail_zygote_script_path`]) and the
 /// environment a cold run would have as its C environment (`environ`, in the plan's
-/// order, as the exec would have set it); the same strings, each `KEY=value` ended by
-/// a NUL, are written to `env` (room for `cap` bytes; for the hook's `os.environ`),
-/// and their length is returned. In every other process of the run, and on any
-/// failure (reported to the broker where the report pipe is in place), the process
-/// exits.
+/// order, as the exec would have set it), whose strings it returns (for the hook's
+/// `os.environ`). In every other process of the run, and on any failure (reported
+/// to the broker where the report pipe is in place), the process exits.
 ///
 /// # Safety
 ///
-/// `env` must point at `cap` writable bytes; the caller must be a freshly forked,
-/// single-threaded process that holds no fd it still needs (all are closed).
-unsafe fn child_main(given: &[RawFd], env: *mut u8, cap: usize, uid: u32, gid: u32) -> isize {
+/// The caller must be a freshly forked, single-threaded process that holds no fd it
+/// still needs (all are closed).
+unsafe fn child_main(given: &[RawFd], uid: u32, gid: u32) -> &'static [u8] {
     // Undumpable first: the clone of a zygote whose effective ids changed inherits the
     // flag fs.suid_dumpable gave it, and it holds the broker's fds.
     if nix::sys::prctl::set_dumpable(false).is_err() {
@@ -517,39 +534,49 @@ unsafe fn child_main(given: &[RawFd], env: *mut u8, cap: usize, uid: u32, gid: u
         (uid, gid)
     };
     let vars = codejail_jail::run_forked_init(uid, gid);
-    let mut out: Vec<u8> = Vec::new();
-    for var in &vars {
-        out.extend_from_slice(var.as_bytes_with_nul());
-    }
-    if out.len() > cap {
-        exit_now(codejail_jail::program::EXIT_EXEC_FAILED)
-    }
-    // SAFETY: the caller guarantees `env` has room for `cap` bytes, and `out.len()` is
-    // at most `cap`; the two buffers cannot overlap (`out` is ours).
-    unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), env, out.len()) };
+    // Cannot fail for want of room: the registration made sure that any run
+    // directory's path fits ([`codejail_zygote_script_path`]).
     if write_script_path().is_err() {
         exit_now(codejail_jail::program::EXIT_EXEC_FAILED)
     }
-    set_environ(vars);
-    out.len() as isize
+    let strings = set_environ(&vars);
+    // Freeing them would write the allocator's pages shared with the zygote, for
+    // nothing: the process exits without them.
+    std::mem::forget(vars);
+    strings
 }
 
 /// Make `vars` the process's C environment, in their order, as a cold program's
-/// `execve` would have. The array and the strings are leaked: they are the
-/// environment for the rest of the process's life (the C library's `setenv` copies an
-/// array it did not make before it adds to it; `unsetenv` edits it in place, which a
-/// leaked, writable array allows).
-fn set_environ(vars: Vec<std::ffi::CString>) {
+/// `execve` would have, and return its strings: one buffer, each `KEY=value` ended by
+/// a NUL, which the array points into. Both are leaked: they are the environment for
+/// the rest of the process's life (the C library's `setenv` copies an array it did not
+/// make before it adds to it; `unsetenv` edits it in place, which a leaked, writable
+/// array allows).
+fn set_environ(vars: &[std::ffi::CString]) -> &'static [u8] {
     extern "C" {
         static mut environ: *mut *mut std::ffi::c_char;
     }
-    let mut array: Vec<*mut std::ffi::c_char> =
-        vars.into_iter().map(std::ffi::CString::into_raw).collect();
+    let total = vars.iter().map(|v| v.as_bytes_with_nul().len()).sum();
+    let mut strings: Vec<u8> = Vec::with_capacity(total);
+    let mut starts = Vec::with_capacity(vars.len());
+    for var in vars {
+        starts.push(strings.len());
+        strings.extend_from_slice(var.as_bytes_with_nul());
+    }
+    let strings: &'static mut [u8] = strings.leak();
+    let base = strings.as_mut_ptr();
+    let mut array: Vec<*mut std::ffi::c_char> = starts
+        .into_iter()
+        // SAFETY: each start is an offset inside `strings`, where a string begins.
+        .map(|start| unsafe { base.add(start) }.cast())
+        .collect();
     array.push(std::ptr::null_mut());
     let array = array.leak().as_mut_ptr();
     // SAFETY: the process is single-threaded here (the caller's contract), so nothing
-    // reads `environ` meanwhile; the array is NULL-terminated and lives forever.
+    // reads `environ` meanwhile; the array is NULL-terminated, each entry a string
+    // ended by its NUL inside `strings`, and both live forever.
     unsafe { std::ptr::addr_of_mut!(environ).write(array) };
+    strings
 }
 
 /// Park the fds high, write this process's pid to each cgroup file, put the stage's
@@ -650,7 +677,7 @@ mod tests {
         assert!(codejail_jail::forked::thread_count().expect("thread count") >= 2);
         let mut pidfd: c_int = -1;
         let fds = [0 as c_int; STAGE_FDS];
-        let mut env = [0u8; 16];
+        let mut env: *const u8 = std::ptr::null();
         let mut env_len: isize = -1;
         // SAFETY: every pointer is to a local of the right size; the call returns
         // before any clone.
@@ -661,8 +688,7 @@ mod tests {
                 &mut pidfd,
                 fds.as_ptr(),
                 STAGE_FDS as c_int,
-                env.as_mut_ptr(),
-                env.len(),
+                &mut env,
                 &mut env_len,
             )
         };
@@ -670,5 +696,26 @@ mod tests {
         let _ = other.join();
         assert_eq!(got, -libc::EDEADLK);
         assert_eq!(pidfd, -1, "no pidfd for a clone that was never made");
+        assert!(env.is_null() && env_len == -1, "no environment written");
+    }
+
+    /// A script name that would not fit the path buffer in the longest run directory a
+    /// plan may name is refused when the zygote registers it, not in a run.
+    #[test]
+    fn the_script_path_must_fit_the_longest_run_directory() {
+        let longest = longest_script_path("jailed_code".len());
+        assert_eq!(
+            longest,
+            codejail_plan::layout::WORKSPACE_MOUNT.len() + 257 + "jailed_code".len() + 1
+        );
+        let mut buf = vec![0 as libc::wchar_t; longest];
+        let name = b"jailed_code";
+        // SAFETY: `buf` has `longest - 1` wide characters (the contract is checked
+        // before anything is kept), `name` its length.
+        let short = unsafe {
+            codejail_zygote_script_path(buf.as_mut_ptr(), longest - 1, name.as_ptr(), 11)
+        };
+        assert_eq!(short, -libc::ENAMETOOLONG);
+        assert!(SCRIPT_PATH.get().is_none(), "nothing registered");
     }
 }

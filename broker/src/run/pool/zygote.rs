@@ -192,7 +192,7 @@ impl Zygote {
                 }
             }));
         }
-        let mut greeting = format!("codejail-zygote 3 {library}");
+        let mut greeting = format!("codejail-zygote 4 {library}");
         for module in &spec.preimport {
             greeting.push(' ');
             greeting.push_str(module);
