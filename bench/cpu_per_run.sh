@@ -10,12 +10,19 @@
 #   codejail-client exec -c 'print(1)'                 forked (the same pool, its jails
 #                                                      forked from a zygote: --fork-server;
 #                                                      the zygote's CPU counts in "other")
+#   codejail.jail_code.jail_code('python', 'print(1)') package (the forked broker, from one
+#                                                      long-lived Python process, as the
+#                                                      LMS calls it: no client process;
+#                                                      that caller's CPU counts)
 #   codejail-client status                             the client and one round trip
 # with the broker's own share (its /proc/PID/stat utime + stime: its threads only; the
 # stage, init and program are its children) and the rest ("other": the client or the
 # bare interpreter, the jail's processes, the kernel's workers). Sustained throughput
-# cannot pass cores / CPU per run: that bound is printed too. Run on an idle machine:
-# everything else the machine does in that time is counted.
+# cannot pass cores / CPU per run: that bound is printed too, and each series' ratio to
+# bare. The series are interleaved: $ROUNDS rounds (default 10), each running R/ROUNDS
+# runs of every series in turn, so that a machine whose speed drifts weighs on all
+# alike. Run on an idle machine: everything else the machine does in that time is
+# counted.
 #
 # Usage: bench/cpu_per_run.sh [--python PATH] [-n R] [--client PATH] [--broker PATH]
 #   --python  the brokers' interpreter (default: $CODEJAIL_PYTHON, else the sandbox venv
@@ -25,7 +32,8 @@
 #             the repository's target/; codejail-jail beside the broker).
 #
 # Build first: cargo build --release -p codejail-client -p codejail-broker -p codejail-jail \
-#   -p codejail-zygote
+#   -p codejail-zygote. The package series installs this checkout's package
+# (lib.sh's install_package).
 
 set -euo pipefail
 
@@ -60,20 +68,65 @@ run_cold() { "$client" --socket "${bsock[cold]}" exec -c 'print(1)'; }
 run_warm() { "$client" --socket "${bsock[warm]}" exec -c 'print(1)'; }
 run_forked() { "$client" --socket "${bsock[forked]}" exec -c 'print(1)'; }
 run_status() { "$client" --socket "${bsock[cold]}" status; }
+# The package: one Python process for the whole benchmark, started before any window,
+# runs K calls when it reads the line K and answers "done" (any other answer is a
+# failure, which it prints).
+install_package
+cat >"$tmp/package.py" <<'PY'
+import os, sys
+from codejail import jail_code
+jail_code.configure("python", sys.argv[1])
+for line in sys.stdin:
+    try:
+        for _ in range(int(line)):
+            r = jail_code.jail_code("python", "print(1)")
+            if r.status != 0 or r.stdout != b"1\n":
+                raise RuntimeError("status %r, stdout %r, stderr %r" % (r.status, r.stdout, r.stderr))
+        print("done", flush=True)
+    except Exception as e:
+        print("failed: %s" % e, flush=True)
+PY
+coproc PACKAGE { CODEJAIL_SOCKET="${bsock[forked]}" exec "$venv/bin/python" "$tmp/package.py" "$python"; }
+run_package_batch() {
+    local answer
+    echo "$1" >&"${PACKAGE[1]}"
+    read -r answer <&"${PACKAGE[0]}" || die "package: the caller process ended"
+    [[ "$answer" == "done" ]] || die "package: $answer"
+}
 
-printf '%-44s %10s %10s %10s %12s\n' "CPU per run (ms), $n runs each" total broker other "bound runs/s"
-for what in bare cold warm forked status; do
-    "run_$what" >/dev/null || die "$what: the warm-up run failed"
-    sleep 0.3
-    who=${bpid[cold]}
-    [[ "$what" != warm && "$what" != forked ]] || who=${bpid[$what]}
-    b0=$(busy_ticks) p0=$(proc_ticks "$who")
-    for ((i = 0; i < n; i++)); do "run_$what" >/dev/null || die "$what run $i failed"; done
-    # The last run's refill (warm) and the last cleanups finish inside the window.
-    sleep 0.3
-    b1=$(busy_ticks) p1=$(proc_ticks "$who")
-    awk -v l="$what" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v n="$n" -v t="$tick" -v c="$cores" -v w="$what" 'BEGIN {
+series=(bare cold warm forked package status)
+rounds=${ROUNDS:-10}
+((n >= rounds)) || die "-n $n: at least ROUNDS=$rounds runs are needed"
+per_round=$((n / rounds))
+declare -A busy=() own=()
+for what in "${series[@]}"; do
+    if [[ "$what" == package ]]; then run_package_batch 1; else "run_$what" >/dev/null || die "$what: the warm-up run failed"; fi
+    busy[$what]=0 own[$what]=0
+done
+sleep 0.3
+for ((round = 0; round < rounds; round++)); do
+    for what in "${series[@]}"; do
+        who=${bpid[cold]}
+        [[ "$what" != warm && "$what" != forked && "$what" != package ]] || who=${bpid[forked]}
+        [[ "$what" != warm ]] || who=${bpid[warm]}
+        b0=$(busy_ticks) p0=$(proc_ticks "$who")
+        if [[ "$what" == package ]]; then
+            run_package_batch "$per_round"
+        else
+            for ((i = 0; i < per_round; i++)); do "run_$what" >/dev/null || die "$what run $i failed"; done
+        fi
+        # The last run's refill (warm) and the last cleanups finish inside the window.
+        sleep 0.3
+        b1=$(busy_ticks) p1=$(proc_ticks "$who")
+        busy[$what]=$((busy[$what] + b1 - b0)) own[$what]=$((own[$what] + p1 - p0))
+    done
+done
+
+runs=$((per_round * rounds))
+printf '%-44s %10s %10s %10s %8s %12s\n' "CPU per run (ms), $runs runs each" total broker other "× bare" "bound runs/s"
+for what in "${series[@]}"; do
+    awk -v l="$what" -v b="${busy[$what]}" -v p="${own[$what]}" -v bare="${busy[bare]}" -v n="$runs" -v t="$tick" -v c="$cores" -v w="$what" 'BEGIN {
         total = b * 1000 / t / n; broker = (w == "bare") ? 0 : p * 1000 / t / n
-        printf "%-44s %10.2f %10.2f %10.2f %12.0f\n", l, total, broker, total - broker, c * 1000 / total
+        printf "%-44s %10.2f %10.2f %10.2f %8.2f %12.0f\n", l, total, broker, total - broker, b / bare, c * 1000 / total
     }'
 done
