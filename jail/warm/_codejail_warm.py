@@ -111,16 +111,15 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                     _cj_exit.restype = None
                     _cj_arm = _cj_pylib.codejail_zygote_exit_arm
                     _cj_arm.argtypes = (_cj_ctypes.c_void_p,)
-            # The clone runs between the interpreter's own before- and after-fork
-            # calls, as os.fork makes them, with the GIL held (PyDLL).
-            # The child becomes the run's init in the library, never returning here;
-            # the clone returns 0 only in the run's program, which the init forked.
-            _cj_spawn = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_spawn
-            _cj_spawn.argtypes = (
-                _cj_ctypes.c_uint, _cj_ctypes.c_uint, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p,
-                _cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p)
-            _cj_pidfd = _cj_ctypes.c_int(-1)
-            _cj_pidfd_at = _cj_ctypes.addressof(_cj_pidfd)
+            # The zygote's loop is the library's (codejail_zygote_serve): it receives
+            # each request and clones its child between the interpreter's own before-
+            # and after-fork calls, as os.fork makes them, with the GIL held (PyDLL),
+            # and answers the broker; no Python runs per request in the zygote, so
+            # none of its pages is written (and copied) again after each fork. The
+            # child becomes the run's init in the library, never returning here; the
+            # call returns only in the run's program, which the init forked.
+            _cj_loop = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_serve
+            _cj_loop.argtypes = (_cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p)
             # Where the program finds its environment: the library's own buffer, as
             # long as the run's plan makes it (a cold run's exec takes the same).
             _cj_env = _cj_ctypes.c_void_p()
@@ -177,10 +176,6 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os._exit(1)
             _cj_ctypes.memmove(_cj_path_buf, _cj_want, len(_cj_want))
             _cj_ctypes.c_void_p.from_address(_cj_slots[0]).value = _cj_path_buf
-            # Raw buffers (an array type of ours would stay in ctypes' cache, named
-            # after this module, in every run): 8 fds, 2 ids, as C ints.
-            _cj_fds = _cj_ctypes.create_string_buffer(4 * 8)
-            _cj_ids = _cj_ctypes.create_string_buffer(4 * 2)
             # A process's first compile() is slow: once here, not in every run.
             compile("pass", "<codejail-zygote>", "exec")
             _cj_own = set(sys.modules) - _cj_before
@@ -189,7 +184,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # needed goes now, once, not in every run.
             del _cj_before, _cj_maps, _cj_f, _cj_line, _cj_range, _cj_perms, _cj_lo, _cj_hi
             del _cj_script, _cj_want, _cj_off, _cj_at, _cj_p, _cj_cfg, _cj_pylib, _cj_slots
-            del _cj_path_room, _cj_path_buf, _cj_argv0
+            del _cj_path_room, _cj_path_buf, _cj_argv0, _cj_lib
             del _cj_st, _cj_words
             globals().pop("_cj_name", None)
         except BaseException:
@@ -286,35 +281,15 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os.write(3, msg.encode() + b"\n")
                 os._exit(1)
             f = line = perms = fd = target = threads = None
-            lib, api, spawn, fds, ids = _cj_lib, _cj_api, _cj_spawn, _cj_fds, _cj_ids
-            pidfd, pidfd_at, env, env_at = _cj_pidfd, _cj_pidfd_at, _cj_env, _cj_env_at
+            loop, api, env, env_at = _cj_loop, _cj_api, _cj_env, _cj_env_at
             env_len, env_len_at, string_at = _cj_env_len, _cj_env_len_at, _cj_ctypes.string_at
             os.write(3, b"ready\n")
-            while True:
-                n = lib.codejail_zygote_receive(3, fds, 8, ids)
-                if n <= 0:
-                    os._exit(0 if n == 0 else 1)
-                # The child is the run's init, in the run's new namespaces
-                # (zygote/src/lib.rs, codejail_zygote_spawn); 0 is the run's program.
-                api.PyOS_BeforeFork()
-                uid = int.from_bytes(ids.raw[0:4], sys.byteorder)
-                gid = int.from_bytes(ids.raw[4:8], sys.byteorder)
-                pid = spawn(uid, gid, pidfd_at, fds, n, env_at, env_len_at)
-                if pid == 0:
-                    api.PyOS_AfterFork_Child()
-                    break
-                api.PyOS_AfterFork_Parent()
-                if pid < 0:
-                    os._exit(1)
-                # The clone made the pidfd (the kernel reaps the child as soon as it
-                # exits: SIGCHLD is ignored, and its pid could be reused).
-                for i in range(n):
-                    os.close(int.from_bytes(fds.raw[4 * i:4 * i + 4], sys.byteorder, signed=True))
-                if lib.codejail_zygote_answer(3, pid, pidfd.value) != 0:
-                    os._exit(1)
-                os.close(pidfd.value)
+            # The zygote serves until the broker closes its socket, and exits there.
+            if loop(3, env_at, env_len_at) != 0:
+                os._exit(1)
             # The run's program, confined by the library, which has set the C
             # environment and pointed the script's path at the run's directory.
+            api.PyOS_AfterFork_Child()
             return string_at(env.value, env_len.value)
 
         _cj_import = _cj_builtins.__import__

@@ -3,18 +3,18 @@
 //! interpreter's start-up hook loads with `ctypes` in zygote mode
 //! (`jail/warm/_codejail_warm.py`). The zygote is that interpreter, started once per
 //! command by the broker with the pool's preimports imported; it never runs request
-//! code and never sees a request's code, files, input or output: per warm jail it
+//! code and never sees a request's code, files, input or output. Its loop is here
+//! ([`codejail_zygote_serve`], no Python per request); per warm jail it
 //!
-//! 1. receives one request from the broker on its socket ([`codejail_zygote_receive`]):
-//!    the line `fork` (or `fork UID GID`: the run's own outside ids) with the warm
-//!    jail's fds (SCM_RIGHTS);
-//! 2. clones a child straight into the run's new namespaces
-//!    ([`codejail_zygote_spawn`], between the interpreter's own before- and after-fork
-//!    calls, as `os.fork` makes them), with the run's ids as its effective ids for
-//!    the clone, so that the run's user namespace belongs to the run's uid;
-//! 3. answers with the child's pid and a pidfd of it, made by the clone
-//!    ([`codejail_zygote_answer`]), by which the broker watches it (the kernel reaps
-//!    it: [`codejail_zygote_init`]);
+//! 1. receives one request from the broker on its socket (`receive`): the line `fork`
+//!    (or `fork UID GID`: the run's own outside ids) with the warm jail's fds
+//!    (SCM_RIGHTS);
+//! 2. clones a child straight into the run's new namespaces (`spawn`, between the
+//!    interpreter's own before- and after-fork calls, as `os.fork` makes them), with
+//!    the run's ids as its effective ids for the clone, so that the run's user
+//!    namespace belongs to the run's uid;
+//! 3. answers with the child's pid and a pidfd of it, made by the clone (`answer`), by
+//!    which the broker watches it (the kernel reaps it: [`codejail_zygote_init`]);
 //!
 //! and the child, without returning into the interpreter, puts the fds on the
 //! stage's numbers, enters the run's cgroup, and runs as the run's init
@@ -26,8 +26,8 @@
 //! report and hand-over pipes, then the run's `cgroup.procs` files (none, one on v2, two
 //! on v1), which the child writes its own pid to before anything else.
 //!
-//! Every function is `extern "C"` and returns a negative errno on failure (the hook
-//! checks); nothing here panics across the boundary.
+//! Every exported function is `extern "C"` and returns a negative errno on failure
+//! (the hook checks); nothing here panics across the boundary.
 
 pub mod exit;
 
@@ -94,6 +94,111 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
     0
 }
 
+/// The interpreter's own calls around a fork in the parent, as `os.fork` makes them:
+/// `PyOS_BeforeFork` and `PyOS_AfterFork_Parent`, found among the process's symbols
+/// (the interpreter exports its C API for extension modules).
+struct ForkCalls {
+    before: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+}
+
+impl ForkCalls {
+    fn find() -> Option<ForkCalls> {
+        let find = |name: &std::ffi::CStr| {
+            // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the objects
+            // loaded into the process.
+            let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            (!at.is_null()).then_some(at)
+        };
+        let (before, parent) = (find(c"PyOS_BeforeFork")?, find(c"PyOS_AfterFork_Parent")?);
+        // SAFETY: both are CPython's `void f(void)` functions (Include/intrcheck.h),
+        // called here as such.
+        unsafe {
+            Some(ForkCalls {
+                before: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(before),
+                parent: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(parent),
+            })
+        }
+    }
+}
+
+/// The zygote's loop, once it has answered `ready`: receive a request on `sock`, clone
+/// its child between the interpreter's before- and after-fork calls (`spawn`), close
+/// the request's fds, answer the broker with the child's pid and pidfd, and again. The
+/// loop runs no Python, so after a fork the zygote writes (and copies) no page of the
+/// interpreter's for the next request.
+///
+/// Returns 0 only in a run's program (the clone's child, through its init: see
+/// `spawn`), with its environment stored at `env` and `env_len` as `spawn` stores
+/// it; the caller then makes the interpreter's after-fork call in the child
+/// (`PyOS_AfterFork_Child`). Returns `-ENOSYS` at once if the interpreter's fork calls
+/// cannot be found, `-EINVAL` for a null pointer. The zygote itself never returns
+/// otherwise: it exits with status 0 when the broker closes the socket, 1 on a
+/// request that is not one or any failure (the broker then starts another zygote).
+///
+/// # Safety
+///
+/// `env` must point at a writable pointer and `env_len` at a writable `isize`; the
+/// caller must hold the GIL (a `ctypes.PyDLL` call) in the zygote, single-threaded,
+/// holding no fd its children need besides the requests' (see `spawn`).
+#[no_mangle]
+pub unsafe extern "C" fn codejail_zygote_serve(
+    sock: c_int,
+    env: *mut *const u8,
+    env_len: *mut isize,
+) -> c_int {
+    let Some(calls) = ForkCalls::find() else {
+        return -libc::ENOSYS;
+    };
+    if env.is_null() || env_len.is_null() {
+        return -libc::EINVAL;
+    }
+    let mut fds = [-1 as c_int; MAX_REQUEST_FDS];
+    let mut ids = [NO_ID; 2];
+    loop {
+        // SAFETY: `fds` has room for MAX_REQUEST_FDS entries, `ids` for two.
+        let n = unsafe {
+            receive(
+                sock,
+                fds.as_mut_ptr(),
+                MAX_REQUEST_FDS as c_int,
+                ids.as_mut_ptr(),
+            )
+        };
+        if n <= 0 {
+            exit_now(if n == 0 { 0 } else { 1 })
+        }
+        let mut pidfd: c_int = -1;
+        // SAFETY: the interpreter's own before-fork call, with the GIL held (the
+        // caller's contract), as os.fork makes it.
+        unsafe { (calls.before)() };
+        // SAFETY: `pidfd` is ours, `fds` holds the `n` fds `receive` stored, `env` and
+        // `env_len` are writable (the caller's contract); the process is the
+        // single-threaded zygote (checked again by `spawn`).
+        let pid = unsafe { spawn(ids[0], ids[1], &mut pidfd, fds.as_ptr(), n, env, env_len) };
+        if pid == 0 {
+            return 0;
+        }
+        // SAFETY: the interpreter's after-fork call in the parent, as above.
+        unsafe { (calls.parent)() };
+        if pid < 0 {
+            exit_now(1)
+        }
+        // The child has its own copies; the kernel reaps it as soon as it exits
+        // (SIGCHLD is ignored), so only the pidfd names it safely.
+        for fd in &fds[..n as usize] {
+            // SAFETY: each was received by `receive` and is owned by nothing else.
+            unsafe { libc::close(*fd) };
+        }
+        let answered = answer(sock, pid, pidfd);
+        // SAFETY: the clone made this pidfd for us; the broker has its own copy.
+        unsafe { libc::close(pidfd) };
+        if answered != 0 {
+            exit_now(1)
+        }
+    }
+}
+
 /// The uid and gid of a request's line: `fork` gives [`NO_ID`] twice, `fork UID GID`
 /// the two numbers; anything else `None`.
 fn request_ids(line: &[u8]) -> Option<(u32, u32)> {
@@ -120,13 +225,7 @@ fn request_ids(line: &[u8]) -> Option<(u32, u32)> {
 /// # Safety
 ///
 /// `fds` must point at `max` writable `c_int`s, `ids` at two writable `u32`s.
-#[no_mangle]
-pub unsafe extern "C" fn codejail_zygote_receive(
-    sock: c_int,
-    fds: *mut c_int,
-    max: c_int,
-    ids: *mut u32,
-) -> c_int {
+unsafe fn receive(sock: c_int, fds: *mut c_int, max: c_int, ids: *mut u32) -> c_int {
     let mut data = [0u8; 64];
     let mut space = nix::cmsg_space!([RawFd; MAX_REQUEST_FDS]);
     let mut iov = [std::io::IoSliceMut::new(&mut data)];
@@ -179,8 +278,7 @@ pub unsafe extern "C" fn codejail_zygote_receive(
 /// Answer the broker on `sock`: the child's pid as a line, `forked <pid>`, and the
 /// pidfd its clone made (by which the broker waits for and kills the child; the kernel
 /// reaps it). Returns 0, or a negative errno (`-EBADF` for a negative `pidfd`).
-#[no_mangle]
-pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
+fn answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
     if pidfd < 0 {
         return -libc::EBADF;
     }
@@ -220,7 +318,7 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// checks it before it answers `ready`.
 ///
 /// The child never returns into the interpreter: it becomes the run's init with the
-/// request's `n` fds (`fds`, as [`codejail_zygote_receive`] returned them; see
+/// request's `n` fds (`fds`, as `receive` returned them; see
 /// `child_main`), and the clone returns 0 only in the run's program, which the init
 /// forked and confined, with its environment stored at `env` and `env_len`: the
 /// address and length of the strings the C `environ` points into, each `KEY=value`
@@ -240,8 +338,7 @@ pub extern "C" fn codejail_zygote_answer(sock: c_int, pid: c_int, pidfd: c_int) 
 /// interpreter's before-fork call just before and its after-fork calls just after
 /// (`PyOS_BeforeFork`, `PyOS_AfterFork_Parent`, `PyOS_AfterFork_Child`), as `os.fork`
 /// does, and hold no fd its child needs besides `fds` (the child closes every other).
-#[no_mangle]
-pub unsafe extern "C" fn codejail_zygote_spawn(
+unsafe fn spawn(
     uid: u32,
     gid: u32,
     pidfd: *mut c_int,
@@ -417,7 +514,7 @@ static SCRIPT_PATH: std::sync::OnceLock<ScriptPath> = std::sync::OnceLock::new()
 /// it absolute at its start (from the zygote's cwd) in the buffer `buf` (room for `cap`
 /// wide characters), and opens that path once site has ended. Each forked
 /// program writes its own path there, its cwd (the run's directory) and `name` (`len`
-/// bytes), before the clone returns in it ([`codejail_zygote_spawn`]). Returns 0,
+/// bytes), before the clone returns in it ([`codejail_zygote_serve`]). Returns 0,
 /// `-ENAMETOOLONG` when the path in the longest run directory a plan may name
 /// (`longest_script_path`) would not fit `cap` (so no run can fail on it after its
 /// init has forked the program, where it could not say why), or `-EINVAL`.
@@ -491,8 +588,8 @@ fn write_script_path() -> Result<(), Errno> {
     Ok(())
 }
 
-/// In the zygote's child ([`codejail_zygote_spawn`]): put the request's fds (`given`,
-/// as [`codejail_zygote_receive`] returned them) in place, enter the run's
+/// In the zygote's child ([`spawn`]): put the request's fds (`given`, as [`receive`]
+/// returned them) in place, enter the run's
 /// cgroup, close every other fd, and run as the run's init, whose user namespace maps
 /// `uid`/`gid` (the ids the zygote cloned it with; [`NO_ID`]: the zygote's own).
 /// Returns only in the run's program, confined, with the interpreter's script path
@@ -682,7 +779,7 @@ mod tests {
         // SAFETY: every pointer is to a local of the right size; the call returns
         // before any clone.
         let got = unsafe {
-            codejail_zygote_spawn(
+            spawn(
                 NO_ID,
                 NO_ID,
                 &mut pidfd,
