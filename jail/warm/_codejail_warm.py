@@ -184,7 +184,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # needed goes now, once, not in every run.
             del _cj_before, _cj_maps, _cj_f, _cj_line, _cj_range, _cj_perms, _cj_lo, _cj_hi
             del _cj_script, _cj_want, _cj_off, _cj_at, _cj_p, _cj_cfg, _cj_pylib, _cj_slots
-            del _cj_path_room, _cj_path_buf, _cj_argv0, _cj_lib
+            del _cj_path_room, _cj_path_buf, _cj_argv0, _cj_lib, _cj_api
             del _cj_st, _cj_words
             globals().pop("_cj_name", None)
         except BaseException:
@@ -281,15 +281,15 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
                 os.write(3, msg.encode() + b"\n")
                 os._exit(1)
             f = line = perms = fd = target = threads = None
-            loop, api, env, env_at = _cj_loop, _cj_api, _cj_env, _cj_env_at
+            loop, env, env_at = _cj_loop, _cj_env, _cj_env_at
             env_len, env_len_at, string_at = _cj_env_len, _cj_env_len_at, _cj_ctypes.string_at
             os.write(3, b"ready\n")
             # The zygote serves until the broker closes its socket, and exits there.
             if loop(3, env_at, env_len_at) != 0:
                 os._exit(1)
-            # The run's program, confined by the library, which has set the C
-            # environment and pointed the script's path at the run's directory.
-            api.PyOS_AfterFork_Child()
+            # The run's program, confined by the library, which has made the
+            # interpreter's after-fork call, set the C environment and pointed the
+            # script's path at the run's directory.
             return string_at(env.value, env_len.value)
 
         _cj_import = _cj_builtins.__import__

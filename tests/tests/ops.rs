@@ -1590,7 +1590,9 @@ fn a_caller_waits_for_a_socket_activated_broker_that_is_starting() {
 
 /// A command's environment as large as a cold run's exec takes (here 100 KB, over the
 /// 64 KiB buffer a zygote's start-up hook once set aside for it): a forked run gets it
-/// all, served forked. Before, the program ended with status 127 and no reason.
+/// all, in `os.environ` and in the C environment (`getenv`, whose array the library
+/// builds apart from the strings it hands the hook), served forked. Before, the
+/// program ended with status 127 and no reason.
 #[test]
 fn a_forked_run_gets_an_environment_of_any_size_the_exec_takes() {
     if !require_privileged("starting the broker as the unit's user with its capabilities") {
@@ -1604,7 +1606,7 @@ fn a_forked_run_gets_an_environment_of_any_size_the_exec_takes() {
         &ids,
         "",
         Some(&format!(
-            "[commands.python.env]\nBIG = \"{big}\"\n\
+            "[commands.python.env]\nBIG = \"{big}\"\nZZ_LAST = \"last\"\n\
              [pool.python]\nsize = 1\nfork_server = true\n\
              [cgroup]\nmode = \"none\"\nrequired = false\n"
         )),
@@ -1612,11 +1614,15 @@ fn a_forked_run_gets_an_environment_of_any_size_the_exec_takes() {
     let socket = sock(dir.path());
     let mut b = Prod::spawn(dir.path(), &ids, Launch::default());
     b.wait_serving();
-    let code = "import os; print(len(os.environ['BIG']), os.environ['BIG'] == 'x' * 100000)";
+    let code = "import ctypes, os\n\
+                getenv = ctypes.CDLL(None).getenv\n\
+                getenv.restype = ctypes.c_char_p\n\
+                print(len(os.environ['BIG']), os.environ['BIG'] == 'x' * 100000, \
+                len(getenv(b'BIG')), getenv(b'ZZ_LAST'), os.environ['ZZ_LAST'])";
     let out = client(&socket, &["exec", "-c", code]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "100000 True\n",
+        "100000 True 100000 b'last' last\n",
         "{}\n{}",
         describe(&out),
         b.log()

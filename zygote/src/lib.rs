@@ -63,7 +63,8 @@ fn errno_of(e: Errno) -> c_int {
 /// broker's groups into their runs, and inside their own user namespace they could no
 /// longer drop them), and its children reaped by the kernel as they exit (`SIGCHLD`
 /// ignored: the broker watches each through a pidfd), with what every run's init
-/// shares compiled ([`codejail_jail::forked::prepare_zygote`]). Returns 0, or a
+/// shares compiled ([`codejail_jail::forked::prepare_zygote`]) and the interpreter's
+/// fork calls found (`-ENOSYS` if it exports none: not CPython). Returns 0, or a
 /// negative errno.
 #[no_mangle]
 pub extern "C" fn codejail_zygote_init() -> c_int {
@@ -91,16 +92,28 @@ pub extern "C" fn codejail_zygote_init() -> c_int {
     if codejail_jail::forked::prepare_zygote().is_err() {
         return -libc::EIO;
     }
-    0
+    match ForkCalls::find() {
+        Some(calls) => {
+            let _ = FORK_CALLS.set(calls);
+            0
+        }
+        None => -libc::ENOSYS,
+    }
 }
 
-/// The interpreter's own calls around a fork in the parent, as `os.fork` makes them:
-/// `PyOS_BeforeFork` and `PyOS_AfterFork_Parent`, found among the process's symbols
-/// (the interpreter exports its C API for extension modules).
+/// The interpreter's own calls around a fork, as `os.fork` makes them:
+/// `PyOS_BeforeFork`, then `PyOS_AfterFork_Parent` in the parent and
+/// `PyOS_AfterFork_Child` in the child, found among the process's symbols (the
+/// interpreter exports its C API for extension modules) by [`codejail_zygote_init`],
+/// before the zygote answers `ready`.
+#[derive(Clone, Copy)]
 struct ForkCalls {
     before: unsafe extern "C" fn(),
     parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
 }
+
+static FORK_CALLS: std::sync::OnceLock<ForkCalls> = std::sync::OnceLock::new();
 
 impl ForkCalls {
     fn find() -> Option<ForkCalls> {
@@ -108,17 +121,18 @@ impl ForkCalls {
             // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the objects
             // loaded into the process.
             let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            (!at.is_null()).then_some(at)
-        };
-        let (before, parent) = (find(c"PyOS_BeforeFork")?, find(c"PyOS_AfterFork_Parent")?);
-        // SAFETY: both are CPython's `void f(void)` functions (Include/intrcheck.h),
-        // called here as such.
-        unsafe {
-            Some(ForkCalls {
-                before: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(before),
-                parent: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(parent),
+            // SAFETY: each name is one of CPython's `void f(void)` functions
+            // (Include/intrcheck.h), called here as such; a function pointer and a
+            // data pointer have the same size on the platforms this builds for.
+            (!at.is_null()).then(|| unsafe {
+                std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(at)
             })
-        }
+        };
+        Some(ForkCalls {
+            before: find(c"PyOS_BeforeFork")?,
+            parent: find(c"PyOS_AfterFork_Parent")?,
+            child: find(c"PyOS_AfterFork_Child")?,
+        })
     }
 }
 
@@ -129,10 +143,11 @@ impl ForkCalls {
 /// interpreter's for the next request.
 ///
 /// Returns 0 only in a run's program (the clone's child, through its init: see
-/// `spawn`), with its environment stored at `env` and `env_len` as `spawn` stores
-/// it; the caller then makes the interpreter's after-fork call in the child
-/// (`PyOS_AfterFork_Child`). Returns `-ENOSYS` at once if the interpreter's fork calls
-/// cannot be found, `-EINVAL` for a null pointer. The zygote itself never returns
+/// `spawn`), once it has made the interpreter's after-fork call in the child
+/// (`PyOS_AfterFork_Child`: no Python runs in the child before it, with the locks the
+/// before-fork call took still held), with its environment stored at `env` and
+/// `env_len` as `spawn` stores it. Returns `-ENOSYS` at once if
+/// [`codejail_zygote_init`] found no fork calls, `-EINVAL` for a null pointer. The zygote itself never returns
 /// otherwise: it exits with status 0 when the broker closes the socket, 1 on a
 /// request that is not one or any failure (the broker then starts another zygote).
 ///
@@ -147,7 +162,7 @@ pub unsafe extern "C" fn codejail_zygote_serve(
     env: *mut *const u8,
     env_len: *mut isize,
 ) -> c_int {
-    let Some(calls) = ForkCalls::find() else {
+    let Some(&calls) = FORK_CALLS.get() else {
         return -libc::ENOSYS;
     };
     if env.is_null() || env_len.is_null() {
@@ -177,6 +192,9 @@ pub unsafe extern "C" fn codejail_zygote_serve(
         // single-threaded zygote (checked again by `spawn`).
         let pid = unsafe { spawn(ids[0], ids[1], &mut pidfd, fds.as_ptr(), n, env, env_len) };
         if pid == 0 {
+            // SAFETY: the interpreter's after-fork call in the child, with the GIL
+            // the zygote held, as os.fork makes it.
+            unsafe { (calls.child)() };
             return 0;
         }
         // SAFETY: the interpreter's after-fork call in the parent, as above.
@@ -439,12 +457,12 @@ unsafe fn spawn(
             unsafe { libc::syscall(libc::SYS_set_robust_list, robust_head, robust_len) };
         }
         // SAFETY: this is the fresh, single-threaded clone (the caller's contract).
-        let strings = unsafe { child_main(&given[..count], uid, gid) };
-        // SAFETY: the caller guarantees `env` and `env_len` are writable; a slice is
-        // never longer than `isize::MAX`.
+        let (strings, len) = unsafe { child_main(&given[..count], uid, gid) };
+        // SAFETY: the caller guarantees `env` and `env_len` are writable; an
+        // allocation is never longer than `isize::MAX`.
         unsafe {
-            env.write(strings.as_ptr());
-            env_len.write(strings.len() as isize);
+            env.write(strings);
+            env_len.write(len as isize);
         }
         return 0;
     }
@@ -595,15 +613,15 @@ fn write_script_path() -> Result<(), Errno> {
 /// Returns only in the run's program, confined, with the interpreter's script path
 /// pointing at the run's directory ([`codejail_zygote_script_path`]) and the
 /// environment a cold run would have as its C environment (`environ`, in the plan's
-/// order, as the exec would have set it), whose strings it returns (for the hook's
-/// `os.environ`). In every other process of the run, and on any failure (reported
+/// order, as the exec would have set it), whose strings' buffer and length it
+/// returns (for the hook's `os.environ`). In every other process of the run, and on any failure (reported
 /// to the broker where the report pipe is in place), the process exits.
 ///
 /// # Safety
 ///
 /// The caller must be a freshly forked, single-threaded process that holds no fd it
 /// still needs (all are closed).
-unsafe fn child_main(given: &[RawFd], uid: u32, gid: u32) -> &'static [u8] {
+unsafe fn child_main(given: &[RawFd], uid: u32, gid: u32) -> (*const u8, usize) {
     // Undumpable first: the clone of a zygote whose effective ids changed inherits the
     // flag fs.suid_dumpable gave it, and it holds the broker's fds.
     if nix::sys::prctl::set_dumpable(false).is_err() {
@@ -631,8 +649,8 @@ unsafe fn child_main(given: &[RawFd], uid: u32, gid: u32) -> &'static [u8] {
         (uid, gid)
     };
     let vars = codejail_jail::run_forked_init(uid, gid);
-    // Cannot fail for want of room: the registration made sure that any run
-    // directory's path fits ([`codejail_zygote_script_path`]).
+    // Not for want of room (the registration made sure that any run directory's path
+    // fits: [`codejail_zygote_script_path`]); only if getcwd itself fails.
     if write_script_path().is_err() {
         exit_now(codejail_jail::program::EXIT_EXEC_FAILED)
     }
@@ -644,12 +662,12 @@ unsafe fn child_main(given: &[RawFd], uid: u32, gid: u32) -> &'static [u8] {
 }
 
 /// Make `vars` the process's C environment, in their order, as a cold program's
-/// `execve` would have, and return its strings: one buffer, each `KEY=value` ended by
-/// a NUL, which the array points into. Both are leaked: they are the environment for
-/// the rest of the process's life (the C library's `setenv` copies an array it did not
-/// make before it adds to it; `unsetenv` edits it in place, which a leaked, writable
-/// array allows).
-fn set_environ(vars: &[std::ffi::CString]) -> &'static [u8] {
+/// `execve` would have, and return its strings' buffer and length: each `KEY=value`
+/// ended by a NUL, which the array points into. Both are leaked: they are the
+/// environment for the rest of the process's life (the C library's `setenv` copies
+/// an array it did not make before it adds to it; `unsetenv` edits it in place, which
+/// a leaked, writable array allows; neither writes the strings).
+fn set_environ(vars: &[std::ffi::CString]) -> (*const u8, usize) {
     extern "C" {
         static mut environ: *mut *mut std::ffi::c_char;
     }
@@ -660,8 +678,8 @@ fn set_environ(vars: &[std::ffi::CString]) -> &'static [u8] {
         starts.push(strings.len());
         strings.extend_from_slice(var.as_bytes_with_nul());
     }
-    let strings: &'static mut [u8] = strings.leak();
-    let base = strings.as_mut_ptr();
+    let len = strings.len();
+    let base = strings.leak().as_mut_ptr();
     let mut array: Vec<*mut std::ffi::c_char> = starts
         .into_iter()
         // SAFETY: each start is an offset inside `strings`, where a string begins.
@@ -673,7 +691,7 @@ fn set_environ(vars: &[std::ffi::CString]) -> &'static [u8] {
     // reads `environ` meanwhile; the array is NULL-terminated, each entry a string
     // ended by its NUL inside `strings`, and both live forever.
     unsafe { std::ptr::addr_of_mut!(environ).write(array) };
-    strings
+    (base.cast_const(), len)
 }
 
 /// Park the fds high, write this process's pid to each cgroup file, put the stage's
@@ -801,9 +819,11 @@ mod tests {
     #[test]
     fn the_script_path_must_fit_the_longest_run_directory() {
         let longest = longest_script_path("jailed_code".len());
+        let workdir = codejail_plan::layout::program_workdir(&"x".repeat(MAX_COMPONENT_LEN));
         assert_eq!(
             longest,
-            codejail_plan::layout::WORKSPACE_MOUNT.len() + 257 + "jailed_code".len() + 1
+            format!("{workdir}/jailed_code").len() + 1,
+            "with its NUL"
         );
         let mut buf = vec![0 as libc::wchar_t; longest];
         let name = b"jailed_code";
