@@ -177,8 +177,12 @@ impl Pools {
         limits: &Limits,
         has_code: bool,
     ) -> Option<WarmJail> {
-        let zygote = self.inner.zygotes.serving(command)?;
         let spec = self.inner.lock().fork_now(command, limits, has_code)?;
+        // A fork of the running zygote is taken only for a run that may have one.
+        let Some(zygote) = self.inner.zygotes.reserve(command) else {
+            self.inner.lock().fork_failed(command);
+            return None;
+        };
         match warm::build(runs, command, &spec, BuiltFor::Run(zygote)).await {
             Ok((jail, _)) => Some(jail),
             Err(e) => {

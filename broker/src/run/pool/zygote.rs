@@ -265,6 +265,20 @@ impl Zygote {
         self.pid
     }
 
+    /// Take one of its forks for a build about to ask for it ([`Zygotes::reserve`]):
+    /// `false` when it may serve no more (not [`usable`](Zygote::usable), or every fork
+    /// its [`ZygoteLife`] allows already taken). A fork counts from here, so builds
+    /// that take one at the same time never take more than `max_forks` between them.
+    fn reserve(&self) -> bool {
+        self.usable()
+            && self
+                .forks
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                    (f < self.life.max_forks).then_some(f + 1)
+                })
+                .is_ok()
+    }
+
     /// Whether it may serve another fork: alive, not broken, within its [`ZygoteLife`].
     pub fn usable(&self) -> bool {
         let alive = match self.child.lock() {
@@ -280,7 +294,8 @@ impl Zygote {
     /// Ask for a child, the run's init, on `fds` (the run's stdin, stdout, stderr, the
     /// stage's control, report and hand-over pipes, then the cgroup.procs files: the
     /// child's ends, closed here once sent), as the run's outside `ids` when there are
-    /// per-run ids. Returns the child's pid and a pidfd of it.
+    /// per-run ids. Returns the child's pid and a pidfd of it. The fork was counted
+    /// when the caller took it ([`Zygotes::reserve`]).
     /// Blocking: call it off the runtime's threads.
     ///
     /// Any failure breaks the zygote: a late answer would otherwise be read as the
@@ -313,7 +328,6 @@ impl Zygote {
                 return Err(e);
             }
         };
-        self.forks.fetch_add(1, Ordering::Relaxed);
         let line = answer.trim_end();
         let pid = line
             .strip_prefix(FORKED)
@@ -453,7 +467,7 @@ impl Zygotes {
         spec: &PoolSpec,
     ) -> Result<Arc<Zygote>, WarmError> {
         let _starting = self.starting.lock().await;
-        if let Some(z) = self.serving(command) {
+        if let Some(z) = self.reserve(command) {
             return Ok(z);
         }
         if let Some(old) = self.take_current(command, None) {
@@ -469,18 +483,30 @@ impl Zygotes {
         let entry = book.entry(command.to_string()).or_default();
         entry.started += 1;
         entry.current = Some(zygote.clone());
+        // This build's fork, taken as `reserve` takes one, under the same lock.
+        let reserved = zygote.reserve();
+        drop(book);
         // Logged once `status` counts it, so that the two never disagree.
         tracing::info!(command, zygote = zygote.pid(), preimport = ?spec.preimport, "zygote started");
+        if !reserved {
+            return Err(WarmError::Zygote(format!(
+                "zygote {} ended as soon as it was ready",
+                zygote.pid()
+            )));
+        }
         Ok(zygote)
     }
 
-    /// `command`'s zygote if one runs that may serve, without starting one (for a run
-    /// that forks its own jail: a zygote's start stays off the request path).
-    pub fn serving(&self, command: &str) -> Option<Arc<Zygote>> {
-        self.book()
-            .get(command)
+    /// `command`'s zygote if one runs that may serve, with one of its forks taken for
+    /// the caller's build, without starting one (for a run that forks its own jail: a
+    /// zygote's start stays off the request path). The fork is taken under the book's
+    /// lock, which [`take_current`](Zygotes::take_current) holds too: a zygote taken
+    /// out gets no more, so the forks it counted then are all it ever serves.
+    pub fn reserve(&self, command: &str) -> Option<Arc<Zygote>> {
+        let book = self.book();
+        book.get(command)
             .and_then(|b| b.current.clone())
-            .filter(|z| z.usable())
+            .filter(|z| z.reserve())
     }
 
     /// `command`'s fork server as `status` shows it.
