@@ -500,8 +500,8 @@ impl Zygotes {
     /// `command`'s zygote if one runs that may serve, with one of its forks taken for
     /// the caller's build, without starting one (for a run that forks its own jail: a
     /// zygote's start stays off the request path). The fork is taken under the book's
-    /// lock, which [`take_current`](Zygotes::take_current) holds too: a zygote taken
-    /// out gets no more, so the forks it counted then are all it ever serves.
+    /// lock, which `take_current` holds too: a zygote taken out gets no more, so the
+    /// forks it counted then are all it ever serves.
     pub fn reserve(&self, command: &str) -> Option<Arc<Zygote>> {
         let book = self.book();
         book.get(command)
