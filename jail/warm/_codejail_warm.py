@@ -94,7 +94,10 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             _cj_before = set(sys.modules)
             import ctypes as _cj_ctypes
             import gc as _cj_gc
-            _cj_lib = _cj_ctypes.CDLL(os.fsdecode(_cj_words[2]))
+            # One handle for every call, each with the GIL held (PyDLL): the loop
+            # clones between the interpreter's own fork calls, the exit handler reads
+            # its frames.
+            _cj_lib = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2]))
             _cj_e = _cj_lib.codejail_zygote_init()
             if _cj_e != 0:
                 os.write(3, b"failed the library could not prepare the zygote: " + os.strerror(-_cj_e).encode() + b"\n")
@@ -105,11 +108,10 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             _cj_exit = None
             if sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11):
                 import atexit as _cj_atexit
-                _cj_pylib = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2]))
-                if _cj_pylib.codejail_zygote_exit_prepare() == 0:
-                    _cj_exit = _cj_pylib.codejail_zygote_exit
+                if _cj_lib.codejail_zygote_exit_prepare() == 0:
+                    _cj_exit = _cj_lib.codejail_zygote_exit
                     _cj_exit.restype = None
-                    _cj_arm = _cj_pylib.codejail_zygote_exit_arm
+                    _cj_arm = _cj_lib.codejail_zygote_exit_arm
                     _cj_arm.argtypes = (_cj_ctypes.c_void_p,)
             # The zygote's loop is the library's (codejail_zygote_serve): it receives
             # each request and clones its child between the interpreter's own before-
@@ -118,7 +120,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # none of its pages is written (and copied) again after each fork. The
             # child becomes the run's init in the library, never returning here; the
             # call returns only in the run's program, which the init forked.
-            _cj_loop = _cj_ctypes.PyDLL(os.fsdecode(_cj_words[2])).codejail_zygote_serve
+            _cj_loop = _cj_lib.codejail_zygote_serve
             _cj_loop.argtypes = (_cj_ctypes.c_int, _cj_ctypes.c_void_p, _cj_ctypes.c_void_p)
             # Where the program finds its environment: the library's own buffer, as
             # long as the run's plan makes it (a cold run's exec takes the same).
@@ -183,7 +185,7 @@ if _cj_st is not None and (_cj_st.st_mode & 0o170000) == 0o140000 and not _cj_se
             # copies (its reference count is written): what only the set-up above
             # needed goes now, once, not in every run.
             del _cj_before, _cj_maps, _cj_f, _cj_line, _cj_range, _cj_perms, _cj_lo, _cj_hi
-            del _cj_script, _cj_want, _cj_off, _cj_at, _cj_p, _cj_cfg, _cj_pylib, _cj_slots
+            del _cj_script, _cj_want, _cj_off, _cj_at, _cj_p, _cj_cfg, _cj_slots
             del _cj_path_room, _cj_path_buf, _cj_argv0, _cj_lib, _cj_api
             del _cj_st, _cj_words
             globals().pop("_cj_name", None)
