@@ -336,14 +336,13 @@ fn answer(sock: c_int, pid: c_int, pidfd: c_int) -> c_int {
 /// checks it before it answers `ready`.
 ///
 /// The child never returns into the interpreter: it becomes the run's init with the
-/// request's `n` fds (`fds`, as `receive` returned them; see
-/// `child_main`), and the clone returns 0 only in the run's program, which the init
-/// forked and confined, with its environment stored at `env` and `env_len`: the
-/// address and length of the strings the C `environ` points into, each `KEY=value`
-/// ended by a NUL (the library's, for the process's life; as large as the run's plan
-/// makes it, as a cold run's exec takes it). So the interpreter's after-fork work is
-/// done once per run, by the program, and none of the init's pages is written by
-/// Python.
+/// request's `n` fds (`fds`, as `receive` returned them; see `child_main`), and the
+/// clone returns 0 only in the run's program, which the init forked and confined,
+/// with its environment stored at `env` and `env_len`: the address and length of the
+/// strings the C `environ` points into, each `KEY=value` ended by a NUL (the
+/// library's, for the process's life; as large as the run's plan makes it, as a cold
+/// run's exec takes it). So the interpreter's after-fork work is done once per run,
+/// by the program, and none of the init's pages is written by Python.
 ///
 /// Returns the child's pid in the zygote, 0 in the run's program, a negative errno on
 /// failure (the zygote's ids restored; `-EINVAL` for a request that has too few or too
@@ -563,11 +562,12 @@ pub unsafe extern "C" fn codejail_zygote_script_path(
 }
 
 /// The most wide characters, its NUL included, that the script's path (its name `len`
-/// bytes long) takes in any run directory: the workspace's mount, then one component
-/// of at most `NAME_MAX` bytes (the stage refuses a longer workdir name), then the
-/// name. Decoding never makes more wide characters than there are bytes.
+/// bytes long) takes in any run directory: the workdir of a name of `NAME_MAX` bytes
+/// (the stage refuses a longer one), then the name. Decoding never makes more wide
+/// characters than there are bytes.
 fn longest_script_path(len: usize) -> usize {
-    codejail_plan::layout::WORKSPACE_MOUNT.len() + 1 + MAX_COMPONENT_LEN + 1 + len + 1
+    let workdir = codejail_plan::layout::program_workdir(&"x".repeat(MAX_COMPONENT_LEN));
+    workdir.len() + 1 + len + 1
 }
 
 /// `bytes` as CPython decodes a path at its start (UTF-8, each byte that is not part
@@ -607,15 +607,16 @@ fn write_script_path() -> Result<(), Errno> {
 }
 
 /// In the zygote's child ([`spawn`]): put the request's fds (`given`, as [`receive`]
-/// returned them) in place, enter the run's
-/// cgroup, close every other fd, and run as the run's init, whose user namespace maps
-/// `uid`/`gid` (the ids the zygote cloned it with; [`NO_ID`]: the zygote's own).
+/// returned them) in place, enter the run's cgroup, close every other fd, and run as
+/// the run's init, whose user namespace maps `uid`/`gid` (the ids the zygote cloned it
+/// with; [`NO_ID`]: the zygote's own).
 /// Returns only in the run's program, confined, with the interpreter's script path
 /// pointing at the run's directory ([`codejail_zygote_script_path`]) and the
 /// environment a cold run would have as its C environment (`environ`, in the plan's
 /// order, as the exec would have set it), whose strings' buffer and length it
-/// returns (for the hook's `os.environ`). In every other process of the run, and on any failure (reported
-/// to the broker where the report pipe is in place), the process exits.
+/// returns (for the hook's `os.environ`). In every other process of the run, and on
+/// any failure (reported to the broker where the report pipe is in place), the
+/// process exits.
 ///
 /// # Safety
 ///
